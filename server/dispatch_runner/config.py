@@ -1,0 +1,382 @@
+"""agents.yaml + environment -> a frozen Config. Nothing else reads either.
+
+Precedence: `--config` > $DISPATCH_RUNNER_CONFIG > $DISPATCH_RUNNER_HOME/agents.yaml > built-ins.
+Parsing is strict: unknown keys and wrong types are refused with file, line and field.
+"""
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import time
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from .errors import ConfigError, UnknownAgent
+from .model import AgentRef
+from .policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
+
+OUTPUT_KINDS: Final = ("claude-stream-json", "codex-json", "text")
+DEFAULT_RATE_LIMIT_PATTERNS: Final = (
+    "rate limit", "rate_limit", "usage limit", "usage_limit", "429", "too many requests",
+    "quota exceeded",
+)
+PLACEHOLDERS: Final = ("prompt", "model", "workspace", "task")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentDef:
+    name: str
+    command: tuple[str, ...]
+    output: str = "text"
+    rate_limit_patterns: tuple[str, ...] = DEFAULT_RATE_LIMIT_PATTERNS
+    env: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None  # default model when the dispatch names none
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
+    "claude": AgentDef(
+        name="claude",
+        command=("claude", "-p", "{prompt}", "--model", "{model}",
+                 "--output-format", "stream-json", "--verbose"),
+        output="claude-stream-json",
+    ),
+    "codex": AgentDef(
+        name="codex",
+        command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "{prompt}"),
+        output="codex-json",
+    ),
+    "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}", "-p", "{prompt}")),
+    "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}", "{prompt}")),
+}
+
+BUILTIN_TEMPLATES: Final[Mapping[str, str]] = {
+    "coding": "{task}\n\nWork in {workspace}. When done, write a short summary of what you did "
+              "as your final message.",
+    "none": "{task}",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: str  # the file read, or "built-in defaults"
+    home: Path
+    store_url: str
+    default_agent: str = "claude"
+    default_template: str = "coding"
+    workspace_root: Path
+    allowed_roots: tuple[Path, ...]
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    kill_grace_s: float = 10.0
+    reservation_timeout_s: float = 30.0
+    retention_days: float = 14.0
+    concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
+    rates: Mapping[str, RateConfig] = field(default_factory=dict)
+    agents: Mapping[str, AgentDef] = field(default_factory=dict)
+    templates: Mapping[str, str] = field(default_factory=dict)
+    tools_prefix: str = ""
+    notify: str = "own"
+
+    def agent_def(self, ref: AgentRef) -> AgentDef:
+        known = self.agents.get(ref.pool)
+        if known is None:
+            raise UnknownAgent(str(ref), self.agents)
+        return known
+
+    def max_attempts_for(self, pool: str) -> int:
+        agent = self.agents.get(pool)
+        return agent.max_attempts if agent and agent.max_attempts else self.max_attempts
+
+
+def home_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("DISPATCH_RUNNER_HOME") or "~/.dispatch-runner").expanduser()
+
+
+def config_path(flag: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """(path, explicit): explicit paths must exist; the home file is optional."""
+    env = os.environ if env is None else env
+    if flag:
+        return Path(flag).expanduser(), True
+    if env.get("DISPATCH_RUNNER_CONFIG"):
+        return Path(env["DISPATCH_RUNNER_CONFIG"]).expanduser(), True
+    return home_dir(env) / "agents.yaml", False
+
+
+def load_config(flag: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = dict(os.environ if env is None else env)
+    path, explicit = config_path(flag, env)
+    home = home_dir(env)
+    if not path.exists():
+        if explicit:
+            raise ConfigError(str(path), None, "file",
+                              "no such file; create it with 'dispatch-runner init' or fix the path")
+        return _defaults(home, env, "built-in defaults")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), None, "file", f"cannot read: {exc.strerror}") from exc
+    return parse_config(text, str(path), home=home, env=env)
+
+
+def _defaults(home: Path, env: Mapping[str, str], source: str) -> Config:
+    return Config(
+        source=source,
+        home=home,
+        store_url=env.get("DISPATCH_RUNNER_STORE") or f"sqlite:///{home / 'state.db'}",
+        workspace_root=home / "workspaces",
+        allowed_roots=(Path("~").expanduser().resolve(),),
+        concurrency={"claude": PoolLimit(total=1), "gemini": PoolLimit(total=3)},
+        agents=dict(BUILTIN_AGENTS),
+        templates=dict(BUILTIN_TEMPLATES),
+    )
+
+
+# ---- strict YAML reading with line numbers -----------------------------------------------------
+
+class _Reader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, fieldname: str, message: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return ConfigError(self.path, line, fieldname, message)
+
+    def mapping(self, node: yaml.Node, fieldname: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, fieldname, "expected a mapping (key: value lines)")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.fail(key, fieldname, "keys must be plain names")
+            if key.value in out:
+                raise self.fail(key, f"{fieldname}.{key.value}", "duplicate key")
+            out[str(key.value)] = (key, value)
+        return out
+
+    def only(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...],
+             fieldname: str) -> None:
+        for name, (key, _) in items.items():
+            if name not in allowed:
+                raise self.fail(key, f"{fieldname}.{name}".lstrip("."),
+                                f"unknown key; allowed here: {', '.join(allowed)}")
+
+    def scalar(self, node: yaml.Node, fieldname: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, fieldname, "expected a single value")
+        return yaml.safe_load(yaml.serialize(node))
+
+    def string(self, node: yaml.Node, fieldname: str) -> str:
+        value = self.scalar(node, fieldname)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(node, fieldname, "expected a non-empty string")
+        return value
+
+    def number(self, node: yaml.Node, fieldname: str, *, integer: bool = False,
+               minimum: float | None = None) -> float:
+        value = self.scalar(node, fieldname)
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok:
+            raise self.fail(node, fieldname, "expected an integer" if integer else "expected a number")
+        if minimum is not None and value < minimum:
+            raise self.fail(node, fieldname, f"must be >= {minimum:g}")
+        return float(value)
+
+    def strings(self, node: yaml.Node, fieldname: str) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, fieldname, "expected a list, e.g. [a, b]")
+        return tuple(self.string(item, fieldname) for item in node.value)
+
+
+def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) -> Config:
+    reader = _Reader(path)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(path, line, "yaml", f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    config = _defaults(home, env, path)
+    if root is None:
+        return config
+    top = reader.mapping(root, "(top level)")
+    reader.only(top, ("version", "dispatch", "concurrency", "rates", "agents", "templates", "tools",
+                      "notify"), "")
+    sections: dict[str, Callable[[_Reader, yaml.Node, Config], Config]] = {
+        "version": _version, "dispatch": _dispatch, "concurrency": _concurrency, "rates": _rates,
+        "agents": _agents, "templates": _templates, "tools": _tools, "notify": _notify,
+    }
+    for name, (_, node) in top.items():
+        config = sections[name](reader, node, config)
+    if config.default_template not in config.templates:
+        raise reader.fail(top.get("dispatch", (None, None))[1], "dispatch.default_template",
+                          f"no template {config.default_template!r} (known: "
+                          f"{', '.join(sorted(config.templates))})")
+    return config
+
+
+def _version(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    if r.scalar(node, "version") != 1:
+        raise r.fail(node, "version", "only version: 1 is supported")
+    return c
+
+
+_DISPATCH_KEYS: Final = ("default_agent", "default_template", "workspace_root", "allowed_roots",
+                         "max_attempts", "timeout_s", "kill_grace_s", "reservation_timeout_s",
+                         "retention_days")
+
+
+def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    items = r.mapping(node, "dispatch")
+    r.only(items, _DISPATCH_KEYS, "dispatch")
+    changes: dict[str, Any] = {}
+    for name, (_, value) in items.items():
+        where = f"dispatch.{name}"
+        if name in ("default_agent", "default_template"):
+            changes[name] = r.string(value, where)
+        elif name == "workspace_root":
+            changes[name] = Path(r.string(value, where)).expanduser()
+        elif name == "allowed_roots":
+            roots = r.strings(value, where)
+            if not roots:
+                raise r.fail(value, where, "list at least one directory")
+            changes[name] = tuple(Path(p).expanduser().resolve() for p in roots)
+        elif name == "max_attempts":
+            changes[name] = int(r.number(value, where, integer=True, minimum=1))
+        else:
+            changes[name] = r.number(value, where, minimum=0)
+    return replace(c, **changes)
+
+
+def _concurrency(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    limits: dict[str, PoolLimit] = {}
+    for pool, (_, value) in r.mapping(node, "concurrency").items():
+        where = f"concurrency.{pool}"
+        if isinstance(value, yaml.ScalarNode):
+            limits[pool] = PoolLimit(total=int(r.number(value, where, integer=True)))
+            continue
+        nested = r.mapping(value, where)
+        total = None
+        models: dict[str, int] = {}
+        for model, (_, v) in nested.items():
+            n = int(r.number(v, f"{where}.{model}", integer=True))
+            if model == "total":
+                total = n
+            else:
+                models[model] = n
+        limits[pool] = PoolLimit(total=total, models=models)
+    return replace(c, concurrency=limits)
+
+
+_RATE_KEYS: Final = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window",
+                     "burst_delay")
+_HHMM: Final = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _rates(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    rates: dict[str, RateConfig] = {}
+    for pool, (_, value) in r.mapping(node, "rates").items():
+        items = r.mapping(value, f"rates.{pool}")
+        r.only(items, _RATE_KEYS, f"rates.{pool}")
+        kw: dict[str, Any] = {}
+        for name, (_, v) in items.items():
+            where = f"rates.{pool}.{name}"
+            if name == "reset_utc":
+                m = _HHMM.match(str(r.scalar(v, where)))
+                if not m:
+                    raise r.fail(v, where, 'expected "HH:MM" in UTC, e.g. "06:00"')
+                kw[name] = time(int(m.group(1)), int(m.group(2)))
+            elif name == "daily_limit":
+                kw[name] = int(r.number(v, where, integer=True)) or None
+            else:
+                kw[name] = r.number(v, where, minimum=0)
+        rates[pool] = RateConfig(**kw)
+    return replace(c, rates=rates)
+
+
+_AGENT_KEYS: Final = ("command", "output", "rate_limit_patterns", "env", "model", "max_attempts",
+                      "timeout_s")
+
+
+def _agents(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    agents = dict(c.agents)
+    for name, (key, value) in r.mapping(node, "agents").items():
+        where = f"agents.{name}"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name) or ":" in name:
+            raise r.fail(key, where, "agent names are letters, digits, '.', '_' or '-'")
+        items = r.mapping(value, where)
+        r.only(items, _AGENT_KEYS, where)
+        base = agents.get(name)
+        if base is None and "command" not in items:
+            raise r.fail(value, f"{where}.command", "required for a new agent: an argv list, "
+                         'e.g. [sh, -c, \'echo "$1"\', sh, "{prompt}"]')
+        agent = base or AgentDef(name=name, command=("true",))
+        agents[name] = _agent_fields(r, items, agent, where)
+    return replace(c, agents=agents)
+
+
+def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef,
+                  where: str) -> AgentDef:
+    changes: dict[str, Any] = {}
+    for key, (_, v) in items.items():
+        at = f"{where}.{key}"
+        if key == "command":
+            argv = r.strings(v, at)
+            if not argv:
+                raise r.fail(v, at, "the argv list is empty")
+            for element in argv:
+                for ph in re.findall(r"\{([^{}]*)\}", element):
+                    if ph not in PLACEHOLDERS:
+                        raise r.fail(v, at, f"unknown placeholder {{{ph}}}; use "
+                                     + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+            changes[key] = argv
+        elif key == "output":
+            kind = r.string(v, at)
+            if kind not in OUTPUT_KINDS:
+                raise r.fail(v, at, f"unknown output kind; use one of {', '.join(OUTPUT_KINDS)}")
+            changes[key] = kind
+        elif key == "rate_limit_patterns":
+            changes[key] = r.strings(v, at)
+        elif key == "env":
+            changes[key] = {k: str(r.scalar(n, f"{at}.{k}")) for k, (_, n) in r.mapping(v, at).items()}
+        elif key == "model":
+            changes[key] = r.string(v, at)
+        elif key == "max_attempts":
+            changes[key] = int(r.number(v, at, integer=True, minimum=1))
+        else:
+            changes[key] = r.number(v, at, minimum=0) or None
+    return replace(agent, **changes)
+
+
+def _templates(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    templates = dict(c.templates)
+    for name, (_, value) in r.mapping(node, "templates").items():
+        text = r.string(value, f"templates.{name}")
+        if "{task}" not in text:
+            raise r.fail(value, f"templates.{name}", "a template must contain {task}")
+        templates[name] = text
+    return replace(c, templates=templates)
+
+
+def _tools(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    items = r.mapping(node, "tools")
+    r.only(items, ("prefix",), "tools")
+    if "prefix" not in items:
+        return c
+    prefix = str(r.scalar(items["prefix"][1], "tools.prefix") or "")
+    if prefix and (not re.match(r"^[a-zA-Z0-9_-]{1,40}$", prefix) or "__" in prefix):
+        raise r.fail(items["prefix"][1], "tools.prefix",
+                     "use letters, digits, '_' or '-' (no '__'), at most 40 characters")
+    return replace(c, tools_prefix=prefix)
+
+
+def _notify(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    value = r.string(node, "notify")
+    if value not in ("own", "all"):
+        raise r.fail(node, "notify", "use 'own' (the dispatching session) or 'all'")
+    return replace(c, notify=value)

@@ -1,0 +1,80 @@
+"""The DispatchError tree. Every message says what happened and what to do about it.
+
+    DispatchError
+    ├── InvalidArgument      a tool/CLI argument is wrong (which one, and the allowed values)
+    │   ├── UnknownAgent     no such agent configured (lists the known ones)
+    │   ├── PathNotAllowed   cwd/repo outside allowed_roots, missing, or not a git repo
+    │   └── UnknownWorkspace no workspace with that id
+    ├── QueueBusy            the estimated wait exceeds max_wait_s (carries the ETA)
+    ├── ConfigError          agents.yaml is invalid (file, line, field)
+    ├── InvalidTransition    a state move the transition table forbids (a bug, not user input)
+    └── StoreError           the store failed (driver errors stop here)
+"""
+
+from collections.abc import Iterable
+
+
+class DispatchError(Exception):
+    """Base of every error dispatch-runner reports to a person or a model."""
+
+
+class InvalidArgument(DispatchError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class UnknownAgent(InvalidArgument):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            "agent",
+            f"no agent {name!r} configured (known: {', '.join(self.known)}); "
+            "use one of those or add it under agents: in agents.yaml",
+        )
+
+
+class PathNotAllowed(InvalidArgument):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+
+
+class UnknownWorkspace(InvalidArgument):
+    def __init__(self, workspace: str) -> None:
+        self.workspace = workspace
+        super().__init__(
+            "workspace",
+            f"no workspace {workspace!r}; run status to list workspaces and their ids",
+        )
+
+
+class QueueBusy(DispatchError):
+    def __init__(self, pool: str, eta_s: float, max_wait_s: float, position: int) -> None:
+        self.pool = pool
+        self.eta_s = eta_s
+        self.max_wait_s = max_wait_s
+        self.position = position
+        super().__init__(
+            f"pool {pool!r} is busy: estimated wait {eta_s:.0f}s (position {position}) exceeds "
+            f"max_wait_s={max_wait_s:g}; nothing was queued. Retry later, raise max_wait_s, "
+            "or pick another agent"
+        )
+
+
+class ConfigError(DispatchError):
+    def __init__(self, path: str, line: int | None, field: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {field}: {message}")
+
+
+class InvalidTransition(DispatchError):
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"workspace state cannot move from {current} to {target}")
+
+
+class StoreError(DispatchError):
+    pass

@@ -1,0 +1,140 @@
+"""Typed events and the bus: actions (`runner.*`) and bounded, non-blocking fan-out emitters.
+
+Surfaces (MCP, CLI) invoke actions by name and subscribe to events; they never reach into the
+runner. Publishing never blocks: each subscriber has a bounded buffer, and what does not fit is
+dropped and counted (reference 001's ChannelEmitter + MultiEmitter).
+"""
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+EVENT_TYPES: Final = (
+    "AgentQueued", "AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost",
+    "TaskDeadLettered", "QueueFrozen", "QueueUnfrozen", "PoolBackoff", "ChannelPush",
+    "AgentRetrying", "AgentCancelled",
+)
+# Events that end a workspace and are pushed to clients.
+TERMINAL_EVENTS: Final = frozenset(
+    {"AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "TaskDeadLettered"}
+)
+ACTIONS: Final = ("runner.dispatch", "runner.status", "runner.start", "runner.stop", "runner.kill",
+                  "runner.poke", "runner.wait")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One lifecycle event. `id` is the store's sequence number (0 for local-only events)."""
+
+    type: str
+    workspace: str | None = None
+    at: float = 0.0
+    origin: str | None = None  # the session that dispatched the workspace, if any
+    data: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}")
+
+
+class ChannelEmitter:
+    """A bounded, non-blocking subscriber buffer: a slow reader never blocks the runner."""
+
+    def __init__(self, max_buffer: int = 256) -> None:
+        self._send: MemoryObjectSendStream[Event]
+        self._recv: MemoryObjectReceiveStream[Event]
+        self._send, self._recv = anyio.create_memory_object_stream[Event](max_buffer)
+        self.dropped = 0
+
+    def emit(self, event: Event) -> bool:
+        try:
+            self._send.send_nowait(event)
+        except anyio.WouldBlock:
+            self.dropped += 1
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    @property
+    def receive(self) -> MemoryObjectReceiveStream[Event]:
+        return self._recv
+
+    def close(self) -> None:
+        self._send.close()
+        self._recv.close()
+
+
+class MultiEmitter:
+    """Fan-out to every subscriber; one full subscriber does not affect the others."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[ChannelEmitter] = []
+        self._closed_drops = 0
+
+    def subscribe(self, max_buffer: int = 256) -> ChannelEmitter:
+        emitter = ChannelEmitter(max_buffer)
+        self._subscribers.append(emitter)
+        return emitter
+
+    def unsubscribe(self, emitter: ChannelEmitter) -> None:
+        if emitter in self._subscribers:
+            self._subscribers.remove(emitter)
+            self._closed_drops += emitter.dropped
+            emitter.close()
+
+    def emit(self, event: Event) -> None:
+        for emitter in list(self._subscribers):
+            emitter.emit(event)
+
+    @property
+    def dropped(self) -> int:
+        return self._closed_drops + sum(e.dropped for e in self._subscribers)
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+class UnknownAction(LookupError):
+    pass
+
+
+class Bus:
+    """Actions by name, and events fanned out to bounded subscribers."""
+
+    def __init__(self) -> None:
+        self._actions: dict[str, Handler] = {}
+        self.events = MultiEmitter()
+
+    def register(self, name: str, handler: Handler) -> None:
+        if name in self._actions:
+            raise ValueError(f"action {name!r} is already registered")
+        self._actions[name] = handler
+
+    async def invoke(self, name: str, /, **kwargs: Any) -> Any:
+        try:
+            handler = self._actions[name]
+        except KeyError:
+            raise UnknownAction(f"no action {name!r} registered") from None
+        return await handler(**kwargs)
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return tuple(sorted(self._actions))
+
+    def publish(self, event: Event) -> None:
+        self.events.emit(event)
+
+    def subscribe(self, max_buffer: int = 256) -> ChannelEmitter:
+        return self.events.subscribe(max_buffer)
+
+    def unsubscribe(self, emitter: ChannelEmitter) -> None:
+        self.events.unsubscribe(emitter)
+
+    @property
+    def dropped(self) -> int:
+        return self.events.dropped

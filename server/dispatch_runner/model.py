@@ -1,0 +1,122 @@
+"""Values of the domain: agent references, priorities, workspace states and their transitions.
+
+Pure: no I/O, no clock.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Final
+
+from .errors import InvalidArgument, InvalidTransition
+
+
+class WorkspaceState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED: Final = frozenset(
+    {
+        WorkspaceState.COMPLETED,
+        WorkspaceState.FAILED,
+        WorkspaceState.KILLED,
+        WorkspaceState.LOST,
+        WorkspaceState.CANCELLED,
+    }
+)
+
+_S = WorkspaceState
+# running -> queued: a retry with attempts left, or a rate-limited run requeued (not an attempt).
+NEXT: Final[Mapping[WorkspaceState, frozenset[WorkspaceState]]] = {
+    _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED}),
+    _S.RUNNING: frozenset({_S.QUEUED, _S.COMPLETED, _S.FAILED, _S.KILLED, _S.LOST}),
+    _S.COMPLETED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.KILLED: frozenset(),
+    _S.LOST: frozenset(),
+    _S.CANCELLED: frozenset(),
+}
+
+
+def check_transition(current: WorkspaceState, target: WorkspaceState) -> WorkspaceState:
+    """Return `target` when the table allows `current -> target`, else raise InvalidTransition."""
+    if target not in NEXT[current]:
+        raise InvalidTransition(current.value, target.value)
+    return target
+
+
+class Priority(IntEnum):
+    """Lower value runs first (critical > high > medium > low)."""
+
+    CRITICAL = 0
+    HIGH = 1
+    MEDIUM = 2
+    LOW = 3
+
+    @classmethod
+    def parse(cls, name: str | None) -> "Priority":
+        if name is None or name == "":
+            return cls.MEDIUM
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise InvalidArgument(
+                "priority",
+                f"unknown priority {name!r}; use one of critical, high, medium, low",
+            ) from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+_AGENT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._/@+-]+)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    """`base[:model]`: the pool is the base, the model variant what follows the first colon."""
+
+    pool: str
+    model: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> "AgentRef":
+        text = text.strip()
+        if not _AGENT_RE.match(text):
+            raise InvalidArgument(
+                "agent",
+                f"agent {text!r} is not of the form base[:model], e.g. claude or codex:gpt-5.4",
+            )
+        base, _, model = text.partition(":")
+        # Anything naming codex-spark runs in its own pool (reference 000, baseAgent).
+        pool = "codex-spark" if "codex-spark" in text else base
+        return cls(pool=pool, model=model or None)
+
+    @property
+    def base(self) -> str:
+        return self.pool
+
+    def __str__(self) -> str:
+        return f"{self.pool}:{self.model}" if self.model else self.pool
+
+
+# The outcome a finished run reports, before policy turns it into a workspace state.
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"

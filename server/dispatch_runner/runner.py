@@ -1,0 +1,588 @@
+"""The service: owns the background tasks, wires config, store, supervisor and bus together, and
+handles the `runner.*` actions. Surfaces (CLI, MCP) only invoke actions and read events.
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from . import supervisor, workspaces
+from .config import Config, load_config
+from .errors import InvalidArgument, UnknownAgent, UnknownWorkspace
+from .events import TERMINAL_EVENTS, Bus, Event
+from .model import AgentRef, Outcome, Priority, WorkspaceState
+from .policy import iso
+from .shim import exit_file, result_from_exit_file
+from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, WorkspaceRow, open_store
+
+log = logging.getLogger("dispatch_runner")
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+WATCH_INTERVAL_S = 0.025   # PRAGMA data_version costs ~6 µs: cheap enough to feel instant
+TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
+HEARTBEAT_S = 2.0
+DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
+
+
+def peer_id() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
+
+
+def render_argv(command: Sequence[str], *, prompt: str, model: str | None, workspace: str,
+                task: str) -> list[str]:
+    """Fill the argv template element by element; the prompt stays one argv element.
+
+    With no model, an element naming {model} is dropped together with the flag just before it."""
+    out: list[str] = []
+    for element in command:
+        if "{model}" in element and model is None:
+            if out and out[-1].startswith("-") and "{" not in out[-1]:
+                out.pop()
+            continue
+        value = element
+        for key, text in (("{model}", model or ""), ("{workspace}", workspace), ("{task}", task)):
+            value = value.replace(key, text)
+        out.append(value.replace("{prompt}", prompt) if "{prompt}" in element else value)
+    return out
+
+
+class Runner:
+    def __init__(self, config: Config, store: Store | None = None, *, bus: Bus | None = None,
+                 kind: str = "cli") -> None:
+        self.config = config
+        self.store = store or open_store(config.store_url)
+        self.bus = bus or Bus()
+        self.kind = kind
+        self.peer = peer_id()
+        self.launcher = supervisor.ShimLauncher()
+        self._cursor = self.store.last_event_id()
+        self._wake = anyio.Event()
+        self._wake_at: float | None = None
+        self._serving = False
+        self.stats = {"spawned": 0, "recovered_lost": 0, "reservations_returned": 0, "events": 0}
+        for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
+                              ("runner.start", self.start), ("runner.stop", self.stop),
+                              ("runner.kill", self.kill), ("runner.poke", self.poke),
+                              ("runner.wait", self.wait)):
+            self.bus.register(name, handler)
+
+    @classmethod
+    def from_env(cls, config_flag: str | None = None, *, kind: str = "cli") -> "Runner":
+        return cls(load_config(config_flag), kind=kind)
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(concurrency=self.config.concurrency, rates=self.config.rates,
+                      reservation_timeout_s=self.config.reservation_timeout_s)
+
+    # ---- runner.dispatch ----------------------------------------------------------------------
+
+    async def dispatch(self, *, task: str, agent: str | None = None, cwd: str | None = None,
+                       repo: str | None = None, template: str | None = None,
+                       priority: str | None = None, label: str | None = None,
+                       idempotency_key: str | None = None, max_wait_s: float | None = None,
+                       timeout_s: float | None = None, max_attempts: int | None = None,
+                       origin: str | None = None, parent: str | None = None) -> dict[str, Any]:
+        new = self._validate(task=task, agent=agent, cwd=cwd, repo=repo, template=template,
+                             priority=priority, label=label, idempotency_key=idempotency_key,
+                             max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
+                             origin=origin, parent=parent)
+        if new.idempotency_key:
+            existing = await self._db(self.store.find_by_idempotency_key, new.idempotency_key)
+            if existing is not None:
+                return await self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
+        await anyio.to_thread.run_sync(self._prepare_files, new)
+        try:
+            result = await self._db(self.store.enqueue, new, now=time.time(), max_wait_s=max_wait_s,
+                                    limits=self.limits)
+        except BaseException:
+            await anyio.to_thread.run_sync(self._discard_files, new)
+            raise
+        if result.deduplicated:
+            await anyio.to_thread.run_sync(self._discard_files, new)
+            return await self._dispatch_result(result.workspace, deduplicated=True, eta_s=0.0)
+        workspaces.write_status(result.workspace, now=time.time())
+        self._publish_new()
+        await self.drain()
+        row = await self._db(self.store.get_workspace, new.id)
+        return await self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
+
+    def _validate(self, *, task: str, agent: str | None, cwd: str | None, repo: str | None,
+                  template: str | None, priority: str | None, label: str | None,
+                  idempotency_key: str | None, max_wait_s: float | None, timeout_s: float | None,
+                  max_attempts: int | None, origin: str | None, parent: str | None) -> NewWorkspace:
+        cfg = self.config
+        if not isinstance(task, str) or not task.strip():
+            raise InvalidArgument("task", "task is empty; describe what the sub-agent should do")
+        ref = AgentRef.parse(agent or cfg.default_agent)
+        if ref.pool not in cfg.agents:
+            raise UnknownAgent(str(ref), cfg.agents)
+        agent_def = cfg.agents[ref.pool]
+        model = ref.model or agent_def.model
+        prio = Priority.parse(priority)
+        template_name = template or cfg.default_template
+        if template_name not in cfg.templates:
+            raise InvalidArgument("template", f"no template {template_name!r} (known: "
+                                  f"{', '.join(sorted(cfg.templates))}); add it under templates: "
+                                  "in agents.yaml")
+        if cwd and repo:
+            raise InvalidArgument("cwd", "give either cwd (a directory) or repo (a git repository "
+                                  "for a fresh worktree), not both")
+        _check_number("max_wait_s", max_wait_s, minimum=0)
+        _check_number("timeout_s", timeout_s, minimum=0.001)
+        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+            raise InvalidArgument("max_attempts", "max_attempts must be an integer >= 1")
+        if label is not None and len(label) > 200:
+            raise InvalidArgument("label", "label is longer than 200 characters")
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+            raise InvalidArgument("idempotency_key", "idempotency_key must be 1-200 characters")
+        cwd_path = workspaces.resolve_inside(cwd, "cwd", cfg.allowed_roots) if cwd else None
+        repo_path = workspaces.resolve_inside(repo, "repo", cfg.allowed_roots) if repo else None
+        if repo_path is not None:
+            workspaces.check_git_repo(repo_path)
+        ws_id = workspaces.new_id()
+        path = cfg.workspace_root / ws_id
+        branch = f"runner/{ws_id}" if repo_path else None
+        run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
+        text = cfg.templates[template_name].replace("{workspace}", str(run_dir))
+        prompt = text.replace("{task}", task)
+        argv = render_argv(agent_def.command, prompt=prompt, model=model, workspace=str(run_dir),
+                           task=task)
+        spec = {"argv": argv, "env": dict(agent_def.env), "output": agent_def.output,
+                "patterns": list(agent_def.rate_limit_patterns)}
+        return NewWorkspace(
+            id=ws_id, pool=ref.pool, model=model, agent=f"{ref.pool}:{model}" if model else ref.pool,
+            task=task, prompt=prompt, template=template_name, priority=int(prio), label=label,
+            path=str(path), run_dir=str(run_dir), cwd=str(cwd_path) if cwd_path else None,
+            repo=str(repo_path) if repo_path else None, branch=branch,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts or agent_def.max_attempts or cfg.max_attempts,
+            timeout_s=timeout_s or agent_def.timeout_s or cfg.timeout_s, origin=origin,
+            parent=parent, spec=spec)
+
+    def _prepare_files(self, new: NewWorkspace) -> None:
+        path = Path(new.path)
+        path.mkdir(parents=True, exist_ok=False)
+        (path / "prompt.md").write_text(new.prompt + "\n", encoding="utf-8")
+        if new.repo and new.branch:
+            workspaces.add_worktree(Path(new.repo), Path(new.run_dir), new.branch)
+        elif not new.cwd:
+            Path(new.run_dir).mkdir()
+
+    def _discard_files(self, new: NewWorkspace) -> None:
+        if new.repo and new.branch:
+            subprocess.run(["git", "-C", new.repo, "worktree", "remove", "--force", new.run_dir],
+                           capture_output=True, check=False)
+            subprocess.run(["git", "-C", new.repo, "branch", "-D", new.branch], capture_output=True,
+                           check=False)
+        shutil.rmtree(new.path, ignore_errors=True)
+
+    async def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool,
+                               eta_s: float) -> dict[str, Any]:
+        position = await self._db(self.store.queue_position, row.id)
+        return {"workspace": row.id, "status": row.state, "agent": row.agent, "position": position,
+                "eta_s": round(eta_s, 1) if row.state == "queued" else 0.0, "path": row.path,
+                "deduplicated": deduplicated}
+
+    # ---- the drain ----------------------------------------------------------------------------
+
+    async def drain(self) -> list[str]:
+        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
+        spawned: list[str] = []
+        while True:
+            result = await self._db(self.store.claim_next, now=time.time(), limits=self.limits,
+                                    peer=self.peer)
+            self._schedule(result.wake_at)
+            if result.claim is None:
+                break
+            if await anyio.to_thread.run_sync(self._spawn, result.claim):
+                spawned.append(result.claim.workspace.id)
+        if spawned:
+            self.stats["spawned"] += len(spawned)
+            self._publish_new()
+        return spawned
+
+    def _spawn(self, claim: Claim) -> bool:
+        ws = claim.workspace
+        path = Path(ws.path)
+        rate = self.config.rates.get(ws.pool)
+        spec = {
+            **ws.spec, "store": self.store.url, "run_id": claim.run_id, "workspace": ws.id,
+            "attempt": ws.runs, "path": ws.path, "cwd": ws.run_dir, "timeout_s": ws.timeout_s,
+            "kill_grace_s": self.config.kill_grace_s,
+            "rate": None if rate is None else {
+                "reset_utc": rate.reset_utc.strftime("%H:%M"), "daily_limit": rate.daily_limit,
+                "min_delay": rate.min_delay, "sustained_delay": rate.sustained_delay,
+                "burst_window": rate.burst_window, "burst_delay": rate.burst_delay},
+            "drainer": self.drainer_spec(),
+        }
+        spec["env"] = {**spec.get("env", {}), "DISPATCH_RUNNER_WORKSPACE": ws.id,
+                       "DISPATCH_RUNNER_RUN": str(claim.run_id)}
+        spec_path = path / f"run-{ws.runs}.spec.json"
+        try:
+            workspaces.atomic_write(spec_path, json.dumps(spec))
+            self.launcher.spawn(supervisor.shim_args(spec_path), env=os.environ,
+                                log_path=path / "shim.log")
+        except OSError as exc:
+            log.error("cannot start the shim for %s: %s", ws.id, exc)
+            row = self.store.return_reservation(claim.run_id, now=time.time())
+            if row is not None:
+                workspaces.write_status(row, now=time.time())
+            return False
+        workspaces.write_status(ws, now=time.time())
+        return True
+
+    def drainer_spec(self) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "dispatch_runner.cli"]
+        if self.config.source != "built-in defaults":
+            argv += ["--config", self.config.source]
+        argv += ["serve", "--drain"]
+        return {"argv": argv, "env": {"DISPATCH_RUNNER_STORE": self.store.url,
+                                      "DISPATCH_RUNNER_HOME": str(self.config.home)},
+                "log": str(self.config.home / "drainer.log")}
+
+    def _schedule(self, wake_at: float | None) -> None:
+        if wake_at is not None and (self._wake_at is None or wake_at < self._wake_at
+                                    or self._wake_at <= time.time()):
+            self._wake_at = wake_at
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    # ---- recovery -----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Return stale reservations; record exits whose shim died; mark vanished runs lost."""
+        self.launcher.reap()
+        runs = await self._db(self.store.active_runs)
+        now = time.time()
+        for run in runs:
+            if run.phase == "reserved":
+                await self._recover_reservation(run, now)
+            elif not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
+                await anyio.to_thread.run_sync(self._recover_dead_shim, run)
+
+    async def _recover_reservation(self, run: RunRow, now: float) -> None:
+        age = now - run.claimed_at
+        claimer_dead = not _peer_alive(run.claimed_by)
+        if run.kill_requested:
+            row = await self._db(self.store.record_exit, run.id,
+                                 RunExit(outcome=Outcome.KILLED, exit_code=None), now=now, rate=None)
+        elif age > self.config.reservation_timeout_s or (claimer_dead and age > DEAD_CLAIMER_GRACE_S):
+            row = await self._db(self.store.return_reservation, run.id, now=now)
+            if row is not None:
+                self.stats["reservations_returned"] += 1
+        else:
+            return
+        if row is not None:
+            workspaces.write_status(row, now=time.time())
+            self.nudge()
+
+    def _recover_dead_shim(self, run: RunRow) -> None:
+        ws = self.store.get_workspace(run.workspace)
+        if ws is None:
+            return
+        rate = self.config.rates.get(run.pool)
+        marker = exit_file(Path(ws.path), run.id)
+        result: RunExit
+        if marker.exists():
+            try:
+                data = json.loads(marker.read_text())
+                result = result_from_exit_file(data)
+                ended = float(data.get("ended_at") or time.time())
+            except (OSError, ValueError, KeyError):
+                result, ended = _lost(), time.time()
+        else:
+            if run.agent_pid and supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
+                supervisor.terminate_group(run.agent_pid, grace_s=self.config.kill_grace_s)
+            result, ended = _lost(), time.time()
+            self.stats["recovered_lost"] += 1
+        row = self.store.record_exit(run.id, result, now=ended, rate=rate)
+        if row is not None:
+            workspaces.write_status(row, now=time.time())
+            self._wake.set()
+
+    # ---- runner.status ------------------------------------------------------------------------
+
+    async def status(self, *, workspace: str | None = None, agent: str | None = None,
+                     state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        if workspace:
+            return await self._workspace_status(workspace)
+        if state is not None and state not in {s.value for s in WorkspaceState}:
+            raise InvalidArgument("state", f"unknown state {state!r}; use one of "
+                                  + ", ".join(s.value for s in WorkspaceState))
+        if limit is not None and (not isinstance(limit, int) or limit < 1 or limit > 1000):
+            raise InvalidArgument("limit", "limit must be an integer between 1 and 1000")
+        snap = await self._db(self.store.snapshot, now=time.time(), limits=self.limits, agent=agent,
+                              state=state, limit=limit or 20)
+        snap["bus_dropped"] = self.bus.dropped
+        return snap
+
+    async def _workspace_status(self, workspace_id: str) -> dict[str, Any]:
+        row = await self._db(self.store.get_workspace, workspace_id)
+        if row is None:
+            raise UnknownWorkspace(workspace_id)
+        run = await self._db(self.store.get_run, row.current_run) if row.current_run else None
+        out, _ = workspaces.latest_logs(Path(row.path))
+        tail = await anyio.to_thread.run_sync(_tail_lines, out, 20) if out else ""
+        return workspace_view(row, pid=run.agent_pid if run and row.state == "running" else None,
+                              log_tail=tail)
+
+    # ---- runner.kill / stop / start / poke ----------------------------------------------------
+
+    async def kill(self, *, workspace: str | Sequence[str] | None = None, agent: str | None = None,
+                   all: bool = False) -> dict[str, Any]:
+        targets = [workspace] if isinstance(workspace, str) else list(workspace or [])
+        if not targets and agent is None and not all:
+            raise InvalidArgument("workspace", "say what to kill: a workspace id, an agent, or all")
+        for ws_id in targets:
+            if await self._db(self.store.get_workspace, ws_id) is None:
+                raise UnknownWorkspace(ws_id)
+        plan = await self._db(self.store.plan_kill, workspaces=targets, agent=agent, everything=all,
+                              now=time.time())
+        for row in plan.cancelled:
+            workspaces.write_status(row, now=time.time())
+        async with anyio.create_task_group() as tg:
+            for run in plan.to_signal:
+                tg.start_soon(anyio.to_thread.run_sync, self._kill_run, run)
+        self._publish_new()
+        return {"killed": sorted({r.workspace for r in plan.to_signal}),
+                "cancelled": [r.id for r in plan.cancelled]}
+
+    def _kill_run(self, run: RunRow) -> None:
+        """SIGTERM the agent's group, SIGKILL after the grace; wait until the exit is recorded."""
+        deadline = time.monotonic() + self.config.kill_grace_s + 5.0
+        while time.monotonic() < deadline:
+            current = self.store.get_run(run.id)
+            if current is None or current.phase in ("exited", "abandoned"):
+                return
+            if current.agent_pid and supervisor.is_alive(current.agent_pid, current.agent_start):
+                supervisor.terminate_group(current.agent_pid, grace_s=self.config.kill_grace_s)
+            elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid,
+                                                                        current.shim_start):
+                row = self.store.record_exit(run.id, RunExit(outcome=Outcome.KILLED, exit_code=None),
+                                             now=time.time(), rate=None)
+                if row is not None:
+                    workspaces.write_status(row, now=time.time())
+                return
+            time.sleep(0.01)  # the shim records the exit within milliseconds of the agent's end
+
+    async def stop(self) -> dict[str, Any]:
+        frozen = await self._db(self.store.set_frozen, True, now=time.time())
+        self._publish_new()
+        return {"frozen": frozen}
+
+    async def start(self) -> dict[str, Any]:
+        frozen = await self._db(self.store.set_frozen, False, now=time.time())
+        self._publish_new()
+        spawned = await self.drain()
+        return {"frozen": frozen, "spawned": spawned}
+
+    async def poke(self) -> dict[str, Any]:
+        await self.recover()
+        return {"spawned": await self.drain()}
+
+    # ---- runner.wait --------------------------------------------------------------------------
+
+    async def wait(self, *, workspaces: Sequence[str], timeout_s: float | None = 50.0,
+                   mode: str = "all", progress: Progress | None = None) -> dict[str, Any]:
+        ids = list(dict.fromkeys(workspaces or []))
+        if not ids:
+            raise InvalidArgument("workspaces", "list at least one workspace id to wait for")
+        if mode not in ("all", "any"):
+            raise InvalidArgument("mode", "mode must be 'all' or 'any'")
+        _check_number("timeout_s", timeout_s, minimum=0)
+        timeout = 50.0 if timeout_s is None else float(timeout_s)
+        for ws_id in ids:
+            if await self._db(self.store.get_workspace, ws_id) is None:
+                raise UnknownWorkspace(ws_id)
+        sub = self.bus.subscribe(1024)
+        try:
+            rows = await self._wait_loop(ids, timeout, mode, progress, sub.receive)
+        finally:
+            self.bus.unsubscribe(sub)
+        done_count = sum(1 for r in rows if WorkspaceState(r.state).finished)
+        done = done_count == len(rows) if mode == "all" else done_count > 0
+        return {"done": done, "workspaces": [_wait_row(r) for r in rows]}
+
+    async def _wait_loop(self, ids: list[str], timeout: float, mode: str, progress: Progress | None,
+                         events: Any) -> list[WorkspaceRow]:
+        deadline = time.monotonic() + timeout
+        last_reported = -1
+        while True:
+            rows = [await self._db(self.store.get_workspace, i) for i in ids]
+            finished = sum(1 for r in rows if WorkspaceState(r.state).finished)
+            if progress is not None and finished != last_reported:
+                last_reported = finished
+                await progress(float(finished), float(len(ids)),
+                               f"{finished}/{len(ids)} workspaces finished")
+            if finished == len(ids) or (mode == "any" and finished) or time.monotonic() >= deadline:
+                return rows
+            if not self._serving:
+                await self.recover()
+            # woken by any event on the bus; the poll underneath covers peers we cannot hear
+            with anyio.move_on_after(min(0.5, max(deadline - time.monotonic(), 0.0))):
+                await events.receive()
+            if not self._serving:
+                self._publish_new()
+
+    # ---- events and the background loop -------------------------------------------------------
+
+    def _publish_new(self) -> list[Event]:
+        """Read events committed since the cursor (any peer's) and publish them on the bus."""
+        fresh = self.store.events_after(self._cursor)
+        for event in fresh:
+            self._cursor = event.id
+            self.bus.publish(event)
+        self.stats["events"] += len(fresh)
+        return fresh
+
+    async def serve(self, *, drain_only: bool = False,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (or, with drain_only, until nothing is queued or running)."""
+        self._serving = True
+        try:
+            await self._heartbeat()
+            await self.recover()
+            await self.drain()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch)
+                task_status.started()
+                await self._tick(drain_only)
+                tg.cancel_scope.cancel()
+        finally:
+            self._serving = False
+            with anyio.CancelScope(shield=True):
+                await self._db(self.store.remove_peer, self.peer)
+
+    async def _watch(self) -> None:
+        """Completions reach this peer: data_version changes (another process committed) are
+        read within WATCH_INTERVAL_S; a terminal event frees a slot, so drain."""
+        version = -1
+        while True:
+            current = await self._db(self.store.data_version)
+            if current != version:
+                version = current
+                fresh = await self._db(self._publish_new)
+                if any(e.type in TERMINAL_EVENTS or e.type in ("AgentRetrying", "AgentCancelled",
+                                                               "QueueUnfrozen") for e in fresh):
+                    self._wake.set()
+            await anyio.sleep(WATCH_INTERVAL_S)
+
+    async def _tick(self, drain_only: bool) -> None:
+        last_recover = last_beat = last_prune = 0.0
+        while True:
+            timeout = TICK_S
+            if self._wake_at is not None:
+                timeout = min(timeout, max(self._wake_at - time.time(), 0.0))
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            now = time.monotonic()
+            if now - last_recover >= TICK_S:
+                last_recover = now
+                await self.recover()
+            if now - last_beat >= HEARTBEAT_S:
+                last_beat = now
+                await self._heartbeat()
+            if now - last_prune >= 3600:
+                last_prune = now
+                await self._db(self.store.prune, before=time.time() - self.config.retention_days * 86400)
+            if self._wake_at is not None and self._wake_at <= time.time():
+                self._wake_at = None
+            await self.drain()
+            if drain_only and not await self._db(self.store.has_work):
+                return
+
+    async def _heartbeat(self) -> None:
+        pid = os.getpid()
+        await self._db(self.store.heartbeat_peer, self.peer, pid=pid, start=supervisor.proc_start(pid) or 0,
+                       boot_id=supervisor.boot_id(), kind=self.kind, now=time.time())
+
+    def ensure_progress(self) -> None:
+        """After a one-shot command: if work is left and no live peer drains, start the drainer."""
+        if not self.store.has_work():
+            return
+        now = time.time()
+        for peer in self.store.peers():
+            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(peer["pid"], peer["start"],
+                                                                      peer["boot_id"]):
+                return
+        from .shim import spawn_drainer
+
+        spawn_drainer(self.drainer_spec())
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _lost() -> RunExit:
+    return RunExit(outcome=Outcome.LOST, exit_code=None,
+                   detail="the run's shim vanished without recording an exit")
+
+
+def _peer_alive(peer: str | None) -> bool:
+    if not peer:
+        return False
+    host, _, rest = peer.partition(":")
+    pid_text, _, start_text = rest.partition(":")
+    if host != socket.gethostname():
+        return True  # another host: judged by its lease, not by our process table
+    try:
+        return supervisor.is_alive(int(pid_text), int(start_text) or None)
+    except ValueError:
+        return False
+
+
+def _check_number(field: str, value: Any, *, minimum: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise InvalidArgument(field, f"{field} must be a number >= {minimum:g}")
+
+
+def _tail_lines(path: Path, n: int) -> str:
+    from .outputs import last_lines, read_tail
+
+    return last_lines(read_tail(path, 64 * 1024), n)
+
+
+def _duration(row: WorkspaceRow) -> float | None:
+    if row.started_at is None:
+        return None
+    end = row.ended_at if row.ended_at is not None else time.time()
+    return round(end - row.started_at, 3)
+
+
+def _wait_row(row: WorkspaceRow) -> dict[str, Any]:
+    return {"workspace": row.id, "state": row.state, "exit_code": row.exit_code,
+            "summary": row.summary, "duration_s": _duration(row)}
+
+
+def workspace_view(row: WorkspaceRow, *, pid: int | None, log_tail: str) -> dict[str, Any]:
+    return {
+        "workspace": row.id, "state": row.state, "agent": row.agent, "pid": pid, "runs": row.runs,
+        "priority": Priority(row.priority).label, "label": row.label, "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at), "ended_at": iso(row.ended_at), "exit_code": row.exit_code,
+        "reason": row.reason, "summary": row.summary, "log_tail": log_tail, "path": row.path,
+        "branch": row.branch, "parent": row.parent,
+    }
+
+

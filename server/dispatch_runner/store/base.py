@@ -1,0 +1,182 @@
+"""Store values and the Store protocol every backend implements (one contract test suite)."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..events import Event
+from ..model import Outcome
+from ..policy import PoolLimit, PoolState, RateConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What the gate reads inside a claim; passed in so a changed agents.yaml applies next claim."""
+
+    concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
+    rates: Mapping[str, RateConfig] = field(default_factory=dict)
+    reservation_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewWorkspace:
+    id: str
+    pool: str
+    model: str | None
+    agent: str
+    task: str
+    prompt: str
+    template: str
+    priority: int
+    label: str | None
+    path: str
+    run_dir: str
+    cwd: str | None
+    repo: str | None
+    branch: str | None
+    idempotency_key: str | None
+    max_attempts: int
+    timeout_s: float | None
+    origin: str | None
+    parent: str | None
+    spec: Mapping[str, Any]  # how to start the agent: argv, env, output kind, patterns
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkspaceRow:
+    id: str
+    seq: int
+    pool: str
+    model: str | None
+    agent: str
+    task: str
+    template: str
+    priority: int
+    label: str | None
+    state: str
+    reason: str | None
+    path: str
+    run_dir: str
+    cwd: str | None
+    repo: str | None
+    branch: str | None
+    idempotency_key: str | None
+    runs: int
+    attempts: int
+    max_attempts: int
+    timeout_s: float | None
+    not_before: float
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    summary: str | None
+    session_id: str | None
+    origin: str | None
+    parent: str | None
+    current_run: int | None
+    pid: int | None
+    spec: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRow:
+    id: int
+    workspace: str
+    pool: str
+    attempt: int
+    phase: str  # reserved | running | exited | abandoned
+    claimed_by: str | None
+    claimed_at: float
+    shim_pid: int | None
+    shim_start: int | None
+    agent_pid: int | None
+    agent_start: int | None
+    boot_id: str | None
+    started_at: float | None
+    ended_at: float | None
+    kill_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    workspace: WorkspaceRow
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim | None
+    wake_at: float | None  # when a time-gated pool (pacing, backoff, retry) opens next
+    events: Sequence[Event] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    workspace: WorkspaceRow
+    deduplicated: bool
+    position: int
+    eta_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunExit:
+    outcome: Outcome
+    exit_code: int | None
+    summary: str | None = None
+    session_id: str | None = None
+    detail: str | None = None
+    retry_at: float | None = None  # provider-named retry time for a rate limit
+
+
+@dataclass(frozen=True, slots=True)
+class KillPlan:
+    cancelled: Sequence[WorkspaceRow]
+    to_signal: Sequence[RunRow]
+
+
+class Store(Protocol):
+    url: str
+
+    def close(self) -> None: ...
+    def data_version(self) -> int: ...
+
+    # workspaces and the queue
+    def enqueue(self, ws: NewWorkspace, *, now: float, max_wait_s: float | None,
+                limits: Limits) -> EnqueueResult: ...
+    def find_by_idempotency_key(self, key: str) -> WorkspaceRow | None: ...
+    def get_workspace(self, workspace_id: str) -> WorkspaceRow | None: ...
+    def claim_next(self, *, now: float, limits: Limits, peer: str) -> ClaimResult: ...
+    def queue_position(self, workspace_id: str) -> int: ...
+
+    # runs, written by the shim and by recovery
+    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str,
+                  now: float) -> bool: ...
+    def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> None: ...
+    def record_exit(self, run_id: int, result: RunExit, *, now: float,
+                    rate: RateConfig | None) -> WorkspaceRow | None: ...
+    def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None: ...
+    def active_runs(self) -> list[RunRow]: ...
+    def get_run(self, run_id: int) -> RunRow | None: ...
+
+    # control
+    def set_frozen(self, frozen: bool, *, now: float) -> bool: ...
+    def is_frozen(self) -> bool: ...
+    def plan_kill(self, *, workspaces: Sequence[str] = (), agent: str | None = None,
+                  everything: bool = False, now: float) -> KillPlan: ...
+
+    # reading
+    def pool_state(self, pool: str) -> PoolState: ...
+    def recent_runtimes(self, pool: str, limit: int = 16) -> list[float]: ...
+    def snapshot(self, *, now: float, limits: Limits, agent: str | None = None,
+                 state: str | None = None, limit: int = 20) -> dict[str, Any]: ...
+    def events_after(self, cursor: int, limit: int = 500) -> list[Event]: ...
+    def last_event_id(self) -> int: ...
+    def has_work(self) -> bool: ...
+
+    # peers and housekeeping
+    def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str,
+                       now: float) -> None: ...
+    def remove_peer(self, peer: str) -> None: ...
+    def peers(self) -> list[dict[str, Any]]: ...
+    def prune(self, *, before: float) -> int: ...

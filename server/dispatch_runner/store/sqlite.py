@@ -1,0 +1,657 @@
+"""SQLite backend: WAL, BEGIN IMMEDIATE for every read-then-write, busy_timeout, retry on lock.
+
+SQLite has no SKIP LOCKED: BEGIN IMMEDIATE serialises claims across processes, so two peers can
+never both take the last slot. One connection per Store, guarded by a lock (the async runner
+calls it from worker threads). Imports stay stdlib-only: the per-run shim uses this module.
+"""
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import policy
+from ..errors import QueueBusy, StoreError
+from ..events import Event
+from ..model import Outcome, WorkspaceState
+from ..policy import PoolState, RateConfig
+from .base import (
+    Claim,
+    ClaimResult,
+    EnqueueResult,
+    KillPlan,
+    Limits,
+    NewWorkspace,
+    RunExit,
+    RunRow,
+    WorkspaceRow,
+)
+from .sqlite_schema import MIGRATIONS
+
+T = TypeVar("T")
+LANE_SEP = "\x1f"
+_EVENT_FOR_STATE = {
+    WorkspaceState.COMPLETED: "AgentCompleted",
+    WorkspaceState.FAILED: "AgentFailed",
+    WorkspaceState.KILLED: "AgentKilled",
+    WorkspaceState.LOST: "AgentLost",
+}
+
+
+def lane_of(pool: str, model: str | None) -> str:
+    return f"{pool}{LANE_SEP}{model or ''}"
+
+
+def _dt(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}; check the directory "
+                             "exists and is writable, or set DISPATCH_RUNNER_STORE") from exc
+        self._migrate()
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "SQLiteStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; retried by `_write` when the database is locked."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        delay = 0.005
+        with self._lock:
+            for attempt in range(50):
+                try:
+                    with self._tx() as db:
+                        return fn(db)
+                except sqlite3.OperationalError as exc:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 49:
+                        raise StoreError(f"store write failed: {exc}") from exc
+                    time.sleep(delay)  # brief back-off between lock retries, not a wait on state
+                    delay = min(delay * 2, 0.5)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"store write failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        def step(db: sqlite3.Connection) -> None:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+        self._write(step)
+
+    def data_version(self) -> int:
+        return int(self._read("PRAGMA data_version")[0][0])
+
+    # ---- events -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, type_: str, now: float, ws: str | None = None,
+               origin: str | None = None, **data: Any) -> None:
+        db.execute("INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
+                   (now, type_, ws, origin, json.dumps(data, separators=(",", ":"))))
+
+    def events_after(self, cursor: int, limit: int = 500) -> list[Event]:
+        rows = self._read("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit))
+        return [Event(type=r["type"], workspace=r["workspace"], at=r["at"], origin=r["origin"],
+                      data=json.loads(r["data"]), id=r["id"]) for r in rows]
+
+    def last_event_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
+
+    # ---- enqueue ----------------------------------------------------------------------------
+
+    def find_by_idempotency_key(self, key: str) -> WorkspaceRow | None:
+        rows = self._read("SELECT * FROM workspaces WHERE idempotency_key = ?", (key,))
+        return _ws(rows[0]) if rows else None
+
+    def enqueue(self, ws: NewWorkspace, *, now: float, max_wait_s: float | None,
+                limits: Limits) -> EnqueueResult:
+        def tx(db: sqlite3.Connection) -> EnqueueResult:
+            if ws.idempotency_key:
+                row = db.execute("SELECT * FROM workspaces WHERE idempotency_key = ?",
+                                 (ws.idempotency_key,)).fetchone()
+                if row is not None:
+                    existing = _ws(row)
+                    return EnqueueResult(existing, True, self._position(db, existing), 0.0)
+            position, eta = self._estimate(db, ws.pool, ws.model, ws.priority, now, limits)
+            if max_wait_s is not None and max_wait_s >= 0 and eta > max_wait_s:
+                raise QueueBusy(ws.pool, eta, max_wait_s, position)
+            db.execute(
+                """INSERT INTO workspaces (id, pool, model, lane, agent, task, prompt, template,
+                   priority, label, state, path, run_dir, cwd, repo, branch, idempotency_key,
+                   max_attempts, timeout_s, not_before, created_at, updated_at, origin, parent,
+                   spec)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,0,?,?,?,?,?)""",
+                (ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task,
+                 ws.prompt, ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd,
+                 ws.repo, ws.branch, ws.idempotency_key, ws.max_attempts, ws.timeout_s, now, now,
+                 ws.origin, ws.parent, json.dumps(ws.spec)),
+            )
+            self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent,
+                        priority=ws.priority)
+            row = db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone()
+            return EnqueueResult(_ws(row), False, position, eta)
+
+        return self._write(tx)
+
+    def _estimate(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int,
+                  now: float, limits: Limits) -> tuple[int, float]:
+        """(1-based position a new dispatch would take in its pool queue, estimated wait)."""
+        ahead = db.execute(
+            "SELECT count(*) FROM workspaces WHERE state = 'queued' AND pool = ? AND priority <= ?",
+            (pool, priority)).fetchone()[0]
+        running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?",
+                             (pool,)).fetchone()[0]
+        limit = limits.concurrency.get(pool)
+        total = limit.total_limit if limit else None
+        state = self._pool_state(db, pool)
+        gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
+        gate_wait = (gate.wake_at.timestamp() - now) if gate.wake_at else 0.0
+        free = total is None or running + ahead < total
+        if free:
+            return 0, max(gate_wait, 0.0)
+        position = ahead + 1 if total is None else ahead + 1 - max(total - running, 0)
+        runtimes = self._runtimes(db, pool)
+        return position, policy.estimate_wait_s(position=position, limit=total,
+                                                runtimes_s=runtimes, gate_wait_s=gate_wait)
+
+    def _runtimes(self, db: sqlite3.Connection, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
+        rows = db.execute(
+            """SELECT ended_at - started_at FROM runs WHERE pool = ? AND ended_at IS NOT NULL
+               AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?""", (pool, limit)).fetchall()
+        return [float(r[0]) for r in reversed(rows)]
+
+    def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
+        with self._lock:
+            return self._runtimes(self._db, pool, limit)
+
+    def queue_position(self, workspace_id: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)).fetchone()
+            return self._position(self._db, _ws(row)) if row else 0
+
+    @staticmethod
+    def _position(db: sqlite3.Connection, ws: WorkspaceRow) -> int:
+        if ws.state != WorkspaceState.QUEUED:
+            return 0
+        return int(db.execute(
+            """SELECT count(*) FROM workspaces WHERE state = 'queued' AND pool = ? AND
+               (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))))""",
+            (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq)).fetchone()[0])
+
+    def get_workspace(self, workspace_id: str) -> WorkspaceRow | None:
+        rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
+        return _ws(rows[0]) if rows else None
+
+    # ---- the gate ---------------------------------------------------------------------------
+
+    def claim_next(self, *, now: float, limits: Limits, peer: str) -> ClaimResult:
+        return self._write(lambda db: self._claim(db, now, limits, peer))
+
+    def _claim(self, db: sqlite3.Connection, now: float, limits: Limits, peer: str) -> ClaimResult:
+        if self._frozen(db):
+            return ClaimResult(None, None)
+        nowdt = _dt(now)
+        running_pool: dict[str, int] = {}
+        running_model: dict[tuple[str, str | None], int] = {}
+        for r in db.execute("SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' "
+                            "GROUP BY pool, model"):
+            running_pool[r["pool"]] = running_pool.get(r["pool"], 0) + r["n"]
+            running_model[(r["pool"], r["model"])] = r["n"]
+        best: sqlite3.Row | None = None
+        wake: list[float] = []
+        gates: dict[str, policy.PoolGate] = {}
+        for lane in _lanes(db):
+            pool, _, model_text = lane.partition(LANE_SEP)
+            model = model_text or None
+            if pool not in gates:
+                gates[pool] = policy.pool_gate(limits.rates.get(pool), self._pool_state(db, pool),
+                                               nowdt)
+            gate = gates[pool]
+            if not gate.open:
+                if gate.wake_at is not None:
+                    wake.append(gate.wake_at.timestamp())
+                continue
+            if not policy.has_capacity(limits.concurrency.get(pool),
+                                       pool_running=running_pool.get(pool, 0), model=model,
+                                       model_running=running_model.get((pool, model), 0)):
+                continue  # a slot frees on a completion event, not at a time
+            head = db.execute(
+                """SELECT * FROM workspaces WHERE state = 'queued' AND lane = ? AND not_before <= ?
+                   ORDER BY priority, created_at, seq LIMIT 1""", (lane, now)).fetchone()
+            if head is None:
+                continue
+            if best is None or policy.order_key(head["priority"], head["created_at"], head["seq"]) \
+                    < policy.order_key(best["priority"], best["created_at"], best["seq"]):
+                best = head
+        later = db.execute("SELECT min(not_before) FROM workspaces WHERE state = 'queued' "
+                           "AND not_before > ?", (now,)).fetchone()[0]
+        if later is not None:
+            wake.append(float(later))
+        wake_at = min(wake) if wake else None
+        if best is None:
+            return ClaimResult(None, wake_at)
+        ws = _ws(best)
+        cur = db.execute(
+            "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at) "
+            "VALUES (?,?,?,'reserved',?,?)", (ws.id, ws.pool, ws.runs + 1, peer, now))
+        run_id = int(cur.lastrowid or 0)
+        db.execute(
+            """UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
+               started_at = ?, ended_at = NULL, exit_code = NULL, updated_at = ? WHERE id = ?""",
+            (run_id, now, now, ws.id))
+        self._save_pool_state(db, ws.pool, policy.after_spawn(limits.rates.get(ws.pool),
+                                                              self._pool_state(db, ws.pool), nowdt))
+        self._event(db, "AgentStarted", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
+                    attempt=ws.runs + 1)
+        claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
+        return ClaimResult(Claim(claimed, run_id), wake_at)
+
+    # ---- pool state -------------------------------------------------------------------------
+
+    @staticmethod
+    def _pool_state(db: sqlite3.Connection, pool: str) -> PoolState:
+        row = db.execute("SELECT * FROM pool_state WHERE pool = ?", (pool,)).fetchone()
+        if row is None:
+            return PoolState()
+        return PoolState(backoff_until=row["backoff_until"], fail_count=row["fail_count"],
+                         last_spawn=row["last_spawn"], daily_count=row["daily_count"],
+                         daily_day=row["daily_day"])
+
+    @staticmethod
+    def _save_pool_state(db: sqlite3.Connection, pool: str, s: PoolState) -> None:
+        db.execute(
+            """INSERT INTO pool_state (pool, backoff_until, fail_count, last_spawn, daily_count,
+               daily_day) VALUES (?,?,?,?,?,?) ON CONFLICT (pool) DO UPDATE SET
+               backoff_until = excluded.backoff_until, fail_count = excluded.fail_count,
+               last_spawn = excluded.last_spawn, daily_count = excluded.daily_count,
+               daily_day = excluded.daily_day""",
+            (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day))
+
+    def pool_state(self, pool: str) -> PoolState:
+        with self._lock:
+            return self._pool_state(self._db, pool)
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str,
+                  now: float) -> bool:
+        """Compare-and-set reserved -> running; False when the reservation was given back."""
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                """UPDATE runs SET phase = 'running', shim_pid = ?, shim_start = ?, boot_id = ?,
+                   started_at = ? WHERE id = ? AND phase = 'reserved' AND kill_requested = 0""",
+                (shim_pid, shim_start, boot_id, now, run_id))
+            return cur.rowcount == 1
+
+        return self._write(tx)
+
+    def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> None:
+        self._write(lambda db: db.execute(
+            "UPDATE runs SET agent_pid = ?, agent_start = ? WHERE id = ? AND phase = 'running'",
+            (agent_pid, agent_start, run_id)))
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def active_runs(self) -> list[RunRow]:
+        return [_run(r) for r in self._read(
+            "SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id")]
+
+    def record_exit(self, run_id: int, result: RunExit, *, now: float,
+                    rate: RateConfig | None) -> WorkspaceRow | None:
+        """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
+
+        Returns the updated workspace, or None when the exit was already recorded (by the shim or
+        by recovery, whichever came first)."""
+        return self._write(lambda db: self._record_exit(db, run_id, result, now, rate))
+
+    def _record_exit(self, db: sqlite3.Connection, run_id: int, result: RunExit, now: float,
+                     rate: RateConfig | None) -> WorkspaceRow | None:
+        run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None or run["phase"] not in ("reserved", "running"):
+            return None
+        ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (run["workspace"],)).fetchone())
+        outcome = Outcome.KILLED if run["kill_requested"] else result.outcome
+        detail = result.detail if outcome is result.outcome else "killed on request"
+        decision = policy.decide_exit(outcome, attempts_before=ws.attempts,
+                                      max_attempts=ws.max_attempts, detail=detail)
+        db.execute("UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? "
+                   "WHERE id = ?", (now, result.exit_code, outcome.value, run_id))
+        attempts = ws.attempts + (1 if decision.counts_attempt and outcome not in
+                                  (Outcome.SUCCEEDED, Outcome.KILLED) else 0)
+        finished = decision.state is not WorkspaceState.QUEUED
+        db.execute(
+            """UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
+               exit_code = ?, summary = coalesce(?, summary), session_id = coalesce(?, session_id),
+               ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END
+               WHERE id = ?""",
+            (decision.state.value, decision.reason, attempts, now + decision.not_before_delay_s,
+             result.exit_code, result.summary, result.session_id, now if finished else None, now,
+             finished, ws.id))
+        self._after_exit_pool_state(db, ws, outcome, result, now, rate)
+        common = {"agent": ws.agent, "exit_code": result.exit_code, "run": run_id,
+                  "duration_s": round(now - (run["started_at"] or run["claimed_at"]), 3),
+                  "reason": decision.reason, "dead_letter": decision.dead_letter}
+        if outcome is Outcome.LOST:
+            self._event(db, "AgentLost", now, ws.id, ws.origin, state=decision.state.value, **common)
+        if decision.state in _EVENT_FOR_STATE and outcome is not Outcome.LOST:
+            self._event(db, _EVENT_FOR_STATE[decision.state], now, ws.id, ws.origin,
+                        state=decision.state.value, **common)
+        if decision.state is WorkspaceState.QUEUED:
+            self._event(db, "AgentRetrying", now, ws.id, ws.origin, state="queued",
+                        outcome=outcome.value, not_before=now + decision.not_before_delay_s, **common)
+        if decision.dead_letter:
+            self._event(db, "TaskDeadLettered", now, ws.id, ws.origin, state=decision.state.value,
+                        **common)
+        return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
+
+    def _after_exit_pool_state(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
+                               result: RunExit, now: float, rate: RateConfig | None) -> None:
+        state = self._pool_state(db, ws.pool)
+        if outcome is Outcome.RATE_LIMITED:
+            fails = state.fail_count + 1
+            until = policy.rate_limit_backoff_until(
+                now=_dt(now), retry_at=_dt(result.retry_at) if result.retry_at else None,
+                rate=rate, fail_count=fails).timestamp()
+            until = max(until, state.backoff_until or 0.0)
+            self._save_pool_state(db, ws.pool, PoolState(
+                backoff_until=until, fail_count=fails, last_spawn=state.last_spawn,
+                daily_count=state.daily_count, daily_day=state.daily_day))
+            self._event(db, "PoolBackoff", now, ws.id, ws.origin, pool=ws.pool, until=until,
+                        fail_count=fails)
+        elif outcome is Outcome.SUCCEEDED and state.fail_count:
+            self._save_pool_state(db, ws.pool, PoolState(
+                backoff_until=state.backoff_until, fail_count=0, last_spawn=state.last_spawn,
+                daily_count=state.daily_count, daily_day=state.daily_day))
+
+    def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None:
+        """A claim that was never spawned goes back to the queue (not an attempt)."""
+        def tx(db: sqlite3.Connection) -> WorkspaceRow | None:
+            cur = db.execute("UPDATE runs SET phase = 'abandoned', ended_at = ? WHERE id = ? "
+                             "AND phase = 'reserved'", (now, run_id))
+            if cur.rowcount != 1:
+                return None
+            ws_id = db.execute("SELECT workspace FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            db.execute("""UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
+                          started_at = NULL, updated_at = ? WHERE id = ? AND state = 'running'""",
+                       (now, ws_id))
+            return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws_id,)).fetchone())
+
+        return self._write(tx)
+
+    # ---- control ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _frozen(db: sqlite3.Connection) -> bool:
+        row = db.execute("SELECT value FROM settings WHERE key = 'frozen'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def is_frozen(self) -> bool:
+        with self._lock:
+            return self._frozen(self._db)
+
+    def set_frozen(self, frozen: bool, *, now: float) -> bool:
+        def tx(db: sqlite3.Connection) -> bool:
+            was = self._frozen(db)
+            db.execute("INSERT INTO settings (key, value) VALUES ('frozen', ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       ("1" if frozen else "0",))
+            if was != frozen:
+                self._event(db, "QueueFrozen" if frozen else "QueueUnfrozen", now)
+            return frozen
+
+        return self._write(tx)
+
+    def plan_kill(self, *, workspaces: Sequence[str] = (), agent: str | None = None,
+                  everything: bool = False, now: float) -> KillPlan:
+        """Cancel the queued targets; mark running ones kill_requested and return them to signal."""
+        def tx(db: sqlite3.Connection) -> KillPlan:
+            if everything:
+                where, args = "state IN ('queued', 'running')", []
+            elif agent is not None:
+                where = "state IN ('queued', 'running') AND (agent = ? OR (pool = ? AND ? NOT LIKE '%:%'))"
+                args = [agent, agent, agent]
+            else:
+                marks = ",".join("?" * len(workspaces))
+                where, args = f"state IN ('queued', 'running') AND id IN ({marks})", list(workspaces)
+            rows = [_ws(r) for r in db.execute(f"SELECT * FROM workspaces WHERE {where}", args)]
+            cancelled: list[WorkspaceRow] = []
+            signal: list[RunRow] = []
+            for ws in rows:
+                if ws.state == WorkspaceState.QUEUED:
+                    db.execute("UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on "
+                               "request', ended_at = ?, updated_at = ? WHERE id = ?", (now, now, ws.id))
+                    self._event(db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent,
+                                state="cancelled")
+                    cancelled.append(_ws(db.execute("SELECT * FROM workspaces WHERE id = ?",
+                                                    (ws.id,)).fetchone()))
+                elif ws.current_run is not None:
+                    db.execute("UPDATE runs SET kill_requested = 1 WHERE id = ?", (ws.current_run,))
+                    signal.append(_run(db.execute("SELECT * FROM runs WHERE id = ?",
+                                                  (ws.current_run,)).fetchone()))
+            return KillPlan(cancelled, signal)
+
+        return self._write(tx)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self._read("SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN "
+                               "('queued', 'running'))")[0][0])
+
+    def snapshot(self, *, now: float, limits: Limits, agent: str | None = None,
+                 state: str | None = None, limit: int = 20) -> dict[str, Any]:
+        with self._lock:
+            return _snapshot(self._db, now=now, limits=limits, agent=agent, state=state,
+                             limit=limit, pool_state=self._pool_state)
+
+    # ---- peers and housekeeping -------------------------------------------------------------
+
+    def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str,
+                       now: float) -> None:
+        self._write(lambda db: db.execute(
+            """INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at) VALUES (?,?,?,?,?,?)
+               ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at""",
+            (peer, pid, start, boot_id, kind, now)))
+
+    def remove_peer(self, peer: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM peers WHERE id = ?", (peer,)))
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._read("SELECT * FROM peers ORDER BY heartbeat_at DESC")]
+
+    def prune(self, *, before: float) -> int:
+        """Delete finished workspaces (and their runs and events) that ended before `before`."""
+        def tx(db: sqlite3.Connection) -> int:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state "
+                "NOT IN ('queued', 'running') LIMIT 5000", (before,))]
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                db.execute(f"DELETE FROM runs WHERE workspace IN ({marks})", part)
+                db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", part)
+            db.execute("DELETE FROM events WHERE at < ?", (before,))
+            return len(ids)
+
+        return self._write(tx)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _statements(script: str) -> list[str]:
+    out, buf = [], ""
+    for line in script.splitlines():
+        buf += line.split("--", 1)[0] + "\n"
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def _lanes(db: sqlite3.Connection) -> list[str]:
+    """Distinct lanes with queued work: a loose index scan, O(lanes * log n)."""
+    rows = db.execute(
+        """WITH RECURSIVE l(lane) AS (
+             SELECT min(lane) FROM workspaces WHERE state = 'queued'
+             UNION ALL
+             SELECT (SELECT min(lane) FROM workspaces WHERE state = 'queued' AND lane > l.lane)
+             FROM l WHERE l.lane IS NOT NULL)
+           SELECT lane FROM l WHERE lane IS NOT NULL""").fetchall()
+    return [r[0] for r in rows]
+
+
+def _ws(row: sqlite3.Row) -> WorkspaceRow:
+    return WorkspaceRow(
+        id=row["id"], seq=row["seq"], pool=row["pool"], model=row["model"], agent=row["agent"],
+        task=row["task"], template=row["template"], priority=row["priority"], label=row["label"],
+        state=row["state"], reason=row["reason"], path=row["path"], run_dir=row["run_dir"],
+        cwd=row["cwd"], repo=row["repo"], branch=row["branch"],
+        idempotency_key=row["idempotency_key"], runs=row["runs"], attempts=row["attempts"],
+        max_attempts=row["max_attempts"], timeout_s=row["timeout_s"], not_before=row["not_before"],
+        created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+        exit_code=row["exit_code"], summary=row["summary"], session_id=row["session_id"],
+        origin=row["origin"], parent=row["parent"], current_run=row["current_run"], pid=None,
+        spec=json.loads(row["spec"]),
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        id=row["id"], workspace=row["workspace"], pool=row["pool"], attempt=row["attempt"],
+        phase=row["phase"], claimed_by=row["claimed_by"], claimed_at=row["claimed_at"],
+        shim_pid=row["shim_pid"], shim_start=row["shim_start"], agent_pid=row["agent_pid"],
+        agent_start=row["agent_start"], boot_id=row["boot_id"], started_at=row["started_at"],
+        ended_at=row["ended_at"], kill_requested=bool(row["kill_requested"]),
+    )
+
+
+def _snapshot(db: sqlite3.Connection, *, now: float, limits: Limits, agent: str | None,
+              state: str | None, limit: int,
+              pool_state: Callable[[sqlite3.Connection, str], PoolState]) -> dict[str, Any]:
+    counts = {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM workspaces GROUP BY state")}
+    pools: dict[str, dict[str, Any]] = {}
+
+    def pool_entry(name: str) -> dict[str, Any]:
+        if name not in pools:
+            lim = limits.concurrency.get(name)
+            pools[name] = {"running": 0, "queued": 0, "limit": lim.total_limit if lim else None,
+                           "models": {m: {"running": 0, "limit": n if n > 0 else None}
+                                      for m, n in (lim.models.items() if lim else ())}}
+        return pools[name]
+
+    for name in limits.concurrency:
+        pool_entry(name)
+    for r in db.execute("SELECT pool, model, state, count(*) n, min(created_at) oldest FROM "
+                        "workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state"):
+        entry = pool_entry(r["pool"])
+        entry[r["state"]] += r["n"]
+        if r["state"] == "queued":
+            old = entry.get("_oldest")
+            entry["_oldest"] = r["oldest"] if old is None else min(old, r["oldest"])
+        elif r["model"] is not None:
+            model = entry["models"].setdefault(r["model"], {"running": 0, "limit": None})
+            model["running"] += r["n"]
+    for r in db.execute("SELECT pool FROM pool_state"):
+        pool_entry(r[0])
+    thr = {r[0]: r[1] for r in db.execute(
+        "SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL "
+        "GROUP BY pool", (now - 60,))}
+    nowdt = _dt(now)
+    for name, entry in pools.items():
+        ps = pool_state(db, name)
+        rate = limits.rates.get(name)
+        gate = policy.pool_gate(rate, ps, nowdt)
+        entry["backoff_until"] = policy.iso(ps.backoff_until) if ps.backoff_until and \
+            ps.backoff_until > now else None
+        entry["daily_used"] = policy.daily_used(rate, ps, nowdt) if rate else ps.daily_count
+        entry["daily_limit"] = rate.daily_limit if rate else None
+        entry["next_spawn_at"] = policy.iso(gate.wake_at.timestamp()) if gate.wake_at else None
+        entry["oldest_queued_at"] = policy.iso(entry.pop("_oldest", None))
+        entry["throughput_1m"] = thr.get(name, 0)
+    filt, args = [], []
+    if agent:
+        filt.append("(agent = ? OR pool = ?)")
+        args += [agent, agent]
+    if state:
+        filt.append("state = ?")
+        args.append(state)
+    where = " AND ".join(filt) if filt else "1"
+    rows = db.execute(f"SELECT * FROM workspaces WHERE state = 'running' AND {where} "
+                      "ORDER BY created_at DESC LIMIT ?", [*args, limit]).fetchall()
+    if len(rows) < limit:
+        rows += db.execute(f"SELECT * FROM workspaces WHERE state != 'running' AND {where} "
+                           "ORDER BY created_at DESC LIMIT ?", [*args, limit - len(rows)]).fetchall()
+    return {
+        "frozen": SQLiteStore._frozen(db),
+        "pools": dict(sorted(pools.items())),
+        "counts": counts,
+        "workspaces": [_short(_ws(r), now) for r in rows],
+    }
+
+
+def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
+    end = ws.ended_at if ws.ended_at is not None else (now if ws.state == "running" else None)
+    duration = None if ws.started_at is None or end is None else round(end - ws.started_at, 3)
+    return {"workspace": ws.id, "state": ws.state, "agent": ws.agent,
+            "priority": _priority_label(ws.priority), "label": ws.label,
+            "created_at": policy.iso(ws.created_at), "duration_s": duration,
+            "summary": (ws.summary or "")[:200] or None}
+
+
+def _priority_label(p: int) -> str:
+    return ("critical", "high", "medium", "low")[p] if 0 <= p <= 3 else str(p)
+
+

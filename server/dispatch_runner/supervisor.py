@@ -1,0 +1,132 @@
+"""Start, watch and stop agent processes.
+
+Every agent starts through a detached per-run shim (`python -m dispatch_runner.shim SPEC`) in its
+own session; the shim starts the agent in a new session and process group and records the exit.
+A PID is an identity only together with its start time and the boot id: orphans stay zombies for
+~2 s on these machines, so `kill(pid, 0)` alone lies; we read /proc state instead.
+Stdlib only: the shim imports this module.
+"""
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_BOOT_ID: str | None = None
+
+
+def boot_id() -> str:
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            _BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT_ID = "unknown"
+    return _BOOT_ID
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc/<pid>/stat, or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # the command name may hold spaces and parentheses: split after the last ')'
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def proc_start(pid: int) -> int | None:
+    st = _stat(pid)
+    return st[1] if st else None
+
+
+def is_alive(pid: int | None, start: int | None, boot: str | None = None) -> bool:
+    """True when that very process (pid + start time [+ boot]) exists and is not a zombie."""
+    if not pid or pid <= 0:
+        return False
+    if boot is not None and boot != boot_id():
+        return False
+    st = _stat(pid)
+    if st is None or st[0] in ("Z", "X", "x"):
+        return False
+    return start is None or st[1] == start
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Any non-zombie process left in the group (the leader may be gone already)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                raw = Path(entry.path, "stat").read_bytes()
+            except OSError:
+                continue
+            fields = raw[raw.rfind(b")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+def terminate_group(pgid: int, *, grace_s: float, poll_s: float = 0.02) -> bool:
+    """SIGTERM the group; SIGKILL whatever remains after grace_s. True if it had processes."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return True
+        time.sleep(poll_s)  # polling a process group we do not own: no event to wait on
+    signal_group(pgid, signal.SIGKILL)
+    return True
+
+
+class ShimLauncher:
+    """Spawns detached shims and reaps the ones that exit while this process lives."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._children: set[int] = set()
+
+    def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> int:
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        pid = os.posix_spawn(self.python, [self.python, *args], dict(env), file_actions=actions,
+                             setsid=True)
+        self._children.add(pid)
+        return pid
+
+    def reap(self) -> int:
+        """Collect exited shims (no zombie stays under a peer). Returns how many are left."""
+        for pid in list(self._children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._children.discard(pid)
+        return len(self._children)
+
+    @property
+    def children(self) -> frozenset[int]:
+        return frozenset(self._children)
+
+
+def shim_args(spec_path: Path) -> list[str]:
+    return ["-m", "dispatch_runner.shim", str(spec_path)]
