@@ -95,6 +95,10 @@ class MultiEmitter:
     def dropped(self) -> int:
         return self._closed_drops + sum(e.dropped for e in self._subscribers)
 
+    def close(self) -> None:
+        for emitter in list(self._subscribers):
+            self.unsubscribe(emitter)
+
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -138,3 +142,7 @@ class Bus:
     @property
     def dropped(self) -> int:
         return self.events.dropped
+
+    def close(self) -> None:
+        """Close every subscriber's stream (their readers see end-of-stream)."""
+        self.events.close()

@@ -82,6 +82,7 @@ class Runner:
         return cls(load_config(config_flag), kind=kind)
 
     def close(self) -> None:
+        self.bus.close()
         self.store.close()
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

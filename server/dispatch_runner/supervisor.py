@@ -69,15 +69,16 @@ def group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                raw = Path(entry.path, "stat").read_bytes()
-            except OSError:
-                continue
-            fields = raw[raw.rfind(b")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                try:
+                    raw = Path(entry.path, "stat").read_bytes()
+                except OSError:
+                    continue
+                fields = raw[raw.rfind(b")") + 2:].split()
+                if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                    return True
     return False
 
 

@@ -1,0 +1,211 @@
+"""`status` and the claim at scale: 10,000 queued + 10,000 finished workspaces.
+
+The store is filled through the SQLiteStore API (enqueue, claim_next, record_exit; times spread
+over the past three days so the finished runs look like history, not a burst), then:
+- `runner.status` overall and for one workspace, through the bus of an in-process Runner;
+- `dispatch-runner status` (CLI, table output) wall time;
+- `claim_next` when the head of the queue is a saturated model: N queued `codex:gpt-5.4` (model
+  limit 1, one already running) and one `codex:other` at the back. Capacity-first must skip the
+  saturated lane in O(log n): the same claim over a 100-deep queue is the baseline.
+Baselines: a bare `SELECT count(*) FROM workspaces`, `python -c pass`, the 100-deep claim.
+
+    .venv/bin/python bench/bench_status.py [--n 10000] [--calls 50]
+"""
+
+import argparse
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import _benchlib as b
+import anyio
+
+AGENTS_YAML = """\
+version: 1
+dispatch: {default_template: none, allowed_roots: ["{home}"]}
+concurrency:
+  claude: 1
+  codex: {total: 5, gpt-5.4: 1}
+  gemini: 3
+"""
+QUEUED_AGENTS = (("claude", None), ("codex", "gpt-5.4"), ("codex", "gpt-5.4-mini"), ("gemini", None))
+DAY_S = 86400.0
+
+
+def new_ws(i: int, pool: str, model: str | None, home: Path, *, tag: str, max_attempts: int = 3):
+    from dispatch_runner.store import NewWorkspace
+
+    ws_id = f"ws-bench-{tag}-{i:06d}"
+    path = home / "workspaces" / ws_id
+    return NewWorkspace(
+        id=ws_id, pool=pool, model=model, agent=f"{pool}:{model}" if model else pool,
+        task=f"bench task {i}: refactor module {i % 97} and add tests", prompt=f"bench task {i}",
+        template="none", priority=2, label=f"bench-{i % 10}", path=str(path),
+        run_dir=str(path / "work"), cwd=None, repo=None, branch=None, idempotency_key=None,
+        max_attempts=max_attempts, timeout_s=None, origin=None, parent=None,
+        spec={"argv": [pool, "-p", f"bench task {i}"], "env": {}, "output": "text", "patterns": []})
+
+
+def populate(store, home: Path, n_finished: int, n_queued: int, limits) -> dict[str, float]:
+    """Finished history first (one at a time: enqueue, claim, exit), then the queued backlog,
+    then claim with the real limits so every pool has its running share."""
+    from dispatch_runner.model import Outcome
+    from dispatch_runner.store import Limits, RunExit
+
+    unlimited = Limits()
+    now = time.time()
+    t0 = time.perf_counter()
+    start = now - 3 * DAY_S
+    step = (3 * DAY_S - 4 * 3600) / max(n_finished, 1)
+    for i in range(n_finished):
+        pool, model = QUEUED_AGENTS[i % len(QUEUED_AGENTS)]
+        failed = i % 10 == 9
+        t = start + i * step
+        store.enqueue(new_ws(i, pool, model, home, tag="done", max_attempts=1 if failed else 3),
+                      now=t, max_wait_s=None, limits=unlimited)
+        claim = store.claim_next(now=t + 1, limits=unlimited, peer="bench").claim
+        result = (RunExit(outcome=Outcome.FAILED, exit_code=1, detail="exit 1") if failed else
+                  RunExit(outcome=Outcome.SUCCEEDED, exit_code=0, summary=f"did task {i}"))
+        store.record_exit(claim.run_id, result, now=t + 60 + i % 300, rate=None)
+    t_finished = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    start = now - 3 * 3600
+    for i in range(n_queued):
+        pool, model = QUEUED_AGENTS[i % len(QUEUED_AGENTS)]
+        store.enqueue(new_ws(i, pool, model, home, tag="q"), now=start + i * (3 * 3600 / n_queued),
+                      max_wait_s=None, limits=limits)
+    t_queued = time.perf_counter() - t0
+    while store.claim_next(now=time.time(), limits=limits, peer="bench").claim is not None:
+        pass
+    return {"finished": t_finished, "queued": t_queued}
+
+
+def bench_status_calls(runner, calls: int, one_id: str) -> tuple[list[float], list[float], dict]:
+    overall, single = [], []
+    last: dict = {}
+
+    async def main() -> None:
+        nonlocal last
+        await runner.bus.invoke("runner.status")  # warm-up: worker thread, first-call paths
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            last = await runner.bus.invoke("runner.status")
+            overall.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            await runner.bus.invoke("runner.status", workspace=one_id)
+            single.append(time.perf_counter() - t0)
+
+    anyio.run(main)
+    return overall, single, last
+
+
+def bench_claim(home: Path, depth: int, calls: int) -> tuple[list[float], list[float], float]:
+    """claim_next with a saturated model at the head, `depth` deep; returns (claims that find the
+    `other` lane, claims that find nothing, fill seconds)."""
+    from dispatch_runner.policy import PoolLimit
+    from dispatch_runner.store import Limits
+    from dispatch_runner.store.sqlite import SQLiteStore
+
+    limits = Limits(concurrency={"codex": PoolLimit(total=5, models={"gpt-5.4": 1})})
+    store = SQLiteStore(home / f"claim-{depth}.db")
+    try:
+        t0 = time.perf_counter()
+        base = time.time() - 3600
+        for i in range(depth):
+            store.enqueue(new_ws(i, "codex", "gpt-5.4", home, tag=f"c{depth}"), now=base + i * 0.01,
+                          max_wait_s=None, limits=limits)
+        store.enqueue(new_ws(depth, "codex", "other", home, tag=f"c{depth}"),
+                      now=base + depth * 0.01, max_wait_s=None, limits=limits)
+        fill = time.perf_counter() - t0
+        head = store.claim_next(now=time.time(), limits=limits, peer="bench").claim
+        assert head is not None and head.workspace.model == "gpt-5.4", "the head should start first"
+        found, empty = [], []
+        for _ in range(calls + 1):
+            t0 = time.perf_counter()
+            res = store.claim_next(now=time.time(), limits=limits, peer="bench")
+            t1 = time.perf_counter()
+            if res.claim is None or res.claim.workspace.model != "other":
+                raise RuntimeError(f"expected the codex:other workspace, got {res.claim}")
+            t2 = time.perf_counter()
+            none = store.claim_next(now=time.time(), limits=limits, peer="bench")
+            t3 = time.perf_counter()
+            if none.claim is not None:
+                raise RuntimeError(f"expected nothing claimable, got {none.claim.workspace.agent}")
+            store.return_reservation(res.claim.run_id, now=time.time())
+            found.append(t1 - t0)
+            empty.append(t3 - t2)
+        return found[1:], empty[1:], fill
+    finally:
+        store.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=10_000, help="queued and finished workspaces each")
+    ap.add_argument("--calls", type=int, default=50, help="timed calls per figure (default 50)")
+    ap.add_argument("--cli-n", type=int, default=10, help="CLI status runs (default 10)")
+    args = ap.parse_args()
+    home = b.make_home(AGENTS_YAML, "status")
+    try:
+        return _run(args, home)
+    finally:
+        b.cleanup(home)
+
+
+def _run(args: argparse.Namespace, home: Path) -> int:
+    from dispatch_runner.config import load_config
+    from dispatch_runner.runner import Runner
+
+    print(f"bench_status: {b.machine()}\n{b.bytecode_note()}; home {home}")
+    t_start = time.monotonic()
+    runner = Runner(load_config(), kind="bench")
+    try:
+        fill = populate(runner.store, home, args.n, args.n, runner.limits)
+        one_id = f"ws-bench-done-{args.n // 2:06d}"
+        one = runner.store.get_workspace(one_id)
+        Path(one.path).mkdir(parents=True)
+        (Path(one.path) / "run-1.out.log").write_text(
+            "".join(f"log line {k}: working on it\n" for k in range(2000)))
+        overall, single, snap = bench_status_calls(runner, args.calls, one_id)
+    finally:
+        runner.close()
+    db = sqlite3.connect(home / "state.db")
+    count = b.time_calls(lambda: db.execute("SELECT count(*) FROM workspaces").fetchone(), args.calls + 1)[1:]
+    db.close()
+    env = b.cli_env(home)
+    cli = b.run_cmd_times([b.CLI, "status"], args.cli_n + 1, env=env)[1:]
+    py_pass = b.run_cmd_times([b.PYTHON, "-c", "pass"], max(args.cli_n, 20))
+    claim_small, empty_small, _ = bench_claim(home, 100, args.calls)
+    claim_big, empty_big, fill_claim = bench_claim(home, args.n, args.calls)
+
+    n = f"{args.n:,}"
+    print(f"store: {snap['counts']} (filled through SQLiteStore.enqueue / claim_next / record_exit: "
+          f"{fill['finished']:.1f} s for the finished, {fill['queued']:.1f} s for the queued; "
+          f"claim store {n} deep: {fill_claim:.1f} s)")
+    rows = [
+        b.latency_row(f"runner.status overall ({n}+{n})", overall, "SELECT count(*) FROM workspaces",
+                      count, "<= 50 ms"),
+        b.latency_row("runner.status one workspace (2,000-line log)", single,
+                      "SELECT count(*) FROM workspaces", count),
+        b.latency_row("CLI `dispatch-runner status` wall", cli, "python -c pass", py_pass, "<= 300 ms"),
+        b.latency_row(f"claim_next, saturated head, {n} deep", claim_big,
+                      "same claim, 100 deep", claim_small, "O(log n): ratio ~1"),
+        b.latency_row(f"claim_next, nothing eligible, {n} deep", empty_big,
+                      "same, 100 deep", empty_small, "O(log n): ratio ~1"),
+    ]
+    print()
+    print(b.table(rows, b.LATENCY_HEADER))
+    print()
+    print(b.verdict(f"status overall p50 {b.ms(b.p50(overall))} ms (DESIGN §7: <= 50 ms)",
+                    b.p50(overall), 0.050))
+    print(b.verdict(f"CLI status p50 {b.ms(b.p50(cli))} ms (DESIGN §7: <= 300 ms)", b.p50(cli), 0.300))
+    print(b.verdict(f"claim at {n} / at 100 deep = {b.ratio(b.p50(claim_big), b.p50(claim_small))} "
+                    "(O(log n): <= 2x)", b.p50(claim_big) / b.p50(claim_small), 2.0))
+    print(f"({time.monotonic() - t_start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

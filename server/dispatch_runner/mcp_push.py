@@ -1,0 +1,204 @@
+"""What the MCP surface pushes: the connected clients of this process (each with the origin key
+its dispatches carry) and the notifications sent when the runner's bus reports an event.
+
+On a finished run: `notifications/claude/channel` to the session that dispatched it (and to
+every session with `notify: all`, or that opted in with `status(subscribe=true)`), an MCP log
+message to every session, and `notifications/resources/updated` to subscribers.
+"""
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+from mcp.server.connection import Connection
+from mcp.server.session import ServerSession
+
+from .errors import DispatchError
+from .events import TERMINAL_EVENTS, Event
+from .runner import Runner
+
+log = logging.getLogger("dispatch_runner.mcp")
+
+CHANNEL_METHOD: Final = "notifications/claude/channel"
+FINISHED_STATES: Final = frozenset({"completed", "failed", "killed", "lost"})
+LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+SEND_TIMEOUT_S: Final = 2.0   # a client that stops reading must not stall pushes to the others
+SUMMARY_LINES: Final = 3
+SUMMARY_CHARS: Final = 400
+SEEN_EVENTS: Final = 4096
+
+
+@dataclass(eq=False, kw_only=True)
+class Client:
+    """One client connection: its origin key and what it asked to receive."""
+
+    key: str
+    connection: Connection | None
+    everything: bool = False          # status(subscribe=true): every completion, not only its own
+    log_level: str = "info"
+    resources: set[str] = field(default_factory=set)
+
+
+def connection_of(session: ServerSession) -> Connection:
+    # ServerSession is rebuilt for every request; the Connection lives as long as the client.
+    # mcp 2.3 has no public accessor on ServerSession (its extension Context reads the same field).
+    return session._connection
+
+
+class Clients:
+    """The clients connected to this process. Keys are unique across peers and restarts (the peer
+    id holds host, pid and process start time), so `event.origin` names exactly one session."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+        self._seq = count(1)
+        self._by_connection: dict[Connection, Client] = {}
+
+    def of(self, session: ServerSession) -> Client:
+        connection = connection_of(session)
+        client = self._by_connection.get(connection)
+        if client is not None:
+            return client
+        client = Client(key=f"{self._peer}/{next(self._seq)}", connection=connection)
+        if not connection.has_standalone_channel:
+            # stateless 2026-era request: nothing can be pushed to it, nothing to remember
+            client.connection = None
+            return client
+        self._by_connection[connection] = client
+        connection.exit_stack.callback(self._by_connection.pop, connection, None)
+        return client
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(list(self._by_connection.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_connection)
+
+
+def is_pushed(event: Event) -> bool:
+    """A run that ended the workspace. A dead-lettered failure is pushed once, as TaskDeadLettered."""
+    if event.type not in TERMINAL_EVENTS or event.data.get("state") not in FINISHED_STATES:
+        return False
+    return not (event.type in ("AgentFailed", "AgentLost") and event.data.get("dead_letter"))
+
+
+def resource_uris(event: Event) -> set[str]:
+    uris = {"runner://status"}
+    if event.workspace:
+        uris |= {f"runner://workspaces/{event.workspace}", f"runner://workspaces/{event.workspace}/log"}
+    return uris
+
+
+def _first_lines(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    joined = " ".join(lines[:SUMMARY_LINES])
+    return joined if len(joined) <= SUMMARY_CHARS else joined[:SUMMARY_CHARS - 1] + "…"
+
+
+def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """(content, meta) of a channel event: one paragraph for a person or a model, and string
+    meta under identifier keys (Claude Code drops any other key silently)."""
+    data = event.data
+    ws = event.workspace or "?"
+    state = str(data.get("state") or view.get("state") or "finished")
+    agent = str(data.get("agent") or view.get("agent") or "agent")
+    exit_code, duration = data.get("exit_code"), data.get("duration_s")
+    label = f' "{view["label"]}"' if view.get("label") else ""
+    head = f"Sub-agent {agent} in workspace {ws}{label} {state}"
+    if duration is not None:
+        head += f" after {float(duration):.1f}s"
+    if exit_code is not None:
+        head += f" (exit code {exit_code})"
+    parts = [head + "."]
+    if state != "completed" and (view.get("reason") or data.get("reason")):
+        parts.append(f"Reason: {view.get('reason') or data.get('reason')}.")
+    summary = _first_lines(view.get("summary"))
+    if summary:
+        parts.append(f"Result: {summary}")
+    parts.append(f"Call status with workspace={ws} for details and the log tail.")
+    meta = {"event": event.type, "workspace": ws, "agent": agent, "state": state}
+    if exit_code is not None:
+        meta["exit_code"] = str(exit_code)
+    if duration is not None:
+        meta["duration_s"] = f"{float(duration):.3f}"
+    return " ".join(parts), meta
+
+
+class Pusher:
+    """Reads the runner's bus and sends each event's notifications to the right clients."""
+
+    def __init__(self, runner: Runner, clients: Clients) -> None:
+        self.runner = runner
+        self.clients = clients
+        self.pushed = 0
+        self._seen: OrderedDict[int, None] = OrderedDict()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        sub = self.runner.bus.subscribe(1024)
+        task_status.started()
+        try:
+            async for event in sub.receive:
+                if self._first_time(event):
+                    await self.handle(event)
+        finally:
+            self.runner.bus.unsubscribe(sub)
+
+    def _first_time(self, event: Event) -> bool:
+        # The runner may publish one stored event twice when two readers race on its cursor;
+        # a client must not hear about one completion twice.
+        if not event.id:
+            return True
+        if event.id in self._seen:
+            return False
+        self._seen[event.id] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        return True
+
+    async def handle(self, event: Event) -> None:
+        if not len(self.clients):
+            return
+        message: tuple[str, dict[str, str]] | None = None
+        if is_pushed(event):
+            message = channel_message(event, await self._view(event.workspace))
+        uris = resource_uris(event)
+        for client in self.clients:
+            with anyio.move_on_after(SEND_TIMEOUT_S):
+                try:
+                    await self._send(client, event, message, uris)
+                except Exception:  # one broken connection must not end pushes for the others
+                    log.exception("push to client %s failed", client.key)
+
+    async def _view(self, workspace: str | None) -> dict[str, Any]:
+        if not workspace:
+            return {}
+        try:
+            view: dict[str, Any] = await self.runner.bus.invoke("runner.status", workspace=workspace)
+        except DispatchError:
+            return {}
+        return view
+
+    def wants_channel(self, client: Client, event: Event) -> bool:
+        return (client.everything or self.runner.config.notify == "all"
+                or (event.origin is not None and event.origin == client.key))
+
+    async def _send(self, client: Client, event: Event, message: tuple[str, dict[str, str]] | None,
+                    uris: set[str]) -> None:
+        connection = client.connection
+        if connection is None:
+            return
+        if message is not None:
+            content, meta = message
+            if self.wants_channel(client, event):
+                await connection.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
+                self.pushed += 1
+            level = "info" if meta["state"] == "completed" else "warning"
+            if LOG_LEVELS.index(level) >= LOG_LEVELS.index(client.log_level):
+                await connection.log(level, {**meta, "message": content}, logger="runner")
+        for uri in sorted(uris & client.resources):
+            await connection.send_resource_updated(uri)

@@ -1,0 +1,284 @@
+"""The MCP surface: server `runner` over stdio, SSE or streamable HTTP.
+
+One Runner and one background loop per process (not per connection): `runner.serve()` watches
+the store, drains the queue and recovers runs; the Pusher turns bus events into notifications.
+Stdio is served on the handshake-only loop (protocol 2025-11-25), the only era with a push path
+and experimental capabilities, which Claude Code needs to register the `claude/channel`.
+Leaving — stdin closed, SIGTERM — stops our own tasks only: agents keep running.
+
+This is the only module family that imports the MCP SDK (about 1 s of import).
+"""
+
+import hmac
+import ipaddress
+import json
+import logging
+import signal
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.server.context import CallNext, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.runner import serve_loop
+from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPDeprecationWarning
+
+from . import __version__
+from .config import Config
+from .errors import InvalidArgument, UnknownWorkspace
+from .mcp_push import LOG_LEVELS, Clients, Pusher
+from .mcp_tools import argument_checker, build_tools
+from .runner import Runner
+
+log = logging.getLogger("dispatch_runner.mcp")
+
+CHANNEL_CAPABILITY: Final = "claude/channel"
+LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
+
+INSTRUCTIONS: Final = """\
+dispatch-runner runs coding-agent CLIs (claude, codex, gemini, ...) as background sub-agents, \
+under per-pool concurrency limits, rate pacing and a durable priority queue. Hand it \
+self-contained tasks and keep working while they run.
+
+Tools:
+- dispatch: start a task (task; optional agent such as "codex:gpt-5.4", cwd or repo, priority, \
+label). Returns at once with a workspace id: running, or queued with position and eta_s when \
+the pool is full (it then starts by itself).
+- status: overview of pools and recent workspaces, or one workspace (state, result summary, log \
+tail). subscribe=true also sends this session the completion of every workspace.
+- wait: block up to timeout_s (default 50) until workspaces finish; returns states and result \
+summaries. Call again while done is false.
+- kill: a workspace, every workspace of an agent, or all=true. stop / start: freeze / unfreeze \
+the queue (running agents go on). poke: drain the queue now.
+
+Results: when channels are enabled, each finished workspace you dispatched arrives as \
+<channel source="runner" event="AgentCompleted" workspace="ws-..." agent="..." \
+state="completed|failed|killed|lost" exit_code="..." duration_s="...">, a one-paragraph summary \
+of the outcome: no polling needed. Without channel events (or to be sure), use wait or status. \
+Runs survive the end of this session; their results stay readable with status. Errors are \
+sentences that say what to change (an unknown agent lists the configured ones).
+"""
+
+
+# ---- building the server -----------------------------------------------------------------------
+
+
+def build_server(runner: Runner) -> tuple[MCPServer, Clients, Pusher]:
+    clients = Clients(runner.peer)
+    tools = build_tools(runner, clients)
+    mcp = MCPServer("runner", instructions=INSTRUCTIONS, version=__version__, tools=tools,
+                    log_level="WARNING",
+                    middleware=[_tracker(clients), _announce_channel, argument_checker(tools)])
+    _add_resources(mcp, runner)
+    _add_handlers(mcp, clients)
+    return mcp, clients, Pusher(runner, clients)
+
+
+def _tracker(clients: Clients) -> Callable[..., Awaitable[Any]]:
+    async def track_clients(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        result = await call_next(ctx)
+        if ctx.method != "initialize":  # known from notifications/initialized on: pushes may start
+            clients.of(ctx.session)
+        return result
+
+    return track_clients
+
+
+async def _announce_channel(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+    # The HTTP apps build their own initialization options, without experimental capabilities.
+    result = await call_next(ctx)
+    if ctx.method == "initialize" and isinstance(result, dict):
+        result.setdefault("capabilities", {}).setdefault("experimental", {})[CHANNEL_CAPABILITY] = {}
+    return result
+
+
+def _add_resources(mcp: MCPServer, runner: Runner) -> None:
+    async def view(workspace: str) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await runner.bus.invoke("runner.status", workspace=workspace)
+        except UnknownWorkspace as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        return result
+
+    @mcp.resource("runner://status", name="status", mime_type="application/json",
+                  description="The runner's overall status (the status tool without arguments).")
+    async def status_resource() -> str:
+        return json.dumps(await runner.bus.invoke("runner.status"))
+
+    @mcp.resource("runner://workspaces/{id}", name="workspace", mime_type="application/json",
+                  description="One workspace's status (state, agent, times, result summary, log tail).")
+    async def workspace_resource(id: str) -> str:
+        return json.dumps(await view(id))
+
+    @mcp.resource("runner://workspaces/{id}/log", name="workspace-log", mime_type="text/plain",
+                  description="The last lines of a workspace's agent output.")
+    async def workspace_log(id: str) -> str:
+        return str((await view(id)).get("log_tail") or "")
+
+
+def _add_handlers(mcp: MCPServer, clients: Clients) -> None:
+    async def subscribe(ctx: ServerRequestContext[Any, Any],
+                        params: types.SubscribeRequestParams) -> types.EmptyResult:
+        clients.of(ctx.session).resources.add(str(params.uri))
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any],
+                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        clients.of(ctx.session).resources.discard(str(params.uri))
+        return types.EmptyResult()
+
+    async def set_level(ctx: ServerRequestContext[Any, Any],
+                        params: types.SetLevelRequestParams) -> types.EmptyResult:
+        if params.level in LOG_LEVELS:
+            clients.of(ctx.session).log_level = params.level
+        return types.EmptyResult()
+
+    # MCPServer registers none of these; the low-level server is where spec handlers live.
+    low = mcp._lowlevel_server
+    low.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    low.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+    low.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+
+
+# ---- serving -----------------------------------------------------------------------------------
+
+
+def serve(config: Config, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
+          token: str | None = None) -> int:
+    """Serve MCP until stdin closes (stdio) or SIGTERM/SIGINT. Returns the exit status."""
+    if transport not in ("stdio", "sse", "http"):
+        raise InvalidArgument("transport", f"unknown transport {transport!r}; use stdio, sse or http")
+    if transport != "stdio":
+        check_bind(host, token)
+    # send_log_message is deprecated only for the 2026 era; our clients speak 2025-11-25
+    warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+    runner = Runner(config, kind="stdio" if transport == "stdio" else "http")
+    try:
+        mcp, _, pusher = build_server(runner)
+        if transport == "stdio":
+            anyio.run(_serve_stdio, runner, mcp, pusher)
+        else:
+            anyio.run(_serve_http, runner, mcp, pusher, transport, host, port, token)
+    finally:
+        runner.close()
+    return 0
+
+
+async def _serve_stdio(runner: Runner, mcp: MCPServer, pusher: Pusher) -> None:
+    low = mcp._lowlevel_server
+    # capabilities are read from the handlers registered by now (subscribe, setLevel)
+    options = low.create_initialization_options(experimental_capabilities={CHANNEL_CAPABILITY: {}})
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.serve)
+        await tg.start(pusher.run)
+        tg.start_soon(_on_signal, tg.cancel_scope.cancel)
+        async with low.lifespan(low) as state, stdio_server() as (read, write):
+            await serve_loop(low, read, write, lifespan_state=state, init_options=options)
+        tg.cancel_scope.cancel()  # stdin closed: stop our tasks; the agents' shims go on
+
+
+async def _on_signal(stop: Callable[[], None]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: leaving; running agents go on", signum)
+            stop()
+            return
+
+
+# ---- HTTP --------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise InvalidArgument("host", f"refusing to serve HTTP on {host!r} without a bearer token: "
+                              "anyone who can reach it could run agents. Pass --token or set "
+                              "DISPATCH_RUNNER_TOKEN, or bind 127.0.0.1")
+
+
+def transport_security(host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only loopback names (and the bound name) in Host and Origin."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        # clients reach 0.0.0.0 under names we cannot know; the required token guards it
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if not is_loopback(host):
+        names.append(f"[{host}]" if ":" in host else host)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")])
+
+
+class BearerAuth:
+    """ASGI wrapper: every HTTP request needs `Authorization: Bearer <token>` (401 otherwise).
+    Covers every route, not only the MCP endpoint; the lifespan scope passes through."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(got, self.expected):
+                await _unauthorized(send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _unauthorized(send: Any) -> None:
+    body = b"missing or wrong bearer token: send Authorization: Bearer <token>\n"
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve_http(runner: Runner, mcp: MCPServer, pusher: Pusher, transport: str, host: str,
+                      port: int, token: str | None) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown, which would end the process before
+            # our cleanup; _on_signal handles them instead
+            yield
+
+    security = transport_security(host)
+    if transport == "http":
+        app = mcp.streamable_http_app(transport_security=security, host=host)
+    else:
+        app = mcp.sse_app(transport_security=security, host=host)
+    server = Server(uvicorn.Config(BearerAuth(app, token) if token else app, host=host, port=port,
+                                   log_level="warning", lifespan="on"))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.serve)
+        await tg.start(pusher.run)
+        tg.start_soon(_on_signal, stop)
+        await server.serve()
+        tg.cancel_scope.cancel()

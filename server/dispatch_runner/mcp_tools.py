@@ -1,0 +1,266 @@
+"""The MCP tools: dispatch, status, kill, poke, stop, start, wait.
+
+Each tool parses its arguments, invokes one runner action through the bus and returns the
+action's object as structured content plus the same JSON as text. A DispatchError becomes a tool
+error whose text is exactly its sentence; an argument that breaks the schema becomes a tool error
+naming the argument and what it must be (the SDK's own message is a pydantic dump).
+"""
+
+# No `from __future__ import annotations`: the SDK reads these signatures at registration.
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, Literal
+
+import mcp_types as types
+from mcp.server.context import CallNext, ServerRequestContext
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.tools import Tool
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import Field, ValidationError
+
+from .errors import DispatchError
+from .mcp_push import Clients
+from .runner import Runner
+
+log = logging.getLogger("dispatch_runner.mcp")
+
+PriorityName = Literal["critical", "high", "medium", "low"]
+StateName = Literal["queued", "running", "completed", "failed", "killed", "lost", "cancelled"]
+NAMES: Final = ("dispatch", "status", "kill", "poke", "stop", "start", "wait")
+
+DESCRIPTIONS: Final = {
+    "dispatch": (
+        "Start a sub-agent (another coding-agent CLI, e.g. claude or codex) on a task in the "
+        "background and return at once with its workspace id. The outcome arrives later as a "
+        '<channel source="runner"> event when channels are enabled; otherwise call wait (or '
+        "status) with the workspace id. Each agent pool has concurrency limits: when it is full "
+        "the task is queued (status queued, position, eta_s) and starts by itself; max_wait_s "
+        "refuses instead of queueing too long. Returns {workspace, status, agent, position, "
+        "eta_s, path, deduplicated}."),
+    "status": (
+        "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
+        "daily use and next spawn time, whether the queue is frozen, counts per state and the "
+        "latest workspaces (filter with agent, state, limit). With workspace: its state, agent, "
+        "pid, runs, times, exit code, reason, result summary, log tail, path and branch. Cheap; "
+        "call it any time. subscribe=true makes this session receive the completion event of "
+        "every workspace, not only of those it dispatched (false undoes it)."),
+    "kill": (
+        "Stop work: one workspace id, every workspace of an agent, or all=true. A running agent "
+        "gets SIGTERM on its process group (SIGKILL after a grace period) and ends as killed; a "
+        "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."),
+    "poke": (
+        "Drain the queue now and recover runs whose process vanished. Normally automatic; use it "
+        "when queued work seems stuck. Returns {spawned: [ids]}."),
+    "stop": (
+        "Freeze the queue: running agents go on and dispatch still queues, but nothing new starts "
+        "until start is called. Returns {frozen: true}."),
+    "start": "Unfreeze the queue and start whatever fits now. Returns {frozen: false, spawned: [ids]}.",
+    "wait": (
+        "Wait until the given workspaces finish (mode all) or one of them does (mode any), or "
+        "until timeout_s passes (default 50 s, under common 60 s tool timeouts), sending progress "
+        "notifications meanwhile. Returns {done, workspaces: [{workspace, state, exit_code, "
+        "summary, duration_s}]}. If done is false, call it again. For clients that do not show "
+        "channel events this is how results arrive."),
+}
+
+_PHRASES: Final = {
+    "string_type": "must be a string", "int_type": "must be an integer",
+    "int_parsing": "must be an integer", "int_from_float": "must be a whole number",
+    "float_type": "must be a number", "float_parsing": "must be a number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "list_type": "must be a list of workspace ids",
+}
+
+
+def ok(data: Mapping[str, Any]) -> types.CallToolResult:
+    payload = dict(data)
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                structured_content=payload)
+
+
+def failed(sentence: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=sentence)], is_error=True)
+
+
+async def invoke(runner: Runner, action: str, **kwargs: Any) -> types.CallToolResult:
+    """One runner action; its DispatchError is the tool error, its sentence unchanged."""
+    try:
+        result = await runner.bus.invoke(action, **kwargs)
+    except DispatchError as exc:
+        return failed(str(exc))
+    except Exception as exc:  # the tool edge: log it, and give the model more than "Error executing"
+        log.exception("%s failed", action)
+        return failed(f"{action} failed unexpectedly ({type(exc).__name__}: {exc}); the server log "
+                      "has the details. Retry, or check status.")
+    return ok(result)
+
+
+def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
+    """The seven tools, named `tools.prefix` + name, bound to `runner`."""
+
+    async def dispatch(
+        ctx: Context,
+        task: Annotated[str, Field(description="What the sub-agent should do: a complete, "
+                                   "self-contained instruction (it does not see this conversation).")],
+        agent: Annotated[str | None, Field(description="Which agent runs it, base[:model]: "
+                                           "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
+                                           "configured default agent.")] = None,
+        cwd: Annotated[str | None, Field(description="Directory to run in; must lie inside the "
+                                         "configured allowed roots. Default: a fresh empty "
+                                         "directory.")] = None,
+        repo: Annotated[str | None, Field(description="A git repository instead of cwd: the agent "
+                                          "works in a fresh worktree on branch runner/<workspace>, "
+                                          "leaving the checkout untouched.")] = None,
+        template: Annotated[str | None, Field(description="Prompt template that wraps the task "
+                                              "(agents.yaml templates; built-ins: coding, none).")] = None,
+        priority: Annotated[PriorityName | None, Field(description="Queue order when the pool is "
+                                                       "full. Default medium.")] = None,
+        label: Annotated[str | None, Field(description="Short label shown in status and in the "
+                                           "completion event.")] = None,
+        idempotency_key: Annotated[str | None, Field(description="Dispatching again with the same "
+                                                     "key returns the existing workspace "
+                                                     "(deduplicated: true) instead of a duplicate.")] = None,
+        max_wait_s: Annotated[float | None, Field(description="Refuse, with the estimated wait, "
+                                                  "rather than queue longer than this many "
+                                                  "seconds.", ge=0)] = None,
+        timeout_s: Annotated[float | None, Field(description="Kill the run after this many "
+                                                 "seconds.", gt=0)] = None,
+        max_attempts: Annotated[int | None, Field(description="Tries for a failing run (default "
+                                                  "from agents.yaml, usually 3).", ge=1)] = None,
+    ) -> types.CallToolResult:
+        return await invoke(runner, "runner.dispatch", task=task, agent=agent, cwd=cwd, repo=repo,
+                            template=template, priority=priority, label=label,
+                            idempotency_key=idempotency_key, max_wait_s=max_wait_s,
+                            timeout_s=timeout_s, max_attempts=max_attempts,
+                            origin=clients.of(ctx.session).key)
+
+    async def status(
+        ctx: Context,
+        workspace: Annotated[str | None, Field(description="A workspace id for its details; omit "
+                                               "for the overview.")] = None,
+        agent: Annotated[str | None, Field(description="Overview: only this agent's workspaces.")] = None,
+        state: Annotated[StateName | None, Field(description="Overview: only workspaces in this "
+                                                 "state.")] = None,
+        limit: Annotated[int | None, Field(description="Overview: at most this many workspace rows "
+                                           "(default 20).", ge=1, le=1000)] = None,
+        subscribe: Annotated[bool | None, Field(description="true: this session receives every "
+                                                "workspace's completion event; false: only its "
+                                                "own dispatches'.")] = None,
+    ) -> types.CallToolResult:
+        if subscribe is not None:
+            clients.of(ctx.session).everything = subscribe
+        return await invoke(runner, "runner.status", workspace=workspace, agent=agent, state=state,
+                            limit=limit)
+
+    async def kill(
+        workspace: Annotated[str | None, Field(description="The workspace id to kill or cancel.")] = None,
+        agent: Annotated[str | None, Field(description="Kill every workspace of this agent "
+                                           "(base or base:model).")] = None,
+        all: Annotated[bool, Field(description="Kill every running and cancel every queued "
+                                   "workspace.")] = False,
+    ) -> types.CallToolResult:
+        return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
+
+    async def poke() -> types.CallToolResult:
+        return await invoke(runner, "runner.poke")
+
+    async def stop() -> types.CallToolResult:
+        return await invoke(runner, "runner.stop")
+
+    async def start() -> types.CallToolResult:
+        return await invoke(runner, "runner.start")
+
+    async def wait(
+        ctx: Context,
+        workspaces: Annotated[list[str] | str, Field(description="Workspace ids to wait for (one "
+                                                     "id or a list).")],
+        timeout_s: Annotated[float, Field(description="Return after this many seconds even if not "
+                                          "done (default 50).", ge=0)] = 50.0,
+        mode: Annotated[Literal["all", "any"], Field(description="all: until every workspace is "
+                                                     "finished; any: until one is.")] = "all",
+    ) -> types.CallToolResult:
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await ctx.report_progress(value, total, message)
+
+        ids = [workspaces] if isinstance(workspaces, str) else workspaces
+        return await invoke(runner, "runner.wait", workspaces=ids, timeout_s=timeout_s, mode=mode,
+                            progress=progress)
+
+    read_only = types.ToolAnnotations(read_only_hint=True)
+    annotations: dict[str, types.ToolAnnotations] = {
+        "status": read_only, "wait": read_only,
+        "kill": types.ToolAnnotations(destructive_hint=True),
+        "dispatch": types.ToolAnnotations(destructive_hint=False, open_world_hint=True),
+    }
+    fns: dict[str, Callable[..., Any]] = {"dispatch": dispatch, "status": status, "kill": kill,
+                                          "poke": poke, "stop": stop, "start": start, "wait": wait}
+    prefix = runner.config.tools_prefix
+    return [Tool.from_function(fns[name], name=prefix + name, description=DESCRIPTIONS[name],
+                               annotations=annotations.get(name), structured_output=False)
+            for name in NAMES]
+
+
+# ---- argument checking -------------------------------------------------------------------------
+
+
+def argument_problem(tool: Tool, arguments: Mapping[str, Any]) -> str | None:
+    """The sentence telling a model what is wrong with its arguments, or None."""
+    fields = tool.fn_metadata.arg_model.model_fields
+    unknown = sorted(set(arguments) - set(fields))
+    if unknown:
+        return (f"{tool.name} has no argument {unknown[0]!r}; its arguments are: "
+                f"{', '.join(fields) or 'none'}")
+    try:
+        tool.fn_metadata.validate_arguments(dict(arguments))
+    except ValidationError as exc:
+        return _describe(exc, tool)
+    return None
+
+
+def _describe(exc: ValidationError, tool: Tool) -> str:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    name = loc[0] if loc else "arguments"
+    where = ".".join(loc[:2] if len(loc) > 1 and loc[1].isdigit() else loc[:1]) or "arguments"
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    if kind == "missing":
+        info = tool.fn_metadata.arg_model.model_fields.get(name)
+        hint = f": {info.description}" if info is not None and info.description else ""
+        return f"{tool.name} needs the argument {name}{hint}"
+    if kind == "literal_error":
+        return f"{where} must be one of {ctx.get('expected')} (got {got})"
+    bounds = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}",
+              "less_than_equal": "<= {le}", "less_than": "< {lt}"}
+    if kind in bounds:
+        return f"{where} must be {bounds[kind].format(**ctx)} (got {got})"
+    if name == "workspaces" and kind in ("string_type", "list_type"):
+        kind = "list_type"
+    phrase = _PHRASES.get(kind) or str(err["msg"])[:1].lower() + str(err["msg"])[1:]
+    return f"{where} {phrase} (got {got})"
+
+
+def argument_checker(tools: list[Tool]) -> Callable[..., Any]:
+    """Server middleware: a `tools/call` whose arguments break the schema is answered with a tool
+    error naming the argument, before the SDK validates it (its text would be a pydantic dump)."""
+    by_name = {tool.name: tool for tool in tools}
+
+    async def check_arguments(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        params = ctx.params
+        if ctx.method == "tools/call" and isinstance(params, Mapping):
+            tool = by_name.get(str(params.get("name")))
+            arguments = params.get("arguments") or {}
+            if tool is not None and isinstance(arguments, Mapping):
+                problem = argument_problem(tool, arguments)
+                if problem is not None:
+                    log.info("tool %s: %s", tool.name, problem)
+                    result = failed(problem).model_dump(by_alias=True, mode="json", exclude_none=True)
+                    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                        result["resultType"] = "complete"
+                    return result
+        return await call_next(ctx)
+
+    return check_arguments

@@ -1,0 +1,118 @@
+"""Shared fixtures: a private DISPATCH_RUNNER_HOME with fake agents configured, and helpers that
+wait on a condition with a deadline (never a bare sleep)."""
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.fakes import FAKE_AGENT, FAKE_CLAUDE, FAKE_CODEX
+
+T = TypeVar("T")
+PY = sys.executable
+
+BASE_CONFIG = """\
+version: 1
+dispatch:
+  default_agent: claude
+  default_template: none
+  allowed_roots: [{root}]
+  kill_grace_s: 1
+  reservation_timeout_s: 5
+agents:
+  claude:
+    command: [{py}, {claude}, -p, "{{prompt}}", --model, "{{model}}", --output-format, stream-json, --verbose]
+    output: claude-stream-json
+  codex:
+    command: [{py}, {codex}, exec, --json, -m, "{{model}}", "{{prompt}}"]
+    output: codex-json
+  agent:
+    command: [{py}, {agent}, "{{prompt}}"]
+  true:
+    command: [/bin/true]
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Home:
+    """A private runner home: config file, agent log, and helpers to read them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "home"
+        self.path.mkdir()
+        self.agent_log = root / "agents.log"
+        self.config = self.path / "agents.yaml"
+
+    def write_config(self, extra: str = "", *, base: bool = True) -> Path:
+        text = BASE_CONFIG.format(root=self.root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX,
+                                  agent=FAKE_AGENT) if base else ""
+        self.config.write_text(text + extra)
+        return self.config
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
+    h = Home(tmp_path)
+    monkeypatch.setenv("DISPATCH_RUNNER_HOME", str(h.path))
+    monkeypatch.delenv("DISPATCH_RUNNER_CONFIG", raising=False)
+    monkeypatch.delenv("DISPATCH_RUNNER_STORE", raising=False)
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(h.agent_log))
+    h.write_config()
+    yield h
+    kill_leftovers(h.path)
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02,
+             message: str = "condition") -> T:
+    """Poll until predicate() is truthy; fail with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Live (non-zombie) processes whose environment has key=value."""
+    needle = f"{key}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes()
+            stat = Path(entry.path, "stat").read_bytes()
+        except OSError:
+            continue
+        state = stat[stat.rfind(b")") + 2:].split()[0]
+        if state not in (b"Z", b"X") and needle in env.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(home_path: Path) -> None:
+    for pid in processes_with_env("DISPATCH_RUNNER_HOME", str(home_path)):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def workspace_state(store: Any, ws: str) -> str:
+    row = store.get_workspace(ws)
+    assert row is not None
+    return str(row.state)

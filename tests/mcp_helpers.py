@@ -1,0 +1,122 @@
+"""Helpers for the MCP end-to-end tests: a real `dispatch-runner serve` subprocess driven by the
+SDK client in legacy (2025-11-25) mode, and an Observer of what the server pushes."""
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp import Client
+from mcp.client import ClientExtension, NotificationBinding
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from pydantic import BaseModel
+
+T = TypeVar("T")
+SERVE = [sys.executable, "-m", "dispatch_runner.cli", "serve"]
+DEADLINE_S = 15.0
+
+
+class ChannelParams(BaseModel):
+    content: str
+    meta: dict[str, str] = {}
+
+
+class Observer:
+    """Everything one client session received, and a way to wait for a condition on it."""
+
+    def __init__(self) -> None:
+        self.channel: list[ChannelParams] = []
+        self.logs: list[types.LoggingMessageNotificationParams] = []
+        self.updated: list[str] = []
+        self.progress: list[tuple[float, float | None, str | None]] = []
+        self._changed = anyio.Event()
+
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def on_channel(self, params: ChannelParams) -> None:
+        self.channel.append(params)
+        self._touch()
+
+    async def on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+        self._touch()
+
+    async def on_message(self, message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.updated.append(str(message.params.uri))
+            self._touch()
+
+    async def on_progress(self, value: float, total: float | None, message: str | None) -> None:
+        self.progress.append((value, total, message))
+        self._touch()
+
+    def extension(self) -> ClientExtension:
+        observer = self
+
+        class ClaudeChannel(ClientExtension):
+            identifier = "com.example/claude-channel"
+
+            def notifications(self) -> list[NotificationBinding[Any]]:
+                return [NotificationBinding(method="notifications/claude/channel",
+                                            params_type=ChannelParams, handler=observer.on_channel)]
+
+        return ClaudeChannel()
+
+    async def until(self, predicate: Callable[[], T], *, timeout: float = DEADLINE_S,
+                    what: str = "a notification") -> T:
+        """Wait (no sleeping) until predicate() is truthy; fail after `timeout` seconds."""
+        try:
+            with anyio.fail_after(timeout):
+                while not (value := predicate()):
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {what} within {timeout}s; channel={self.channel!r} "
+                                 f"logs={self.logs!r} updated={self.updated!r}") from None
+        return value
+
+    def channel_for(self, workspace: str) -> list[ChannelParams]:
+        return [c for c in self.channel if c.meta.get("workspace") == workspace]
+
+    def logged(self, workspace: str) -> bool:
+        return any(isinstance(e.data, dict) and e.data.get("workspace") == workspace for e in self.logs)
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """The test's environment (DISPATCH_RUNNER_HOME and FAKE_AGENT_LOG set by the home fixture)."""
+    return {**os.environ, **extra}
+
+
+@asynccontextmanager
+async def connect(home_path: Path, *args: str, **env: str) -> AsyncIterator[tuple[Client, Observer]]:
+    """A real `dispatch-runner serve` over stdio, its stderr in home_path/server-<n>.log."""
+    observer = Observer()
+    params = StdioServerParameters(command=SERVE[0], args=[*SERVE[1:], *args], env=server_env(**env))
+    n = len(list(home_path.glob("server-*.log")))
+    with open(home_path / f"server-{n}.log", "w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy",
+                          extensions=[observer.extension()], logging_callback=observer.on_log,
+                          message_handler=observer.on_message) as client:
+            yield client, observer
+
+
+def ok(result: types.CallToolResult) -> dict[str, Any]:
+    """The structured result of a successful call; its text content is the same JSON."""
+    text = result.content[0].text if result.content and isinstance(result.content[0], types.TextContent) else ""
+    assert not result.is_error, text
+    assert isinstance(result.structured_content, dict)
+    assert json.loads(text) == result.structured_content
+    return result.structured_content
+
+
+def error(result: types.CallToolResult) -> str:
+    """The sentence of a tool error."""
+    assert result.is_error, result
+    assert result.content and isinstance(result.content[0], types.TextContent)
+    return result.content[0].text

@@ -1,0 +1,331 @@
+"""The MCP surface end to end: a real `dispatch-runner serve` stdio subprocess, the SDK client in
+legacy (2025-11-25) mode, fake agent CLIs. Every wait is on an event or a poll with a deadline."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import Home, wait_for
+from tests.mcp_helpers import SERVE, connect, error, ok, server_env
+
+pytestmark = [pytest.mark.anyio,
+              pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+
+TOOLS = {"dispatch", "status", "kill", "poke", "stop", "start", "wait"}
+META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(home: Home) -> None:
+    async with connect(home.path) as (client, _):
+        assert client.protocol_version == "2025-11-25"
+        caps = client.server_capabilities
+        assert caps.experimental == {"claude/channel": {}}
+        assert caps.resources is not None and caps.resources.subscribe is True
+        assert caps.logging is not None
+        assert client.server_info.name == "runner"
+        assert client.instructions and len(client.instructions) <= 2048
+        assert '<channel source="runner"' in client.instructions
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == TOOLS
+        for tool in tools.values():
+            assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", tool.name) and "__" not in tool.name
+            assert tool.description and len(tool.description) <= 2048
+        dispatch = tools["dispatch"].input_schema
+        assert dispatch["required"] == ["task"]
+        assert set(dispatch["properties"]) == {
+            "task", "agent", "cwd", "repo", "template", "priority", "label", "idempotency_key",
+            "max_wait_s", "timeout_s", "max_attempts"}
+        assert all(p.get("description") for p in dispatch["properties"].values())
+        assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all"}
+        assert set(tools["wait"].input_schema["properties"]) == {"workspaces", "timeout_s", "mode"}
+        assert tools["wait"].input_schema["properties"]["timeout_s"]["default"] == 50
+        assert set(tools["status"].input_schema["properties"]) == {
+            "workspace", "agent", "state", "limit", "subscribe"}
+        templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        assert templates == {"runner://workspaces/{id}", "runner://workspaces/{id}/log"}
+        assert [str(r.uri) for r in (await client.list_resources()).resources] == ["runner://status"]
+
+
+async def test_tools_prefix_renames_every_tool(home: Home) -> None:
+    home.write_config("tools:\n  prefix: dr_\n")
+    async with connect(home.path) as (client, _):
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert names == {f"dr_{name}" for name in TOOLS}
+        assert ok(await client.call_tool("dr_status", {}))["frozen"] is False
+
+
+async def test_a_finished_dispatch_is_pushed_to_the_dispatching_session_as_a_channel_event(
+        home: Home) -> None:
+    async with connect(home.path) as (client, seen):
+        started = time.monotonic()
+        sent = ok(await client.call_tool("dispatch", {"task": "say hello @sleep=0.3", "label": "greeting"}))
+        ws = sent["workspace"]
+        assert sent["status"] == "running" and sent["agent"] == "claude"
+        assert sent["deduplicated"] is False and Path(sent["path"]).is_dir()
+        await client.subscribe_resource(f"runner://workspaces/{ws}")
+        [push] = await seen.until(lambda: seen.channel_for(ws), what="channel event")
+        assert time.monotonic() - started < 10
+        assert set(push.meta) == META_KEYS
+        assert push.meta["event"] == "AgentCompleted"
+        assert push.meta["state"] == "completed"
+        assert push.meta["agent"] == "claude"
+        assert push.meta["exit_code"] == "0"
+        assert float(push.meta["duration_s"]) >= 0
+        assert ws in push.content and "completed" in push.content and '"greeting"' in push.content
+        assert "\n" not in push.content
+        status = ok(await client.call_tool("status", {"workspace": ws}))
+        assert status["summary"] and status["summary"].splitlines()[0][:40] in push.content
+        await seen.until(lambda: seen.logged(ws), what="log message")
+        await seen.until(lambda: f"runner://workspaces/{ws}" in seen.updated, what="resource update")
+        assert len(seen.channel_for(ws)) == 1
+
+
+async def test_wait_sends_progress_and_returns_each_workspace_result(home: Home) -> None:
+    async with connect(home.path) as (client, seen):
+        ws = ok(await client.call_tool("dispatch", {"task": "slow one @sleep=0.5"}))["workspace"]
+        result = ok(await client.call_tool("wait", {"workspaces": [ws], "timeout_s": 20},
+                                           progress_callback=seen.on_progress))
+        assert result["done"] is True
+        [row] = result["workspaces"]
+        assert row["workspace"] == ws and row["state"] == "completed" and row["exit_code"] == 0
+        assert row["summary"] and row["duration_s"] >= 0.5
+        assert seen.progress[0] == (0.0, 1.0, "0/1 workspaces finished")
+        assert seen.progress[-1] == (1.0, 1.0, "1/1 workspaces finished")
+        # one id instead of a list, and a timeout that ends the wait before the run does
+        slow = ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))["workspace"]
+        early = ok(await client.call_tool("wait", {"workspaces": slow, "timeout_s": 0.2}))
+        assert early["done"] is False and early["workspaces"][0]["state"] == "running"
+        ok(await client.call_tool("kill", {"workspace": slow}))
+
+
+async def test_status_shows_the_overview_and_one_workspace(home: Home) -> None:
+    async with connect(home.path) as (client, _):
+        ws = ok(await client.call_tool("dispatch", {"task": "done soon", "priority": "high"}))["workspace"]
+        ok(await client.call_tool("wait", {"workspaces": [ws], "timeout_s": 20}))
+        overall = ok(await client.call_tool("status", {}))
+        assert {"frozen", "pools", "counts", "workspaces", "bus_dropped"} <= set(overall)
+        assert overall["counts"].get("completed") == 1
+        assert overall["pools"]["claude"]["limit"] == 1
+        assert [w["workspace"] for w in overall["workspaces"]] == [ws]
+        one = ok(await client.call_tool("status", {"workspace": ws}))
+        assert {"workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
+                "started_at", "ended_at", "exit_code", "reason", "summary", "log_tail", "path",
+                "branch", "parent"} <= set(one)
+        assert one["state"] == "completed" and one["priority"] == "high" and one["runs"] == 1
+        assert one["created_at"].endswith(("Z", "+00:00"))
+        filtered = ok(await client.call_tool("status", {"state": "running"}))
+        assert filtered["workspaces"] == []
+        resource = await client.read_resource(f"runner://workspaces/{ws}")
+        assert json.loads(resource.contents[0].text)["state"] == "completed"
+        log = await client.read_resource(f"runner://workspaces/{ws}/log")
+        assert log.contents[0].text == one["log_tail"]
+        assert json.loads((await client.read_resource("runner://status")).contents[0].text)["frozen"] is False
+        with pytest.raises(MCPError, match="no workspace 'ws-nope'"):
+            await client.read_resource("runner://workspaces/ws-nope")
+
+
+async def test_kill_ends_a_sleeping_agent_as_killed_and_pushes_it(home: Home) -> None:
+    async with connect(home.path) as (client, seen):
+        ws = ok(await client.call_tool("dispatch", {"task": "long @sleep=60"}))["workspace"]
+        queued = ok(await client.call_tool("dispatch", {"task": "behind it @sleep=60"}))
+        assert queued["status"] == "queued" and queued["position"] == 1
+        killed = ok(await client.call_tool("kill", {"workspace": ws}))
+        assert killed == {"killed": [ws], "cancelled": []}
+        [push] = await seen.until(lambda: seen.channel_for(ws), what="killed event")
+        assert push.meta["state"] == "killed" and push.meta["event"] == "AgentKilled"
+        assert ok(await client.call_tool("status", {"workspace": ws}))["state"] == "killed"
+        everything = ok(await client.call_tool("kill", {"all": True}))
+        assert queued["workspace"] in everything["killed"] + everything["cancelled"]
+
+
+async def test_stop_freezes_the_queue_start_resumes_it_and_poke_drains(home: Home) -> None:
+    async with connect(home.path) as (client, seen):
+        assert ok(await client.call_tool("stop", {})) == {"frozen": True}
+        ws = ok(await client.call_tool("dispatch", {"task": "waits for start"}))
+        assert ws["status"] == "queued"
+        assert ok(await client.call_tool("poke", {})) == {"spawned": []}
+        assert ok(await client.call_tool("status", {}))["frozen"] is True
+        started = ok(await client.call_tool("start", {}))
+        assert started["frozen"] is False and started["spawned"] == [ws["workspace"]]
+        await seen.until(lambda: seen.channel_for(ws["workspace"]), what="completion after start")
+        assert ok(await client.call_tool("poke", {})) == {"spawned": []}
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
+    ("dispatch", {"task": "x", "agent": "gpt"}, r"no agent 'gpt' configured \(known: agent, claude, codex.*\)"),
+    ("dispatch", {"task": "x", "cwd": "/etc"}, r"allowed_roots|allowed roots"),
+    ("dispatch", {"task": "   "}, r"task is empty"),
+    ("dispatch", {}, r"dispatch needs the argument task: What the sub-agent should do"),
+    ("dispatch", {"task": 5}, r"^task must be a string \(got 5\)$"),
+    ("dispatch", {"task": "x", "priority": "urgent"},
+     r"^priority must be one of 'critical', 'high', 'medium' or 'low' \(got 'urgent'\)$"),
+    ("dispatch", {"task": "x", "max_attempts": 0}, r"^max_attempts must be >= 1 \(got 0\)$"),
+    ("dispatch", {"task": "x", "timeout_s": "soon"}, r"^timeout_s must be a number \(got 'soon'\)$"),
+    ("dispatch", {"task": "x", "agnet": "claude"}, r"^dispatch has no argument 'agnet'; its arguments are: task, agent"),
+    ("status", {"workspace": "ws-nope"}, r"^no workspace 'ws-nope'; run status to list"),
+    ("status", {"state": "done"}, r"^state must be one of 'queued', 'running'"),
+    ("kill", {}, r"say what to kill"),
+    ("kill", {"workspace": "ws-nope"}, r"^no workspace 'ws-nope'"),
+    ("kill", {"all": "yes"}, r"^all must be true or false \(got 'yes'\)$"),
+    ("wait", {"workspaces": ["ws-nope"]}, r"^no workspace 'ws-nope'"),
+    ("wait", {"workspaces": [1]}, r"^workspaces\.0 must be a string \(got 1\)$"),
+    ("wait", {"workspaces": ["x"], "mode": "some"}, r"^mode must be one of 'all' or 'any'"),
+    ("nope", {}, r"Unknown tool: nope"),
+]
+
+
+async def test_every_bad_input_is_a_tool_error_with_an_actionable_sentence(home: Home) -> None:
+    home.write_config("concurrency:\n  claude: 1\n")
+    async with connect(home.path) as (client, _):
+        for tool, arguments, expected in BAD_INPUTS:
+            sentence = error(await client.call_tool(tool, arguments))
+            assert re.search(expected, sentence), (tool, arguments, sentence)
+            assert "Error executing tool" not in sentence and "pydantic" not in sentence
+        # queue busy beyond max_wait_s: refused with the ETA, nothing queued
+        ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
+        ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
+        busy = error(await client.call_tool("dispatch", {"task": "x", "max_wait_s": 0}))
+        assert re.search(r"pool 'claude' is busy: estimated wait \d+s \(position \d+\) exceeds "
+                         r"max_wait_s=0", busy), busy
+        assert ok(await client.call_tool("status", {}))["counts"].get("queued") == 1
+        roots = error(await client.call_tool("dispatch", {"task": "x", "cwd": "/etc"}))
+        assert str(home.root) in roots, roots
+        ok(await client.call_tool("kill", {"all": True}))
+
+
+async def test_each_session_gets_only_its_own_completions_unless_it_subscribes(home: Home) -> None:
+    home.write_config("concurrency:\n  claude: 4\n")
+    async with connect(home.path) as (one, seen_one), connect(home.path) as (two, seen_two):
+        a = ok(await one.call_tool("dispatch", {"task": "first"}))["workspace"]
+        b = ok(await two.call_tool("dispatch", {"task": "second @sleep=0.3"}))["workspace"]
+        await seen_one.until(lambda: seen_one.channel_for(a), what="own completion (one)")
+        await seen_two.until(lambda: seen_two.channel_for(b), what="own completion (two)")
+        # both peers heard of both runs (log messages go to every session) ...
+        await seen_one.until(lambda: seen_one.logged(b), what="log of the other run")
+        await seen_two.until(lambda: seen_two.logged(a), what="log of the other run")
+        # ... but each channel event went only to the session that dispatched
+        assert [c.meta["workspace"] for c in seen_one.channel] == [a]
+        assert [c.meta["workspace"] for c in seen_two.channel] == [b]
+        # status(subscribe=true) opts a session in to every completion
+        ok(await one.call_tool("status", {"subscribe": True}))
+        c = ok(await two.call_tool("dispatch", {"task": "third"}))["workspace"]
+        await seen_one.until(lambda: seen_one.channel_for(c), what="subscribed completion")
+        await seen_two.until(lambda: seen_two.channel_for(c), what="own completion")
+
+
+async def test_closing_the_client_leaves_the_run_running_and_it_is_recorded(home: Home) -> None:
+    async with connect(home.path) as (client, _):
+        ws = ok(await client.call_tool("dispatch", {"task": "outlives the session @sleep=1.5"}))
+        assert ws["status"] == "running"
+    # the server is gone; the agent finishes and its shim records the outcome
+    def state() -> Any:
+        out = subprocess.run([*SERVE[:-1], "--json", "status", ws["workspace"]], env=server_env(),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["state"] == "completed"
+
+    row = wait_for(state, timeout=20, message="the run to be recorded as completed")
+    assert row
+
+
+def _handshake(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    assert proc.stdin and proc.stdout
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "0"}}}
+    proc.stdin.write(json.dumps(init).encode() + b"\n")
+    proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
+def _raw_server(home: Home) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(SERVE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(home.path / "raw-server.log", "w"), env=server_env())
+
+
+def test_the_server_exits_promptly_when_stdin_closes_and_writes_only_protocol(home: Home) -> None:
+    proc = _raw_server(home)
+    try:
+        assert _handshake(proc)["result"]["capabilities"]["experimental"] == {"claude/channel": {}}
+        assert proc.stdin and proc.stdout
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "dispatch", "arguments": {"task": "keeps going @sleep=1"}}}
+        proc.stdin.write(json.dumps(call).encode() + b"\n")
+        proc.stdin.flush()
+        reply = json.loads(proc.stdout.readline())
+        ws = reply["result"]["structuredContent"]["workspace"]
+        closed = time.monotonic()
+        proc.stdin.close()
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - closed < 1.0
+        rest = proc.stdout.read().decode()
+        for line in rest.splitlines():  # whatever else came out is JSON-RPC, nothing else
+            assert json.loads(line)["jsonrpc"] == "2.0"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = wait_for(lambda: _cli_state(ws) == "completed", timeout=20, message="completed after exit")
+    assert out
+
+
+def _cli_state(ws: str) -> str:
+    out = subprocess.run([*SERVE[:-1], "--json", "status", ws], env=server_env(),
+                         capture_output=True, text=True, timeout=30)
+    return str(json.loads(out.stdout)["state"])
+
+
+def test_the_server_exits_promptly_on_sigterm(home: Home) -> None:
+    proc = _raw_server(home)
+    try:
+        _handshake(proc)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - signalled < 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _inspector() -> list[str] | None:
+    local = REPO / "node_modules" / ".bin" / "mcp-inspector"
+    if local.exists():
+        return [str(local), "--cli"]
+    if shutil.which("npx"):
+        return ["npx", "-y", "@modelcontextprotocol/inspector", "--cli"]
+    return None
+
+
+def test_the_mcp_inspector_cli_lists_the_tools_and_dispatches(home: Home) -> None:
+    inspector = _inspector()
+    if inspector is None:
+        pytest.skip("needs node: neither node_modules/.bin/mcp-inspector nor npx is available")
+    env_args = [arg for key in ("DISPATCH_RUNNER_HOME", "FAKE_AGENT_LOG")
+                for arg in ("-e", f"{key}={server_env()[key]}")]
+    base = [*inspector, *env_args, sys.executable, "-m", "dispatch_runner.cli", "serve"]
+    listed = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True,
+                            timeout=120, env=server_env())
+    assert listed.returncode == 0, listed.stderr
+    assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == TOOLS
+    called = subprocess.run([*base, "--method", "tools/call", "--tool-name", "dispatch",
+                             "--tool-arg", "task=from the inspector"],
+                            capture_output=True, text=True, timeout=120, env=server_env())
+    assert called.returncode == 0, called.stderr
+    result = json.loads(called.stdout)
+    assert not result.get("isError"), result
+    ws = result["structuredContent"]["workspace"]
+    assert wait_for(lambda: _cli_state(ws) == "completed", timeout=20, message="inspector's run")
