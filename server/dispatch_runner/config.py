@@ -192,6 +192,17 @@ class _Reader:
             raise self.fail(node, fieldname, "expected a list, e.g. [a, b]")
         return tuple(self.string(item, fieldname) for item in node.value)
 
+    def dir_path(self, node: yaml.Node, fieldname: str) -> Path:
+        # a bare ~ is YAML's null; in a path field it can only mean the home directory
+        if isinstance(node, yaml.ScalarNode) and node.value == "~" and node.style is None:
+            return Path.home()
+        return Path(self.string(node, fieldname)).expanduser()
+
+    def dir_paths(self, node: yaml.Node, fieldname: str) -> tuple[Path, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, fieldname, "expected a list, e.g. [~/src, /srv/repos]")
+        return tuple(self.dir_path(item, fieldname) for item in node.value)
+
 
 def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) -> Config:
     reader = _Reader(path)
@@ -240,12 +251,12 @@ def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
         if name in ("default_agent", "default_template"):
             changes[name] = r.string(value, where)
         elif name == "workspace_root":
-            changes[name] = Path(r.string(value, where)).expanduser()
+            changes[name] = r.dir_path(value, where)
         elif name == "allowed_roots":
-            roots = r.strings(value, where)
+            roots = r.dir_paths(value, where)
             if not roots:
                 raise r.fail(value, where, "list at least one directory")
-            changes[name] = tuple(Path(p).expanduser().resolve() for p in roots)
+            changes[name] = tuple(p.resolve() for p in roots)
         elif name == "max_attempts":
             changes[name] = int(r.number(value, where, integer=True, minimum=1))
         else:
