@@ -116,3 +116,18 @@ def workspace_state(store: Any, ws: str) -> str:
     row = store.get_workspace(ws)
     assert row is not None
     return str(row.state)
+
+
+async def until(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02,
+                message: str = "condition") -> T:
+    """Async twin of wait_for: polls without blocking the event loop the runner lives on."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await anyio.sleep(interval)

@@ -59,9 +59,6 @@ def test_malformed_agent_is_refused_with_an_actionable_message(text: str) -> Non
                                "e.g. claude or codex:gpt-5.4")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: model._AGENT_RE forbids ':' in the model part, but "
-                   "DESIGN §1 says the model is what follows the first ':' (reference 000 "
-                   "SplitN(agent, ':', 2)), e.g. opencode:ollama/llama3:8b")
 def test_model_keeps_colons_after_the_first() -> None:
     assert AgentRef.parse("opencode:ollama/llama3:8b") == AgentRef(pool="opencode",
                                                                    model="ollama/llama3:8b")

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-from .errors import ConfigError, UnknownAgent
+from .errors import ConfigError, InvalidArgument, UnknownAgent
 from .model import AgentRef
 from .policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
 
@@ -224,6 +224,13 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
     }
     for name, (_, node) in top.items():
         config = sections[name](reader, node, config)
+    try:
+        default_pool: str | None = AgentRef.parse(config.default_agent).pool
+    except InvalidArgument:
+        default_pool = None
+    if default_pool not in config.agents:
+        raise reader.fail(top.get("dispatch", (None, None))[1], "dispatch.default_agent",
+                          f"no agent {config.default_agent!r} (known: {', '.join(sorted(config.agents))})")
     if config.default_template not in config.templates:
         raise reader.fail(top.get("dispatch", (None, None))[1], "dispatch.default_template",
                           f"no template {config.default_template!r} (known: "
@@ -298,7 +305,9 @@ def _rates(r: _Reader, node: yaml.Node, c: Config) -> Config:
         for name, (_, v) in items.items():
             where = f"rates.{pool}.{name}"
             if name == "reset_utc":
-                m = _HHMM.match(str(r.scalar(v, where)))
+                # the raw text: YAML 1.1 reads an unquoted 18:00 as the base-60 integer 1080
+                r.scalar(v, where)
+                m = _HHMM.match(str(v.value))
                 if not m:
                     raise r.fail(v, where, 'expected "HH:MM" in UTC, e.g. "06:00"')
                 kw[name] = time(int(m.group(1)), int(m.group(2)))
@@ -340,10 +349,10 @@ def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], 
             argv = r.strings(v, at)
             if not argv:
                 raise r.fail(v, at, "the argv list is empty")
-            for element in argv:
+            for node, element in zip(v.value, argv, strict=True):
                 for ph in re.findall(r"\{([^{}]*)\}", element):
                     if ph not in PLACEHOLDERS:
-                        raise r.fail(v, at, f"unknown placeholder {{{ph}}}; use "
+                        raise r.fail(node, at, f"unknown placeholder {{{ph}}}; use "
                                      + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
             changes[key] = argv
         elif key == "output":

@@ -81,7 +81,7 @@ class Priority(IntEnum):
         return self.name.lower()
 
 
-_AGENT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._/@+-]+)?$")
+_AGENT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._/@+:-]+)?$")
 
 
 @dataclass(frozen=True, slots=True)

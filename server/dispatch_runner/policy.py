@@ -53,6 +53,9 @@ class RateConfig:
     burst_delay: float = 0.0
 
 
+DEFAULT_RATE: Final = RateConfig()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolState:
     """Durable per-pool state (survives restarts)."""
@@ -140,15 +143,9 @@ def pool_gate(rate: RateConfig | None, state: PoolState, now: datetime) -> PoolG
 
 
 def after_spawn(rate: RateConfig | None, state: PoolState, now: datetime) -> PoolState:
-    """Pool state once a spawn was claimed at `now`."""
-    if rate is None:
-        return PoolState(
-            backoff_until=state.backoff_until,
-            fail_count=state.fail_count,
-            last_spawn=now.timestamp(),
-            daily_count=state.daily_count,
-            daily_day=state.daily_day,
-        )
+    """Pool state once a spawn was claimed at `now`. Daily use is counted for every pool (by the
+    default 06:00 UTC reset when the pool has no rates), so status can always show it."""
+    rate = rate or DEFAULT_RATE
     today = day_key(rate, now)
     return PoolState(
         backoff_until=state.backoff_until,
@@ -205,7 +202,7 @@ def decide_exit(outcome: Outcome, *, attempts_before: int, max_attempts: int,
     final = WorkspaceState.LOST if outcome is Outcome.LOST else WorkspaceState.FAILED
     if attempt >= max(max_attempts, 1):
         reason = "max retries exceeded" + (f": {detail}" if detail else "")
-        return ExitDecision(final, reason, dead_letter=max_attempts > 1)
+        return ExitDecision(final, reason, dead_letter=True)
     return ExitDecision(WorkspaceState.QUEUED, detail, not_before_delay_s=retry_delay_s(attempt))
 
 

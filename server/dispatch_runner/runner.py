@@ -19,7 +19,7 @@ import anyio.to_thread
 
 from . import supervisor, workspaces
 from .config import Config, load_config
-from .errors import InvalidArgument, UnknownAgent, UnknownWorkspace
+from .errors import DispatchError, InvalidArgument, UnknownAgent, UnknownWorkspace
 from .events import TERMINAL_EVENTS, Bus, Event
 from .model import AgentRef, Outcome, Priority, WorkspaceState
 from .policy import iso
@@ -70,6 +70,7 @@ class Runner:
         self._wake = anyio.Event()
         self._wake_at: float | None = None
         self._serving = False
+        self._config_mtime = _mtime(config.source)
         self.stats = {"spawned": 0, "recovered_lost": 0, "reservations_returned": 0, "events": 0}
         for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
                               ("runner.start", self.start), ("runner.stop", self.stop),
@@ -237,6 +238,7 @@ class Runner:
         spec["env"] = {**spec.get("env", {}), "DISPATCH_RUNNER_WORKSPACE": ws.id,
                        "DISPATCH_RUNNER_RUN": str(claim.run_id)}
         spec_path = path / f"run-{ws.runs}.spec.json"
+        supervisor.crash_point("peer-after-claim")
         try:
             workspaces.atomic_write(spec_path, json.dumps(spec))
             self.launcher.spawn(supervisor.shim_args(spec_path), env=os.environ,
@@ -478,7 +480,7 @@ class Runner:
         read within WATCH_INTERVAL_S; a terminal event frees a slot, so drain."""
         version = -1
         while True:
-            current = await self._db(self.store.data_version)
+            current = self.store.data_version()
             if current != version:
                 version = current
                 fresh = await self._db(self._publish_new)
@@ -503,6 +505,7 @@ class Runner:
             if now - last_beat >= HEARTBEAT_S:
                 last_beat = now
                 await self._heartbeat()
+            self._maybe_reload()
             if now - last_prune >= 3600:
                 last_prune = now
                 await self._db(self.store.prune, before=time.time() - self.config.retention_days * 86400)
@@ -511,6 +514,25 @@ class Runner:
             await self.drain()
             if drain_only and not await self._db(self.store.has_work):
                 return
+
+    def _maybe_reload(self) -> None:
+        """A changed agents.yaml applies at the next claim; a reload that fails keeps the old one."""
+        source = Path(self.config.source)
+        try:
+            mtime = source.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            fresh = load_config(str(source))
+        except DispatchError as exc:
+            log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
+            return
+        self.config = fresh
+        log.info("reloaded %s", source)
+        self.nudge()
 
     async def _heartbeat(self) -> None:
         pid = os.getpid()
@@ -532,6 +554,13 @@ class Runner:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _lost() -> RunExit:

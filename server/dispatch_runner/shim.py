@@ -71,6 +71,7 @@ class Shim:
             return 0  # the reservation was given back or killed before we started
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        supervisor.crash_point("shim-after-start")
         out_path, err_path = run_log_paths(self.path, int(self.spec["attempt"]))
         env = dict(os.environ)
         env.update(self.spec.get("env") or {})
@@ -122,8 +123,7 @@ class Shim:
                   "summary": result.summary, "session_id": result.session_id, "detail": result.detail,
                   "retry_at": result.retry_at, "ended_at": time.time()}
         atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
-        if os.environ.get("DISPATCH_RUNNER_TEST_SHIM_DIE_BEFORE_RECORD"):
-            os._exit(9)  # test hook: die between the exit file and the store record
+        supervisor.crash_point("shim-before-record")
         row = self.store.record_exit(self.run_id, result, now=record["ended_at"],
                                      rate=rate_from(self.spec.get("rate")))
         if row is not None:

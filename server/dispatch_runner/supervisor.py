@@ -129,5 +129,11 @@ class ShimLauncher:
         return frozenset(self._children)
 
 
+def crash_point(name: str) -> None:
+    """Test hook: die here, as a SIGKILL would, when DISPATCH_RUNNER_TEST_CRASH_AT names this point."""
+    if os.environ.get("DISPATCH_RUNNER_TEST_CRASH_AT") == name:
+        os._exit(137)
+
+
 def shim_args(spec_path: Path) -> list[str]:
     return ["-m", "dispatch_runner.shim", str(spec_path)]

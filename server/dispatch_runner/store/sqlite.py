@@ -56,6 +56,8 @@ class SQLiteStore:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._lock = threading.RLock()
+        self._watch_lock = threading.Lock()
+        self._watch: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
@@ -75,6 +77,10 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
     def __enter__(self) -> "SQLiteStore":
         return self
@@ -111,9 +117,13 @@ class SQLiteStore:
         raise AssertionError("unreachable")
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._reading(lambda db: db.execute(sql, args).fetchall())
+
+    def _reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read on the main connection; driver errors stop here."""
         with self._lock:
             try:
-                return self._db.execute(sql, args).fetchall()
+                return fn(self._db)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
@@ -128,7 +138,17 @@ class SQLiteStore:
         self._write(step)
 
     def data_version(self) -> int:
-        return int(self._read("PRAGMA data_version")[0][0])
+        """Changes whenever any connection (another peer, a shim, or this store) commits.
+
+        A separate connection, so our own commits count too and the check never waits behind a
+        write in progress on the main connection: cheap enough (~6 µs) to poll from the event loop."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
 
     # ---- events -----------------------------------------------------------------------------
 
@@ -185,13 +205,19 @@ class SQLiteStore:
     def _estimate(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int,
                   now: float, limits: Limits) -> tuple[int, float]:
         """(1-based position a new dispatch would take in its pool queue, estimated wait)."""
-        ahead = db.execute(
-            "SELECT count(*) FROM workspaces WHERE state = 'queued' AND pool = ? AND priority <= ?",
-            (pool, priority)).fetchone()[0]
-        running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?",
-                             (pool,)).fetchone()[0]
         limit = limits.concurrency.get(pool)
         total = limit.total_limit if limit else None
+        model_cap = limit.model_limit(model) if limit else None
+        if model_cap is not None and (total is None or model_cap < total):
+            # the model's own limit is the tighter gate: count its lane only
+            where, args = "pool = ? AND model = ?", (pool, model)
+            total = model_cap
+        else:
+            where, args = "pool = ?", (pool,)
+        ahead = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'queued' AND {where} "
+                           "AND priority <= ?", (*args, priority)).fetchone()[0]
+        running = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'running' AND {where}",
+                             args).fetchone()[0]
         state = self._pool_state(db, pool)
         gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
         gate_wait = (gate.wake_at.timestamp() - now) if gate.wake_at else 0.0
@@ -210,13 +236,14 @@ class SQLiteStore:
         return [float(r[0]) for r in reversed(rows)]
 
     def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
-        with self._lock:
-            return self._runtimes(self._db, pool, limit)
+        return self._reading(lambda db: self._runtimes(db, pool, limit))
 
     def queue_position(self, workspace_id: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)).fetchone()
-            return self._position(self._db, _ws(row)) if row else 0
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)).fetchone()
+            return self._position(db, _ws(row)) if row else 0
+
+        return self._reading(read)
 
     @staticmethod
     def _position(db: sqlite3.Connection, ws: WorkspaceRow) -> int:
@@ -317,8 +344,7 @@ class SQLiteStore:
             (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day))
 
     def pool_state(self, pool: str) -> PoolState:
-        with self._lock:
-            return self._pool_state(self._db, pool)
+        return self._reading(lambda db: self._pool_state(db, pool))
 
     # ---- runs -------------------------------------------------------------------------------
 
@@ -437,8 +463,7 @@ class SQLiteStore:
         return row is not None and row[0] == "1"
 
     def is_frozen(self) -> bool:
-        with self._lock:
-            return self._frozen(self._db)
+        return self._reading(self._frozen)
 
     def set_frozen(self, frozen: bool, *, now: float) -> bool:
         def tx(db: sqlite3.Connection) -> bool:
@@ -491,9 +516,8 @@ class SQLiteStore:
 
     def snapshot(self, *, now: float, limits: Limits, agent: str | None = None,
                  state: str | None = None, limit: int = 20) -> dict[str, Any]:
-        with self._lock:
-            return _snapshot(self._db, now=now, limits=limits, agent=agent, state=state,
-                             limit=limit, pool_state=self._pool_state)
+        return self._reading(lambda db: _snapshot(db, now=now, limits=limits, agent=agent, state=state,
+                                                  limit=limit, pool_state=self._pool_state))
 
     # ---- peers and housekeeping -------------------------------------------------------------
 
@@ -616,7 +640,7 @@ def _snapshot(db: sqlite3.Connection, *, now: float, limits: Limits, agent: str 
         gate = policy.pool_gate(rate, ps, nowdt)
         entry["backoff_until"] = policy.iso(ps.backoff_until) if ps.backoff_until and \
             ps.backoff_until > now else None
-        entry["daily_used"] = policy.daily_used(rate, ps, nowdt) if rate else ps.daily_count
+        entry["daily_used"] = policy.daily_used(rate or policy.DEFAULT_RATE, ps, nowdt)
         entry["daily_limit"] = rate.daily_limit if rate else None
         entry["next_spawn_at"] = policy.iso(gate.wake_at.timestamp()) if gate.wake_at else None
         entry["oldest_queued_at"] = policy.iso(entry.pop("_oldest", None))
