@@ -173,7 +173,7 @@ def has_capacity(limit: PoolLimit | None, *, pool_running: int, model: str | Non
 
 def retry_delay_s(attempt: int) -> float:
     """Delay before retry after failed attempt n (1-based): 5 s, 10 s, 20 s ..."""
-    return RETRY_BASE_S * 2 ** max(attempt - 1, 0)
+    return RETRY_BASE_S * float(2 ** max(attempt - 1, 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -333,8 +333,8 @@ class Runner:
                                   + ", ".join(s.value for s in WorkspaceState))
         if limit is not None and (not isinstance(limit, int) or limit < 1 or limit > 1000):
             raise InvalidArgument("limit", "limit must be an integer between 1 and 1000")
-        snap = await self._db(self.store.snapshot, now=time.time(), limits=self.limits, agent=agent,
-                              state=state, limit=limit or 20)
+        snap: dict[str, Any] = await self._db(self.store.snapshot, now=time.time(), limits=self.limits,
+                                              agent=agent, state=state, limit=limit or 20)
         snap["bus_dropped"] = self.bus.dropped
         return snap
 

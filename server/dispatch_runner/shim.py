@@ -119,12 +119,13 @@ class Shim:
                 continue
 
     def _finish(self, result: RunExit) -> int:
+        ended_at = time.time()
         record = {"run_id": self.run_id, "outcome": result.outcome.value, "exit_code": result.exit_code,
                   "summary": result.summary, "session_id": result.session_id, "detail": result.detail,
-                  "retry_at": result.retry_at, "ended_at": time.time()}
+                  "retry_at": result.retry_at, "ended_at": ended_at}
         atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
         supervisor.crash_point("shim-before-record")
-        row = self.store.record_exit(self.run_id, result, now=record["ended_at"],
+        row = self.store.record_exit(self.run_id, result, now=ended_at,
                                      rate=rate_from(self.spec.get("rate")))
         if row is not None:
             write_status(row, now=time.time())

@@ -210,12 +210,12 @@ class SQLiteStore:
         model_cap = limit.model_limit(model) if limit else None
         if model_cap is not None and (total is None or model_cap < total):
             # the model's own limit is the tighter gate: count its lane only
-            where, args = "pool = ? AND model = ?", (pool, model)
+            where, args = "pool = ? AND model = ?", [pool, model]
             total = model_cap
         else:
-            where, args = "pool = ?", (pool,)
+            where, args = "pool = ?", [pool]
         ahead = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'queued' AND {where} "
-                           "AND priority <= ?", (*args, priority)).fetchone()[0]
+                           "AND priority <= ?", [*args, priority]).fetchone()[0]
         running = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'running' AND {where}",
                              args).fetchone()[0]
         state = self._pool_state(db, pool)
