@@ -8,13 +8,15 @@ previous run to finish (exit recorded) so runs never overlap.
 
 Also: the CLI round trip, `dispatch-runner dispatch` wall time, against `python -c pass`.
 
-    .venv/bin/python bench/bench_dispatch.py [--n 100] [--cli-n 15]
+    .venv/bin/python bench/bench_dispatch.py [--n 100] [--cli-n 10]
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import _benchlib as b
@@ -78,21 +80,24 @@ def _finished(runner: object, ws_id: str) -> object:
     return row if row is not None and row.state in FINISHED else None
 
 
-def bench_popen(n: int, work: Path) -> list[float]:
-    out = []
+def bench_popen(n: int, work: Path) -> tuple[list[float], list[float]]:
+    """(Popen -> agent's stamp, Popen call return)."""
+    out, returned = [], []
     for i in range(n + 1):
         stamp = work / f"popen-{i}"
         t0 = time.time()
         proc = subprocess.Popen([*AGENT_ARGV, str(stamp)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
+        t_ret = time.time()
         proc.wait()
         started = b.read_stamp(stamp)
         if started is None:
             raise RuntimeError("the baseline agent wrote no stamp")
         if i:
             out.append(started - t0)
-    return out
+            returned.append(t_ret - t0)
+    return out, returned
 
 
 def bench_cli(n: int, home: Path) -> tuple[list[float], list[float]]:
@@ -107,11 +112,9 @@ def bench_cli(n: int, home: Path) -> tuple[list[float], list[float]]:
         wall = time.time() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"dispatch-runner dispatch failed: {proc.stderr}")
-        import json
-
         res = json.loads(proc.stdout)
         stamp = Path(res["path"]) / "work" / "started"
-        started = b.wait_until(lambda: b.read_stamp(stamp), timeout_s=30, what="the agent's stamp")
+        started = b.wait_until(partial(b.read_stamp, stamp), timeout_s=30, what="the agent's stamp")
         left = b.wait_processes_gone(home, 15.0)   # shim + drainer of this sample
         if left:
             raise RuntimeError(f"processes of sample {i} still alive: {left}")
@@ -124,7 +127,7 @@ def bench_cli(n: int, home: Path) -> tuple[list[float], list[float]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100, help="in-process dispatches (default 100)")
-    ap.add_argument("--cli-n", type=int, default=15, help="CLI dispatches (default 15)")
+    ap.add_argument("--cli-n", type=int, default=10, help="CLI dispatches (default 10)")
     ap.add_argument("--no-pycache", action="store_true",
                     help="leave child Pythons' bytecode settings as inherited")
     args = ap.parse_args()
@@ -133,7 +136,7 @@ def main() -> int:
         print(f"bench_dispatch: {b.machine()}\n{b.bytecode_note()}; home {home}")
         t = time.monotonic()
         res = bench_runner(args.n)
-        base = bench_popen(args.n, home)
+        base, base_ret = bench_popen(args.n, home)
         cli_wall, cli_running = bench_cli(args.cli_n, home)
         py_pass = b.run_cmd_times([b.PYTHON, "-c", "pass"], max(args.cli_n, 20))
         shim_import = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.shim"], 21)[1:]
@@ -141,7 +144,7 @@ def main() -> int:
             b.latency_row("dispatch -> agent running (in-process)", res["running"],
                           "Popen -> agent running", base, "p50 <= 30 ms"),
             b.latency_row("dispatch call returns (in-process)", res["returned"],
-                          "Popen -> agent running", base),
+                          "Popen call returns", base_ret),
             b.latency_row("CLI dispatch wall time", cli_wall, "python -c pass", py_pass),
             b.latency_row("CLI start -> agent running", cli_running, "python -c pass", py_pass),
         ]

@@ -1,12 +1,16 @@
 """`status` and the claim at scale: 10,000 queued + 10,000 finished workspaces.
 
-The store is filled through the SQLiteStore API (enqueue, claim_next, record_exit; times spread
-over the past three days so the finished runs look like history, not a burst), then:
+The finished history goes in through the SQLiteStore API (enqueue, claim_next, record_exit; times
+spread over the past three days so it looks like history, not a burst). The queued backlog goes in
+by direct SQL into the same schema (the very INSERTs `enqueue` makes), because `enqueue` itself
+costs O(queue depth) and filling 10,000 through it takes ~30 s; `--fill api` uses the API for
+everything. Then:
 - `runner.status` overall and for one workspace, through the bus of an in-process Runner;
 - `dispatch-runner status` (CLI, table output) wall time;
 - `claim_next` when the head of the queue is a saturated model: N queued `codex:gpt-5.4` (model
   limit 1, one already running) and one `codex:other` at the back. Capacity-first must skip the
-  saturated lane in O(log n): the same claim over a 100-deep queue is the baseline.
+  saturated lane in O(log n): the same claim over a 100-deep queue is the baseline;
+- `enqueue` (dispatch's store transaction) and `queue_position` at the back of that queue.
 Baselines: a bare `SELECT count(*) FROM workspaces`, `python -c pass`, the 100-deep claim.
 
     .venv/bin/python bench/bench_status.py [--n 10000] [--calls 50]
@@ -47,7 +51,44 @@ def new_ws(i: int, pool: str, model: str | None, home: Path, *, tag: str, max_at
         spec={"argv": [pool, "-p", f"bench task {i}"], "env": {}, "output": "text", "patterns": []})
 
 
-def populate(store, home: Path, n_finished: int, n_queued: int, limits) -> dict[str, float]:
+def sql_enqueue(db_path: Path, items: list) -> None:
+    """Insert queued workspaces (and their AgentQueued events) the way SQLiteStore.enqueue does,
+    in one transaction: items are (NewWorkspace, created_at)."""
+    import json
+
+    from dispatch_runner.store.sqlite import lane_of
+
+    db = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            """INSERT INTO workspaces (id, pool, model, lane, agent, task, prompt, template,
+               priority, label, state, path, run_dir, cwd, repo, branch, idempotency_key,
+               max_attempts, timeout_s, not_before, created_at, updated_at, origin, parent, spec)
+               VALUES (?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,0,?,?,?,?,?)""",
+            [(ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task, ws.prompt,
+              ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd, ws.repo, ws.branch,
+              ws.idempotency_key, ws.max_attempts, ws.timeout_s, t, t, ws.origin, ws.parent,
+              json.dumps(ws.spec)) for ws, t in items])
+        db.executemany(
+            "INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
+            [(t, "AgentQueued", ws.id, ws.origin,
+              json.dumps({"agent": ws.agent, "priority": ws.priority}, separators=(",", ":")))
+             for ws, t in items])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def enqueue_all(store, items: list, limits, fill: str) -> None:
+    if fill == "sql":
+        sql_enqueue(store.path, items)
+        return
+    for ws, t in items:
+        store.enqueue(ws, now=t, max_wait_s=None, limits=limits)
+
+
+def populate(store, home: Path, n_finished: int, n_queued: int, limits, fill: str) -> dict[str, float]:
     """Finished history first (one at a time: enqueue, claim, exit), then the queued backlog,
     then claim with the real limits so every pool has its running share."""
     from dispatch_runner.model import Outcome
@@ -71,10 +112,9 @@ def populate(store, home: Path, n_finished: int, n_queued: int, limits) -> dict[
     t_finished = time.perf_counter() - t0
     t0 = time.perf_counter()
     start = now - 3 * 3600
-    for i in range(n_queued):
-        pool, model = QUEUED_AGENTS[i % len(QUEUED_AGENTS)]
-        store.enqueue(new_ws(i, pool, model, home, tag="q"), now=start + i * (3 * 3600 / n_queued),
-                      max_wait_s=None, limits=limits)
+    items = [(new_ws(i, *QUEUED_AGENTS[i % len(QUEUED_AGENTS)], home, tag="q"),
+              start + i * (3 * 3600 / n_queued)) for i in range(n_queued)]
+    enqueue_all(store, items, limits, fill)
     t_queued = time.perf_counter() - t0
     while store.claim_next(now=time.time(), limits=limits, peer="bench").claim is not None:
         pass
@@ -101,9 +141,9 @@ def bench_status_calls(runner, calls: int, one_id: str) -> tuple[list[float], li
     return overall, single, last
 
 
-def bench_claim(home: Path, depth: int, calls: int) -> tuple[list[float], list[float], float]:
-    """claim_next with a saturated model at the head, `depth` deep; returns (claims that find the
-    `other` lane, claims that find nothing, fill seconds)."""
+def bench_claim(home: Path, depth: int, calls: int, fill_mode: str) -> dict[str, object]:
+    """claim_next with a saturated model at the head, `depth` deep: claims that find the `other`
+    lane, claims that find nothing; then enqueue and queue_position at the back."""
     from dispatch_runner.policy import PoolLimit
     from dispatch_runner.store import Limits
     from dispatch_runner.store.sqlite import SQLiteStore
@@ -113,11 +153,10 @@ def bench_claim(home: Path, depth: int, calls: int) -> tuple[list[float], list[f
     try:
         t0 = time.perf_counter()
         base = time.time() - 3600
-        for i in range(depth):
-            store.enqueue(new_ws(i, "codex", "gpt-5.4", home, tag=f"c{depth}"), now=base + i * 0.01,
-                          max_wait_s=None, limits=limits)
-        store.enqueue(new_ws(depth, "codex", "other", home, tag=f"c{depth}"),
-                      now=base + depth * 0.01, max_wait_s=None, limits=limits)
+        items = [(new_ws(i, "codex", "gpt-5.4", home, tag=f"c{depth}"), base + i * 0.01)
+                 for i in range(depth)]
+        items.append((new_ws(depth, "codex", "other", home, tag=f"c{depth}"), base + depth * 0.01))
+        enqueue_all(store, items, limits, fill_mode)
         fill = time.perf_counter() - t0
         head = store.claim_next(now=time.time(), limits=limits, peer="bench").claim
         assert head is not None and head.workspace.model == "gpt-5.4", "the head should start first"
@@ -136,7 +175,18 @@ def bench_claim(home: Path, depth: int, calls: int) -> tuple[list[float], list[f
             store.return_reservation(res.claim.run_id, now=time.time())
             found.append(t1 - t0)
             empty.append(t3 - t2)
-        return found[1:], empty[1:], fill
+        enq, pos = [], []
+        for i in range(calls + 1):
+            ws = new_ws(depth + 1 + i, "codex", "gpt-5.4", home, tag=f"c{depth}")
+            t0 = time.perf_counter()
+            store.enqueue(ws, now=time.time(), max_wait_s=None, limits=limits)
+            t1 = time.perf_counter()
+            store.queue_position(ws.id)
+            t2 = time.perf_counter()
+            enq.append(t1 - t0)
+            pos.append(t2 - t1)
+        return {"found": found[1:], "empty": empty[1:], "enqueue": enq[1:], "position": pos[1:],
+                "fill": fill}
     finally:
         store.close()
 
@@ -146,6 +196,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10_000, help="queued and finished workspaces each")
     ap.add_argument("--calls", type=int, default=50, help="timed calls per figure (default 50)")
     ap.add_argument("--cli-n", type=int, default=10, help="CLI status runs (default 10)")
+    ap.add_argument("--fill", choices=("sql", "api"), default="sql",
+                    help="how the queued backlog goes in: direct SQL (default) or SQLiteStore.enqueue")
     args = ap.parse_args()
     home = b.make_home(AGENTS_YAML, "status")
     try:
@@ -162,7 +214,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     t_start = time.monotonic()
     runner = Runner(load_config(), kind="bench")
     try:
-        fill = populate(runner.store, home, args.n, args.n, runner.limits)
+        fill = populate(runner.store, home, args.n, args.n, runner.limits, args.fill)
         one_id = f"ws-bench-done-{args.n // 2:06d}"
         one = runner.store.get_workspace(one_id)
         Path(one.path).mkdir(parents=True)
@@ -177,23 +229,28 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     env = b.cli_env(home)
     cli = b.run_cmd_times([b.CLI, "status"], args.cli_n + 1, env=env)[1:]
     py_pass = b.run_cmd_times([b.PYTHON, "-c", "pass"], max(args.cli_n, 20))
-    claim_small, empty_small, _ = bench_claim(home, 100, args.calls)
-    claim_big, empty_big, fill_claim = bench_claim(home, args.n, args.calls)
+    small = bench_claim(home, 100, args.calls, args.fill)
+    big = bench_claim(home, args.n, args.calls, args.fill)
 
     n = f"{args.n:,}"
-    print(f"store: {snap['counts']} (filled through SQLiteStore.enqueue / claim_next / record_exit: "
-          f"{fill['finished']:.1f} s for the finished, {fill['queued']:.1f} s for the queued; "
-          f"claim store {n} deep: {fill_claim:.1f} s)")
+    how = "direct SQL (enqueue's INSERTs)" if args.fill == "sql" else "SQLiteStore.enqueue"
+    print(f"store: {snap['counts']}\nfinished: SQLiteStore.enqueue + claim_next + record_exit, "
+          f"{fill['finished']:.1f} s; queued backlog: {how}, {fill['queued']:.1f} s; "
+          f"claim store {n} deep: {how}, {big['fill']:.1f} s")
     rows = [
         b.latency_row(f"runner.status overall ({n}+{n})", overall, "SELECT count(*) FROM workspaces",
                       count, "<= 50 ms"),
         b.latency_row("runner.status one workspace (2,000-line log)", single,
                       "SELECT count(*) FROM workspaces", count),
         b.latency_row("CLI `dispatch-runner status` wall", cli, "python -c pass", py_pass, "<= 300 ms"),
-        b.latency_row(f"claim_next, saturated head, {n} deep", claim_big,
-                      "same claim, 100 deep", claim_small, "O(log n): ratio ~1"),
-        b.latency_row(f"claim_next, nothing eligible, {n} deep", empty_big,
-                      "same, 100 deep", empty_small, "O(log n): ratio ~1"),
+        b.latency_row(f"claim_next, saturated head, {n} deep", big["found"],
+                      "same claim, 100 deep", small["found"], "O(log n): ratio ~1"),
+        b.latency_row(f"claim_next, nothing eligible, {n} deep", big["empty"],
+                      "same, 100 deep", small["empty"], "O(log n): ratio ~1"),
+        b.latency_row(f"enqueue at the back, {n} deep", big["enqueue"],
+                      "same, 100 deep", small["enqueue"], "(no O(n) on hot path)"),
+        b.latency_row(f"queue_position at the back, {n} deep", big["position"],
+                      "same, 100 deep", small["position"], "(no O(n) on hot path)"),
     ]
     print()
     print(b.table(rows, b.LATENCY_HEADER))
@@ -201,8 +258,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     print(b.verdict(f"status overall p50 {b.ms(b.p50(overall))} ms (DESIGN §7: <= 50 ms)",
                     b.p50(overall), 0.050))
     print(b.verdict(f"CLI status p50 {b.ms(b.p50(cli))} ms (DESIGN §7: <= 300 ms)", b.p50(cli), 0.300))
-    print(b.verdict(f"claim at {n} / at 100 deep = {b.ratio(b.p50(claim_big), b.p50(claim_small))} "
-                    "(O(log n): <= 2x)", b.p50(claim_big) / b.p50(claim_small), 2.0))
+    for what, key in (("claim", "found"), ("enqueue", "enqueue")):
+        r = b.p50(big[key]) / b.p50(small[key])
+        print(b.verdict(f"{what} at {n} / at 100 deep = {r:.1f}x (O(log n): <= 2x)", r, 2.0))
     print(f"({time.monotonic() - t_start:.1f} s)")
     return 0
 

@@ -5,40 +5,18 @@ runner. Publishing never blocks: each subscriber has a bounded buffer, and what 
 dropped and counted (reference 001's ChannelEmitter + MultiEmitter).
 """
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-EVENT_TYPES: Final = (
-    "AgentQueued", "AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost",
-    "TaskDeadLettered", "QueueFrozen", "QueueUnfrozen", "PoolBackoff", "ChannelPush",
-    "AgentRetrying", "AgentCancelled",
-)
-# Events that end a workspace and are pushed to clients.
-TERMINAL_EVENTS: Final = frozenset(
-    {"AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "TaskDeadLettered"}
-)
+from .model import EVENT_TYPES, TERMINAL_EVENTS, Event
+
+__all__ = ["ACTIONS", "EVENT_TYPES", "TERMINAL_EVENTS", "Bus", "ChannelEmitter", "Event", "MultiEmitter"]
+
 ACTIONS: Final = ("runner.dispatch", "runner.status", "runner.start", "runner.stop", "runner.kill",
                   "runner.poke", "runner.wait")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """One lifecycle event. `id` is the store's sequence number (0 for local-only events)."""
-
-    type: str
-    workspace: str | None = None
-    at: float = 0.0
-    origin: str | None = None  # the session that dispatched the workspace, if any
-    data: Mapping[str, Any] = field(default_factory=dict)
-    id: int = 0
-
-    def __post_init__(self) -> None:
-        if self.type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {self.type!r}")
 
 
 class ChannelEmitter:

@@ -5,9 +5,9 @@ Pure: no I/O, no clock.
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Final
+from typing import Any, Final
 
 from .errors import InvalidArgument, InvalidTransition
 
@@ -120,3 +120,32 @@ class Outcome(StrEnum):
     KILLED = "killed"
     TIMED_OUT = "timed_out"
     LOST = "lost"
+
+
+# ---- lifecycle events (the bus in events.py carries them; the store records them) ----------
+
+EVENT_TYPES: Final = (
+    "AgentQueued", "AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost",
+    "TaskDeadLettered", "QueueFrozen", "QueueUnfrozen", "PoolBackoff", "ChannelPush",
+    "AgentRetrying", "AgentCancelled",
+)
+# Events that end a workspace and are pushed to clients.
+TERMINAL_EVENTS: Final = frozenset(
+    {"AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "TaskDeadLettered"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One lifecycle event. `id` is the store's sequence number (0 for local-only events)."""
+
+    type: str
+    workspace: str | None = None
+    at: float = 0.0
+    origin: str | None = None  # the session that dispatched the workspace, if any
+    data: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}")

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, Workspac
 
 log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
-WATCH_INTERVAL_S = 0.025   # PRAGMA data_version costs ~6 µs: cheap enough to feel instant
+WATCH_POLL_S = 0.5         # the poll under the wake-up hints
+WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
 TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
 HEARTBEAT_S = 2.0
 DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
@@ -65,8 +67,9 @@ class Runner:
         self.bus = bus or Bus()
         self.kind = kind
         self.peer = peer_id()
-        self.launcher = supervisor.ShimLauncher()
+        self.launcher = supervisor.ShimLauncher(forkserver=kind != "cli", log_dir=config.home)
         self._cursor = self.store.last_event_id()
+        self._publish_lock = threading.Lock()
         self._wake = anyio.Event()
         self._wake_at: float | None = None
         self._serving = False
@@ -83,6 +86,7 @@ class Runner:
         return cls(load_config(config_flag), kind=kind)
 
     def close(self) -> None:
+        self.launcher.close()
         self.bus.close()
         self.store.close()
 
@@ -106,25 +110,30 @@ class Runner:
                              priority=priority, label=label, idempotency_key=idempotency_key,
                              max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
                              origin=origin, parent=parent)
+        result = await anyio.to_thread.run_sync(self._dispatch_sync, new, max_wait_s)
+        self._publish_new()
+        return result
+
+    def _dispatch_sync(self, new: NewWorkspace, max_wait_s: float | None) -> dict[str, Any]:
+        """Files, the enqueue transaction and the first drain in one worker-thread hop."""
         if new.idempotency_key:
-            existing = await self._db(self.store.find_by_idempotency_key, new.idempotency_key)
+            existing = self.store.find_by_idempotency_key(new.idempotency_key)
             if existing is not None:
-                return await self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
-        await anyio.to_thread.run_sync(self._prepare_files, new)
+                return self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
+        self._prepare_files(new)
         try:
-            result = await self._db(self.store.enqueue, new, now=time.time(), max_wait_s=max_wait_s,
-                                    limits=self.limits)
+            result = self.store.enqueue(new, now=time.time(), max_wait_s=max_wait_s, limits=self.limits)
         except BaseException:
-            await anyio.to_thread.run_sync(self._discard_files, new)
+            self._discard_files(new)
             raise
         if result.deduplicated:
-            await anyio.to_thread.run_sync(self._discard_files, new)
-            return await self._dispatch_result(result.workspace, deduplicated=True, eta_s=0.0)
+            self._discard_files(new)
+            return self._dispatch_result(result.workspace, deduplicated=True, eta_s=0.0)
         workspaces.write_status(result.workspace, now=time.time())
-        self._publish_new()
-        await self.drain()
-        row = await self._db(self.store.get_workspace, new.id)
-        return await self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
+        self._drain_sync()
+        row = self.store.get_workspace(new.id)
+        assert row is not None
+        return self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
 
     def _validate(self, *, task: str, agent: str | None, cwd: str | None, repo: str | None,
                   template: str | None, priority: str | None, label: str | None,
@@ -196,9 +205,8 @@ class Runner:
                            check=False)
         shutil.rmtree(new.path, ignore_errors=True)
 
-    async def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool,
-                               eta_s: float) -> dict[str, Any]:
-        position = await self._db(self.store.queue_position, row.id)
+    def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float) -> dict[str, Any]:
+        position = self.store.queue_position(row.id)
         return {"workspace": row.id, "status": row.state, "agent": row.agent, "position": position,
                 "eta_s": round(eta_s, 1) if row.state == "queued" else 0.0, "path": row.path,
                 "deduplicated": deduplicated}
@@ -207,18 +215,21 @@ class Runner:
 
     async def drain(self) -> list[str]:
         """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
+        spawned = await anyio.to_thread.run_sync(self._drain_sync)
+        if spawned:
+            self._publish_new()
+        return spawned
+
+    def _drain_sync(self) -> list[str]:
         spawned: list[str] = []
         while True:
-            result = await self._db(self.store.claim_next, now=time.time(), limits=self.limits,
-                                    peer=self.peer)
+            result = self.store.claim_next(now=time.time(), limits=self.limits, peer=self.peer)
             self._schedule(result.wake_at)
             if result.claim is None:
                 break
-            if await anyio.to_thread.run_sync(self._spawn, result.claim):
+            if self._spawn(result.claim):
                 spawned.append(result.claim.workspace.id)
-        if spawned:
-            self.stats["spawned"] += len(spawned)
-            self._publish_new()
+        self.stats["spawned"] += len(spawned)
         return spawned
 
     def _spawn(self, claim: Claim) -> bool:
@@ -242,7 +253,7 @@ class Runner:
         try:
             workspaces.atomic_write(spec_path, json.dumps(spec))
             self.launcher.spawn(supervisor.shim_args(spec_path), env=os.environ,
-                                log_path=path / "shim.log")
+                                log_path=path / "shim.log", spec_path=spec_path)
         except OSError as exc:
             log.error("cannot start the shim for %s: %s", ws.id, exc)
             row = self.store.return_reservation(claim.run_id, now=time.time())
@@ -449,13 +460,15 @@ class Runner:
     # ---- events and the background loop -------------------------------------------------------
 
     def _publish_new(self) -> list[Event]:
-        """Read events committed since the cursor (any peer's) and publish them on the bus."""
-        fresh = self.store.events_after(self._cursor)
-        for event in fresh:
-            self._cursor = event.id
-            self.bus.publish(event)
-        self.stats["events"] += len(fresh)
-        return fresh
+        """Read events committed since the cursor (any peer's) and publish them on the bus, once
+        each and in order (called from the loop and from worker threads)."""
+        with self._publish_lock:
+            fresh = self.store.events_after(self._cursor)
+            for event in fresh:
+                self._cursor = event.id
+                self.bus.publish(event)
+            self.stats["events"] += len(fresh)
+            return fresh
 
     async def serve(self, *, drain_only: bool = False,
                     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -476,18 +489,22 @@ class Runner:
                 await self._db(self.store.remove_peer, self.peer)
 
     async def _watch(self) -> None:
-        """Completions reach this peer: data_version changes (another process committed) are
-        read within WATCH_INTERVAL_S; a terminal event frees a slot, so drain."""
+        """Completions reach this peer: a wake-up hint from the store (inotify on SQLite), then
+        `data_version` says whether anyone committed; the poll underneath is the guarantee.
+        A terminal event frees a slot, so drain."""
+        watcher = self.store.watcher()
         version = -1
-        while True:
-            current = self.store.data_version()
-            if current != version:
-                version = current
-                fresh = await self._db(self._publish_new)
-                if any(e.type in TERMINAL_EVENTS or e.type in ("AgentRetrying", "AgentCancelled",
-                                                               "QueueUnfrozen") for e in fresh):
-                    self._wake.set()
-            await anyio.sleep(WATCH_INTERVAL_S)
+        try:
+            while True:
+                current = self.store.data_version()
+                if current != version:
+                    version = current
+                    fresh = await self._db(self._publish_new)
+                    if any(e.type in WAKING_EVENTS for e in fresh):
+                        self._wake.set()
+                await watcher.changed(WATCH_POLL_S)
+        finally:
+            watcher.close()
 
     async def _tick(self, drain_only: bool) -> None:
         last_recover = last_beat = last_prune = 0.0

@@ -7,6 +7,7 @@ A PID is an identity only together with its start time and the boot id: orphans 
 Stdlib only: the shim imports this module.
 """
 
+import json
 import os
 import signal
 import sys
@@ -96,13 +97,28 @@ def terminate_group(pgid: int, *, grace_s: float, poll_s: float = 0.02) -> bool:
 
 
 class ShimLauncher:
-    """Spawns detached shims and reaps the ones that exit while this process lives."""
+    """Starts detached shims and reaps what it started directly.
 
-    def __init__(self, python: str | None = None) -> None:
+    With `forkserver=True` (serving peers) shims are forked from a pre-imported fork server,
+    which saves an interpreter start per run; if the server is gone, shims start directly."""
+
+    def __init__(self, python: str | None = None, *, forkserver: bool = False,
+                 log_dir: Path | None = None) -> None:
         self.python = python or sys.executable
+        self.use_forkserver = forkserver
+        self.log_dir = log_dir
         self._children: set[int] = set()
+        self._server_pid: int | None = None
+        self._server_pipe: int | None = None
 
-    def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> int:
+    def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+              spec_path: Path | None = None) -> int | None:
+        """Start a shim; returns its pid when started directly (None via the fork server)."""
+        if self.use_forkserver and spec_path is not None and self._via_forkserver(spec_path, env, log_path):
+            return None
+        return self._spawn_direct(args, env=env, log_path=log_path)
+
+    def _spawn_direct(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> int:
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
@@ -113,8 +129,48 @@ class ShimLauncher:
         self._children.add(pid)
         return pid
 
+    def _via_forkserver(self, spec_path: Path, env: Mapping[str, str], log_path: Path) -> bool:
+        line = (json.dumps({"spec": str(spec_path), "log": str(log_path), "env": dict(env)}) + "\n").encode()
+        for _ in range(2):
+            if self._server_pipe is None and not self._start_forkserver(env, self.log_dir or log_path.parent):
+                return False
+            assert self._server_pipe is not None
+            try:
+                os.write(self._server_pipe, line)
+                return True
+            except (BrokenPipeError, OSError):
+                self.close()  # the server died: start a new one and try once more
+        return False
+
+    def _start_forkserver(self, env: Mapping[str, str], log_dir: Path) -> bool:
+        read_end, write_end = os.pipe()
+        try:
+            actions = [
+                (os.POSIX_SPAWN_DUP2, read_end, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log_dir / "forkserver.log"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ]
+            pid = os.posix_spawn(self.python, [self.python, "-m", "dispatch_runner.forkserver"],
+                                 dict(env), file_actions=actions)
+        except OSError:
+            os.close(write_end)
+            return False
+        finally:
+            os.close(read_end)
+        self._server_pid, self._server_pipe = pid, write_end
+        self._children.add(pid)
+        return True
+
+    def close(self) -> None:
+        """Stop the fork server (shims it started run on, detached)."""
+        if self._server_pipe is not None:
+            os.close(self._server_pipe)
+            self._server_pipe = None
+        self._server_pid = None
+
     def reap(self) -> int:
-        """Collect exited shims (no zombie stays under a peer). Returns how many are left."""
+        """Collect exited children (no zombie stays under a peer). Returns how many are left."""
         for pid in list(self._children):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
@@ -122,6 +178,8 @@ class ShimLauncher:
                 done = pid
             if done:
                 self._children.discard(pid)
+                if pid == self._server_pid:
+                    self.close()
         return len(self._children)
 
     @property

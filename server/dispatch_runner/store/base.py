@@ -4,8 +4,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..events import Event
-from ..model import Outcome
+from ..model import Event, Outcome
 from ..policy import PoolLimit, PoolState, RateConfig
 
 
@@ -135,11 +134,19 @@ class KillPlan:
     to_signal: Sequence[RunRow]
 
 
+class Watcher(Protocol):
+    """Wake-up hints that the store changed; the caller still checks and polls."""
+
+    async def changed(self, timeout_s: float) -> None: ...
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     url: str
 
     def close(self) -> None: ...
     def data_version(self) -> int: ...
+    def watcher(self) -> "Watcher": ...
 
     # workspaces and the queue
     def enqueue(self, ws: NewWorkspace, *, now: float, max_wait_s: float | None,

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 from .. import policy
 from ..errors import QueueBusy, StoreError
-from ..events import Event
-from ..model import Outcome, WorkspaceState
+from ..model import Event, Outcome, WorkspaceState
 from ..policy import PoolState, RateConfig
 from .base import (
     Claim,
@@ -137,6 +136,12 @@ class SQLiteStore:
 
         self._write(step)
 
+    def watcher(self) -> Any:
+        """A wake-up hint when another process commits (inotify on the database's directory)."""
+        from ..watch import StoreWatcher
+
+        return StoreWatcher(self.path)
+
     def data_version(self) -> int:
         """Changes whenever any connection (another peer, a shim, or this store) commits.
 
@@ -205,29 +210,35 @@ class SQLiteStore:
     def _estimate(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int,
                   now: float, limits: Limits) -> tuple[int, float]:
         """(1-based position a new dispatch would take in its pool queue, estimated wait)."""
+        state = self._pool_state(db, pool)
+        gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
+        gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
         limit = limits.concurrency.get(pool)
         total = limit.total_limit if limit else None
+        if total is None and (limit is None or limit.model_limit(model) is None):
+            return 0, gate_wait  # unlimited: only pacing or backoff can delay it
         model_cap = limit.model_limit(model) if limit else None
         if model_cap is not None and (total is None or model_cap < total):
             # the model's own limit is the tighter gate: count its lane only
-            where, args = "pool = ? AND model = ?", [pool, model]
             total = model_cap
+            running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ? "
+                                 "AND model = ?", (pool, model)).fetchone()[0]
+            ahead_sql = ("SELECT count(*) FROM workspaces INDEXED BY workspaces_queue "
+                         "WHERE state = 'queued' AND lane = ? AND priority <= ?")
+            args: tuple[Any, ...] = (lane_of(pool, model), priority)
         else:
-            where, args = "pool = ?", [pool]
-        ahead = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'queued' AND {where} "
-                           "AND priority <= ?", [*args, priority]).fetchone()[0]
-        running = db.execute(f"SELECT count(*) FROM workspaces WHERE state = 'running' AND {where}",
-                             args).fetchone()[0]
-        state = self._pool_state(db, pool)
-        gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
-        gate_wait = (gate.wake_at.timestamp() - now) if gate.wake_at else 0.0
-        free = total is None or running + ahead < total
-        if free:
-            return 0, max(gate_wait, 0.0)
-        position = ahead + 1 if total is None else ahead + 1 - max(total - running, 0)
-        runtimes = self._runtimes(db, pool)
+            running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?",
+                                 (pool,)).fetchone()[0]
+            ahead_sql = ("SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool "
+                         "WHERE state = 'queued' AND pool = ? AND priority <= ?")
+            args = (pool, priority)
+        assert total is not None
+        ahead = db.execute(ahead_sql, args).fetchone()[0]
+        if running + ahead < total:
+            return 0, gate_wait
+        position = ahead + 1 - max(total - running, 0)
         return position, policy.estimate_wait_s(position=position, limit=total,
-                                                runtimes_s=runtimes, gate_wait_s=gate_wait)
+                                                runtimes_s=self._runtimes(db, pool), gate_wait_s=gate_wait)
 
     def _runtimes(self, db: sqlite3.Connection, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
         rows = db.execute(
@@ -250,7 +261,8 @@ class SQLiteStore:
         if ws.state != WorkspaceState.QUEUED:
             return 0
         return int(db.execute(
-            """SELECT count(*) FROM workspaces WHERE state = 'queued' AND pool = ? AND
+            """SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
+               WHERE state = 'queued' AND pool = ? AND
                (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))))""",
             (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq)).fetchone()[0])
 
@@ -292,14 +304,16 @@ class SQLiteStore:
                                        model_running=running_model.get((pool, model), 0)):
                 continue  # a slot frees on a completion event, not at a time
             head = db.execute(
-                """SELECT * FROM workspaces WHERE state = 'queued' AND lane = ? AND not_before <= ?
+                """SELECT * FROM workspaces INDEXED BY workspaces_queue
+                   WHERE state = 'queued' AND lane = ? AND not_before <= ?
                    ORDER BY priority, created_at, seq LIMIT 1""", (lane, now)).fetchone()
             if head is None:
                 continue
             if best is None or policy.order_key(head["priority"], head["created_at"], head["seq"]) \
                     < policy.order_key(best["priority"], best["created_at"], best["seq"]):
                 best = head
-        later = db.execute("SELECT min(not_before) FROM workspaces WHERE state = 'queued' "
+        later = db.execute("SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before "
+                           "WHERE state = 'queued' "
                            "AND not_before > ?", (now,)).fetchone()[0]
         if later is not None:
             wake.append(float(later))
@@ -569,9 +583,10 @@ def _lanes(db: sqlite3.Connection) -> list[str]:
     """Distinct lanes with queued work: a loose index scan, O(lanes * log n)."""
     rows = db.execute(
         """WITH RECURSIVE l(lane) AS (
-             SELECT min(lane) FROM workspaces WHERE state = 'queued'
+             SELECT min(lane) FROM workspaces INDEXED BY workspaces_queue WHERE state = 'queued'
              UNION ALL
-             SELECT (SELECT min(lane) FROM workspaces WHERE state = 'queued' AND lane > l.lane)
+             SELECT (SELECT min(lane) FROM workspaces INDEXED BY workspaces_queue
+                     WHERE state = 'queued' AND lane > l.lane)
              FROM l WHERE l.lane IS NOT NULL)
            SELECT lane FROM l WHERE lane IS NOT NULL""").fetchall()
     return [r[0] for r in rows]
