@@ -127,6 +127,13 @@ class SQLiteStore:
                 raise StoreError(f"store read failed: {exc}") from exc
 
     def _migrate(self) -> None:
+        version = self._read("PRAGMA user_version")[0][0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"the store {self.path} has schema version {version}, newer than this "
+                             f"dispatch-runner knows ({len(MIGRATIONS)}); upgrade dispatch-runner")
+        if version == len(MIGRATIONS):
+            return  # the common case (every shim opens the store): no write transaction
+
         def step(db: sqlite3.Connection) -> None:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
