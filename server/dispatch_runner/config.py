@@ -340,36 +340,39 @@ def _agents(r: _Reader, node: yaml.Node, c: Config) -> Config:
     return replace(c, agents=agents)
 
 
+def _command(r: _Reader, v: yaml.Node, at: str) -> tuple[str, ...]:
+    argv = r.strings(v, at)
+    if not argv:
+        raise r.fail(v, at, "the argv list is empty")
+    for node, element in zip(v.value, argv, strict=True):
+        for ph in re.findall(r"\{([^{}]*)\}", element):
+            if ph not in PLACEHOLDERS:
+                raise r.fail(node, at, f"unknown placeholder {{{ph}}}; use "
+                             + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+    return argv
+
+
+def _output(r: _Reader, v: yaml.Node, at: str) -> str:
+    kind = r.string(v, at)
+    if kind not in OUTPUT_KINDS:
+        raise r.fail(v, at, f"unknown output kind; use one of {', '.join(OUTPUT_KINDS)}")
+    return kind
+
+
+_AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
+    "command": _command,
+    "output": _output,
+    "rate_limit_patterns": lambda r, v, at: r.strings(v, at),
+    "env": lambda r, v, at: {k: str(r.scalar(n, f"{at}.{k}")) for k, (_, n) in r.mapping(v, at).items()},
+    "model": lambda r, v, at: r.string(v, at),
+    "max_attempts": lambda r, v, at: int(r.number(v, at, integer=True, minimum=1)),
+    "timeout_s": lambda r, v, at: r.number(v, at, minimum=0) or None,
+}
+
+
 def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef,
                   where: str) -> AgentDef:
-    changes: dict[str, Any] = {}
-    for key, (_, v) in items.items():
-        at = f"{where}.{key}"
-        if key == "command":
-            argv = r.strings(v, at)
-            if not argv:
-                raise r.fail(v, at, "the argv list is empty")
-            for node, element in zip(v.value, argv, strict=True):
-                for ph in re.findall(r"\{([^{}]*)\}", element):
-                    if ph not in PLACEHOLDERS:
-                        raise r.fail(node, at, f"unknown placeholder {{{ph}}}; use "
-                                     + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
-            changes[key] = argv
-        elif key == "output":
-            kind = r.string(v, at)
-            if kind not in OUTPUT_KINDS:
-                raise r.fail(v, at, f"unknown output kind; use one of {', '.join(OUTPUT_KINDS)}")
-            changes[key] = kind
-        elif key == "rate_limit_patterns":
-            changes[key] = r.strings(v, at)
-        elif key == "env":
-            changes[key] = {k: str(r.scalar(n, f"{at}.{k}")) for k, (_, n) in r.mapping(v, at).items()}
-        elif key == "model":
-            changes[key] = r.string(v, at)
-        elif key == "max_attempts":
-            changes[key] = int(r.number(v, at, integer=True, minimum=1))
-        else:
-            changes[key] = r.number(v, at, minimum=0) or None
+    changes = {key: _AGENT_FIELDS[key](r, v, f"{where}.{key}") for key, (_, v) in items.items()}
     return replace(agent, **changes)
 
 

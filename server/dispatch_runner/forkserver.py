@@ -26,7 +26,7 @@ def _run_shim(request: dict[str, Any]) -> int:
     os.environ.update(request["env"])
     try:
         return shim.main([request["spec"]])
-    except BaseException:  # noqa: BLE001 - the shim's last words go to its log
+    except BaseException:  # the shim's last words go to its log
         traceback.print_exc()
         return 1
     finally:

@@ -436,9 +436,9 @@ class Runner:
         done = done_count == len(rows) if mode == "all" else done_count > 0
         return {"done": done, "workspaces": [_wait_row(r) for r in rows]}
 
-    async def _wait_loop(self, ids: list[str], timeout: float, mode: str, progress: Progress | None,
+    async def _wait_loop(self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None,
                          events: Any) -> list[WorkspaceRow]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         last_reported = -1
         while True:
             rows = [await self._db(self.store.get_workspace, i) for i in ids]
@@ -496,18 +496,21 @@ class Runner:
         version = -1
         try:
             while True:
-                current = self.store.data_version()
-                if current != version:
-                    version = current
-                    fresh = await self._db(self._publish_new)
-                    if any(e.type in WAKING_EVENTS for e in fresh):
-                        self._wake.set()
+                try:
+                    current = self.store.data_version()
+                    if current != version:
+                        version = current
+                        fresh = await self._db(self._publish_new)
+                        if any(e.type in WAKING_EVENTS for e in fresh):
+                            self._wake.set()
+                except Exception:  # a task edge: log and keep watching
+                    log.exception("watching the store failed; retrying")
                 await watcher.changed(WATCH_POLL_S)
         finally:
             watcher.close()
 
     async def _tick(self, drain_only: bool) -> None:
-        last_recover = last_beat = last_prune = 0.0
+        last = {"recover": 0.0, "beat": 0.0, "prune": 0.0}
         while True:
             timeout = TICK_S
             if self._wake_at is not None:
@@ -515,22 +518,28 @@ class Runner:
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            now = time.monotonic()
-            if now - last_recover >= TICK_S:
-                last_recover = now
-                await self.recover()
-            if now - last_beat >= HEARTBEAT_S:
-                last_beat = now
-                await self._heartbeat()
-            self._maybe_reload()
-            if now - last_prune >= 3600:
-                last_prune = now
-                await self._db(self.store.prune, before=time.time() - self.config.retention_days * 86400)
-            if self._wake_at is not None and self._wake_at <= time.time():
-                self._wake_at = None
-            await self.drain()
-            if drain_only and not await self._db(self.store.has_work):
-                return
+            try:
+                await self._housekeeping(last)
+                await self.drain()
+                if drain_only and not await self._db(self.store.has_work):
+                    return
+            except Exception:  # a task edge: log, keep the queue moving on the next tick
+                log.exception("background tick failed; retrying on the next tick")
+
+    async def _housekeeping(self, last: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - last["recover"] >= TICK_S:
+            last["recover"] = now
+            await self.recover()
+        if now - last["beat"] >= HEARTBEAT_S:
+            last["beat"] = now
+            await self._heartbeat()
+        self._maybe_reload()
+        if now - last["prune"] >= 3600:
+            last["prune"] = now
+            await self._db(self.store.prune, before=time.time() - self.config.retention_days * 86400)
+        if self._wake_at is not None and self._wake_at <= time.time():
+            self._wake_at = None
 
     def _maybe_reload(self) -> None:
         """A changed agents.yaml applies at the next claim; a reload that fails keeps the old one."""

@@ -31,6 +31,7 @@ from .base import (
     WorkspaceRow,
 )
 from .sqlite_schema import MIGRATIONS
+from .sqlite_snapshot import snapshot
 
 T = TypeVar("T")
 LANE_SEP = "\x1f"
@@ -285,13 +286,21 @@ class SQLiteStore:
     def _claim(self, db: sqlite3.Connection, now: float, limits: Limits, peer: str) -> ClaimResult:
         if self._frozen(db):
             return ClaimResult(None, None)
-        nowdt = _dt(now)
-        running_pool: dict[str, int] = {}
-        running_model: dict[tuple[str, str | None], int] = {}
-        for r in db.execute("SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' "
-                            "GROUP BY pool, model"):
-            running_pool[r["pool"]] = running_pool.get(r["pool"], 0) + r["n"]
-            running_model[(r["pool"], r["model"])] = r["n"]
+        best, wake = self._pick(db, now, limits)
+        later = db.execute("SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before "
+                           "WHERE state = 'queued' AND not_before > ?", (now,)).fetchone()[0]
+        if later is not None:
+            wake.append(float(later))
+        wake_at = min(wake) if wake else None
+        if best is None:
+            return ClaimResult(None, wake_at)
+        return ClaimResult(self._take(db, _ws(best), now, limits, peer), wake_at)
+
+    def _pick(self, db: sqlite3.Connection, now: float,
+              limits: Limits) -> tuple[sqlite3.Row | None, list[float]]:
+        """Capacity-first: the best head among lanes whose pool gate is open and that have room.
+        Returns it and the times at which a time-gated pool opens."""
+        running_pool, running_model = _running_counts(db)
         best: sqlite3.Row | None = None
         wake: list[float] = []
         gates: dict[str, policy.PoolGate] = {}
@@ -299,8 +308,7 @@ class SQLiteStore:
             pool, _, model_text = lane.partition(LANE_SEP)
             model = model_text or None
             if pool not in gates:
-                gates[pool] = policy.pool_gate(limits.rates.get(pool), self._pool_state(db, pool),
-                                               nowdt)
+                gates[pool] = policy.pool_gate(limits.rates.get(pool), self._pool_state(db, pool), _dt(now))
             gate = gates[pool]
             if not gate.open:
                 if gate.wake_at is not None:
@@ -314,20 +322,13 @@ class SQLiteStore:
                 """SELECT * FROM workspaces INDEXED BY workspaces_queue
                    WHERE state = 'queued' AND lane = ? AND not_before <= ?
                    ORDER BY priority, created_at, seq LIMIT 1""", (lane, now)).fetchone()
-            if head is None:
-                continue
-            if best is None or policy.order_key(head["priority"], head["created_at"], head["seq"]) \
-                    < policy.order_key(best["priority"], best["created_at"], best["seq"]):
+            if head is not None and (best is None or _order(head) < _order(best)):
                 best = head
-        later = db.execute("SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before "
-                           "WHERE state = 'queued' "
-                           "AND not_before > ?", (now,)).fetchone()[0]
-        if later is not None:
-            wake.append(float(later))
-        wake_at = min(wake) if wake else None
-        if best is None:
-            return ClaimResult(None, wake_at)
-        ws = _ws(best)
+        return best, wake
+
+    def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits,
+              peer: str) -> Claim:
+        """Reserve the workspace's next run (counts as running until the shim starts it)."""
         cur = db.execute(
             "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at) "
             "VALUES (?,?,?,'reserved',?,?)", (ws.id, ws.pool, ws.runs + 1, peer, now))
@@ -337,11 +338,11 @@ class SQLiteStore:
                started_at = ?, ended_at = NULL, exit_code = NULL, updated_at = ? WHERE id = ?""",
             (run_id, now, now, ws.id))
         self._save_pool_state(db, ws.pool, policy.after_spawn(limits.rates.get(ws.pool),
-                                                              self._pool_state(db, ws.pool), nowdt))
+                                                              self._pool_state(db, ws.pool), _dt(now)))
         self._event(db, "AgentStarted", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
                     attempt=ws.runs + 1)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
-        return ClaimResult(Claim(claimed, run_id), wake_at)
+        return Claim(claimed, run_id)
 
     # ---- pool state -------------------------------------------------------------------------
 
@@ -537,8 +538,9 @@ class SQLiteStore:
 
     def snapshot(self, *, now: float, limits: Limits, agent: str | None = None,
                  state: str | None = None, limit: int = 20) -> dict[str, Any]:
-        return self._reading(lambda db: _snapshot(db, now=now, limits=limits, agent=agent, state=state,
-                                                  limit=limit, pool_state=self._pool_state))
+        return self._reading(lambda db: snapshot(db, now=now, limits=limits, agent=agent, state=state,
+                                                 limit=limit, pool_state=self._pool_state,
+                                                 frozen=self._frozen(db), to_row=_ws))
 
     # ---- peers and housekeeping -------------------------------------------------------------
 
@@ -586,6 +588,21 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def _running_counts(db: sqlite3.Connection) -> tuple[dict[str, int], dict[tuple[str, str | None], int]]:
+    """Running (and reserved) runs per pool and per (pool, model)."""
+    pools: dict[str, int] = {}
+    models: dict[tuple[str, str | None], int] = {}
+    for r in db.execute("SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' "
+                        "GROUP BY pool, model"):
+        pools[r["pool"]] = pools.get(r["pool"], 0) + r["n"]
+        models[(r["pool"], r["model"])] = r["n"]
+    return pools, models
+
+
+def _order(row: sqlite3.Row) -> tuple[int, float, int]:
+    return policy.order_key(row["priority"], row["created_at"], row["seq"])
+
+
 def _lanes(db: sqlite3.Connection) -> list[str]:
     """Distinct lanes with queued work: a loose index scan, O(lanes * log n)."""
     rows = db.execute(
@@ -622,82 +639,3 @@ def _run(row: sqlite3.Row) -> RunRow:
         agent_start=row["agent_start"], boot_id=row["boot_id"], started_at=row["started_at"],
         ended_at=row["ended_at"], kill_requested=bool(row["kill_requested"]),
     )
-
-
-def _snapshot(db: sqlite3.Connection, *, now: float, limits: Limits, agent: str | None,
-              state: str | None, limit: int,
-              pool_state: Callable[[sqlite3.Connection, str], PoolState]) -> dict[str, Any]:
-    counts = {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM workspaces GROUP BY state")}
-    pools: dict[str, dict[str, Any]] = {}
-
-    def pool_entry(name: str) -> dict[str, Any]:
-        if name not in pools:
-            lim = limits.concurrency.get(name)
-            pools[name] = {"running": 0, "queued": 0, "limit": lim.total_limit if lim else None,
-                           "models": {m: {"running": 0, "limit": n if n > 0 else None}
-                                      for m, n in (lim.models.items() if lim else ())}}
-        return pools[name]
-
-    for name in limits.concurrency:
-        pool_entry(name)
-    for r in db.execute("SELECT pool, model, state, count(*) n, min(created_at) oldest FROM "
-                        "workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state"):
-        entry = pool_entry(r["pool"])
-        entry[r["state"]] += r["n"]
-        if r["state"] == "queued":
-            old = entry.get("_oldest")
-            entry["_oldest"] = r["oldest"] if old is None else min(old, r["oldest"])
-        elif r["model"] is not None:
-            model = entry["models"].setdefault(r["model"], {"running": 0, "limit": None})
-            model["running"] += r["n"]
-    for r in db.execute("SELECT pool FROM pool_state"):
-        pool_entry(r[0])
-    thr = {r[0]: r[1] for r in db.execute(
-        "SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL "
-        "GROUP BY pool", (now - 60,))}
-    nowdt = _dt(now)
-    for name, entry in pools.items():
-        ps = pool_state(db, name)
-        rate = limits.rates.get(name)
-        gate = policy.pool_gate(rate, ps, nowdt)
-        entry["backoff_until"] = policy.iso(ps.backoff_until) if ps.backoff_until and \
-            ps.backoff_until > now else None
-        entry["daily_used"] = policy.daily_used(rate or policy.DEFAULT_RATE, ps, nowdt)
-        entry["daily_limit"] = rate.daily_limit if rate else None
-        entry["next_spawn_at"] = policy.iso(gate.wake_at.timestamp()) if gate.wake_at else None
-        entry["oldest_queued_at"] = policy.iso(entry.pop("_oldest", None))
-        entry["throughput_1m"] = thr.get(name, 0)
-    filt, args = [], []
-    if agent:
-        filt.append("(agent = ? OR pool = ?)")
-        args += [agent, agent]
-    if state:
-        filt.append("state = ?")
-        args.append(state)
-    where = " AND ".join(filt) if filt else "1"
-    rows = db.execute(f"SELECT * FROM workspaces WHERE state = 'running' AND {where} "
-                      "ORDER BY created_at DESC LIMIT ?", [*args, limit]).fetchall()
-    if len(rows) < limit:
-        rows += db.execute(f"SELECT * FROM workspaces WHERE state != 'running' AND {where} "
-                           "ORDER BY created_at DESC LIMIT ?", [*args, limit - len(rows)]).fetchall()
-    return {
-        "frozen": SQLiteStore._frozen(db),
-        "pools": dict(sorted(pools.items())),
-        "counts": counts,
-        "workspaces": [_short(_ws(r), now) for r in rows],
-    }
-
-
-def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
-    end = ws.ended_at if ws.ended_at is not None else (now if ws.state == "running" else None)
-    duration = None if ws.started_at is None or end is None else round(end - ws.started_at, 3)
-    return {"workspace": ws.id, "state": ws.state, "agent": ws.agent,
-            "priority": _priority_label(ws.priority), "label": ws.label,
-            "created_at": policy.iso(ws.created_at), "duration_s": duration,
-            "summary": (ws.summary or "")[:200] or None}
-
-
-def _priority_label(p: int) -> str:
-    return ("critical", "high", "medium", "low")[p] if 0 <= p <= 3 else str(p)
-
-
