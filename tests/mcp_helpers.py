@@ -69,15 +69,15 @@ class Observer:
 
         return ClaudeChannel()
 
-    async def until(self, predicate: Callable[[], T], *, timeout: float = DEADLINE_S,
+    async def until(self, predicate: Callable[[], T], *, deadline_s: float = DEADLINE_S,
                     what: str = "a notification") -> T:
-        """Wait (no sleeping) until predicate() is truthy; fail after `timeout` seconds."""
+        """Wait (no sleeping) until predicate() is truthy; fail after `deadline_s` seconds."""
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(deadline_s):
                 while not (value := predicate()):
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(f"no {what} within {timeout}s; channel={self.channel!r} "
+            raise AssertionError(f"no {what} within {deadline_s}s; channel={self.channel!r} "
                                  f"logs={self.logs!r} updated={self.updated!r}") from None
         return value
 
@@ -94,21 +94,28 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
+async def session(transport: Any) -> AsyncIterator[tuple[Client, Observer]]:
+    """A legacy-mode (2025-11-25) client session over `transport`, observed."""
+    observer = Observer()
+    async with Client(transport, mode="legacy", extensions=[observer.extension()],
+                      logging_callback=observer.on_log, message_handler=observer.on_message) as client:
+        yield client, observer
+
+
+@asynccontextmanager
 async def connect(home_path: Path, *args: str, **env: str) -> AsyncIterator[tuple[Client, Observer]]:
     """A real `dispatch-runner serve` over stdio, its stderr in home_path/server-<n>.log."""
-    observer = Observer()
     params = StdioServerParameters(command=SERVE[0], args=[*SERVE[1:], *args], env=server_env(**env))
-    n = len(list(home_path.glob("server-*.log")))
+    n = sum(1 for _ in home_path.glob("server-*.log"))
     with open(home_path / f"server-{n}.log", "w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode="legacy",
-                          extensions=[observer.extension()], logging_callback=observer.on_log,
-                          message_handler=observer.on_message) as client:
+        async with session(stdio_client(params, errlog=errlog)) as (client, observer):
             yield client, observer
 
 
 def ok(result: types.CallToolResult) -> dict[str, Any]:
     """The structured result of a successful call; its text content is the same JSON."""
-    text = result.content[0].text if result.content and isinstance(result.content[0], types.TextContent) else ""
+    first = result.content[0] if result.content else None
+    text = first.text if isinstance(first, types.TextContent) else ""
     assert not result.is_error, text
     assert isinstance(result.structured_content, dict)
     assert json.loads(text) == result.structured_content

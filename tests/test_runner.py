@@ -133,7 +133,8 @@ async def test_queued_work_starts_by_priority_then_age(home: Home) -> None:
         for prio, name in order:
             ids[name] = (await dispatch(runner, f"{name} @sleep=0.05", agent="agent", priority=prio))["workspace"]
         assert (await runner.bus.invoke("runner.status"))["frozen"] is True
-        assert await runner.bus.invoke("runner.start") == {"frozen": False, "spawned": [ids["c1"]]}
+        assert await runner.bus.invoke("runner.start") == {"frozen": False}
+        assert (await runner.bus.invoke("runner.status", workspace=ids["c1"]))["state"] == "running"
         await wait_all(runner, list(ids.values()))
     started = [s["ws"] for s in _starts(home)]
     assert started == [ids[n] for n in ("c1", "c2", "h1", "m1", "l1", "l2")]

@@ -212,7 +212,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "dispatch": _fmt_dispatch, "status": _fmt_status, "kill": _fmt_kill, "wait": _fmt_wait,
     "poke": lambda r: f"spawned: {', '.join(r['spawned']) or 'nothing'}",
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
-    "start": lambda r: "queue running" + (f"; spawned {', '.join(r['spawned'])}" if r["spawned"] else ""),
+    "start": lambda r: "queue running: queued work starts as slots allow",
 }
 
 

@@ -56,7 +56,7 @@ class QueueBusy(DispatchError):
         self.max_wait_s = max_wait_s
         self.position = position
         super().__init__(
-            f"pool {pool!r} is busy: estimated wait {eta_s:.0f}s (position {position}) exceeds "
+            f"pool {pool!r} is busy: estimated wait {eta_s:.1f}s (position {position}) exceeds "
             f"max_wait_s={max_wait_s:g}; nothing was queued. Retry later, raise max_wait_s, "
             "or pick another agent"
         )

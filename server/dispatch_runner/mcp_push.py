@@ -11,12 +11,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import anyio
 import anyio.abc
 from mcp.server.connection import Connection
 from mcp.server.session import ServerSession
+from mcp_types import LoggingLevel
 
 from .errors import DispatchError
 from .events import TERMINAL_EVENTS, Event
@@ -26,7 +27,7 @@ log = logging.getLogger("dispatch_runner.mcp")
 
 CHANNEL_METHOD: Final = "notifications/claude/channel"
 FINISHED_STATES: Final = frozenset({"completed", "failed", "killed", "lost"})
-LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LOG_LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)
 SEND_TIMEOUT_S: Final = 2.0   # a client that stops reading must not stall pushes to the others
 SUMMARY_LINES: Final = 3
 SUMMARY_CHARS: Final = 400
@@ -40,7 +41,7 @@ class Client:
     key: str
     connection: Connection | None
     everything: bool = False          # status(subscribe=true): every completion, not only its own
-    log_level: str = "info"
+    log_level: LoggingLevel = "info"
     resources: set[str] = field(default_factory=set)
 
 
@@ -111,15 +112,17 @@ def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[st
     label = f' "{view["label"]}"' if view.get("label") else ""
     head = f"Sub-agent {agent} in workspace {ws}{label} {state}"
     if duration is not None:
-        head += f" after {float(duration):.1f}s"
+        seconds = float(duration)
+        head += f" after {seconds:.2f}s" if seconds < 10 else f" after {seconds:.0f}s"
     if exit_code is not None:
         head += f" (exit code {exit_code})"
     parts = [head + "."]
-    if state != "completed" and (view.get("reason") or data.get("reason")):
-        parts.append(f"Reason: {view.get('reason') or data.get('reason')}.")
+    reason = str(view.get("reason") or data.get("reason") or "").strip().rstrip(".")
+    if state != "completed" and reason:
+        parts.append(f"Reason: {reason}.")
     summary = _first_lines(view.get("summary"))
     if summary:
-        parts.append(f"Result: {summary}")
+        parts.append(f"{'Result' if state == 'completed' else 'Last output'}: {summary}")
     parts.append(f"Call status with workspace={ws} for details and the log tail.")
     meta = {"event": event.type, "workspace": ws, "agent": agent, "state": state}
     if exit_code is not None:
@@ -197,7 +200,7 @@ class Pusher:
             if self.wants_channel(client, event):
                 await connection.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
                 self.pushed += 1
-            level = "info" if meta["state"] == "completed" else "warning"
+            level: LoggingLevel = "info" if meta["state"] == "completed" else "warning"
             if LOG_LEVELS.index(level) >= LOG_LEVELS.index(client.log_level):
                 await connection.log(level, {**meta, "message": content}, logger="runner")
         for uri in sorted(uris & client.resources):

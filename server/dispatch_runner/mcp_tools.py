@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import mcp_types as types
-from mcp.server.context import CallNext, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -55,7 +55,7 @@ DESCRIPTIONS: Final = {
     "stop": (
         "Freeze the queue: running agents go on and dispatch still queues, but nothing new starts "
         "until start is called. Returns {frozen: true}."),
-    "start": "Unfreeze the queue and start whatever fits now. Returns {frozen: false, spawned: [ids]}.",
+    "start": "Unfreeze the queue; queued work starts as slots allow. Returns {frozen: false}.",
     "wait": (
         "Wait until the given workspaces finish (mode all) or one of them does (mode any), or "
         "until timeout_s passes (default 50 s, under common 60 s tool timeouts), sending progress "
@@ -221,11 +221,12 @@ def argument_problem(tool: Tool, arguments: Mapping[str, Any]) -> str | None:
 
 def _describe(exc: ValidationError, tool: Tool) -> str:
     err = exc.errors()[0]
-    loc = [str(part) for part in err["loc"]]
+    # keep the argument and list indices; drop union members ("list[str]") from the location
+    loc = [str(part) for i, part in enumerate(err["loc"]) if i == 0 or isinstance(part, int)]
     name = loc[0] if loc else "arguments"
-    where = ".".join(loc[:2] if len(loc) > 1 and loc[1].isdigit() else loc[:1]) or "arguments"
+    where = ".".join(loc) or "arguments"
     kind, ctx = err["type"], err.get("ctx") or {}
-    got = repr(err.get("input"))
+    got = json.dumps(err.get("input"), default=str)  # as the model wrote it: null, "x", [1]
     got = got if len(got) <= 60 else got[:57] + "..."
     if kind == "missing":
         info = tool.fn_metadata.arg_model.model_fields.get(name)
@@ -237,18 +238,16 @@ def _describe(exc: ValidationError, tool: Tool) -> str:
               "less_than_equal": "<= {le}", "less_than": "< {lt}"}
     if kind in bounds:
         return f"{where} must be {bounds[kind].format(**ctx)} (got {got})"
-    if name == "workspaces" and kind in ("string_type", "list_type"):
-        kind = "list_type"
     phrase = _PHRASES.get(kind) or str(err["msg"])[:1].lower() + str(err["msg"])[1:]
     return f"{where} {phrase} (got {got})"
 
 
-def argument_checker(tools: list[Tool]) -> Callable[..., Any]:
+def argument_checker(tools: list[Tool]) -> ServerMiddleware[Any]:
     """Server middleware: a `tools/call` whose arguments break the schema is answered with a tool
     error naming the argument, before the SDK validates it (its text would be a pydantic dump)."""
     by_name = {tool.name: tool for tool in tools}
 
-    async def check_arguments(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+    async def check_arguments(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         params = ctx.params
         if ctx.method == "tools/call" and isinstance(params, Mapping):
             tool = by_name.get(str(params.get("name")))

@@ -70,8 +70,15 @@ def parse_output(kind: str, stdout: str, stderr: str, *, exit_code: int | None,
     elif kind == "codex-json":
         parsed = _codex(stdout, stderr, exit_code, patterns, now)
     else:
-        parsed = None
-    return parsed or _text(stdout, stderr, exit_code, patterns, now)
+        return _text(stdout, stderr, exit_code, patterns, now)
+    if parsed is not None:
+        return parsed
+    # a JSON agent that ended without its final object (killed, crashed): its raw JSON lines are
+    # no summary; the last thing it said, if anything, is
+    said = _last_assistant_text(stdout)
+    fallback = _text("", stderr, exit_code, patterns, now)
+    return Parsed(fallback.outcome, said or (last_lines(stderr) or None), None, fallback.detail,
+                  fallback.retry_at)
 
 
 def _failure(text: str, exit_code: int | None, patterns: tuple[str, ...], now: datetime,
@@ -83,6 +90,21 @@ def _failure(text: str, exit_code: int | None, patterns: tuple[str, ...], now: d
         return Parsed(Outcome.RATE_LIMITED, summary, session, f"rate limited: {detail}",
                       at.timestamp() if at else None)
     return Parsed(Outcome.FAILED, summary, session, detail or f"exit code {exit_code}")
+
+
+def _last_assistant_text(stdout: str) -> str | None:
+    """The last text an agent emitted: claude `assistant` text blocks, codex `agent_message`."""
+    said: str | None = None
+    for obj in _json_lines(stdout):
+        if obj.get("type") == "assistant":
+            for block in (obj.get("message") or {}).get("content") or []:
+                if isinstance(block, dict) and block.get("type") == "text" and block.get("text"):
+                    said = str(block["text"])
+        elif obj.get("type") == "item.completed":
+            item = obj.get("item") or {}
+            if item.get("type") == "agent_message" and item.get("text"):
+                said = str(item["text"])
+    return said[:SUMMARY_CHARS] if said else None
 
 
 def _claude(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...],

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, Workspac
 log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WATCH_POLL_S = 0.5         # the poll under the wake-up hints
+SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
 WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
 TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
 HEARTBEAT_S = 2.0
@@ -69,7 +69,7 @@ class Runner:
         self.peer = peer_id()
         self.launcher = supervisor.ShimLauncher(forkserver=kind != "cli", log_dir=config.home)
         self._cursor = self.store.last_event_id()
-        self._publish_lock = threading.Lock()
+        self._publish_lock = anyio.Lock()
         self._wake = anyio.Event()
         self._wake_at: float | None = None
         self._serving = False
@@ -111,7 +111,7 @@ class Runner:
                              max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
                              origin=origin, parent=parent)
         result = await anyio.to_thread.run_sync(self._dispatch_sync, new, max_wait_s)
-        self._publish_new()
+        await self._publish_new()
         return result
 
     def _dispatch_sync(self, new: NewWorkspace, max_wait_s: float | None) -> dict[str, Any]:
@@ -217,7 +217,7 @@ class Runner:
         """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
         spawned = await anyio.to_thread.run_sync(self._drain_sync)
         if spawned:
-            self._publish_new()
+            await self._publish_new()
         return spawned
 
     def _drain_sync(self) -> list[str]:
@@ -376,7 +376,7 @@ class Runner:
         async with anyio.create_task_group() as tg:
             for run in plan.to_signal:
                 tg.start_soon(anyio.to_thread.run_sync, self._kill_run, run)
-        self._publish_new()
+        await self._publish_new()
         return {"killed": sorted({r.workspace for r in plan.to_signal}),
                 "cancelled": [r.id for r in plan.cancelled]}
 
@@ -400,14 +400,14 @@ class Runner:
 
     async def stop(self) -> dict[str, Any]:
         frozen = await self._db(self.store.set_frozen, True, now=time.time())
-        self._publish_new()
+        await self._publish_new()
         return {"frozen": frozen}
 
     async def start(self) -> dict[str, Any]:
         frozen = await self._db(self.store.set_frozen, False, now=time.time())
-        self._publish_new()
-        spawned = await self.drain()
-        return {"frozen": frozen, "spawned": spawned}
+        await self._publish_new()
+        await self.drain()
+        return {"frozen": frozen}
 
     async def poke(self) -> dict[str, Any]:
         await self.recover()
@@ -455,15 +455,16 @@ class Runner:
             with anyio.move_on_after(min(0.5, max(deadline - time.monotonic(), 0.0))):
                 await events.receive()
             if not self._serving:
-                self._publish_new()
+                await self._publish_new()
 
     # ---- events and the background loop -------------------------------------------------------
 
-    def _publish_new(self) -> list[Event]:
+    async def _publish_new(self) -> list[Event]:
         """Read events committed since the cursor (any peer's) and publish them on the bus, once
-        each and in order (called from the loop and from worker threads)."""
-        with self._publish_lock:
-            fresh = self.store.events_after(self._cursor)
+        each and in order. The read runs in a worker thread; publishing stays on the event loop
+        (the bus's memory streams are not thread-safe)."""
+        async with self._publish_lock:
+            fresh: list[Event] = await self._db(self.store.events_after, self._cursor)
             for event in fresh:
                 self._cursor = event.id
                 self.bus.publish(event)
@@ -493,21 +494,29 @@ class Runner:
         `data_version` says whether anyone committed; the poll underneath is the guarantee.
         A terminal event frees a slot, so drain."""
         watcher = self.store.watcher()
-        version = -1
+        version, hinted = -1, True
         try:
             while True:
                 try:
-                    current = self.store.data_version()
-                    if current != version:
-                        version = current
-                        fresh = await self._db(self._publish_new)
-                        if any(e.type in WAKING_EVENTS for e in fresh):
-                            self._wake.set()
+                    version = await self._settle(version, SETTLE_DELAYS_S if hinted else (0,))
                 except Exception:  # a task edge: log and keep watching
                     log.exception("watching the store failed; retrying")
-                await watcher.changed(WATCH_POLL_S)
+                hinted = await watcher.changed(WATCH_POLL_S)
         finally:
             watcher.close()
+
+    async def _settle(self, version: int, delays: tuple[float, ...]) -> int:
+        """After a wake-up hint: a commit's inotify event on the WAL can precede its visibility in
+        data_version by a moment, so look again briefly before going back to sleep."""
+        for delay in delays:
+            current = self.store.data_version()
+            if current != version:
+                fresh = await self._publish_new()
+                if any(e.type in WAKING_EVENTS for e in fresh):
+                    self._wake.set()
+                return current
+            await anyio.sleep(delay)
+        return version
 
     async def _tick(self, drain_only: bool) -> None:
         last = {"recover": 0.0, "beat": 0.0, "prune": 0.0}

@@ -163,11 +163,21 @@ class ShimLauncher:
         return True
 
     def close(self) -> None:
-        """Stop the fork server (shims it started run on, detached)."""
+        """Stop the fork server (shims it started run on, detached) and reap it."""
         if self._server_pipe is not None:
             os.close(self._server_pipe)
             self._server_pipe = None
-        self._server_pid = None
+        pid, self._server_pid = self._server_pid, None
+        if pid is not None:
+            deadline = time.monotonic() + 1.0  # it exits as soon as it reads end-of-file
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.002)
+            self._children.discard(pid)
 
     def reap(self) -> int:
         """Collect exited children (no zombie stays under a peer). Returns how many are left."""
@@ -178,8 +188,10 @@ class ShimLauncher:
                 done = pid
             if done:
                 self._children.discard(pid)
-                if pid == self._server_pid:
-                    self.close()
+                if pid == self._server_pid:  # it died: the next spawn starts a new one
+                    if self._server_pipe is not None:
+                        os.close(self._server_pipe)
+                    self._server_pipe = self._server_pid = None
         return len(self._children)
 
     @property

@@ -37,16 +37,17 @@ class StoreWatcher:
         except (OSError, AttributeError):
             self.fd = None
 
-    async def changed(self, timeout_s: float) -> None:
-        """Return when the store's files change, or after timeout_s."""
+    async def changed(self, timeout_s: float) -> bool:
+        """Return True when the store's files changed, False after timeout_s without a sign."""
         if self.fd is None:
             await anyio.sleep(min(timeout_s, self.fallback_poll_s))
-            return
+            return True
         with anyio.move_on_after(timeout_s):
             while True:
                 await anyio.wait_readable(self.fd)
                 if self._drain():
-                    return
+                    return True
+        return False
 
     def _drain(self) -> bool:
         """Consume queued inotify events; True if one concerns the store's files."""
