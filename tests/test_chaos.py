@@ -1,23 +1,29 @@
-"""Many sessions, one truth: 4 stdio peers on one store, random peers SIGKILLed and restarted
-while 300 short agents run through a pool limited to 3 (DESIGN §2, §7; issue: several peers).
+"""Many sessions, one truth: 4 peers on one store (3 stdio servers and an HTTP daemon, plus
+short-lived CLI dispatches), random peers SIGKILLed and restarted while 300 short agents run
+through a pool limited to 3 (DESIGN §2, §7).
 
 Asserted from the fake agents' own start/end log and the store: never more than 3 running at
 any instant, every workspace completed exactly once, no agent started twice, nothing left."""
 
+import json
 import os
 import random
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Home, processes_with_env, until
 from tests.fakes.overlap import max_overlap, starts
-from tests.mcp_helpers import connect, ok
+from tests.mcp_helpers import SERVE, connect, ok, session
 
 pytestmark = [pytest.mark.anyio,
               pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
@@ -41,6 +47,8 @@ def server_pids(label: str) -> list[int]:
 
 
 class Chaos:
+    """Peers 0-2 are stdio servers, peer 3 an HTTP daemon; a CLI dispatcher takes jobs too."""
+
     def __init__(self, home: Home, seed: int) -> None:
         self.home = home
         self.rng = random.Random(seed)
@@ -48,6 +56,7 @@ class Chaos:
         self.dispatched: dict[int, str] = {}
         self.labels = [f"p{k}-0" for k in range(PEERS)]
         self.kills = 0
+        self.by_kind = {"stdio": 0, "http": 0, "cli": 0}
         self.done = anyio.Event()
 
     async def peer(self, k: int) -> None:
@@ -56,14 +65,48 @@ class Chaos:
             label = f"p{k}-{generation}"
             self.labels[k] = label
             try:
-                async with connect(self.home.path, CHAOS_PEER=label) as (client, _):
-                    await self._dispatch_loop(client)
-                    await self.done.wait()
-            except Exception:
+                if k == PEERS - 1:
+                    await self._http_peer(label)
+                else:
+                    async with connect(self.home.path, CHAOS_PEER=label) as (client, _):
+                        await self._dispatch_loop(client, "stdio")
+                        await self.done.wait()
+            except Exception:  # the peer was SIGKILLed: start a new one
                 pass
             generation += 1
 
-    async def _dispatch_loop(self, client: Any) -> None:
+    async def _http_peer(self, label: str) -> None:
+        port = _free_port()
+        env = {**os.environ, "CHAOS_PEER": label}
+        with open(self.home.path / f"http-{label}.log", "w") as log:
+            proc = await anyio.open_process([*SERVE, "--transport", "http", "--port", str(port)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            try:
+                await until(lambda: _listening(port) or proc.returncode is not None, timeout=20,
+                            message="the HTTP peer to listen")
+                async with session(streamable_http_client(f"http://127.0.0.1:{port}/mcp")) as (client, _):
+                    await self._dispatch_loop(client, "http")
+                    await self.done.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                await proc.wait()
+
+    async def cli_peer(self) -> None:
+        """Short-lived CLI peers dispatching now and then."""
+        while self.pending and not self.done.is_set():
+            job = self.pending.pop(0)
+            out = await anyio.run_process(
+                [sys.executable, "-m", "dispatch_runner.cli", "dispatch", f"@sleep=0.05 job-{job}",
+                 "--agent", "agent", "--idempotency-key", f"job-{job}", "--json"], check=False)
+            if out.returncode != 0:
+                self.pending.append(job)
+                continue
+            self.dispatched[job] = json.loads(out.stdout)["workspace"]
+            self.by_kind["cli"] += 1
+            await anyio.sleep(self.rng.uniform(0.05, 0.2))  # pacing of a person at a terminal
+
+    async def _dispatch_loop(self, client: Any, kind: str) -> None:
         while self.pending:
             job = self.pending.pop(0)
             try:
@@ -74,6 +117,7 @@ class Chaos:
                 self.pending.append(job)  # unknown whether it landed: the key makes a retry safe
                 raise
             self.dispatched[job] = result["workspace"]
+            self.by_kind[kind] += 1
 
     async def killer(self) -> None:
         deadline = time.monotonic() + 25
@@ -82,6 +126,20 @@ class Chaos:
             for pid in server_pids(self.labels[self.rng.randrange(PEERS)]):
                 os.kill(pid, signal.SIGKILL)
                 self.kills += 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:
@@ -119,6 +177,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
         async with anyio.create_task_group() as tg:
             for k in range(PEERS):
                 tg.start_soon(chaos.peer, k)
+            tg.start_soon(chaos.cli_peer)
             tg.start_soon(chaos.killer)
             await until(lambda: len(chaos.dispatched) == JOBS, timeout=60, interval=0.05,
                         message=f"all dispatches accepted (seed {seed})")
@@ -134,6 +193,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
             chaos.done.set()
     states, completed = store_rows(home)
     assert chaos.kills >= 3, f"the chaos schedule killed only {chaos.kills} peers (seed {seed})"
+    assert all(chaos.by_kind.values()), f"every kind of peer dispatched: {chaos.by_kind}"
     assert sorted(states) == sorted(chaos.dispatched.values())
     assert set(states.values()) == {"completed"}
     assert completed == dict.fromkeys(states, 1), f"a workspace completed twice (seed {seed})"
