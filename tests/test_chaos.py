@@ -52,11 +52,16 @@ class Chaos:
     def __init__(self, home: Home, seed: int) -> None:
         self.home = home
         self.rng = random.Random(seed)
-        self.pending = list(range(JOBS))
+        # each kind of peer has its share, so every kind is exercised whatever the kill schedule
+        self.pending: dict[str, list[int]] = {"cli": [], "http": [], "stdio": []}
+        for job in range(JOBS):
+            kind = "cli" if job % 10 == 0 else "http" if job % 10 < 4 else "stdio"
+            self.pending[kind].append(job)
         self.dispatched: dict[int, str] = {}
         self.labels = [f"p{k}-0" for k in range(PEERS)]
         self.kills = 0
         self.by_kind = {"stdio": 0, "http": 0, "cli": 0}
+        self.errors: list[str] = []
         self.done = anyio.Event()
 
     async def peer(self, k: int) -> None:
@@ -71,8 +76,8 @@ class Chaos:
                     async with connect(self.home.path, CHAOS_PEER=label) as (client, _):
                         await self._dispatch_loop(client, "stdio")
                         await self.done.wait()
-            except Exception:  # the peer was SIGKILLed: start a new one
-                pass
+            except Exception as exc:  # the peer was SIGKILLed: start a new one
+                self.errors.append(repr(exc)[:300])
             generation += 1
 
     async def _http_peer(self, label: str) -> None:
@@ -94,27 +99,29 @@ class Chaos:
 
     async def cli_peer(self) -> None:
         """Short-lived CLI peers dispatching now and then."""
-        while self.pending and not self.done.is_set():
-            job = self.pending.pop(0)
+        pending = self.pending["cli"]
+        while pending and not self.done.is_set():
+            job = pending.pop(0)
             out = await anyio.run_process(
                 [sys.executable, "-m", "dispatch_runner.cli", "dispatch", f"@sleep=0.05 job-{job}",
                  "--agent", "agent", "--idempotency-key", f"job-{job}", "--json"], check=False)
             if out.returncode != 0:
-                self.pending.append(job)
+                pending.append(job)
                 continue
             self.dispatched[job] = json.loads(out.stdout)["workspace"]
             self.by_kind["cli"] += 1
             await anyio.sleep(self.rng.uniform(0.05, 0.2))  # pacing of a person at a terminal
 
     async def _dispatch_loop(self, client: Any, kind: str) -> None:
-        while self.pending:
-            job = self.pending.pop(0)
+        pending = self.pending[kind]
+        while pending:
+            job = pending.pop(0)
             try:
                 result = ok(await client.call_tool("dispatch", {
                     "task": f"@sleep=0.05 job-{job}", "agent": "agent",
                     "idempotency_key": f"job-{job}"}))
             except BaseException:
-                self.pending.append(job)  # unknown whether it landed: the key makes a retry safe
+                pending.append(job)  # unknown whether it landed: the key makes a retry safe
                 raise
             self.dispatched[job] = result["workspace"]
             self.by_kind[kind] += 1
@@ -126,6 +133,11 @@ class Chaos:
             for pid in server_pids(self.labels[self.rng.randrange(PEERS)]):
                 os.kill(pid, signal.SIGKILL)
                 self.kills += 1
+
+
+def _http_errors(home: Home) -> str:
+    logs = sorted(home.path.glob("http-*.log"))
+    return " | ".join(f"{p.name}: {p.read_text()[-300:]}" for p in logs[-2:])
 
 
 def _free_port() -> int:
@@ -180,7 +192,9 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
             tg.start_soon(chaos.cli_peer)
             tg.start_soon(chaos.killer)
             await until(lambda: len(chaos.dispatched) == JOBS, timeout=60, interval=0.05,
-                        message=f"all dispatches accepted (seed {seed})")
+                        message=f"all dispatches accepted (seed {seed}), left: "
+                        f"{ {k: len(v) for k, v in chaos.pending.items()} }, done: {chaos.by_kind}, "
+                        f"http logs: {_http_errors(home)}, errors: {chaos.errors[:3]}")
 
             def all_completed() -> bool:
                 states, _ = store_rows(home)
