@@ -181,7 +181,8 @@ class Pusher:
         if not workspace:
             return {}
         try:
-            view: dict[str, Any] = await self.runner.bus.invoke("runner.status", workspace=workspace)
+            view: dict[str, Any] = await self.runner.bus.invoke("runner.status", workspace=workspace,
+                                                               log_lines=0)
         except DispatchError:
             return {}
         return view

@@ -129,10 +129,11 @@ class Runner:
         if result.deduplicated:
             self._discard_files(new)
             return self._dispatch_result(result.workspace, deduplicated=True, eta_s=0.0)
-        workspaces.write_status(result.workspace, now=time.time())
         self._drain_sync()
         row = self.store.get_workspace(new.id)
         assert row is not None
+        if row.state == "queued":  # a claimed one got its status.json from _spawn
+            workspaces.write_status(row, now=time.time())
         return self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
 
     def _validate(self, *, task: str, agent: str | None, cwd: str | None, repo: str | None,
@@ -223,7 +224,7 @@ class Runner:
     def _drain_sync(self) -> list[str]:
         spawned: list[str] = []
         while True:
-            result = self.store.claim_next(now=time.time(), limits=self.limits, peer=self.peer)
+            result = self.store.claim_next(now=None, limits=self.limits, peer=self.peer)
             self._schedule(result.wake_at)
             if result.claim is None:
                 break
@@ -336,9 +337,10 @@ class Runner:
     # ---- runner.status ------------------------------------------------------------------------
 
     async def status(self, *, workspace: str | None = None, agent: str | None = None,
-                     state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+                     state: str | None = None, limit: int | None = None,
+                     log_lines: int = 20) -> dict[str, Any]:
         if workspace:
-            return await self._workspace_status(workspace)
+            return await self._workspace_status(workspace, log_lines)
         if state is not None and state not in {s.value for s in WorkspaceState}:
             raise InvalidArgument("state", f"unknown state {state!r}; use one of "
                                   + ", ".join(s.value for s in WorkspaceState))
@@ -349,13 +351,13 @@ class Runner:
         snap["bus_dropped"] = self.bus.dropped
         return snap
 
-    async def _workspace_status(self, workspace_id: str) -> dict[str, Any]:
+    async def _workspace_status(self, workspace_id: str, log_lines: int) -> dict[str, Any]:
         row = await self._db(self.store.get_workspace, workspace_id)
         if row is None:
             raise UnknownWorkspace(workspace_id)
         run = await self._db(self.store.get_run, row.current_run) if row.current_run else None
-        out, _ = workspaces.latest_logs(Path(row.path))
-        tail = await anyio.to_thread.run_sync(_tail_lines, out, 20) if out else ""
+        out = workspaces.latest_logs(Path(row.path))[0] if log_lines > 0 else None
+        tail = await anyio.to_thread.run_sync(_tail_lines, out, log_lines) if out else ""
         return workspace_view(row, pid=run.agent_pid if run and row.state == "running" else None,
                               log_tail=tail)
 

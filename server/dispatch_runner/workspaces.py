@@ -2,11 +2,10 @@
 (atomically rewritten on every transition), result, logs, and git worktrees for `repo`.
 """
 
+import itertools
 import json
 import os
-import secrets
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,8 +13,12 @@ from typing import Any
 
 from .errors import PathNotAllowed
 
+_TMP_SEQ = itertools.count()
+
 
 def new_id(now: float | None = None) -> str:
+    import secrets  # here, not at the top: it pulls in OpenSSL (4 MB in every forked shim)
+
     stamp = time.strftime("%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
     return f"ws-{stamp}-{secrets.token_hex(3)}"
 
@@ -23,7 +26,8 @@ def new_id(now: float | None = None) -> str:
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and rename: readers see the old or the new file, never half."""
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_SEQ)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
@@ -107,7 +111,14 @@ def write_status(row: Any, *, now: float) -> None:
     path = Path(row.path)
     if not path.is_dir():
         return
-    atomic_write(path / "status.json", json.dumps(status_document(row, now=now), indent=2) + "\n")
+    target = path / "status.json"
+    try:  # peers write concurrently: never replace a newer transition with an older one
+        if json.loads(target.read_bytes()).get("version", 0) > row.updated_at:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    doc = status_document(row, now=now, extra={"version": row.updated_at})
+    atomic_write(target, json.dumps(doc, indent=2) + "\n")
     if row.summary and row.state in ("completed", "failed", "killed", "lost"):
         atomic_write(path / "result.md", row.summary.rstrip() + "\n")
 

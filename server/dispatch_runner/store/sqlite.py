@@ -280,8 +280,10 @@ class SQLiteStore:
 
     # ---- the gate ---------------------------------------------------------------------------
 
-    def claim_next(self, *, now: float, limits: Limits, peer: str) -> ClaimResult:
-        return self._write(lambda db: self._claim(db, now, limits, peer))
+    def claim_next(self, *, now: float | None, limits: Limits, peer: str) -> ClaimResult:
+        """`now=None` reads the clock inside the transaction, after the write lock is held, so
+        claim times follow commit order across peers."""
+        return self._write(lambda db: self._claim(db, time.time() if now is None else now, limits, peer))
 
     def _claim(self, db: sqlite3.Connection, now: float, limits: Limits, peer: str) -> ClaimResult:
         if self._frozen(db):
@@ -624,7 +626,8 @@ def _ws(row: sqlite3.Row) -> WorkspaceRow:
         cwd=row["cwd"], repo=row["repo"], branch=row["branch"],
         idempotency_key=row["idempotency_key"], runs=row["runs"], attempts=row["attempts"],
         max_attempts=row["max_attempts"], timeout_s=row["timeout_s"], not_before=row["not_before"],
-        created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"], started_at=row["started_at"],
+        ended_at=row["ended_at"],
         exit_code=row["exit_code"], summary=row["summary"], session_id=row["session_id"],
         origin=row["origin"], parent=row["parent"], current_run=row["current_run"], pid=None,
         spec=json.loads(row["spec"]),
