@@ -166,6 +166,14 @@ def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def diagnose(home: Home) -> str:
+    """The store's state, plus the stacks of the live serving peers (SIGUSR1 -> faulthandler)."""
+    servers = [pid for pid in processes_with_env("DISPATCH_RUNNER_HOME", str(home.path))
+               if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    for pid in servers:
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(1)  # let them write their stacks (diagnostics after a failure, not a wait on state)
+    stacks = "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(home.path.glob("*.log"))
+                       if "Thread" in p.read_text())
     db = sqlite3.connect(home.path / "state.db")
     try:
         states = db.execute("SELECT state, count(*) FROM workspaces GROUP BY state").fetchall()
@@ -176,7 +184,7 @@ def diagnose(home: Home) -> str:
         queued = db.execute("SELECT id, round(not_before - ?, 1), runs FROM workspaces WHERE state = "
                             "'queued' LIMIT 5", (time.time(),)).fetchall()
         peers = db.execute("SELECT id, kind, round(? - heartbeat_at, 1) FROM peers", (time.time(),)).fetchall()
-        return f"states={states} active={active} queued={queued} peers={peers}"
+        return f"states={states} active={active} queued={queued} peers={peers}\n{stacks}"
     finally:
         db.close()
 

@@ -288,6 +288,16 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import faulthandler
+    import logging
+    import signal
+
+    # A long-lived peer: its log goes to stderr (never stdout, the protocol stream), and
+    # `kill -USR1 <pid>` dumps every thread's stack there when it seems stuck.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("dispatch_runner").setLevel(logging.INFO)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = load_config(args.config)
     if args.drain:
         return _drain(config)

@@ -35,6 +35,7 @@ from .sqlite_snapshot import snapshot
 
 T = TypeVar("T")
 LANE_SEP = "\x1f"
+LOCK_RETRIES = 5
 _EVENT_FOR_STATE = {
     WorkspaceState.COMPLETED: "AgentCompleted",
     WorkspaceState.FAILED: "AgentFailed",
@@ -103,12 +104,14 @@ class SQLiteStore:
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         delay = 0.005
         with self._lock:
-            for attempt in range(50):
+            # busy_timeout already waits up to 30 s for the write lock; a few retries on top
+            for attempt in range(LOCK_RETRIES):
                 try:
                     with self._tx() as db:
                         return fn(db)
                 except sqlite3.OperationalError as exc:
-                    if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 49:
+                    locked = "locked" in str(exc) or "busy" in str(exc)
+                    if not locked or attempt == LOCK_RETRIES - 1:
                         raise StoreError(f"store write failed: {exc}") from exc
                     time.sleep(delay)  # brief back-off between lock retries, not a wait on state
                     delay = min(delay * 2, 0.5)
