@@ -193,7 +193,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
     home.write_config(f"concurrency:\n  agent: {LIMIT}\n")
     seed = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1 << 30)
     chaos = Chaos(home, seed)
-    with anyio.fail_after(120):
+    with anyio.fail_after(180):
         async with anyio.create_task_group() as tg:
             for k in range(PEERS):
                 tg.start_soon(chaos.peer, k)
@@ -209,7 +209,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
                 return len(states) == JOBS and all(s == "completed" for s in states.values())
 
             try:
-                await until(all_completed, timeout=60, interval=0.1, message="every workspace completed")
+                await until(all_completed, timeout=90, interval=0.1, message="every workspace completed")
             except AssertionError as exc:
                 raise AssertionError(f"{exc} (seed {seed}); store: {diagnose(home)}") from None
             chaos.done.set()
