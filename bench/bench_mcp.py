@@ -32,11 +32,10 @@ from typing import Any
 
 import _benchlib as b
 import anyio
+from _mcplib import Pushes, structured
 from mcp import Client
-from mcp.client import ClientExtension, NotificationBinding
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
-from pydantic import BaseModel
 
 AGENTS_YAML = """\
 version: 1
@@ -52,58 +51,7 @@ agents:
 """
 REC_ARGV = ["sh", "-c", 'date +%s.%N > "$1"', "sh"]
 MARKER = "DR_BENCH_MCP_SERVER"      # a unique value per run finds the server in /proc
-CHANNEL = "notifications/claude/channel"
 DEADLINE_S = 30.0
-
-
-# ---- the client side (a few lines after tests/mcp_helpers.py; bench does not import tests/) -------
-
-
-class ChannelParams(BaseModel):
-    content: str
-    meta: dict[str, str] = {}
-
-
-class Pushes:
-    """Channel events of one session: workspace -> receive time (time.time())."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-        self._waiters: dict[str, anyio.Event] = {}
-
-    async def on_channel(self, params: ChannelParams) -> None:
-        t = time.time()
-        ws = params.meta.get("workspace", "?")
-        self.at.setdefault(ws, t)
-        waiter = self._waiters.pop(ws, None)
-        if waiter is not None:
-            waiter.set()
-
-    async def wait(self, ws: str, deadline_s: float = DEADLINE_S) -> float:
-        if ws not in self.at:
-            event = self._waiters.setdefault(ws, anyio.Event())
-            with anyio.fail_after(deadline_s):
-                await event.wait()
-        return self.at[ws]
-
-    def extension(self) -> ClientExtension:
-        pushes = self
-
-        class ClaudeChannel(ClientExtension):
-            identifier = "com.example/claude-channel"
-
-            def notifications(self) -> list[NotificationBinding[Any]]:
-                return [NotificationBinding(method=CHANNEL, params_type=ChannelParams,
-                                            handler=pushes.on_channel)]
-
-        return ClaudeChannel()
-
-
-def structured(result: Any) -> dict[str, Any]:
-    if result.is_error or not isinstance(result.structured_content, dict):
-        text = result.content[0].text if result.content else ""
-        raise RuntimeError(f"tool error: {text}")
-    return result.structured_content
 
 
 # ---- /proc ---------------------------------------------------------------------------------------

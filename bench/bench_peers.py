@@ -37,11 +37,10 @@ from typing import Any
 
 import _benchlib as b
 import anyio
+from _mcplib import Pushes, structured
 from mcp import Client
-from mcp.client import ClientExtension, NotificationBinding
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
-from pydantic import BaseModel
 
 AGENT_SH = ('echo "s $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"; '
             'echo "e $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"')
@@ -56,55 +55,9 @@ agents:
     command: [/bin/true]
 """
 MARKER = "DR_BENCH_PEER"    # a unique value per peer finds each server in /proc
-CHANNEL = "notifications/claude/channel"
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
 RUN_END = ("AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "AgentRetrying")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class ChannelParams(BaseModel):
-    content: str
-    meta: dict[str, str] = {}
-
-
-class Pushes:
-    """Channel events of one session (a few lines after tests/mcp_helpers.py)."""
-
-    def __init__(self) -> None:
-        self.seen: Counter[str] = Counter()
-        self._waiters: dict[str, anyio.Event] = {}
-
-    async def on_channel(self, params: ChannelParams) -> None:
-        ws = params.meta.get("workspace", "?")
-        self.seen[ws] += 1
-        waiter = self._waiters.pop(ws, None)
-        if waiter is not None:
-            waiter.set()
-
-    async def wait(self, ws: str, deadline_s: float = 30.0) -> None:
-        if not self.seen[ws]:
-            event = self._waiters.setdefault(ws, anyio.Event())
-            with anyio.fail_after(deadline_s):
-                await event.wait()
-
-    def extension(self) -> ClientExtension:
-        pushes = self
-
-        class ClaudeChannel(ClientExtension):
-            identifier = "com.example/claude-channel"
-
-            def notifications(self) -> list[NotificationBinding[Any]]:
-                return [NotificationBinding(method=CHANNEL, params_type=ChannelParams,
-                                            handler=pushes.on_channel)]
-
-        return ClaudeChannel()
-
-
-def structured(result: Any) -> dict[str, Any]:
-    if result.is_error or not isinstance(result.structured_content, dict):
-        text = result.content[0].text if result.content else ""
-        raise RuntimeError(f"tool error: {text}")
-    return result.structured_content
 
 
 # ---- /proc ---------------------------------------------------------------------------------------

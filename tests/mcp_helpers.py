@@ -3,6 +3,7 @@ SDK client in legacy (2025-11-25) mode, and an Observer of what the server pushe
 
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -127,3 +128,18 @@ def error(result: types.CallToolResult) -> str:
     assert result.is_error, result
     assert result.content and isinstance(result.content[0], types.TextContent)
     return result.content[0].text
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False

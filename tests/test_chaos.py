@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Home, processes_with_env, until
 from tests.fakes.overlap import max_overlap, starts
-from tests.mcp_helpers import SERVE, connect, ok, session
+from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
 
 pytestmark = [pytest.mark.anyio,
               pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
@@ -81,13 +80,13 @@ class Chaos:
             generation += 1
 
     async def _http_peer(self, label: str) -> None:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "CHAOS_PEER": label}
         with open(self.home.path / f"http-{label}.log", "w") as log:
             proc = await anyio.open_process([*SERVE, "--transport", "http", "--port", str(port)],
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
             try:
-                await until(lambda: _listening(port) or proc.returncode is not None, timeout=20,
+                await until(lambda: listening(port) or proc.returncode is not None, timeout=20,
                             message="the HTTP peer to listen")
                 async with session(streamable_http_client(f"http://127.0.0.1:{port}/mcp")) as (client, _):
                     await self._dispatch_loop(client, "http")
@@ -140,18 +139,8 @@ def _http_errors(home: Home) -> str:
     return " | ".join(f"{p.name}: {p.read_text()[-300:]}" for p in logs[-2:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:

@@ -2,7 +2,6 @@
 working session, against a real server subprocess on a free loopback port."""
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import BASE_CONFIG, PY, kill_leftovers, wait_for
 from tests.fakes import FAKE_AGENT, FAKE_CLAUDE, FAKE_CODEX
-from tests.mcp_helpers import SERVE, ok, session
+from tests.mcp_helpers import SERVE, free_port, listening, ok, session
 
 pytestmark = pytest.mark.anyio
 
@@ -26,18 +25,8 @@ INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
                          "clientInfo": {"name": "probe", "version": "0"}}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _home(root: Path) -> dict[str, str]:
@@ -51,14 +40,14 @@ def _home(root: Path) -> dict[str, str]:
 
 class HttpServer:
     def __init__(self, root: Path, transport: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.env = _home(root)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(
             [*SERVE, "--transport", transport, "--port", str(self.port), "--token", TOKEN],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, timeout=20,
+        wait_for(lambda: listening(self.port) or self.proc.poll() is not None, timeout=20,
                  message="the HTTP server to listen")
         assert self.proc.poll() is None, (root / "server.log").read_text()
 
@@ -123,6 +112,6 @@ async def test_sse_transport_serves_tools_with_the_token(tmp_path: Path) -> None
 def test_a_non_loopback_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in _home(tmp_path).items() if k != "DISPATCH_RUNNER_TOKEN"}
     out = subprocess.run([*SERVE, "--transport", "http", "--host", "0.0.0.0", "--port",
-                          str(_free_port())], env=env, capture_output=True, text=True, timeout=30)
+                          str(free_port())], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "without a bearer token" in out.stderr and "--token" in out.stderr
