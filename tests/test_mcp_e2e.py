@@ -113,8 +113,9 @@ async def test_wait_sends_progress_and_returns_each_workspace_result(home: Home)
         [row] = result["workspaces"]
         assert row["workspace"] == ws and row["state"] == "completed" and row["exit_code"] == 0
         assert row["summary"] and row["duration_s"] >= 0.5
-        assert seen.progress[0] == (0.0, 1.0, "0/1 workspaces finished")
-        assert seen.progress[-1] == (1.0, 1.0, "1/1 workspaces finished")
+        assert seen.progress[0][:2] == (0.0, 1.0) and seen.progress[-1][:2] == (1.0, 1.0)
+        assert seen.progress[0][2].startswith("0/1 workspaces finished after ")
+        assert seen.progress[-1][2].startswith("1/1 workspaces finished after ")
         # one id instead of a list, and a timeout that ends the wait before the run does
         slow = ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))["workspace"]
         early = ok(await client.call_tool("wait", {"workspaces": slow, "timeout_s": 0.2}))

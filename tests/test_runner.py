@@ -486,3 +486,22 @@ def _drain_types(sub: Any) -> list[str]:
             seen.append(sub.receive.receive_nowait().type)
         except anyio.WouldBlock:
             return seen
+
+
+async def test_wait_reports_progress_periodically_while_nothing_changes(home: Home,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import dispatch_runner.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", 0.2)
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append((value, total, message))
+
+    async with serving(home) as runner:
+        ws = await dispatch(runner, "@sleep=30", agent="agent")
+        result = await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]], timeout_s=1.2,
+                                         progress=progress)
+        await runner.bus.invoke("runner.kill", all=True)
+    assert result["done"] is False
+    assert len(seen) >= 3 and all(v == 0.0 and t == 1.0 for v, t, _ in seen)

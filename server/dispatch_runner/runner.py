@@ -30,6 +30,7 @@ log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WATCH_POLL_S = 0.5         # the poll under the wake-up hints
 SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
+PROGRESS_EVERY_S = 5.0     # wait's progress notifications while nothing changes
 WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
 TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
 HEARTBEAT_S = 2.0
@@ -440,15 +441,18 @@ class Runner:
 
     async def _wait_loop(self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None,
                          events: Any) -> list[WorkspaceRow]:
-        deadline = time.monotonic() + deadline_s
-        last_reported = -1
+        started = time.monotonic()
+        deadline = started + deadline_s
+        last_reported, last_sent = -1, started
         while True:
             rows = [await self._db(self.store.get_workspace, i) for i in ids]
             finished = sum(1 for r in rows if WorkspaceState(r.state).finished)
-            if progress is not None and finished != last_reported:
-                last_reported = finished
+            now = time.monotonic()
+            # on every change, and every few seconds anyway so the client sees the wait is alive
+            if progress is not None and (finished != last_reported or now - last_sent >= PROGRESS_EVERY_S):
+                last_reported, last_sent = finished, now
                 await progress(float(finished), float(len(ids)),
-                               f"{finished}/{len(ids)} workspaces finished")
+                               f"{finished}/{len(ids)} workspaces finished after {now - started:.0f}s")
             if finished == len(ids) or (mode == "any" and finished) or time.monotonic() >= deadline:
                 return rows
             if not self._serving:
