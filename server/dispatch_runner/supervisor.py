@@ -7,8 +7,10 @@ A PID is an identity only together with its start time and the boot id: orphans 
 Stdlib only: the shim imports this module.
 """
 
+import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 _BOOT_ID: str | None = None
+FORKSERVER_STALL_S = 5.0  # a fork server that reads nothing for this long is replaced
 
 
 def boot_id() -> str:
@@ -136,11 +139,30 @@ class ShimLauncher:
                 return False
             assert self._server_pipe is not None
             try:
-                os.write(self._server_pipe, line)
+                self._send(self._server_pipe, line)
                 return True
-            except (BrokenPipeError, OSError):
+            except TimeoutError:  # alive but not reading: never let it block the peer
+                if self._server_pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self._server_pid, signal.SIGKILL)
+                self.close()
+            except OSError:
                 self.close()  # the server died: start a new one and try once more
         return False
+
+    @staticmethod
+    def _send(fd: int, data: bytes) -> None:
+        """Write all of `data` to the non-blocking pipe, or raise TimeoutError if it stays full."""
+        view = memoryview(data)
+        deadline = time.monotonic() + FORKSERVER_STALL_S
+        while view:
+            _, writable, _ = select.select([], [fd], [], max(deadline - time.monotonic(), 0.0))
+            if not writable:
+                raise TimeoutError("the fork server stopped reading its requests")
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                continue
 
     def _start_forkserver(self, env: Mapping[str, str], log_dir: Path) -> bool:
         read_end, write_end = os.pipe()
@@ -158,6 +180,7 @@ class ShimLauncher:
             return False
         finally:
             os.close(read_end)
+        os.set_blocking(write_end, False)
         self._server_pid, self._server_pipe = pid, write_end
         self._children.add(pid)
         return True
