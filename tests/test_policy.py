@@ -525,3 +525,29 @@ def test_order_key_runs_critical_first_then_oldest_then_by_sequence() -> None:
 def test_to_dt_is_aware_utc() -> None:
     assert to_dt(NOW.timestamp()) == NOW
     assert to_dt(0).tzinfo is UTC
+
+
+def test_rate_limit_requeues_stop_counting_as_free_after_the_cap() -> None:
+    from dispatch_runner.policy import MAX_RATE_LIMIT_REQUEUES
+
+    free = decide_exit(Outcome.RATE_LIMITED, attempts_before=0, max_attempts=3,
+                       requeues_before=MAX_RATE_LIMIT_REQUEUES - 1)
+    assert free.state is WorkspaceState.QUEUED and free.counts_attempt is False
+    capped = decide_exit(Outcome.RATE_LIMITED, attempts_before=2, max_attempts=3,
+                         requeues_before=MAX_RATE_LIMIT_REQUEUES)
+    assert capped.state is WorkspaceState.FAILED and capped.dead_letter is True
+    assert capped.reason is not None and "rate limited" in capped.reason
+
+
+@pytest.mark.parametrize(("text", "limited"), [
+    ("API Error: Request rejected (429) · slow down", True),
+    ("exceeded retry limit, last status: 429 Too Many Requests", True),
+    ("You\u2019ve hit your usage limit. Upgrade to Pro", True),
+    ("Ran 1429 tests, 3 FAILED", False),
+    ("FAILED tests/test_rate_limit_handling.py::test_x", False),
+])
+def test_rate_limit_patterns_match_whole_phrases_only(text: str, limited: bool) -> None:
+    from dispatch_runner.config import DEFAULT_RATE_LIMIT_PATTERNS
+    from dispatch_runner.policy import matches_rate_limit
+
+    assert matches_rate_limit(text, DEFAULT_RATE_LIMIT_PATTERNS) is limited

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -12,7 +13,8 @@ import pytest
 from dispatch_runner.config import load_config
 from dispatch_runner.runner import Runner
 from tests.conftest import Home, processes_with_env, until
-from tests.test_runner import _log, dispatch, serving, wait_all
+from tests.fakes.overlap import max_overlap
+from tests.test_runner import _log, _logged, dispatch, serving, wait_all
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +97,39 @@ async def test_changed_config_applies_at_the_next_claim_and_bad_reload_keeps_the
                  message="second slot used after the limit was raised")
         await runner.bus.invoke("runner.kill", all=True)
     assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", a["workspace"]) == []
+
+
+async def test_shim_dying_before_it_records_its_agent_leaves_no_second_agent(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's pid was never recorded: recovery finds it by its environment and stops it
+    before the retry starts, so one workspace never has two agents."""
+    monkeypatch.setenv("DISPATCH_RUNNER_TEST_CRASH_AT", "shim-after-spawn")
+    async with serving(home, "concurrency:\n  agent: 1\n") as runner:
+        ws = await dispatch(runner, "@sleep=3", agent="agent", max_attempts=2)
+        await until(lambda: runner.store.get_workspace(ws["workspace"]).attempts == 1,  # type: ignore[union-attr]
+                    message="the lost run counted")
+        monkeypatch.delenv("DISPATCH_RUNNER_TEST_CRASH_AT")
+        [row] = await wait_all(runner, [ws["workspace"]], timeout=30)
+    assert row["state"] == "completed"
+    assert max_overlap(home.agent_log) == 1
+    assert len([e for e in _log(home) if e["event"] == "start"]) == 2
+
+
+async def test_a_kill_whose_killer_went_away_is_finished_by_recovery(home: Home) -> None:
+    async with serving(home) as runner:
+        ws = await dispatch(runner, "@sleep=60", agent="agent")
+        await until(lambda: _logged(home, "sleep", ws["workspace"]), message="agent running")
+        # the killer marks the run and dies before signalling it
+        runner.store.plan_kill(workspaces=[ws["workspace"]], now=time.time())
+        [row] = await wait_all(runner, [ws["workspace"]], timeout=20)
+    assert row["state"] == "killed"
+    assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]) == []
+
+
+async def test_test_output_mentioning_429_is_a_failure_not_a_rate_limit(home: Home) -> None:
+    async with serving(home) as runner:
+        ws = await dispatch(runner, "Ran 1429 tests in test_rate_limit.py: FAILED @exit=1", agent="agent",
+                            max_attempts=1)
+        [row] = await wait_all(runner, [ws["workspace"]])
+        backoff = runner.store.pool_state("agent").backoff_until
+    assert row["state"] == "failed" and backoff is None

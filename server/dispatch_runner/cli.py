@@ -315,13 +315,25 @@ def _drain(config: Any) -> int:
 
     config.home.mkdir(parents=True, exist_ok=True)
     with open(config.home / "drainer.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # another drainer is already at work
+        # a drainer that is just finishing still holds the lock: wait a little for it
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return 0  # another drainer is at work
+                time.sleep(0.05)  # flock has no timeout; poll the lock with a deadline
         runner = Runner(config, kind="drainer")
         try:
-            anyio.run(lambda: runner.serve(drain_only=True))
+            # serve() exits when nothing is left and has withdrawn this peer by then; work that
+            # arrived meanwhile (its dispatcher saw this peer alive and started no drainer) is
+            # picked up by going round again
+            while True:
+                anyio.run(lambda: runner.serve(drain_only=True))
+                if not runner.store.has_work():
+                    break
         finally:
             runner.close()
     return 0

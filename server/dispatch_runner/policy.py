@@ -20,6 +20,7 @@ DEFAULT_MAX_ATTEMPTS: Final = 3
 RATE_LIMIT_BASE_S: Final = 60.0
 RATE_LIMIT_CAP_S: Final = 3600.0
 ETA_WINDOW: Final = 16
+MAX_RATE_LIMIT_REQUEUES: Final = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,18 +187,22 @@ class ExitDecision:
 
 
 def decide_exit(outcome: Outcome, *, attempts_before: int, max_attempts: int,
-                detail: str | None = None) -> ExitDecision:
+                detail: str | None = None, requeues_before: int = 0) -> ExitDecision:
     """Turn a run's outcome into the workspace's next state.
 
     `attempts_before` counts failed attempts before this run. Rate limits requeue without counting
-    an attempt; failures and lost runs retry until `max_attempts`, then dead-letter.
+    an attempt — up to MAX_RATE_LIMIT_REQUEUES times per workspace, after which a rate-limited run
+    counts as a failure, so a run misread as rate-limited cannot loop forever. Failures and lost
+    runs retry until `max_attempts`, then dead-letter.
     """
     if outcome is Outcome.SUCCEEDED:
         return ExitDecision(WorkspaceState.COMPLETED, None)
     if outcome is Outcome.KILLED:
         return ExitDecision(WorkspaceState.KILLED, detail or "killed on request")
     if outcome is Outcome.RATE_LIMITED:
-        return ExitDecision(WorkspaceState.QUEUED, detail or "rate limited", counts_attempt=False)
+        if requeues_before < MAX_RATE_LIMIT_REQUEUES:
+            return ExitDecision(WorkspaceState.QUEUED, detail or "rate limited", counts_attempt=False)
+        detail = f"rate limited {requeues_before + 1} times in a row" + (f": {detail}" if detail else "")
     attempt = attempts_before + 1
     final = WorkspaceState.LOST if outcome is Outcome.LOST else WorkspaceState.FAILED
     if attempt >= max(max_attempts, 1):
@@ -227,8 +232,10 @@ _RETRY_AT_CLOCK = re.compile(r"(?:try again at|resets)\s+(\d{1,2})(?::(\d{2}))?\
 
 
 def matches_rate_limit(text: str, patterns: Iterable[str]) -> bool:
-    lowered = text.lower()
-    return any(p.lower() in lowered for p in patterns if p)
+    """A pattern matches as a whole phrase: "429" in "status 429" but not in "Ran 1429 tests",
+    "rate_limit" in "rate_limit_error" is no match either (test names are not rate limits)."""
+    return any(re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", text, re.IGNORECASE)
+               for p in patterns if p)
 
 
 def parse_retry_at(text: str, now: datetime, *, resets_at_epoch: float | None = None) -> datetime | None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WATCH_POLL_S = 0.5         # the poll under the wake-up hints
 SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
+EVENT_BATCH = 500
+KILL_THREADS = 8           # kills wait out a grace period: never let them take every worker thread
 PROGRESS_EVERY_S = 5.0     # wait's progress notifications while nothing changes
 WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
 TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
@@ -107,11 +110,12 @@ class Runner:
                        idempotency_key: str | None = None, max_wait_s: float | None = None,
                        timeout_s: float | None = None, max_attempts: int | None = None,
                        origin: str | None = None, parent: str | None = None) -> dict[str, Any]:
-        new = self._validate(task=task, agent=agent, cwd=cwd, repo=repo, template=template,
-                             priority=priority, label=label, idempotency_key=idempotency_key,
-                             max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
-                             origin=origin, parent=parent)
-        result = await anyio.to_thread.run_sync(self._dispatch_sync, new, max_wait_s)
+        # validation resolves paths and may run git: off the event loop, with the rest
+        validate = partial(self._validate, task=task, agent=agent, cwd=cwd, repo=repo, template=template,
+                           priority=priority, label=label, idempotency_key=idempotency_key,
+                           max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
+                           origin=origin, parent=parent)
+        result = await anyio.to_thread.run_sync(lambda: self._dispatch_sync(validate(), max_wait_s))
         await self._publish_new()
         return result
 
@@ -293,7 +297,11 @@ class Runner:
             if run.phase == "reserved":
                 await self._recover_reservation(run, now)
             elif not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
-                await anyio.to_thread.run_sync(self._recover_dead_shim, run)
+                if await anyio.to_thread.run_sync(self._recover_dead_shim, run.id):
+                    self.nudge()
+            elif run.kill_requested and run.agent_pid and now - run.claimed_at > self.config.kill_grace_s:
+                # the killer went away before the agent ended (e.g. a CLI interrupted): finish it
+                await anyio.to_thread.run_sync(self._stop_agent, run)
 
     async def _recover_reservation(self, run: RunRow, now: float) -> None:
         age = now - run.claimed_at
@@ -311,10 +319,17 @@ class Runner:
             workspaces.write_status(row, now=time.time())
             self.nudge()
 
-    def _recover_dead_shim(self, run: RunRow) -> None:
-        ws = self.store.get_workspace(run.workspace)
-        if ws is None:
-            return
+    def _stop_agent(self, run: RunRow) -> None:
+        if supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
+            supervisor.terminate_group(run.agent_pid or 0, grace_s=self.config.kill_grace_s)
+
+    def _recover_dead_shim(self, run_id: int) -> bool:
+        """Record the exit of a run whose shim is gone: from its exit file, else as lost (its agent,
+        found by pid or by the run id in its environment, is stopped first). True if recorded."""
+        run = self.store.get_run(run_id)  # fresh: the shim may have recorded it meanwhile
+        ws = self.store.get_workspace(run.workspace) if run and run.phase == "running" else None
+        if run is None or ws is None:
+            return False
         rate = self.config.rates.get(run.pool)
         marker = exit_file(Path(ws.path), run.id)
         result: RunExit
@@ -326,14 +341,16 @@ class Runner:
             except (OSError, ValueError, KeyError):
                 result, ended = _lost(), time.time()
         else:
-            if run.agent_pid and supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
-                supervisor.terminate_group(run.agent_pid, grace_s=self.config.kill_grace_s)
+            self._stop_agent(run)
+            for pid in supervisor.find_by_env({"DISPATCH_RUNNER_WORKSPACE": ws.id,
+                                               "DISPATCH_RUNNER_RUN": str(run.id)}):
+                supervisor.terminate_group(pid, grace_s=self.config.kill_grace_s)  # pid never recorded
             result, ended = _lost(), time.time()
             self.stats["recovered_lost"] += 1
         row = self.store.record_exit(run.id, result, now=ended, rate=rate)
         if row is not None:
             workspaces.write_status(row, now=time.time())
-            self._wake.set()
+        return row is not None
 
     # ---- runner.status ------------------------------------------------------------------------
 
@@ -374,11 +391,11 @@ class Runner:
                 raise UnknownWorkspace(ws_id)
         plan = await self._db(self.store.plan_kill, workspaces=targets, agent=agent, everything=all,
                               now=time.time())
-        for row in plan.cancelled:
-            workspaces.write_status(row, now=time.time())
+        await anyio.to_thread.run_sync(_write_statuses, plan.cancelled)
+        limiter = anyio.CapacityLimiter(KILL_THREADS)
         async with anyio.create_task_group() as tg:
             for run in plan.to_signal:
-                tg.start_soon(anyio.to_thread.run_sync, self._kill_run, run)
+                tg.start_soon(partial(anyio.to_thread.run_sync, self._kill_run, run, limiter=limiter))
         await self._publish_new()
         return {"killed": sorted({r.workspace for r in plan.to_signal}),
                 "cancelled": [r.id for r in plan.cancelled]}
@@ -470,10 +487,15 @@ class Runner:
         each and in order. The read runs in a worker thread; publishing stays on the event loop
         (the bus's memory streams are not thread-safe)."""
         async with self._publish_lock:
-            fresh: list[Event] = await self._db(self.store.events_after, self._cursor)
-            for event in fresh:
-                self._cursor = event.id
-                self.bus.publish(event)
+            fresh: list[Event] = []
+            while True:
+                batch: list[Event] = await self._db(self.store.events_after, self._cursor, EVENT_BATCH)
+                for event in batch:
+                    self._cursor = event.id
+                    self.bus.publish(event)
+                fresh += batch
+                if len(batch) < EVENT_BATCH:
+                    break
             self.stats["events"] += len(fresh)
             return fresh
 
@@ -595,6 +617,11 @@ class Runner:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _write_statuses(rows: Sequence[WorkspaceRow]) -> None:
+    for row in rows:
+        workspaces.write_status(row, now=time.time())
 
 
 def _mtime(path: str) -> int | None:

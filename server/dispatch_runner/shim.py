@@ -83,9 +83,12 @@ class Shim:
         except OSError as exc:
             return self._finish(RunExit(outcome=Outcome.FAILED, exit_code=127,
                                         detail=f"cannot start {self.spec['argv'][0]!r}: {exc.strerror}"))
-        self.store.record_agent(self.run_id, agent_pid=self.agent.pid,
-                                agent_start=supervisor.proc_start(self.agent.pid) or 0, now=time.time())
-        if self.terminated:  # a signal raced the spawn
+        supervisor.crash_point("shim-after-spawn")
+        kill_requested = self.store.record_agent(
+            self.run_id, agent_pid=self.agent.pid, agent_start=supervisor.proc_start(self.agent.pid) or 0,
+            now=time.time())
+        if self.terminated or kill_requested:  # a signal or a kill raced the spawn
+            self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
         timed_out = self._wait()
         code = self.agent.returncode
@@ -123,7 +126,10 @@ class Shim:
         record = {"run_id": self.run_id, "outcome": result.outcome.value, "exit_code": result.exit_code,
                   "summary": result.summary, "session_id": result.session_id, "detail": result.detail,
                   "retry_at": result.retry_at, "ended_at": ended_at}
-        atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
+        try:
+            atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
+        except OSError as exc:  # the fallback failed; the store record below is what counts
+            print(f"shim: cannot write the exit file: {exc}", file=sys.stderr)
         supervisor.crash_point("shim-before-record")
         row = self.store.record_exit(self.run_id, result, now=ended_at,
                                      rate=rate_from(self.spec.get("rate")))

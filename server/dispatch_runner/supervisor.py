@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,24 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def find_by_env(pairs: Mapping[str, str]) -> list[int]:
+    """Live processes whose environment holds every key=value of `pairs` (agents carry
+    DISPATCH_RUNNER_WORKSPACE and DISPATCH_RUNNER_RUN)."""
+    needles = {f"{k}={v}".encode() for k, v in pairs.items()}
+    found = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = Path(entry.path, "environ").read_bytes()
+            except OSError:
+                continue
+            if needles <= set(environ.split(b"\0")) and is_alive(int(entry.name), None):
+                found.append(int(entry.name))
+    return found
+
+
 def terminate_group(pgid: int, *, grace_s: float, poll_s: float = 0.02) -> bool:
     """SIGTERM the group; SIGKILL whatever remains after grace_s. True if it had processes."""
     if not signal_group(pgid, signal.SIGTERM):
@@ -113,13 +132,17 @@ class ShimLauncher:
         self._children: set[int] = set()
         self._server_pid: int | None = None
         self._server_pipe: int | None = None
+        # dispatches, the tick's drain and recovery call in from several worker threads
+        self._lock = threading.RLock()
 
     def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path,
               spec_path: Path | None = None) -> int | None:
         """Start a shim; returns its pid when started directly (None via the fork server)."""
-        if self.use_forkserver and spec_path is not None and self._via_forkserver(spec_path, env, log_path):
-            return None
-        return self._spawn_direct(args, env=env, log_path=log_path)
+        with self._lock:
+            if (self.use_forkserver and spec_path is not None
+                    and self._via_forkserver(spec_path, env, log_path)):
+                return None
+            return self._spawn_direct(args, env=env, log_path=log_path)
 
     def _spawn_direct(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> int:
         actions = [
@@ -145,9 +168,9 @@ class ShimLauncher:
                 if self._server_pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self._server_pid, signal.SIGKILL)
-                self.close()
+                self._close()
             except OSError:
-                self.close()  # the server died: start a new one and try once more
+                self._close()  # the server died: start a new one and try once more
         return False
 
     @staticmethod
@@ -187,6 +210,10 @@ class ShimLauncher:
 
     def close(self) -> None:
         """Stop the fork server (shims it started run on, detached) and reap it."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._server_pipe is not None:
             os.close(self._server_pipe)
             self._server_pipe = None
@@ -203,7 +230,16 @@ class ShimLauncher:
             self._children.discard(pid)
 
     def reap(self) -> int:
-        """Collect exited children (no zombie stays under a peer). Returns how many are left."""
+        """Collect exited children (no zombie stays under a peer). Returns how many are left.
+        Never waits: called from the event loop, it skips a round while a spawn is under way."""
+        if not self._lock.acquire(blocking=False):
+            return len(self._children)
+        try:
+            return self._reap()
+        finally:
+            self._lock.release()
+
+    def _reap(self) -> int:
         for pid in list(self._children):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)

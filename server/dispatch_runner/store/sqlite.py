@@ -387,10 +387,16 @@ class SQLiteStore:
 
         return self._write(tx)
 
-    def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> None:
-        self._write(lambda db: db.execute(
-            "UPDATE runs SET agent_pid = ?, agent_start = ? WHERE id = ? AND phase = 'running'",
-            (agent_pid, agent_start, run_id)))
+    def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> bool:
+        """Record the agent's identity; True when a kill was requested meanwhile (the shim then
+        stops its agent itself: the killer may have gone before the pid was known)."""
+        def tx(db: sqlite3.Connection) -> bool:
+            db.execute("UPDATE runs SET agent_pid = ?, agent_start = ? WHERE id = ? AND phase = 'running'",
+                       (agent_pid, agent_start, run_id))
+            row = db.execute("SELECT kill_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return bool(row and row[0])
+
+        return self._write(tx)
 
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -416,8 +422,11 @@ class SQLiteStore:
         ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (run["workspace"],)).fetchone())
         outcome = Outcome.KILLED if run["kill_requested"] else result.outcome
         detail = result.detail if outcome is result.outcome else "killed on request"
+        requeues = db.execute("SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?",
+                              (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         decision = policy.decide_exit(outcome, attempts_before=ws.attempts,
-                                      max_attempts=ws.max_attempts, detail=detail)
+                                      max_attempts=ws.max_attempts, detail=detail,
+                                      requeues_before=requeues)
         db.execute("UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? "
                    "WHERE id = ?", (now, result.exit_code, outcome.value, run_id))
         attempts = ws.attempts + (1 if decision.counts_attempt and outcome not in
