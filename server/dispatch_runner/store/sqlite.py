@@ -487,7 +487,11 @@ class SQLiteStore:
             db.execute("""UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
                           started_at = NULL, updated_at = ? WHERE id = ? AND state = 'running'""",
                        (now, ws_id))
-            return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws_id,)).fetchone())
+            ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws_id,)).fetchone())
+            self._event(db, "AgentRetrying", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
+                        state="queued", outcome="reservation_returned",
+                        reason="the claiming peer never started the run")
+            return ws
 
         return self._write(tx)
 
