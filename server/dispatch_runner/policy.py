@@ -284,8 +284,3 @@ def estimate_wait_s(*, position: int, limit: int | None, runtimes_s: Sequence[fl
 def order_key(priority: int, created_at: float, seq: int) -> tuple[int, float, int]:
     """Priority first (critical=0), then oldest."""
     return (priority, created_at, seq)
-
-
-def earliest(times: Iterable[datetime | None]) -> datetime | None:
-    present = [t for t in times if t is not None]
-    return min(present) if present else None

@@ -85,10 +85,6 @@ class Runner:
                               ("runner.wait", self.wait)):
             self.bus.register(name, handler)
 
-    @classmethod
-    def from_env(cls, config_flag: str | None = None, *, kind: str = "cli") -> "Runner":
-        return cls(load_config(config_flag), kind=kind)
-
     def close(self) -> None:
         self.launcher.close()
         self.bus.close()
@@ -190,7 +186,7 @@ class Runner:
             path=str(path), run_dir=str(run_dir), cwd=str(cwd_path) if cwd_path else None,
             repo=str(repo_path) if repo_path else None, branch=branch,
             idempotency_key=idempotency_key,
-            max_attempts=max_attempts or agent_def.max_attempts or cfg.max_attempts,
+            max_attempts=max_attempts or cfg.max_attempts_for(ref.pool),
             timeout_s=timeout_s or agent_def.timeout_s or cfg.timeout_s, origin=origin,
             parent=parent, spec=spec)
 

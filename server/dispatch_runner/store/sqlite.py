@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .. import policy
 from ..errors import QueueBusy, StoreError
-from ..model import Event, Outcome, WorkspaceState
+from ..model import Event, Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
 from .base import (
     Claim,
@@ -334,6 +334,7 @@ class SQLiteStore:
     def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits,
               peer: str) -> Claim:
         """Reserve the workspace's next run (counts as running until the shim starts it)."""
+        check_transition(WorkspaceState(ws.state), WorkspaceState.RUNNING)
         cur = db.execute(
             "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at) "
             "VALUES (?,?,?,'reserved',?,?)", (ws.id, ws.pool, ws.runs + 1, peer, now))
@@ -427,6 +428,7 @@ class SQLiteStore:
         decision = policy.decide_exit(outcome, attempts_before=ws.attempts,
                                       max_attempts=ws.max_attempts, detail=detail,
                                       requeues_before=requeues)
+        check_transition(WorkspaceState(ws.state), decision.state)
         db.execute("UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? "
                    "WHERE id = ?", (now, result.exit_code, outcome.value, run_id))
         attempts = ws.attempts + (1 if decision.counts_attempt and outcome not in
@@ -534,6 +536,7 @@ class SQLiteStore:
             signal: list[RunRow] = []
             for ws in rows:
                 if ws.state == WorkspaceState.QUEUED:
+                    check_transition(WorkspaceState.QUEUED, WorkspaceState.CANCELLED)
                     db.execute("UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on "
                                "request', ended_at = ?, updated_at = ? WHERE id = ?", (now, now, ws.id))
                     self._event(db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent,
