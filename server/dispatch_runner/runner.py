@@ -78,7 +78,6 @@ class Runner:
         self._wake_at: float | None = None
         self._serving = False
         self._config_mtime = _mtime(config.source)
-        self.stats = {"spawned": 0, "recovered_lost": 0, "reservations_returned": 0, "events": 0}
         for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
                               ("runner.start", self.start), ("runner.stop", self.stop),
                               ("runner.kill", self.kill), ("runner.poke", self.poke),
@@ -95,8 +94,7 @@ class Runner:
 
     @property
     def limits(self) -> Limits:
-        return Limits(concurrency=self.config.concurrency, rates=self.config.rates,
-                      reservation_timeout_s=self.config.reservation_timeout_s)
+        return Limits(concurrency=self.config.concurrency, rates=self.config.rates)
 
     # ---- runner.dispatch ----------------------------------------------------------------------
 
@@ -231,7 +229,6 @@ class Runner:
                 break
             if self._spawn(result.claim):
                 spawned.append(result.claim.workspace.id)
-        self.stats["spawned"] += len(spawned)
         return spawned
 
     def _spawn(self, claim: Claim) -> bool:
@@ -307,8 +304,6 @@ class Runner:
                                  RunExit(outcome=Outcome.KILLED, exit_code=None), now=now, rate=None)
         elif age > self.config.reservation_timeout_s or (claimer_dead and age > DEAD_CLAIMER_GRACE_S):
             row = await self._db(self.store.return_reservation, run.id, now=now)
-            if row is not None:
-                self.stats["reservations_returned"] += 1
         else:
             return
         if row is not None:
@@ -342,7 +337,6 @@ class Runner:
                                                "DISPATCH_RUNNER_RUN": str(run.id)}):
                 supervisor.terminate_group(pid, grace_s=self.config.kill_grace_s)  # pid never recorded
             result, ended = _lost(), time.time()
-            self.stats["recovered_lost"] += 1
         row = self.store.record_exit(run.id, result, now=ended, rate=rate)
         if row is not None:
             workspaces.write_status(row, now=time.time())
@@ -492,7 +486,6 @@ class Runner:
                 fresh += batch
                 if len(batch) < EVENT_BATCH:
                     break
-            self.stats["events"] += len(fresh)
             return fresh
 
     async def serve(self, *, drain_only: bool = False,

@@ -32,20 +32,26 @@ def boot_id() -> str:
     return _BOOT_ID
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) from /proc/<pid>/stat, or None if gone."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, process group, start time in clock ticks) from /proc/<pid>/stat, or None
+    if the process is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except (OSError, ValueError):
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
     fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[0].decode(), int(fields[19])
+    return fields[0].decode(), int(fields[2]), int(fields[19])
+
+
+def _pids() -> list[int]:
+    with os.scandir("/proc") as entries:
+        return [int(e.name) for e in entries if e.name.isdigit()]
 
 
 def proc_start(pid: int) -> int | None:
     st = _stat(pid)
-    return st[1] if st else None
+    return st[2] if st else None
 
 
 def is_alive(pid: int | None, start: int | None, boot: str | None = None) -> bool:
@@ -57,7 +63,7 @@ def is_alive(pid: int | None, start: int | None, boot: str | None = None) -> boo
     st = _stat(pid)
     if st is None or st[0] in ("Z", "X", "x"):
         return False
-    return start is None or st[1] == start
+    return start is None or st[2] == start
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -74,16 +80,10 @@ def group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                try:
-                    raw = Path(entry.path, "stat").read_bytes()
-                except OSError:
-                    continue
-                fields = raw[raw.rfind(b")") + 2:].split()
-                if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                    return True
+    for pid in _pids():
+        st = _stat(pid)
+        if st is not None and st[1] == pgid and st[0] not in ("Z", "X", "x"):
+            return True
     return False
 
 
@@ -92,16 +92,13 @@ def find_by_env(pairs: Mapping[str, str]) -> list[int]:
     DISPATCH_RUNNER_WORKSPACE and DISPATCH_RUNNER_RUN)."""
     needles = {f"{k}={v}".encode() for k, v in pairs.items()}
     found = []
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = Path(entry.path, "environ").read_bytes()
-            except OSError:
-                continue
-            if needles <= set(environ.split(b"\0")) and is_alive(int(entry.name), None):
-                found.append(int(entry.name))
+    for pid in _pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needles <= set(environ.split(b"\0")) and is_alive(pid, None):
+            found.append(pid)
     return found
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PathNotAllowed
+from .model import Priority
 
 _TMP_SEQ = itertools.count()
 
@@ -94,7 +95,7 @@ def status_document(row: Any, *, now: float, extra: Mapping[str, Any] | None = N
 
     doc = {
         "workspace": row.id, "state": row.state, "agent": row.agent, "task": row.task,
-        "priority": ("critical", "high", "medium", "low")[row.priority], "label": row.label,
+        "priority": Priority(row.priority).label, "label": row.label,
         "runs": row.runs, "attempts": row.attempts, "max_attempts": row.max_attempts,
         "created_at": iso(row.created_at), "started_at": iso(row.started_at),
         "ended_at": iso(row.ended_at), "exit_code": row.exit_code, "reason": row.reason,

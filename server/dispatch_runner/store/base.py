@@ -14,7 +14,6 @@ class Limits:
 
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
     rates: Mapping[str, RateConfig] = field(default_factory=dict)
-    reservation_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

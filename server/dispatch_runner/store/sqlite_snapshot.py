@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import policy
+from ..model import Priority
 from ..policy import PoolState
 from .base import Limits, WorkspaceRow
 
@@ -94,10 +95,6 @@ def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
     end = ws.ended_at if ws.ended_at is not None else (now if ws.state == "running" else None)
     duration = None if ws.started_at is None or end is None else round(end - ws.started_at, 3)
     return {"workspace": ws.id, "state": ws.state, "agent": ws.agent,
-            "priority": _priority_label(ws.priority), "label": ws.label,
+            "priority": Priority(ws.priority).label, "label": ws.label,
             "created_at": policy.iso(ws.created_at), "duration_s": duration,
             "summary": (ws.summary or "")[:200] or None}
-
-
-def _priority_label(p: int) -> str:
-    return ("critical", "high", "medium", "low")[p] if 0 <= p <= 3 else str(p)
