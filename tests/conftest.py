@@ -26,11 +26,13 @@ dispatch:
   reservation_timeout_s: 5
 agents:
   claude:
-    command: [{py}, {claude}, -p, "{{prompt}}", --model, "{{model}}", --output-format, stream-json, --verbose]
+    command: [{py}, {claude}, -p, --model, "{{model}}", --output-format, stream-json, --verbose]
     output: claude-stream-json
+    stdin: prompt
   codex:
-    command: [{py}, {codex}, exec, --json, -m, "{{model}}", "{{prompt}}"]
+    command: [{py}, {codex}, exec, --json, -m, "{{model}}", "-"]
     output: codex-json
+    stdin: prompt
   agent:
     command: [{py}, {agent}, "{{prompt}}"]
   true:

@@ -53,9 +53,10 @@ def test_status_prints_a_table_and_json_matches_the_tool(home: Home,
     assert cli.main(["status", ws, "--json"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert set(one) == {"workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
-                        "started_at", "ended_at", "exit_code", "reason", "summary", "log_tail", "path",
-                        "branch", "parent"}
+                        "started_at", "ended_at", "exit_code", "reason", "ended_reason", "summary",
+                        "log_tail", "path", "branch", "parent"}
     assert one["state"] == "completed" and "fake-agent: done" in one["log_tail"]
+    assert one["ended_reason"] is None
 
 
 def test_logs_prints_the_agent_output(home: Home, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,11 +83,12 @@ def test_rates_default_to_a_0600_utc_reset_and_a_zero_daily_limit_is_unlimited()
 
 def test_a_new_agent_with_an_argv_template() -> None:
     config = parse("agents:\n  echo:\n    command: [sh, -c, 'echo \"$1\"', sh, \"{prompt}\"]\n"
+                   "    end_of_options: false\n"
                    "    env: {GREETING: 1}\n    max_attempts: 5\n    timeout_s: 90\n")
     assert config.agents["echo"] == AgentDef(
         name="echo", command=("sh", "-c", 'echo "$1"', "sh", "{prompt}"), output="text",
         rate_limit_patterns=DEFAULT_RATE_LIMIT_PATTERNS, env={"GREETING": "1"}, max_attempts=5,
-        timeout_s=90.0)
+        timeout_s=90.0, end_of_options=False)
     assert config.max_attempts_for("echo") == 5
     assert config.max_attempts_for("claude") == 3
 
@@ -105,8 +106,8 @@ def test_builtin_agents_and_templates_are_present_without_a_file() -> None:
         "claude", "coding", 3)
     assert config.agents["claude"].output == "claude-stream-json"
     assert config.agents["codex"].output == "codex-json"
-    for agent in config.agents.values():
-        assert "{prompt}" in agent.command
+    for agent in config.agents.values():  # the prompt is never an argv element of a built-in
+        assert agent.stdin == "prompt" and not any("{" in el and "{model}" != el for el in agent.command)
 
 
 def test_builtin_agents_stay_when_the_file_adds_one() -> None:
@@ -290,7 +291,8 @@ def test_wrong_types_and_values_name_line_and_field(text: str, line: int, field:
 def test_unknown_placeholder_in_command() -> None:
     assert_refused("agents:\n  echo:\n    command: [sh, -c, 'echo {prmpt}']\n", line=3,
                    field="agents.echo.command",
-                   says="unknown placeholder {prmpt}; use {prompt}, {model}, {workspace}, {task}")
+                   says="unknown placeholder {prmpt}; use {prompt}, {prompt_file}, {model}, "
+                        "{workspace}, {task}, {branch}")
 
 
 def test_unknown_placeholder_in_a_block_list_names_the_elements_line() -> None:

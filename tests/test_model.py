@@ -49,8 +49,8 @@ def test_agent_ref_prints_as_base_colon_model() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "   ", ":opus", "claude:", "claude opus", "-claude", "claude;rm -rf /",
-             "claude:op us", "$(whoami)", "claude:\n"])
+    "text", ["", "   ", ":opus", "claude opus", "-claude", "claude;rm -rf /", "$(whoami)",
+             "--yolo:x"])
 def test_malformed_agent_is_refused_with_an_actionable_message(text: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         AgentRef.parse(text)
@@ -59,13 +59,25 @@ def test_malformed_agent_is_refused_with_an_actionable_message(text: str) -> Non
                                "e.g. claude or codex:gpt-5.4")
 
 
+@pytest.mark.parametrize(
+    "model", ["", "--yolo", "-m", "--dangerously-skip-permissions", "op us", "x;y", "a\nb",
+              ".hidden", "/abs", "x" * 129, "x --yolo"])
+def test_a_model_variant_that_could_be_read_as_an_option_or_is_malformed_is_refused(model: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        AgentRef.parse(f"gemini:{model}")
+    assert info.value.field == "agent"
+    shown = repr(model) if len(model) <= 60 else repr(model[:60] + "...")
+    assert str(info.value).startswith(f"model variant {shown} of agent 'gemini' is not allowed: it "
+                                      "must start with a letter or digit")
+
+
 def test_model_keeps_colons_after_the_first() -> None:
     assert AgentRef.parse("opencode:ollama/llama3:8b") == AgentRef(pool="opencode",
                                                                    model="ollama/llama3:8b")
 
 
 names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
-models = st.from_regex(r"[A-Za-z0-9._/@+-]{1,30}", fullmatch=True)
+models = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/@+:-]{0,30}", fullmatch=True)
 
 
 @given(base=names.filter(lambda n: "codex-spark" not in n),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dispatch_runner.model import Outcome, Priority, WorkspaceState
 from dispatch_runner.policy import (
     ETA_WINDOW,
+    MAX_RETRY_DELAY_S,
     ExitDecision,
     PoolGate,
     PoolLimit,
@@ -35,6 +36,7 @@ from dispatch_runner.policy import (
     rate_limit_backoff_until,
     retry_delay_s,
     to_dt,
+    undo_spawn,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agent-transcripts"
@@ -317,7 +319,7 @@ def test_retry_delay_doubles_from_five_seconds(attempt: int, delay: float) -> No
     assert retry_delay_s(attempt) == delay
 
 
-@given(n=st.integers(1, 40))
+@given(n=st.integers(1, 10))
 def test_retry_delay_is_five_times_two_to_the_attempt_minus_one(n: int) -> None:
     assert retry_delay_s(n) == 5.0 * 2 ** (n - 1)
 
@@ -551,3 +553,43 @@ def test_rate_limit_patterns_match_whole_phrases_only(text: str, limited: bool) 
     from dispatch_runner.policy import matches_rate_limit
 
     assert matches_rate_limit(text, DEFAULT_RATE_LIMIT_PATTERNS) is limited
+
+
+# ---- clamped delays (hardening) ----------------------------------------------------------------
+
+
+@given(n=st.integers(11, 10**9))
+def test_retry_delay_is_capped_at_an_hour_for_any_attempt_number(n: int) -> None:
+    assert retry_delay_s(n) == MAX_RETRY_DELAY_S == 3600.0
+
+
+@given(attempts=st.integers(0, 10**9))
+def test_deciding_a_failed_exit_never_overflows_however_many_attempts_came_before(attempts: int) -> None:
+    decision = decide_exit(Outcome.FAILED, attempts_before=attempts, max_attempts=10**9 + 2)
+    assert decision.state is WorkspaceState.QUEUED
+    assert 5.0 <= decision.not_before_delay_s <= MAX_RETRY_DELAY_S
+
+
+@given(fails=st.integers(1, 10**9))
+def test_rate_limit_backoff_never_overflows_and_stays_under_its_cap(fails: int) -> None:
+    until = rate_limit_backoff_until(now=NOW, retry_at=None, rate=None, fail_count=fails)
+    assert NOW < until <= NOW + timedelta(seconds=3600)
+
+
+# ---- a claim that never started gives back its pacing mark and daily slot ----------------------
+
+
+def test_undo_spawn_restores_the_previous_mark_and_the_daily_slot() -> None:
+    before = PoolState(last_spawn=100.0, daily_count=4, daily_day="d1", fail_count=2, backoff_until=5.0)
+    after = PoolState(last_spawn=200.0, daily_count=5, daily_day="d1", fail_count=2, backoff_until=5.0)
+    assert undo_spawn(after, marked=200.0, previous=100.0, day="d1") == before
+
+
+def test_undo_spawn_leaves_a_later_claims_mark_and_another_days_count() -> None:
+    later = PoolState(last_spawn=300.0, daily_count=1, daily_day="d2")
+    assert undo_spawn(later, marked=200.0, previous=100.0, day="d1") == later
+
+
+def test_undo_spawn_never_counts_below_zero() -> None:
+    state = PoolState(last_spawn=None, daily_count=0, daily_day="d1")
+    assert undo_spawn(state, marked=None, previous=None, day="d1").daily_count == 0

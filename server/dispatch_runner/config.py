@@ -14,8 +14,9 @@ from typing import Any, Final
 
 import yaml
 
+from . import argv as argvlib
 from .errors import ConfigError, InvalidArgument, UnknownAgent
-from .model import AgentRef
+from .model import MODEL_RE, AgentRef
 from .policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
 
 OUTPUT_KINDS: Final = ("claude-stream-json", "codex-json", "text")
@@ -23,7 +24,10 @@ DEFAULT_RATE_LIMIT_PATTERNS: Final = (
     "rate limit", "rate_limit", "usage limit", "usage_limit", "429", "too many requests",
     "quota exceeded",
 )
-PLACEHOLDERS: Final = ("prompt", "model", "workspace", "task")
+PLACEHOLDERS: Final = argvlib.PLACEHOLDERS
+STDIN_MODES: Final = ("prompt", "none")
+DEFAULT_MAX_TASK_BYTES: Final = 1024 * 1024
+SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,22 +40,25 @@ class AgentDef:
     model: str | None = None  # default model when the dispatch names none
     max_attempts: int | None = None
     timeout_s: float | None = None
+    stdin: str = "none"          # "prompt": the prompt arrives on the agent's stdin
+    end_of_options: bool = True  # put `--` before the first element that begins with client text
 
 
+# Each built-in reads its prompt from stdin, as the real CLI does when no prompt argument is given
+# (`codex exec -` says so explicitly): no client text is ever in argv, and no 128 KiB limit.
 BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
     "claude": AgentDef(
         name="claude",
-        command=("claude", "-p", "{prompt}", "--model", "{model}",
-                 "--output-format", "stream-json", "--verbose"),
-        output="claude-stream-json",
+        command=("claude", "-p", "--model", "{model}", "--output-format", "stream-json", "--verbose"),
+        output="claude-stream-json", stdin="prompt",
     ),
     "codex": AgentDef(
         name="codex",
-        command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "{prompt}"),
-        output="codex-json",
+        command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "-"),
+        output="codex-json", stdin="prompt",
     ),
-    "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}", "-p", "{prompt}")),
-    "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}", "{prompt}")),
+    "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}"), stdin="prompt"),
+    "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}"), stdin="prompt"),
 }
 
 BUILTIN_TEMPLATES: Final[Mapping[str, str]] = {
@@ -75,6 +82,7 @@ class Config:
     kill_grace_s: float = 10.0
     reservation_timeout_s: float = 30.0
     retention_days: float = 14.0
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
     rates: Mapping[str, RateConfig] = field(default_factory=dict)
     agents: Mapping[str, AgentDef] = field(default_factory=dict)
@@ -246,7 +254,7 @@ def _version(r: _Reader, node: yaml.Node, c: Config) -> Config:
 
 _DISPATCH_KEYS: Final = ("default_agent", "default_template", "workspace_root", "allowed_roots",
                          "max_attempts", "timeout_s", "kill_grace_s", "reservation_timeout_s",
-                         "retention_days")
+                         "retention_days", "max_task_bytes")
 
 
 def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -264,7 +272,7 @@ def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
             if not roots:
                 raise r.fail(value, where, "list at least one directory")
             changes[name] = tuple(p.resolve() for p in roots)
-        elif name == "max_attempts":
+        elif name in ("max_attempts", "max_task_bytes"):
             changes[name] = int(r.number(value, where, integer=True, minimum=1))
         else:
             changes[name] = r.number(value, where, minimum=0)
@@ -320,7 +328,7 @@ def _rates(r: _Reader, node: yaml.Node, c: Config) -> Config:
 
 
 _AGENT_KEYS: Final = ("command", "output", "rate_limit_patterns", "env", "model", "max_attempts",
-                      "timeout_s")
+                      "timeout_s", "stdin", "end_of_options")
 
 
 def _agents(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -345,11 +353,36 @@ def _command(r: _Reader, v: yaml.Node, at: str) -> tuple[str, ...]:
     if not argv:
         raise r.fail(v, at, "the argv list is empty")
     for node, element in zip(v.value, argv, strict=True):
-        for ph in re.findall(r"\{([^{}]*)\}", element):
-            if ph not in PLACEHOLDERS:
-                raise r.fail(node, at, f"unknown placeholder {{{ph}}}; use "
-                             + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+        unknown = argvlib.unknown_placeholders(element)
+        if unknown:
+            raise r.fail(node, at, f"unknown placeholder {{{unknown[0]}}}; use "
+                         + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+    if argvlib.names(argv[0]):
+        raise r.fail(v.value[0], at, "the first element is the program to run; it cannot be a "
+                     "placeholder")
     return argv
+
+
+def _model(r: _Reader, v: yaml.Node, at: str) -> str:
+    model = r.string(v, at)
+    if not MODEL_RE.match(model):
+        raise r.fail(v, at, "a model must start with a letter or digit and hold only letters, digits "
+                     "and . _ / @ : + - (at most 128 characters)")
+    return model
+
+
+def _stdin(r: _Reader, v: yaml.Node, at: str) -> str:
+    mode = r.string(v, at)
+    if mode not in STDIN_MODES:
+        raise r.fail(v, at, "use 'prompt' (the prompt arrives on the agent's stdin) or 'none'")
+    return mode
+
+
+def _flag(r: _Reader, v: yaml.Node, at: str) -> bool:
+    value = r.scalar(v, at)
+    if not isinstance(value, bool):
+        raise r.fail(v, at, "expected true or false")
+    return value
 
 
 def _output(r: _Reader, v: yaml.Node, at: str) -> str:
@@ -364,16 +397,34 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
     "output": _output,
     "rate_limit_patterns": lambda r, v, at: r.strings(v, at),
     "env": lambda r, v, at: {k: str(r.scalar(n, f"{at}.{k}")) for k, (_, n) in r.mapping(v, at).items()},
-    "model": lambda r, v, at: r.string(v, at),
+    "model": lambda r, v, at: _model(r, v, at),
     "max_attempts": lambda r, v, at: int(r.number(v, at, integer=True, minimum=1)),
     "timeout_s": lambda r, v, at: r.number(v, at, minimum=0) or None,
+    "stdin": _stdin,
+    "end_of_options": _flag,
 }
 
 
 def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef,
                   where: str) -> AgentDef:
     changes = {key: _AGENT_FIELDS[key](r, v, f"{where}.{key}") for key, (_, v) in items.items()}
-    return replace(agent, **changes)
+    agent = replace(agent, **changes)
+    node = items["command"][1] if "command" in items else None
+    if agent.end_of_options and "end_of_options" not in items:
+        program = Path(agent.command[0]).name
+        reads_client_text = argvlib.first_client_index(agent.command) is not None
+        if program in SHELLS and "-c" in agent.command and reads_client_text:
+            raise r.fail(node, f"{where}.command", f"{program} -c reads the elements after its "
+                         "script as $0, $1 ..., never as options, so a '--' before {prompt} would "
+                         "reach the script as $1: add end_of_options: false to this agent (or "
+                         "read the prompt with stdin: prompt)")
+    late = argvlib.options_after_client_text(agent.command) if agent.end_of_options else []
+    if late:
+        raise r.fail(node, f"{where}.command", f"{late[0]!r} comes after the prompt/task element; "
+                     "the runner puts '--' before that element so that client text is never read "
+                     "as an option, and the CLI would then read every later element as data: move "
+                     "the options before it, or deliver the prompt with stdin: prompt")
+    return agent
 
 
 def _templates(r: _Reader, node: yaml.Node, c: Config) -> Config:

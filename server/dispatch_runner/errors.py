@@ -4,8 +4,11 @@
     ├── InvalidArgument      a tool/CLI argument is wrong (which one, and the allowed values)
     │   ├── UnknownAgent     no such agent configured (lists the known ones)
     │   ├── PathNotAllowed   cwd/repo outside allowed_roots, missing, or not a git repo
-    │   └── UnknownWorkspace no workspace with that id
+    │   ├── UnknownWorkspace no workspace with that id
+    │   ├── TaskTooLarge     past dispatch.max_task_bytes, or too big for the agent's argv
+    │   └── AgentUnavailable the agent's executable is not on PATH
     ├── QueueBusy            the estimated wait exceeds max_wait_s (carries the ETA)
+    ├── WorkspaceUnavailable the workspace's directory or files cannot be made (disk full …)
     ├── ConfigError          agents.yaml is invalid (file, line, field)
     ├── InvalidTransition    a state move the transition table forbids (a bug, not user input)
     └── StoreError           the store failed (driver errors stop here)
@@ -46,6 +49,32 @@ class UnknownWorkspace(InvalidArgument):
         super().__init__(
             "workspace",
             f"no workspace {workspace!r}; run status to list workspaces and their ids",
+        )
+
+
+class TaskTooLarge(InvalidArgument):
+    def __init__(self, message: str) -> None:
+        super().__init__("task", message)
+
+
+class AgentUnavailable(InvalidArgument):
+    def __init__(self, agent: str, executable: str) -> None:
+        self.agent = agent
+        self.executable = executable
+        super().__init__(
+            "agent",
+            f"agent {agent!r} cannot run on this machine: its executable {executable!r} is not on "
+            "PATH; install it, or fix the command of this agent in agents.yaml, then run "
+            "'dispatch-runner doctor' to check every agent; nothing was queued",
+        )
+
+
+class WorkspaceUnavailable(DispatchError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot prepare the workspace {path}: {reason}; free space or fix permissions there, "
+            "or point dispatch.workspace_root in agents.yaml elsewhere; nothing was queued"
         )
 
 

@@ -81,7 +81,9 @@ class Priority(IntEnum):
         return self.name.lower()
 
 
-_AGENT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._/@+:-]+)?$")
+_BASE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A model variant reaches agent CLIs as an option's value: it can never start with '-'.
+MODEL_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@:+-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +95,22 @@ class AgentRef:
 
     @classmethod
     def parse(cls, text: str) -> "AgentRef":
+        if not isinstance(text, str):
+            raise InvalidArgument("agent", "agent must be a string such as claude or codex:gpt-5.4")
         text = text.strip()
-        if not _AGENT_RE.match(text):
+        base, colon, model = text.partition(":")
+        if not _BASE_RE.match(base):
             raise InvalidArgument(
                 "agent",
-                f"agent {text!r} is not of the form base[:model], e.g. claude or codex:gpt-5.4",
+                f"agent {_shown(text)} is not of the form base[:model], e.g. claude or codex:gpt-5.4",
             )
-        base, _, model = text.partition(":")
+        if colon and not MODEL_RE.match(model):
+            raise InvalidArgument(
+                "agent",
+                f"model variant {_shown(model)} of agent {_shown(base)} is not allowed: it must start "
+                "with a letter or digit and hold only letters, digits and . _ / @ : + - (at most "
+                "128 characters), e.g. claude:opus or codex:gpt-5.4",
+            )
         # Anything naming codex-spark runs in its own pool (reference 000, baseAgent).
         pool = "codex-spark" if "codex-spark" in text else base
         return cls(pool=pool, model=model or None)
@@ -110,6 +121,11 @@ class AgentRef:
 
     def __str__(self) -> str:
         return f"{self.pool}:{self.model}" if self.model else self.pool
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A client string quoted for an error message, cut to a readable length."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 # The outcome a finished run reports, before policy turns it into a workspace state.

@@ -21,6 +21,14 @@ RATE_LIMIT_BASE_S: Final = 60.0
 RATE_LIMIT_CAP_S: Final = 3600.0
 ETA_WINDOW: Final = 16
 MAX_RATE_LIMIT_REQUEUES: Final = 10
+# Retries wait 5 s * 2^(n-1), never longer than this (no overflow after many attempts).
+MAX_RETRY_DELAY_S: Final = 3600.0
+
+# Bounds of the numbers a dispatch may carry (documented in the README and the tool schemas).
+MAX_ATTEMPTS_LIMIT: Final = 100
+MAX_TIMEOUT_S: Final = 7 * 86400.0
+MAX_QUEUE_WAIT_S: Final = 7 * 86400.0
+MAX_WAIT_TIMEOUT_S: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +165,19 @@ def after_spawn(rate: RateConfig | None, state: PoolState, now: datetime) -> Poo
     )
 
 
+def undo_spawn(state: PoolState, *, marked: float | None, previous: float | None,
+               day: str | None) -> PoolState:
+    """Pool state once a claim that never started is given back: its pacing mark and its daily
+    slot are returned. `marked` is the last_spawn the claim wrote, `previous` the one before it,
+    `day` the day it was counted on; a later claim's mark or an earlier day's count stay."""
+    last = previous if marked is not None and state.last_spawn == marked else state.last_spawn
+    count = state.daily_count
+    if day is not None and state.daily_day == day and count > 0:
+        count -= 1
+    return PoolState(backoff_until=state.backoff_until, fail_count=state.fail_count, last_spawn=last,
+                     daily_count=count, daily_day=state.daily_day)
+
+
 def has_capacity(limit: PoolLimit | None, *, pool_running: int, model: str | None,
                  model_running: int) -> bool:
     """Pool total and per-model limit, both counted with reservations."""
@@ -172,9 +193,14 @@ def has_capacity(limit: PoolLimit | None, *, pool_running: int, model: str | Non
 # ---- retries, dead letters, rate-limit backoff ---------------------------------------------
 
 
+def _doubling(base_s: float, n: int, cap_s: float) -> float:
+    """base_s * 2^n, capped; the exponent is clamped first, so any n is fine."""
+    return min(base_s * 2.0 ** min(max(n, 0), 62), cap_s)
+
+
 def retry_delay_s(attempt: int) -> float:
-    """Delay before retry after failed attempt n (1-based): 5 s, 10 s, 20 s ..."""
-    return RETRY_BASE_S * float(2 ** max(attempt - 1, 0))
+    """Delay before retry after failed attempt n (1-based): 5 s, 10 s, 20 s ... at most an hour."""
+    return _doubling(RETRY_BASE_S, attempt - 1, MAX_RETRY_DELAY_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +237,18 @@ def decide_exit(outcome: Outcome, *, attempts_before: int, max_attempts: int,
     return ExitDecision(WorkspaceState.QUEUED, detail, not_before_delay_s=retry_delay_s(attempt))
 
 
+# What ended a run, for status and events (`ended_reason`); a RunExit may name a more precise
+# one (spawn_failed, no_space).
+ENDED_REASON: Final[Mapping[Outcome, str | None]] = {
+    Outcome.SUCCEEDED: None,
+    Outcome.FAILED: "failed",
+    Outcome.RATE_LIMITED: "rate_limited",
+    Outcome.KILLED: "killed",
+    Outcome.TIMED_OUT: "timeout",
+    Outcome.LOST: "lost",
+}
+
+
 def rate_limit_backoff_until(*, now: datetime, retry_at: datetime | None, rate: RateConfig | None,
                              fail_count: int) -> datetime:
     """When a rate-limited pool may spawn again: the parsed retry time, else the configured
@@ -219,8 +257,7 @@ def rate_limit_backoff_until(*, now: datetime, retry_at: datetime | None, rate: 
         return retry_at
     if rate is not None:
         return day_bounds(rate.reset_utc, now)[1]
-    delay = min(RATE_LIMIT_BASE_S * 2 ** max(fail_count - 1, 0), RATE_LIMIT_CAP_S)
-    return now + timedelta(seconds=delay)
+    return now + timedelta(seconds=_doubling(RATE_LIMIT_BASE_S, fail_count - 1, RATE_LIMIT_CAP_S))
 
 
 # ---- output classification -----------------------------------------------------------------

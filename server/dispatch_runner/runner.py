@@ -2,15 +2,16 @@
 handles the `runner.*` actions. Surfaces (CLI, MCP) only invoke actions and read events.
 """
 
+import errno
 import json
 import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,29 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import supervisor, workspaces
+from . import argv as argvlib
+from . import supervisor, validate, workspaces
 from .config import Config, load_config
-from .errors import DispatchError, InvalidArgument, UnknownAgent, UnknownWorkspace
+from .errors import (
+    AgentUnavailable,
+    DispatchError,
+    InvalidArgument,
+    TaskTooLarge,
+    UnknownWorkspace,
+    WorkspaceUnavailable,
+)
 from .events import TERMINAL_EVENTS, Bus, Event
 from .model import AgentRef, Outcome, Priority, WorkspaceState
-from .policy import iso
+from .policy import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_QUEUE_WAIT_S,
+    MAX_TIMEOUT_S,
+    MAX_WAIT_TIMEOUT_S,
+    iso,
+)
 from .shim import exit_file, result_from_exit_file
 from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, WorkspaceRow, open_store
+from .validate import human_size
 
 log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -38,29 +54,15 @@ WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfr
 TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
 HEARTBEAT_S = 2.0
 DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
+PEER_EXPIRY_S = 60.0       # a peer silent this long is gone (its heartbeat is every 2 s)
+GC_EVERY_S = 3600.0
+GC_BATCH = 5000
+ORPHAN_AGE_S = 3600.0      # a workspace directory without a row this old was never stored
 
 
 def peer_id() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
-
-
-def render_argv(command: Sequence[str], *, prompt: str, model: str | None, workspace: str,
-                task: str) -> list[str]:
-    """Fill the argv template element by element; the prompt stays one argv element.
-
-    With no model, an element naming {model} is dropped together with the flag just before it."""
-    out: list[str] = []
-    for element in command:
-        if "{model}" in element and model is None:
-            if out and out[-1].startswith("-") and "{" not in out[-1]:
-                out.pop()
-            continue
-        value = element
-        for key, text in (("{model}", model or ""), ("{workspace}", workspace), ("{task}", task)):
-            value = value.replace(key, text)
-        out.append(value.replace("{prompt}", prompt) if "{prompt}" in element else value)
-    return out
 
 
 class Runner:
@@ -119,8 +121,8 @@ class Runner:
             existing = self.store.find_by_idempotency_key(new.idempotency_key)
             if existing is not None:
                 return self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
-        self._prepare_files(new)
         try:
+            new = self._prepare_files(new)
             result = self.store.enqueue(new, now=time.time(), max_wait_s=max_wait_s, limits=self.limits)
         except BaseException:
             self._discard_files(new)
@@ -140,12 +142,17 @@ class Runner:
                   idempotency_key: str | None, max_wait_s: float | None, timeout_s: float | None,
                   max_attempts: int | None, origin: str | None, parent: str | None) -> NewWorkspace:
         cfg = self.config
-        if not isinstance(task, str) or not task.strip():
-            raise InvalidArgument("task", "task is empty; describe what the sub-agent should do")
+        _check_dispatch_values(task=task, agent=agent, cwd=cwd, repo=repo, template=template,
+                               priority=priority, label=label, idempotency_key=idempotency_key,
+                               max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts)
+        size = len(task.encode())
+        if size > cfg.max_task_bytes:
+            raise TaskTooLarge(f"the task is {human_size(size)} ({size:,} bytes), more than the "
+                               f"{human_size(cfg.max_task_bytes)} dispatch.max_task_bytes allows; "
+                               "shorten it (put long material in a file inside the workspace and "
+                               "refer to it) or raise the limit in agents.yaml; nothing was queued")
         ref = AgentRef.parse(agent or cfg.default_agent)
-        if ref.pool not in cfg.agents:
-            raise UnknownAgent(str(ref), cfg.agents)
-        agent_def = cfg.agents[ref.pool]
+        agent_def = cfg.agent_def(ref)
         model = ref.model or agent_def.model
         prio = Priority.parse(priority)
         template_name = template or cfg.default_template
@@ -156,28 +163,25 @@ class Runner:
         if cwd and repo:
             raise InvalidArgument("cwd", "give either cwd (a directory) or repo (a git repository "
                                   "for a fresh worktree), not both")
-        _check_number("max_wait_s", max_wait_s, minimum=0)
-        _check_number("timeout_s", timeout_s, minimum=0.001)
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-            raise InvalidArgument("max_attempts", "max_attempts must be an integer >= 1")
-        if label is not None and len(label) > 200:
-            raise InvalidArgument("label", "label is longer than 200 characters")
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
-            raise InvalidArgument("idempotency_key", "idempotency_key must be 1-200 characters")
         cwd_path = workspaces.resolve_inside(cwd, "cwd", cfg.allowed_roots) if cwd else None
         repo_path = workspaces.resolve_inside(repo, "repo", cfg.allowed_roots) if repo else None
         if repo_path is not None:
             workspaces.check_git_repo(repo_path)
+        if shutil.which(agent_def.command[0],
+                        path=agent_def.env.get("PATH", os.environ.get("PATH"))) is None:
+            raise AgentUnavailable(str(ref), agent_def.command[0])
         ws_id = workspaces.new_id()
+        env = {**agent_def.env, **supervisor.run_marker(ws_id, 2**63)}
         path = cfg.workspace_root / ws_id
         branch = f"runner/{ws_id}" if repo_path else None
         run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
-        text = cfg.templates[template_name].replace("{workspace}", str(run_dir))
-        prompt = text.replace("{task}", task)
-        argv = render_argv(agent_def.command, prompt=prompt, model=model, workspace=str(run_dir),
-                           task=task)
-        spec = {"argv": argv, "env": dict(agent_def.env), "output": agent_def.output,
-                "patterns": list(agent_def.rate_limit_patterns)}
+        prompt = argvlib.expand(cfg.templates[template_name], {"task": task, "workspace": str(run_dir)})
+        argv = argvlib.compile_argv(agent_def.command, {
+            "model": model, "workspace": str(run_dir), "branch": branch,
+            "prompt_file": str(path / workspaces.PROMPT_FILE)}, end_of_options=agent_def.end_of_options)
+        _check_argv_fits(ref, argv, {"prompt": prompt, "task": task}, env)
+        spec = {"argv": argv, "stdin": agent_def.stdin, "env": dict(agent_def.env),
+                "output": agent_def.output, "patterns": list(agent_def.rate_limit_patterns)}
         return NewWorkspace(
             id=ws_id, pool=ref.pool, model=model, agent=f"{ref.pool}:{model}" if model else ref.pool,
             task=task, prompt=prompt, template=template_name, priority=int(prio), label=label,
@@ -188,21 +192,25 @@ class Runner:
             timeout_s=timeout_s or agent_def.timeout_s or cfg.timeout_s, origin=origin,
             parent=parent, spec=spec)
 
-    def _prepare_files(self, new: NewWorkspace) -> None:
+    def _prepare_files(self, new: NewWorkspace) -> NewWorkspace:
+        """The workspace's directory, prompt.md and worktree; nothing is left behind on failure
+        (the caller discards), and a failure is a sentence, not an OSError."""
         path = Path(new.path)
-        path.mkdir(parents=True, exist_ok=False)
-        (path / "prompt.md").write_text(new.prompt + "\n", encoding="utf-8")
-        if new.repo and new.branch:
-            workspaces.add_worktree(Path(new.repo), Path(new.run_dir), new.branch)
-        elif not new.cwd:
-            Path(new.run_dir).mkdir()
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            (path / workspaces.PROMPT_FILE).write_text(new.prompt + "\n", encoding="utf-8")
+            if new.repo and new.branch:
+                base = workspaces.add_worktree(Path(new.repo), Path(new.run_dir), new.branch)
+                return replace(new, base_commit=base)
+            if not new.cwd:
+                Path(new.run_dir).mkdir()
+        except OSError as exc:
+            raise WorkspaceUnavailable(new.path, exc.strerror or str(exc)) from exc
+        return new
 
     def _discard_files(self, new: NewWorkspace) -> None:
         if new.repo and new.branch:
-            subprocess.run(["git", "-C", new.repo, "worktree", "remove", "--force", new.run_dir],
-                           capture_output=True, check=False)
-            subprocess.run(["git", "-C", new.repo, "branch", "-D", new.branch], capture_output=True,
-                           check=False)
+            workspaces.remove_worktree(Path(new.repo), Path(new.run_dir), new.branch, base=None)
         shutil.rmtree(new.path, ignore_errors=True)
 
     def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float) -> dict[str, Any]:
@@ -245,8 +253,7 @@ class Runner:
                 "burst_window": rate.burst_window, "burst_delay": rate.burst_delay},
             "drainer": self.drainer_spec(),
         }
-        spec["env"] = {**spec.get("env", {}), "DISPATCH_RUNNER_WORKSPACE": ws.id,
-                       "DISPATCH_RUNNER_RUN": str(claim.run_id)}
+        spec["env"] = {**spec.get("env", {}), **supervisor.run_marker(ws.id, claim.run_id)}
         spec_path = path / f"run-{ws.runs}.spec.json"
         supervisor.crash_point("peer-after-claim")
         try:
@@ -254,13 +261,24 @@ class Runner:
             self.launcher.spawn(supervisor.shim_args(spec_path), env=os.environ,
                                 log_path=path / "shim.log", spec_path=spec_path)
         except OSError as exc:
-            log.error("cannot start the shim for %s: %s", ws.id, exc)
-            row = self.store.return_reservation(claim.run_id, now=time.time())
-            if row is not None:
-                workspaces.write_status(row, now=time.time())
+            # Counted as a failed attempt, with backoff: given back instead, the same head would
+            # be claimed again at once, in a loop that stalls the pool and grows the store.
+            log.error("cannot start the run of %s: %s", ws.id, exc)
+            self._record(claim.run_id, spawn_failure(exc, where=str(path)))
             return False
         workspaces.write_status(ws, now=time.time())
         return True
+
+    def _record(self, run_id: int, result: RunExit, *, now: float | None = None) -> WorkspaceRow | None:
+        """Record a run's end found by this peer (not by its shim); refresh status.json."""
+        rate = None
+        if result.outcome is Outcome.RATE_LIMITED:
+            run = self.store.get_run(run_id)
+            rate = self.config.rates.get(run.pool) if run else None
+        row = self.store.record_exit(run_id, result, now=time.time() if now is None else now, rate=rate)
+        if row is not None:
+            workspaces.write_status(row, now=time.time())
+        return row
 
     def drainer_spec(self) -> dict[str, Any]:
         argv = [sys.executable, "-m", "dispatch_runner.cli"]
@@ -297,17 +315,25 @@ class Runner:
                 await anyio.to_thread.run_sync(self._stop_agent, run)
 
     async def _recover_reservation(self, run: RunRow, now: float) -> None:
+        """A claim whose shim never started: killed if asked; given back (not an attempt, no
+        pacing or daily slot used) when its peer died; a failed spawn when its peer lives on but
+        no shim came within reservation_timeout_s."""
         age = now - run.claimed_at
-        claimer_dead = not _peer_alive(run.claimed_by)
         if run.kill_requested:
-            row = await self._db(self.store.record_exit, run.id,
-                                 RunExit(outcome=Outcome.KILLED, exit_code=None), now=now, rate=None)
-        elif age > self.config.reservation_timeout_s or (claimer_dead and age > DEAD_CLAIMER_GRACE_S):
+            row = await self._db(self._record, run.id, RunExit(outcome=Outcome.KILLED, exit_code=None),
+                                 now=now)
+        elif age > DEAD_CLAIMER_GRACE_S and not _peer_alive(run.claimed_by):
             row = await self._db(self.store.return_reservation, run.id, now=now)
+            if row is not None:
+                workspaces.write_status(row, now=time.time())
+        elif age > self.config.reservation_timeout_s:
+            row = await self._db(self._record, run.id, RunExit(
+                outcome=Outcome.FAILED, exit_code=None, ended_reason="spawn_failed",
+                detail=f"the run did not start within {self.config.reservation_timeout_s:g}s of its "
+                       "claim (see shim.log in the workspace and forkserver.log in the home)"), now=now)
         else:
             return
         if row is not None:
-            workspaces.write_status(row, now=time.time())
             self.nudge()
 
     def _stop_agent(self, run: RunRow) -> None:
@@ -321,7 +347,6 @@ class Runner:
         ws = self.store.get_workspace(run.workspace) if run and run.phase == "running" else None
         if run is None or ws is None:
             return False
-        rate = self.config.rates.get(run.pool)
         marker = exit_file(Path(ws.path), run.id)
         result: RunExit
         if marker.exists():
@@ -333,14 +358,11 @@ class Runner:
                 result, ended = _lost(), time.time()
         else:
             self._stop_agent(run)
-            for pid in supervisor.find_by_env({"DISPATCH_RUNNER_WORKSPACE": ws.id,
-                                               "DISPATCH_RUNNER_RUN": str(run.id)}):
-                supervisor.terminate_group(pid, grace_s=self.config.kill_grace_s)  # pid never recorded
+            # the agent's pid may never have been recorded, and descendants may have left its group
+            supervisor.terminate_marked(supervisor.run_marker(ws.id, run.id),
+                                        grace_s=self.config.kill_grace_s)
             result, ended = _lost(), time.time()
-        row = self.store.record_exit(run.id, result, now=ended, rate=rate)
-        if row is not None:
-            workspaces.write_status(row, now=time.time())
-        return row is not None
+        return self._record(run.id, result, now=ended) is not None
 
     # ---- runner.status ------------------------------------------------------------------------
 
@@ -401,10 +423,7 @@ class Runner:
                 supervisor.terminate_group(current.agent_pid, grace_s=self.config.kill_grace_s)
             elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid,
                                                                         current.shim_start):
-                row = self.store.record_exit(run.id, RunExit(outcome=Outcome.KILLED, exit_code=None),
-                                             now=time.time(), rate=None)
-                if row is not None:
-                    workspaces.write_status(row, now=time.time())
+                self._record(run.id, RunExit(outcome=Outcome.KILLED, exit_code=None))
                 return
             time.sleep(0.01)  # the shim records the exit within milliseconds of the agent's end
 
@@ -432,7 +451,12 @@ class Runner:
             raise InvalidArgument("workspaces", "list at least one workspace id to wait for")
         if mode not in ("all", "any"):
             raise InvalidArgument("mode", "mode must be 'all' or 'any'")
-        _check_number("timeout_s", timeout_s, minimum=0)
+        validate.number("timeout_s", timeout_s, minimum=0, maximum=MAX_WAIT_TIMEOUT_S, unit=" s")
+        if len(ids) > 1000:
+            raise InvalidArgument("workspaces", f"{len(ids)} workspaces given; wait for at most 1000 "
+                                  "at a time")
+        for ws_id in ids:
+            validate.text("workspaces", ws_id, max_chars=200)
         timeout = 50.0 if timeout_s is None else float(timeout_s)
         for ws_id in ids:
             if await self._db(self.store.get_workspace, ws_id) is None:
@@ -504,7 +528,7 @@ class Runner:
         finally:
             self._serving = False
             with anyio.CancelScope(shield=True):
-                await self._db(self.store.remove_peer, self.peer)
+                await self._db(self.store.remove_peers, [self.peer])
 
     async def _watch(self) -> None:
         """Completions reach this peer: a wake-up hint from the store (inotify on SQLite), then
@@ -561,9 +585,12 @@ class Runner:
             last["beat"] = now
             await self._heartbeat()
         self._maybe_reload()
-        if now - last["prune"] >= 3600:
+        if now - last["prune"] >= GC_EVERY_S:
             last["prune"] = now
-            await self._db(self.store.prune, before=time.time() - self.config.retention_days * 86400)
+            report = await self.gc()
+            if report["removed"] or report["orphans"]:
+                log.info("gc: removed %d workspaces and %d orphaned directories",
+                         len(report["removed"]), len(report["orphans"]))
         if self._wake_at is not None and self._wake_at <= time.time():
             self._wake_at = None
 
@@ -590,6 +617,68 @@ class Runner:
         pid = os.getpid()
         await self._db(self.store.heartbeat_peer, self.peer, pid=pid, start=supervisor.proc_start(pid) or 0,
                        boot_id=supervisor.boot_id(), kind=self.kind, now=time.time())
+        await self._db(self._forget_dead_peers)
+
+    def _forget_dead_peers(self) -> int:
+        """Rows of peers that died without withdrawing (SIGKILL, a crash): the table stays as
+        small as the set of live peers."""
+        now = time.time()
+        dead = [p["id"] for p in self.store.peers() if p["id"] != self.peer
+                and (p["heartbeat_at"] < now - PEER_EXPIRY_S or not _peer_alive(p["id"]))]
+        return self.store.remove_peers(dead)
+
+    # ---- garbage collection -------------------------------------------------------------------
+
+    async def gc(self, *, older_than_s: float | None = None, dry_run: bool = False,
+                 force: bool = False) -> dict[str, Any]:
+        """Remove finished workspaces that ended more than `older_than_s` ago (default
+        retention_days): their rows, directories, worktrees and empty runner/<id> branches;
+        directories the store does not know; rows of dead peers."""
+        validate.number("older_than_s", older_than_s, minimum=0, maximum=100 * 365 * 86400.0, unit=" s")
+        age = self.config.retention_days * 86400 if older_than_s is None else float(older_than_s)
+        return await anyio.to_thread.run_sync(partial(self._gc_sync, before=time.time() - age,
+                                                      dry_run=dry_run, force=force))
+
+    def _gc_sync(self, *, before: float, dry_run: bool, force: bool) -> dict[str, Any]:
+        removed: list[str] = []
+        kept: list[dict[str, str]] = []
+        notes: list[dict[str, str]] = []
+        for row in self.store.finished_before(before, limit=GC_BATCH):
+            outcome = workspaces.remove_workspace(row, force=force, dry_run=dry_run)
+            if outcome.removed:
+                removed.append(row.id)
+                if outcome.note:
+                    notes.append({"workspace": row.id, "note": outcome.note})
+            else:
+                kept.append({"workspace": row.id, "note": outcome.note or "kept"})
+        if not dry_run and removed:
+            self.store.forget(removed, events_before=before)
+        orphans = self._orphans()
+        if not dry_run:
+            for path in orphans:
+                workspaces.remove_orphan(path)
+        peers = 0 if dry_run else self._forget_dead_peers()
+        return {"removed": removed, "kept": kept, "notes": notes,
+                "orphans": [str(p) for p in orphans], "dead_peers": peers, "dry_run": dry_run}
+
+    def _orphans(self) -> list[Path]:
+        """Workspace directories without a row, left by dispatches that died before they were
+        stored; young ones may belong to a dispatch in progress."""
+        root = self.config.workspace_root
+        try:
+            entries = [p for p in root.iterdir() if workspaces.ID_RE.match(p.name) and p.is_dir()]
+        except OSError:
+            return []
+        cutoff = time.time() - ORPHAN_AGE_S
+        out = []
+        for path in entries:
+            try:
+                young = path.stat().st_mtime > cutoff
+            except OSError:
+                continue
+            if not young and self.store.get_workspace(path.name) is None:
+                out.append(path)
+        return out
 
     def ensure_progress(self) -> None:
         """After a one-shot command: if work is left and no live peer drains, start the drainer."""
@@ -620,6 +709,14 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def spawn_failure(exc: OSError, *, where: str) -> RunExit:
+    """A run that could not start: a failed attempt, with the reason (disk full, directory gone)."""
+    no_space = exc.errno == errno.ENOSPC
+    return RunExit(outcome=Outcome.FAILED, exit_code=None,
+                   detail=f"the run could not start: {exc.strerror or exc} ({where})",
+                   ended_reason="no_space" if no_space else "spawn_failed")
+
+
 def _lost() -> RunExit:
     return RunExit(outcome=Outcome.LOST, exit_code=None,
                    detail="the run's shim vanished without recording an exit")
@@ -638,11 +735,44 @@ def _peer_alive(peer: str | None) -> bool:
         return False
 
 
-def _check_number(field: str, value: Any, *, minimum: float) -> None:
-    if value is None:
+def _check_dispatch_values(*, task: Any, agent: Any, cwd: Any, repo: Any, template: Any,
+                           priority: Any, label: Any, idempotency_key: Any, max_wait_s: Any,
+                           timeout_s: Any, max_attempts: Any) -> None:
+    """Types, characters and bounds of a dispatch's arguments, before anything else reads them."""
+    validate.text("task", task, required=True)
+    for field, value in (("agent", agent), ("cwd", cwd), ("repo", repo), ("template", template),
+                         ("priority", priority)):
+        validate.text(field, value, max_chars=4096)
+    validate.text("label", label, max_chars=200)
+    validate.text("idempotency_key", idempotency_key, max_chars=200)
+    if idempotency_key is not None and not idempotency_key:
+        raise InvalidArgument("idempotency_key", "idempotency_key is empty; give 1-200 characters")
+    validate.number("max_wait_s", max_wait_s, minimum=0, maximum=MAX_QUEUE_WAIT_S, unit=" s")
+    validate.number("timeout_s", timeout_s, minimum=0, maximum=MAX_TIMEOUT_S, above=True, unit=" s")
+    validate.number("max_attempts", max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
+
+
+def _check_argv_fits(ref: AgentRef, argv: list[argvlib.Element], client: dict[str, str],
+                     agent_env: dict[str, str]) -> None:
+    """Refuse, at dispatch, a prompt the kernel would refuse to pass (E2BIG) when the run starts."""
+    needed = argvlib.refs(argv)
+    if not needed:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise InvalidArgument(field, f"{field} must be a number >= {minimum:g}")
+    rendered = argvlib.render(argv, client.__getitem__)
+    problem = argvlib.argv_problem(rendered, {**os.environ, **agent_env}, arg_max=_arg_max())
+    if problem:
+        raise TaskTooLarge(f"this task cannot be passed to agent {str(ref)!r}: {problem}, because its "
+                           "command in agents.yaml puts the "
+                           f"{' and '.join('{' + n + '}' for n in sorted(needed))} on the command "
+                           "line. Shorten the task, or let the agent read the prompt from stdin "
+                           "(stdin: prompt) or from a file ({prompt_file}); nothing was queued")
+
+
+def _arg_max() -> int:
+    try:
+        return int(os.sysconf("SC_ARG_MAX"))
+    except (ValueError, OSError):
+        return 2 * 1024 * 1024
 
 
 def _tail_lines(path: Path, n: int) -> str:
@@ -668,8 +798,8 @@ def workspace_view(row: WorkspaceRow, *, pid: int | None, log_tail: str) -> dict
         "workspace": row.id, "state": row.state, "agent": row.agent, "pid": pid, "runs": row.runs,
         "priority": Priority(row.priority).label, "label": row.label, "created_at": iso(row.created_at),
         "started_at": iso(row.started_at), "ended_at": iso(row.ended_at), "exit_code": row.exit_code,
-        "reason": row.reason, "summary": row.summary, "log_tail": log_tail, "path": row.path,
-        "branch": row.branch, "parent": row.parent,
+        "reason": row.reason, "ended_reason": row.ended_reason, "summary": row.summary,
+        "log_tail": log_tail, "path": row.path, "branch": row.branch, "parent": row.parent,
     }
 
 

@@ -8,23 +8,31 @@ written to an exit file first, so recovery can record it if the shim dies right 
 Imports stay light (stdlib + our stdlib-only modules): this runs once per agent.
 """
 
+import contextlib
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from . import argv as argvlib
 from . import supervisor
+from .errors import StoreError
 from .model import Outcome
 from .outputs import parse_output, read_tail
 from .policy import RateConfig
 from .store.base import RunExit
-from .workspaces import atomic_write, run_log_paths, write_status
+from .workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
+
+RECORD_RETRY_S = 600.0       # how long a shim keeps trying to record an exit in an unwritable store
+DISK_FULL_BYTES = 64 * 1024  # less than this left: the disk is full
 
 
 def rate_from(spec: dict[str, Any] | None) -> RateConfig | None:
@@ -45,7 +53,8 @@ def exit_file(path: Path, run_id: int) -> Path:
 def result_from_exit_file(data: dict[str, Any]) -> RunExit:
     return RunExit(outcome=Outcome(data["outcome"]), exit_code=data.get("exit_code"),
                    summary=data.get("summary"), session_id=data.get("session_id"),
-                   detail=data.get("detail"), retry_at=data.get("retry_at"))
+                   detail=data.get("detail"), retry_at=data.get("retry_at"),
+                   ended_reason=data.get("ended_reason"))
 
 
 class Shim:
@@ -57,6 +66,7 @@ class Shim:
         self.path = Path(spec["path"])
         self.store = open_store(spec["store"])
         self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_start = 0
         self.terminated = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -73,39 +83,65 @@ class Shim:
             signal.signal(sig, self._on_signal)
         supervisor.crash_point("shim-after-start")
         out_path, err_path = run_log_paths(self.path, int(self.spec["attempt"]))
-        env = dict(os.environ)
-        env.update(self.spec.get("env") or {})
         try:
-            with open(out_path, "ab") as out, open(err_path, "ab") as err:
-                self.agent = subprocess.Popen(self.spec["argv"], cwd=self.spec["cwd"], env=env,
-                                              stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                              start_new_session=True)
+            self._start_agent(out_path, err_path)
         except OSError as exc:
-            return self._finish(RunExit(outcome=Outcome.FAILED, exit_code=127,
-                                        detail=f"cannot start {self.spec['argv'][0]!r}: {exc.strerror}"))
+            return self._finish(start_failure(exc, self.spec))
+        assert self.agent is not None
         supervisor.crash_point("shim-after-spawn")
-        kill_requested = self.store.record_agent(
-            self.run_id, agent_pid=self.agent.pid, agent_start=supervisor.proc_start(self.agent.pid) or 0,
-            now=time.time())
+        self.agent_start = supervisor.proc_start(self.agent.pid) or 0
+        kill_requested = self.store.record_agent(self.run_id, agent_pid=self.agent.pid,
+                                                 agent_start=self.agent_start, now=time.time())
         if self.terminated or kill_requested:  # a signal or a kill raced the spawn
             self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
         timed_out = self._wait()
         code = self.agent.returncode
-        # leave nothing behind: children the agent left in its group go too
-        supervisor.terminate_group(self.agent.pid, grace_s=1.0)
+        self._leave_nothing_behind()
         exit_code = code if code >= 0 else 128 - code
-        now = datetime.now(UTC)
         parsed = parse_output(self.spec.get("output", "text"), read_tail(out_path), read_tail(err_path),
-                              exit_code=exit_code, patterns=self.spec.get("patterns") or (), now=now)
-        outcome, detail = parsed.outcome, parsed.detail
+                              exit_code=exit_code, patterns=self.spec.get("patterns") or (),
+                              now=datetime.now(UTC))
+        result = RunExit(outcome=parsed.outcome, exit_code=exit_code, summary=parsed.summary,
+                         session_id=parsed.session_id, detail=parsed.detail, retry_at=parsed.retry_at)
         if timed_out:
-            outcome, detail = Outcome.TIMED_OUT, f"timed out after {self.spec['timeout_s']:g}s"
+            result = replace(result, outcome=Outcome.TIMED_OUT,
+                             detail=f"timed out after {self.spec['timeout_s']:g}s")
         elif self.terminated:
-            outcome, detail = Outcome.KILLED, "killed by a signal to the shim"
-        return self._finish(RunExit(outcome=outcome, exit_code=exit_code, summary=parsed.summary,
-                                    session_id=parsed.session_id, detail=detail,
-                                    retry_at=parsed.retry_at))
+            result = replace(result, outcome=Outcome.KILLED, detail="killed by a signal to the shim")
+        elif result.outcome is Outcome.FAILED and disk_full(self.path):
+            # the agent's writes (and its log) failed: say so, rather than "exit code 1"
+            result = replace(result, ended_reason="no_space",
+                             detail=f"no space left on the disk of {self.path} ({result.detail})")
+        return self._finish(result)
+
+    def _start_agent(self, out_path: Path, err_path: Path) -> None:
+        """Start the agent: its own session and group, output to files, the prompt on stdin or
+        as data in its argv (rendered here, once, from prompt.md)."""
+        cwd = self.spec["cwd"]
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(errno.ENOENT, "the working directory no longer exists", cwd)
+        argv = argvlib.render(self.spec["argv"], self._client_text(argvlib.refs(self.spec["argv"])))
+        env = dict(os.environ)
+        env.update(self.spec.get("env") or {})
+        prompt_path = self.path / PROMPT_FILE
+        with contextlib.ExitStack() as files:
+            stdin: Any = subprocess.DEVNULL
+            if self.spec.get("stdin") == "prompt":
+                stdin = files.enter_context(open(prompt_path, "rb"))
+            out = files.enter_context(open(out_path, "ab"))
+            err = files.enter_context(open(err_path, "ab"))
+            self.agent = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
+                                          start_new_session=True)
+
+    def _client_text(self, needed: set[str]) -> Any:
+        values: dict[str, str] = {}
+        if "prompt" in needed:
+            values["prompt"] = (self.path / PROMPT_FILE).read_text(encoding="utf-8").removesuffix("\n")
+        if "task" in needed:
+            row = self.store.get_workspace(str(self.spec["workspace"]))
+            values["task"] = row.task if row is not None else ""
+        return values.__getitem__
 
     def _wait(self) -> bool:
         assert self.agent is not None
@@ -121,37 +157,91 @@ class Shim:
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue
 
+    def _leave_nothing_behind(self) -> None:
+        """Children the agent left in its group go, and so do descendants that left the group or
+        the session (found by the run's environment marker)."""
+        assert self.agent is not None
+        supervisor.terminate_group(self.agent.pid, grace_s=1.0)
+        marker = {k: v for k, v in (self.spec.get("env") or {}).items()
+                  if k in ("DISPATCH_RUNNER_WORKSPACE", "DISPATCH_RUNNER_RUN")}
+        if len(marker) == 2:
+            supervisor.terminate_marked(marker, grace_s=1.0, started_since=self.agent_start)
+
     def _finish(self, result: RunExit) -> int:
+        """Record the end. The store is what counts; the exit file (written first, so recovery can
+        record the end if this process dies right here), status.json and our own log are best
+        effort: on a full disk they fail, and the run must still end with its reason."""
         ended_at = time.time()
         record = {"run_id": self.run_id, "outcome": result.outcome.value, "exit_code": result.exit_code,
                   "summary": result.summary, "session_id": result.session_id, "detail": result.detail,
-                  "retry_at": result.retry_at, "ended_at": ended_at}
+                  "retry_at": result.retry_at, "ended_reason": result.ended_reason, "ended_at": ended_at}
         try:
             atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
-        except OSError as exc:  # the fallback failed; the store record below is what counts
-            print(f"shim: cannot write the exit file: {exc}", file=sys.stderr)
+        except OSError as exc:
+            say(f"cannot write the exit file: {exc}")
         supervisor.crash_point("shim-before-record")
-        row = self.store.record_exit(self.run_id, result, now=ended_at,
-                                     rate=rate_from(self.spec.get("rate")))
+        row = self._record(result, ended_at)
         if row is not None:
             write_status(row, now=time.time())
-        self._ensure_drainer()
+        try:
+            self._ensure_drainer()
+        except (OSError, StoreError) as exc:
+            say(f"cannot start a drainer: {exc}")
         self.store.close()
         return 0
 
+    def _record(self, result: RunExit, ended_at: float) -> Any:
+        """record_exit, retried while the store cannot be written (a full disk under it): while
+        this process lives the run is not taken for lost, and the end is recorded once space
+        frees."""
+        rate = rate_from(self.spec.get("rate"))
+        deadline = time.monotonic() + RECORD_RETRY_S
+        delay = 0.5
+        while True:
+            try:
+                return self.store.record_exit(self.run_id, result, now=ended_at, rate=rate)
+            except StoreError as exc:
+                if time.monotonic() > deadline:
+                    say(f"giving up recording the exit: {exc}")
+                    raise
+                say(f"cannot record the exit yet, retrying: {exc}")
+                time.sleep(delay)  # waiting for the store to become writable again: nothing to wait on
+                delay = min(delay * 2, 10.0)
+
     def _ensure_drainer(self) -> None:
         """A slot freed: if work is queued and no live peer drains, start the on-demand drainer."""
-        try:
-            if not self.store.has_work():
-                return
-            now = time.time()
-            for peer in self.store.peers():
-                if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(peer["pid"], peer["start"],
-                                                                          peer["boot_id"]):
-                    return
-        except Exception:
+        if not self.store.has_work():
             return
+        now = time.time()
+        for peer in self.store.peers():
+            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(peer["pid"], peer["start"],
+                                                                      peer["boot_id"]):
+                return
         spawn_drainer(self.spec.get("drainer") or {})
+
+
+def start_failure(exc: OSError, spec: dict[str, Any]) -> RunExit:
+    """The agent could not be started (its executable or working directory gone, a full disk)."""
+    where = exc.filename or (spec.get("argv") or ["?"])[0]
+    reason = "no_space" if exc.errno == errno.ENOSPC else "spawn_failed"
+    return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason=reason,
+                   detail=f"the agent could not start: {exc.strerror or exc} ({where})")
+
+
+def disk_full(path: Path) -> bool:
+    """Less than DISK_FULL_BYTES left (for us) on the file system holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < DISK_FULL_BYTES
+
+
+def say(message: str) -> None:
+    """A line in the shim's log; best effort (the log may sit on a full disk)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"shim: {message}", file=sys.stderr, flush=True)
 
 
 def spawn_drainer(drainer: dict[str, Any]) -> None:

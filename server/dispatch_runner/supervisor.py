@@ -44,6 +44,12 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[19])
 
 
+def run_marker(workspace: str, run_id: int) -> dict[str, str]:
+    """The environment every process of a run carries: how its descendants are found, even
+    those that left its process group or session."""
+    return {"DISPATCH_RUNNER_WORKSPACE": workspace, "DISPATCH_RUNNER_RUN": str(run_id)}
+
+
 def _pids() -> list[int]:
     with os.scandir("/proc") as entries:
         return [int(e.name) for e in entries if e.name.isdigit()]
@@ -87,19 +93,54 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def find_by_env(pairs: Mapping[str, str]) -> list[int]:
+def find_by_env(pairs: Mapping[str, str], *, started_since: int = 0) -> list[int]:
     """Live processes whose environment holds every key=value of `pairs` (agents carry
-    DISPATCH_RUNNER_WORKSPACE and DISPATCH_RUNNER_RUN)."""
+    run_marker()), started at or after `started_since` (clock ticks) — a run's descendants
+    cannot be older than its agent, which spares reading every other process's environment."""
     needles = {f"{k}={v}".encode() for k, v in pairs.items()}
+    me = os.getpid()
     found = []
     for pid in _pids():
+        st = _stat(pid)
+        if pid == me or st is None or st[0] in ("Z", "X", "x") or st[2] < started_since:
+            continue
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if needles <= set(environ.split(b"\0")) and is_alive(pid, None):
+        if needles <= set(environ.split(b"\0")):
             found.append(pid)
     return found
+
+
+def terminate_marked(pairs: Mapping[str, str], *, grace_s: float, started_since: int = 0,
+                     rounds: int = 3) -> int:
+    """SIGTERM every process carrying the run's marker — descendants that left the agent's
+    process group or session included — and SIGKILL what is left after grace_s; again for what
+    they started meanwhile. Returns how many were found."""
+    total = 0
+    for _ in range(rounds):
+        found = {pid: proc_start(pid) for pid in find_by_env(pairs, started_since=started_since)}
+        if not found:
+            break
+        total += len(found)
+        _term_then_kill(found, grace_s)
+    return total
+
+
+def _term_then_kill(found: Mapping[int, int | None], grace_s: float, poll_s: float = 0.02) -> None:
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not any(is_alive(pid, start) for pid, start in found.items()):
+            return
+        time.sleep(poll_s)  # processes we do not own: no event to wait on
+    for pid, start in found.items():
+        if is_alive(pid, start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def terminate_group(pgid: int, *, grace_s: float, poll_s: float = 0.02) -> bool:

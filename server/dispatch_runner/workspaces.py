@@ -2,12 +2,17 @@
 (atomically rewritten on every transition), result, logs, and git worktrees for `repo`.
 """
 
+import contextlib
+import fcntl
 import itertools
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,11 @@ from .errors import PathNotAllowed
 from .model import Priority
 
 _TMP_SEQ = itertools.count()
+PROMPT_FILE = "prompt.md"
+STATUS_FILE = "status.json"
+
+
+ID_RE = re.compile(r"^ws-\d{4}-\d{6}-[0-9a-f]{6}$")
 
 
 def new_id(now: float | None = None) -> str:
@@ -34,17 +44,9 @@ def atomic_write(path: Path, data: str | bytes) -> None:
             f.write(raw)
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def resolve_inside(text: str, field: str, roots: Iterable[Path]) -> Path:
@@ -74,20 +76,60 @@ def resolve_inside(text: str, field: str, roots: Iterable[Path]) -> Path:
 
 
 def check_git_repo(repo: Path) -> None:
-    probe = subprocess.run(["git", "-C", str(repo), "rev-parse", "--is-inside-work-tree"],
-                           capture_output=True, text=True, check=False)
+    probe = _git(repo, "rev-parse", "--is-inside-work-tree")
     if probe.returncode != 0 or probe.stdout.strip() != "true":
         raise PathNotAllowed("repo", f"repo {str(repo)!r} is not a git repository; use cwd for a "
                              "plain directory or run 'git init' there")
 
 
-def add_worktree(repo: Path, dest: Path, branch: str) -> None:
-    out = subprocess.run(["git", "-C", str(repo), "worktree", "add", "-b", branch, str(dest)],
-                         capture_output=True, text=True, check=False)
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+
+
+def add_worktree(repo: Path, dest: Path, branch: str) -> str:
+    """A fresh worktree on a new branch; returns the commit it starts from (its base)."""
+    out = _git(repo, "worktree", "add", "-b", branch, str(dest))
     if out.returncode != 0:
         raise PathNotAllowed("repo", f"git worktree add failed in {str(repo)!r}: "
                              f"{out.stderr.strip() or out.stdout.strip()}; does the repo have a "
                              "commit? (a worktree needs one)")
+    return _git(dest, "rev-parse", "HEAD").stdout.strip()
+
+
+def remove_worktree(repo: Path, dest: Path, branch: str, *, base: str | None,
+                    dry_run: bool = False) -> str | None:
+    """Remove the worktree at `dest` (uncommitted changes included) and its branch, unless the
+    branch has commits beyond `base` (its base commit; None: a branch made a moment ago, always
+    removed). Returns why the branch is kept, or None."""
+    if _git(repo, "rev-parse", "--git-dir").returncode != 0:
+        return None  # the repository itself is gone: only the directory is left to remove
+    if not dry_run:
+        _git(repo, "worktree", "remove", "--force", str(dest))
+        _git(repo, "worktree", "prune")
+    if _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode != 0:
+        return None
+    kept = _branch_has_work(repo, branch, base) if base is not None else None
+    if kept is None and not dry_run:
+        _git(repo, "branch", "-D", branch)
+    return kept
+
+
+def _branch_has_work(repo: Path, branch: str, base: str) -> str | None:
+    if not base:
+        return f"branch {branch} kept: its base commit was not recorded"
+    ahead = _git(repo, "rev-list", "--count", f"{base}..refs/heads/{branch}")
+    count = ahead.stdout.strip()
+    if ahead.returncode != 0 or not count.isdigit():
+        return f"branch {branch} kept: cannot compare it with its base {base[:12]}"
+    return f"branch {branch} kept: {count} commit(s) beyond its base" if int(count) else None
+
+
+def worktree_dirty(dest: Path) -> bool:
+    """Uncommitted changes (or untracked files) in a worktree."""
+    if not dest.is_dir():
+        return False
+    out = _git(dest, "status", "--porcelain")
+    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 def status_document(row: Any, *, now: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -99,29 +141,43 @@ def status_document(row: Any, *, now: float, extra: Mapping[str, Any] | None = N
         "runs": row.runs, "attempts": row.attempts, "max_attempts": row.max_attempts,
         "created_at": iso(row.created_at), "started_at": iso(row.started_at),
         "ended_at": iso(row.ended_at), "exit_code": row.exit_code, "reason": row.reason,
-        "summary": row.summary, "session_id": row.session_id, "path": row.path,
-        "cwd": row.run_dir, "branch": row.branch, "updated_at": iso(now),
+        "ended_reason": row.ended_reason, "summary": row.summary, "session_id": row.session_id,
+        "path": row.path, "cwd": row.run_dir, "branch": row.branch, "updated_at": iso(now),
     }
     if extra:
         doc.update(extra)
     return doc
 
 
-def write_status(row: Any, *, now: float) -> None:
-    """status.json for people and agents that read it; the store stays the truth."""
+def write_status(row: Any, *, now: float) -> bool:
+    """status.json for people and agents that read it; the store stays the truth.
+
+    Never goes backwards: peers and shims write concurrently, so the compare (the file's revision
+    against the row's) and the replace happen under a lock on the workspace directory. Best
+    effort: a full or read-only disk is logged, never raised. True if the file was written."""
     path = Path(row.path)
-    if not path.is_dir():
-        return
-    target = path / "status.json"
-    try:  # peers write concurrently: never replace a newer transition with an older one
-        if json.loads(target.read_bytes()).get("version", 0) > row.updated_at:
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
-    doc = status_document(row, now=now, extra={"version": row.updated_at})
-    atomic_write(target, json.dumps(doc, indent=2) + "\n")
-    if row.summary and row.state in ("completed", "failed", "killed", "lost"):
-        atomic_write(path / "result.md", row.summary.rstrip() + "\n")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False  # the workspace is gone (pruned, or never made)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        target = path / STATUS_FILE
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            if json.loads(target.read_bytes()).get("rev", 0) >= row.rev:
+                return False
+        doc = status_document(row, now=now, extra={"rev": row.rev})
+        atomic_write(target, json.dumps(doc, indent=2) + "\n")
+        if row.summary and row.state in ("completed", "failed", "killed", "lost"):
+            atomic_write(path / "result.md", row.summary.rstrip() + "\n")
+        return True
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError):  # our own log may be on that disk too
+            sys.stderr.write(f"dispatch-runner: cannot write {path / STATUS_FILE}: "
+                             f"{exc.strerror or exc}\n")
+        return False
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def run_log_paths(path: Path, attempt: int) -> tuple[Path, Path]:
@@ -134,3 +190,55 @@ def latest_logs(path: Path) -> tuple[Path | None, Path | None]:
         return None, None
     out = outs[-1]
     return out, out.with_name(out.name.replace(".out.", ".err."))
+
+
+# ---- garbage collection ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    removed: bool
+    note: str | None = None  # what was kept, and why
+
+
+def remove_workspace(row: Any, *, force: bool = False, dry_run: bool = False) -> Removal:
+    """Remove a finished workspace's directory, its git worktree and (when it holds no commits
+    beyond its base) its runner/<id> branch. A worktree with uncommitted changes is kept unless
+    `force`. Only a directory named after the workspace is ever removed: never a user's cwd.
+    With `dry_run`, only say what would happen."""
+    import shutil  # here, not at the top: every shim imports this module
+
+    path = Path(row.path)
+    if path.name != row.id or path.is_symlink():
+        return Removal(False, f"{path} is not a workspace directory; left alone")
+    note = None
+    if row.repo and row.branch:
+        worktree = Path(row.run_dir)
+        if not force and worktree_dirty(worktree):
+            return Removal(False, f"kept: uncommitted changes in {worktree}; commit them, or run "
+                           "'dispatch-runner gc --force' to discard them")
+        # "" (not None): a workspace from before base commits were recorded keeps its branch
+        note = remove_worktree(Path(row.repo), worktree, row.branch, base=row.base_commit or "",
+                               dry_run=dry_run)
+    if dry_run:
+        return Removal(True, note)
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        return Removal(False, f"cannot remove {path}; check its permissions")
+    return Removal(True, note)
+
+
+def remove_orphan(path: Path) -> None:
+    """A workspace directory the store does not know (a dispatch that died half-way): remove it,
+    and let its repository forget the worktree it held."""
+    import shutil
+
+    gitfile = path / "worktree" / ".git"
+    gitdir = None
+    with contextlib.suppress(OSError, ValueError):
+        text = gitfile.read_text().strip()
+        if text.startswith("gitdir:"):
+            gitdir = Path(text.removeprefix("gitdir:").strip())
+    shutil.rmtree(path, ignore_errors=True)
+    if gitdir is not None and gitdir.parent.name == "worktrees":
+        _git(gitdir.parent.parent, "worktree", "prune")

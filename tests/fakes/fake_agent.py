@@ -1,5 +1,7 @@
-"""Fake generic agent for tests: ``fake_agent.py PROMPT`` (several arguments are joined with
-spaces; no argument reads the prompt from stdin).
+"""Fake generic agent for tests: ``fake_agent.py [--] PROMPT`` (several arguments are joined with
+spaces; no argument reads the prompt from stdin). It takes no options: like a real CLI, any
+argument before ``--`` that starts with ``-`` is an option, and an unknown one is a usage error
+(exit 2), so a prompt that reaches it as an option shows.
 
 Prints three lines of plain text and exits 0:
 
@@ -19,14 +21,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _fakecommon import Directives, Output, main, read_stdin_prompt, replay
+from _fakecommon import Directives, Output, UsageError, main, read_stdin_prompt, replay, split_args
 
 PROG = "fake_agent"
 RATE_LIMIT_LINE = "API Error: Request rejected (429) · rate limit exceeded\n"
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict]:
-    prompt = " ".join(argv) if argv else read_stdin_prompt(PROG)
+    opts, positionals = split_args(argv, set())
+    if opts:
+        raise UsageError(f"unknown option {sorted(opts)[0]!r}")
+    prompt = " ".join(positionals) if positionals else read_stdin_prompt(PROG)
     return prompt, {"prompt": prompt}
 
 

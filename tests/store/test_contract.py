@@ -631,8 +631,11 @@ def test_events_after_reads_from_a_cursor(store: Store) -> None:
     assert [e.id for e in store.events_after(ids[0])] == ids[1:]
     assert store.events_after(ids[-1]) == []
     assert [e.id for e in store.events_after(0, limit=2)] == ids[:2]
-    must_claim(store, T0 + 5)
-    assert [(e.type, e.workspace) for e in store.events_after(ids[-1])] == [("AgentStarted", "w0")]
+    run = must_claim(store, T0 + 5).run_id
+    assert store.events_after(ids[-1]) == []  # a reservation is not a start
+    start(store, run, T0 + 6)
+    assert [(e.type, e.workspace, e.at) for e in store.events_after(ids[-1])] == [
+        ("AgentStarted", "w0", T0 + 6)]
 
 
 def test_a_completed_run_emits_started_then_completed(store: Store) -> None:
@@ -674,8 +677,9 @@ def test_peers_heartbeat_list_newest_first_and_remove(store: Store) -> None:
     assert [(p["id"], p["pid"], p["start"], p["boot_id"], p["kind"], p["heartbeat_at"])
             for p in peers] == [("p1", 10, 20, "boot", "stdio", T0 + 2),
                                 ("p2", 11, 21, "boot", "http", T0 + 1)]
-    store.remove_peer("p1")
-    store.remove_peer("p1")
+    assert store.remove_peers(["p1"]) == 1
+    assert store.remove_peers(["p1", "nobody"]) == 0
+    assert store.remove_peers([]) == 0
     assert [p["id"] for p in store.peers()] == ["p2"]
 
 
@@ -702,21 +706,24 @@ def test_driver_errors_stop_at_the_store_as_store_error(backend: Backend,
 # ---- housekeeping and durability --------------------------------------------------------------
 
 
-def test_prune_deletes_only_finished_workspaces_older_than_the_cutoff(store: Store) -> None:
+def test_gc_finds_and_forgets_only_finished_workspaces_older_than_the_cutoff(store: Store) -> None:
     for wid in ("old-done", "new-done", "running", "queued", "cancelled"):
         enqueue(store, wid, now=T0)
     run_old, run_new, _ = (must_claim(store, T0).run_id for _ in range(3))
     finish(store, run_old, T0 + 10)
     finish(store, run_new, T0 + 100)
     store.plan_kill(workspaces=["cancelled"], now=T0 + 5)
-    assert store.prune(before=T0 + 50) == 2
+    assert [r.id for r in store.finished_before(T0 + 50)] == ["cancelled", "old-done"]
+    assert [r.id for r in store.finished_before(T0 + 50, limit=1)] == ["cancelled"]
+    # forget() never deletes a live workspace, even when asked to
+    assert store.forget(["old-done", "cancelled", "running", "queued"], events_before=T0 + 50) == 2
     assert store.get_workspace("old-done") is None
     assert store.get_workspace("cancelled") is None
     assert store.get_run(run_old) is None
     assert ws(store, "new-done").state == "completed"
     assert store.get_run(run_new) is not None
     assert (ws(store, "running").state, ws(store, "queued").state) == ("running", "queued")
-    assert store.prune(before=T0 + 50) == 0
+    assert store.finished_before(T0 + 50) == []
 
 
 def test_pool_state_survives_reopening_the_store(backend: Backend, store: Store) -> None:
@@ -726,6 +733,7 @@ def test_pool_state_survives_reopening_the_store(backend: Backend, store: Store)
     enqueue(store, "b", now=T0)
     must_claim(store, T0, limits)
     run = must_claim(store, T0 + 1, limits).run_id
+    start(store, run, T0 + 1)
     finish(store, run, T0 + 2, Outcome.RATE_LIMITED, rate=rate)
     before = store.pool_state("claude")
     assert before == PoolState(backoff_until=NEXT_RESET, fail_count=1, last_spawn=T0 + 1,

@@ -37,7 +37,8 @@ class NewWorkspace:
     timeout_s: float | None
     origin: str | None
     parent: str | None
-    spec: Mapping[str, Any]  # how to start the agent: argv, env, output kind, patterns
+    spec: Mapping[str, Any]  # how to start the agent: compiled argv, stdin, env, output, patterns
+    base_commit: str | None = None  # HEAD of `repo` when its worktree was made
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,8 +60,11 @@ class WorkspaceRow:
     repo: str | None
     branch: str | None
     idempotency_key: str | None
+    base_commit: str | None
     runs: int
     attempts: int
+    ended_reason: str | None
+    rev: int  # +1 on every change: status.json never takes an older one
     max_attempts: int
     timeout_s: float | None
     not_before: float
@@ -126,6 +130,7 @@ class RunExit:
     session_id: str | None = None
     detail: str | None = None
     retry_at: float | None = None  # provider-named retry time for a rate limit
+    ended_reason: str | None = None  # more precise than the outcome: spawn_failed, no_space
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,7 @@ class Store(Protocol):
     # peers and housekeeping
     def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str,
                        now: float) -> None: ...
-    def remove_peer(self, peer: str) -> None: ...
     def peers(self) -> list[dict[str, Any]]: ...
-    def prune(self, *, before: float) -> int: ...
+    def remove_peers(self, peers: Sequence[str]) -> int: ...
+    def finished_before(self, before: float, *, limit: int = 500) -> list[WorkspaceRow]: ...
+    def forget(self, workspaces: Sequence[str], *, events_before: float) -> int: ...

@@ -5,6 +5,7 @@ never both take the last slot. One connection per Store, guarded by a lock (the 
 calls it from worker threads). Imports stay stdlib-only: the per-run shim uses this module.
 """
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -59,19 +60,30 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._watch_lock = threading.Lock()
         self._watch: sqlite3.Connection | None = None
+        self._busy_timeout_s = busy_timeout_s
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
+            self._db = self._connect()
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}; check the directory "
                              "exists and is writable, or set DISPATCH_RUNNER_STORE") from exc
+        if str(mode).lower() != "wal":
+            # without WAL a reader blocks a writer's COMMIT and peers stall each other
+            self._db.close()
+            raise StoreError(f"the store at {self.path} cannot use SQLite's WAL journal (it stays "
+                             f"in {mode!r} mode; WAL needs a local file system with shared memory "
+                             "and write access): put it on a local disk or set DISPATCH_RUNNER_STORE")
         self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                             check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -91,15 +103,32 @@ class SQLiteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; retried by `_write` when the database is locked."""
+        """One IMMEDIATE transaction; retried by `_write` when the database is locked.
+
+        Whatever fails — the body or the COMMIT itself (I/O error, disk full, a busy database) —
+        the connection leaves the transaction: a failed COMMIT can leave SQLite's transaction open
+        with the write lock held, which would stall every other peer."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                # the rollback failed too (the file is gone or unwritable): close the connection,
+                # which releases the lock, and reconnect for the next call
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._db = self._connect()
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         delay = 0.005
@@ -201,15 +230,15 @@ class SQLiteStore:
             if max_wait_s is not None and max_wait_s >= 0 and eta > max_wait_s:
                 raise QueueBusy(ws.pool, eta, max_wait_s, position)
             db.execute(
-                """INSERT INTO workspaces (id, pool, model, lane, agent, task, prompt, template,
-                   priority, label, state, path, run_dir, cwd, repo, branch, idempotency_key,
-                   max_attempts, timeout_s, not_before, created_at, updated_at, origin, parent,
-                   spec)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,0,?,?,?,?,?)""",
+                """INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
+                   priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
+                   idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
+                   origin, parent, spec, rev)
+                   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1)""",
                 (ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task,
-                 ws.prompt, ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd,
-                 ws.repo, ws.branch, ws.idempotency_key, ws.max_attempts, ws.timeout_s, now, now,
-                 ws.origin, ws.parent, json.dumps(ws.spec)),
+                 ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd, ws.repo,
+                 ws.branch, ws.base_commit, ws.idempotency_key, ws.max_attempts, ws.timeout_s, now,
+                 now, ws.origin, ws.parent, json.dumps(ws.spec)),
             )
             self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent,
                         priority=ws.priority)
@@ -333,20 +362,24 @@ class SQLiteStore:
 
     def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits,
               peer: str) -> Claim:
-        """Reserve the workspace's next run (counts as running until the shim starts it)."""
+        """Reserve the workspace's next run (counts as running until the shim starts it, and only
+        then is it AgentStarted). The run remembers the pacing mark and daily slot it took, to
+        give them back if it never starts."""
         check_transition(WorkspaceState(ws.state), WorkspaceState.RUNNING)
+        before = self._pool_state(db, ws.pool)
+        after = policy.after_spawn(limits.rates.get(ws.pool), before, _dt(now))
         cur = db.execute(
-            "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at) "
-            "VALUES (?,?,?,'reserved',?,?)", (ws.id, ws.pool, ws.runs + 1, peer, now))
+            "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark, "
+            "prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?)",
+            (ws.id, ws.pool, ws.runs + 1, peer, now, after.last_spawn, before.last_spawn,
+             after.daily_day))
         run_id = int(cur.lastrowid or 0)
         db.execute(
             """UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
-               started_at = ?, ended_at = NULL, exit_code = NULL, updated_at = ? WHERE id = ?""",
+               started_at = ?, ended_at = NULL, exit_code = NULL, updated_at = ?, rev = rev + 1
+               WHERE id = ?""",
             (run_id, now, now, ws.id))
-        self._save_pool_state(db, ws.pool, policy.after_spawn(limits.rates.get(ws.pool),
-                                                              self._pool_state(db, ws.pool), _dt(now)))
-        self._event(db, "AgentStarted", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
-                    attempt=ws.runs + 1)
+        self._save_pool_state(db, ws.pool, after)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
         return Claim(claimed, run_id)
 
@@ -384,7 +417,13 @@ class SQLiteStore:
                 """UPDATE runs SET phase = 'running', shim_pid = ?, shim_start = ?, boot_id = ?,
                    started_at = ? WHERE id = ? AND phase = 'reserved' AND kill_requested = 0""",
                 (shim_pid, shim_start, boot_id, now, run_id))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            run = db.execute("SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w "
+                             "ON w.id = r.workspace WHERE r.id = ?", (run_id,)).fetchone()
+            self._event(db, "AgentStarted", now, run["id"], run["origin"], agent=run["agent"],
+                        run=run_id, attempt=run["attempt"])
+            return True
 
         return self._write(tx)
 
@@ -421,8 +460,11 @@ class SQLiteStore:
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
         ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (run["workspace"],)).fetchone())
-        outcome = Outcome.KILLED if run["kill_requested"] else result.outcome
+        killed = bool(run["kill_requested"])
+        outcome = Outcome.KILLED if killed else result.outcome
         detail = result.detail if outcome is result.outcome else "killed on request"
+        ended_reason = (result.ended_reason if outcome is result.outcome else None) \
+            or policy.ENDED_REASON[outcome]
         requeues = db.execute("SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?",
                               (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         decision = policy.decide_exit(outcome, attempts_before=ws.attempts,
@@ -437,15 +479,24 @@ class SQLiteStore:
         db.execute(
             """UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
                exit_code = ?, summary = coalesce(?, summary), session_id = coalesce(?, session_id),
-               ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END
+               ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END,
+               ended_reason = ?, rev = rev + 1
                WHERE id = ?""",
             (decision.state.value, decision.reason, attempts, now + decision.not_before_delay_s,
              result.exit_code, result.summary, result.session_id, now if finished else None, now,
-             finished, ws.id))
+             finished, ended_reason, ws.id))
+        if run["phase"] == "reserved":  # it never started: nothing reached the provider
+            self._give_back_spawn(db, run)
         self._after_exit_pool_state(db, ws, outcome, result, now, rate)
         common = {"agent": ws.agent, "exit_code": result.exit_code, "run": run_id,
                   "duration_s": round(now - (run["started_at"] or run["claimed_at"]), 3),
-                  "reason": decision.reason, "dead_letter": decision.dead_letter}
+                  "reason": decision.reason, "dead_letter": decision.dead_letter,
+                  "ended_reason": ended_reason}
+        self._exit_events(db, ws, outcome, decision, now, common)
+        return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
+
+    def _exit_events(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
+                     decision: policy.ExitDecision, now: float, common: dict[str, Any]) -> None:
         if outcome is Outcome.LOST:
             self._event(db, "AgentLost", now, ws.id, ws.origin, state=decision.state.value, **common)
         if decision.state in _EVENT_FOR_STATE and outcome is not Outcome.LOST:
@@ -457,7 +508,12 @@ class SQLiteStore:
         if decision.dead_letter:
             self._event(db, "TaskDeadLettered", now, ws.id, ws.origin, state=decision.state.value,
                         **common)
-        return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
+
+    def _give_back_spawn(self, db: sqlite3.Connection, run: sqlite3.Row) -> None:
+        """A claim that never started returns its pacing mark and daily slot."""
+        state = self._pool_state(db, run["pool"])
+        self._save_pool_state(db, run["pool"], policy.undo_spawn(
+            state, marked=run["spawn_mark"], previous=run["prev_last_spawn"], day=run["counted_day"]))
 
     def _after_exit_pool_state(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
                                result: RunExit, now: float, rate: RateConfig | None) -> None:
@@ -485,10 +541,12 @@ class SQLiteStore:
                              "AND phase = 'reserved'", (now, run_id))
             if cur.rowcount != 1:
                 return None
-            ws_id = db.execute("SELECT workspace FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            ws_id = run["workspace"]
             db.execute("""UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
-                          started_at = NULL, updated_at = ? WHERE id = ? AND state = 'running'""",
-                       (now, ws_id))
+                          started_at = NULL, updated_at = ?, rev = rev + 1
+                          WHERE id = ? AND state = 'running'""", (now, ws_id))
+            self._give_back_spawn(db, run)
             ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws_id,)).fetchone())
             self._event(db, "AgentRetrying", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
                         state="queued", outcome="reservation_returned",
@@ -538,7 +596,8 @@ class SQLiteStore:
                 if ws.state == WorkspaceState.QUEUED:
                     check_transition(WorkspaceState.QUEUED, WorkspaceState.CANCELLED)
                     db.execute("UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on "
-                               "request', ended_at = ?, updated_at = ? WHERE id = ?", (now, now, ws.id))
+                               "request', ended_reason = 'cancelled', ended_at = ?, updated_at = ?, "
+                               "rev = rev + 1 WHERE id = ?", (now, now, ws.id))
                     self._event(db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent,
                                 state="cancelled")
                     cancelled.append(_ws(db.execute("SELECT * FROM workspaces WHERE id = ?",
@@ -572,25 +631,35 @@ class SQLiteStore:
                ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at""",
             (peer, pid, start, boot_id, kind, now)))
 
-    def remove_peer(self, peer: str) -> None:
-        self._write(lambda db: db.execute("DELETE FROM peers WHERE id = ?", (peer,)))
-
     def peers(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._read("SELECT * FROM peers ORDER BY heartbeat_at DESC")]
 
-    def prune(self, *, before: float) -> int:
-        """Delete finished workspaces (and their runs and events) that ended before `before`."""
+    def remove_peers(self, peers: Sequence[str]) -> int:
+        if not peers:
+            return 0
+        marks = ",".join("?" * len(peers))
+        return self._write(lambda db: db.execute(f"DELETE FROM peers WHERE id IN ({marks})",
+                                                 list(peers)).rowcount)
+
+    def finished_before(self, before: float, *, limit: int = 500) -> list[WorkspaceRow]:
+        """Finished workspaces that ended before `before`, oldest first (garbage collection)."""
+        return [_ws(r) for r in self._read(
+            "SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
+            "('queued', 'running') ORDER BY ended_at LIMIT ?", (before, limit))]
+
+    def forget(self, workspaces: Sequence[str], *, events_before: float) -> int:
+        """Delete these finished workspaces with their runs, and every event older than
+        `events_before`. Their files are removed by the caller first."""
         def tx(db: sqlite3.Connection) -> int:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state "
-                "NOT IN ('queued', 'running') LIMIT 5000", (before,))]
-            for chunk in range(0, len(ids), 500):
-                part = ids[chunk:chunk + 500]
+            gone = 0
+            for chunk in range(0, len(workspaces), 500):
+                part = list(workspaces[chunk:chunk + 500])
                 marks = ",".join("?" * len(part))
                 db.execute(f"DELETE FROM runs WHERE workspace IN ({marks})", part)
-                db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", part)
-            db.execute("DELETE FROM events WHERE at < ?", (before,))
-            return len(ids)
+                gone += db.execute(f"DELETE FROM workspaces WHERE id IN ({marks}) AND state NOT IN "
+                                   "('queued', 'running')", part).rowcount
+            db.execute("DELETE FROM events WHERE at < ?", (events_before,))
+            return gone
 
         return self._write(tx)
 
@@ -643,7 +712,8 @@ def _ws(row: sqlite3.Row) -> WorkspaceRow:
         task=row["task"], template=row["template"], priority=row["priority"], label=row["label"],
         state=row["state"], reason=row["reason"], path=row["path"], run_dir=row["run_dir"],
         cwd=row["cwd"], repo=row["repo"], branch=row["branch"],
-        idempotency_key=row["idempotency_key"], runs=row["runs"], attempts=row["attempts"],
+        idempotency_key=row["idempotency_key"], base_commit=row["base_commit"], runs=row["runs"],
+        attempts=row["attempts"], ended_reason=row["ended_reason"], rev=row["rev"],
         max_attempts=row["max_attempts"], timeout_s=row["timeout_s"], not_before=row["not_before"],
         created_at=row["created_at"], updated_at=row["updated_at"], started_at=row["started_at"],
         ended_at=row["ended_at"],

@@ -111,4 +111,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX workspaces_state;
     CREATE INDEX workspaces_state_cover ON workspaces (state, pool, model, created_at);
     """,
+    # 3: the task is stored once (the prompt lives in prompt.md, the spec refers to it);
+    #    ended_reason; a revision per workspace (status.json never goes back); base commit of a
+    #    worktree (gc keeps a branch with commits beyond it); the pool state a claim changed, so
+    #    a claim that never started gives its pacing mark and daily slot back
+    """
+    ALTER TABLE workspaces DROP COLUMN prompt;
+    ALTER TABLE workspaces ADD COLUMN ended_reason TEXT;
+    ALTER TABLE workspaces ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workspaces ADD COLUMN base_commit TEXT;
+    ALTER TABLE runs ADD COLUMN spawn_mark REAL;
+    ALTER TABLE runs ADD COLUMN prev_last_spawn REAL;
+    ALTER TABLE runs ADD COLUMN counted_day TEXT;
+    """,
 )
