@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -18,6 +19,8 @@ FIXTURES = TESTS / "fixtures" / "agent-transcripts"
 FAKE_CLAUDE = FAKES / "fake_claude.py"
 FAKE_CODEX = FAKES / "fake_codex.py"
 FAKE_AGENT = FAKES / "fake_agent.py"
+FAKE_GEMINI = FAKES / "fake_gemini.py"
+FAKE_OPENCODE = FAKES / "fake_opencode.py"
 CLAUDE_STREAM = ["-p", "--output-format", "stream-json", "--verbose"]
 
 
@@ -40,10 +43,12 @@ def fixture(name: str) -> tuple[bytes, bytes, int]:
     )
 
 
-def run(script: Path, *args: str, env=None, cwd=None) -> subprocess.CompletedProcess[bytes]:
+def run(script: Path, *args: str, env=None, cwd=None, input: bytes | None = None,
+        ) -> subprocess.CompletedProcess[bytes]:
+    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run(
         [sys.executable, str(script), *args],
-        capture_output=True, stdin=subprocess.DEVNULL, env=env, cwd=cwd, timeout=30,
+        capture_output=True, env=env, cwd=cwd, timeout=30, **stdin,
     )  # fmt: skip
 
 
@@ -227,7 +232,7 @@ def test_ignore_term_needs_sigkill(tmp_path: Path) -> None:
             proc.wait(timeout=0.5)
         proc.kill()
         assert proc.wait(timeout=10) == -signal.SIGKILL
-    assert [e["event"] for e in overlap.events(log)] == ["start", "sleep"]  # no end after SIGKILL
+    assert [e["event"] for e in overlap.events(log)] == ["start", "parsed", "sleep"]  # no end after SIGKILL
 
 
 def test_child_is_in_the_group_and_dies_with_it(tmp_path: Path) -> None:
@@ -274,10 +279,11 @@ def test_log_has_start_and_end(tmp_path: Path) -> None:
     result = run(FAKE_CODEX, "exec", "--json", "hi", env=log_env(log, DISPATCH_RUNNER_WORKSPACE="w"))
     assert result.returncode == 0
     events = overlap.events(log)
-    assert [e["event"] for e in events] == ["start", "end"]
-    assert events[0]["pid"] == events[1]["pid"]
-    assert events[0]["t"] <= events[1]["t"]
-    assert events[1]["code"] == 0
+    assert [e["event"] for e in events] == ["start", "parsed", "end"]
+    assert events[0]["pid"] == events[2]["pid"]
+    assert events[0]["t"] <= events[1]["t"] <= events[2]["t"]
+    assert events[1]["options"] == ["--json"] and events[1]["prompt"] == "hi"
+    assert events[2]["code"] == 0
     assert events[0]["ws"] == "w"
     assert overlap.starts(log) == [events[0]]
     assert overlap.max_overlap(log) == 1
@@ -320,3 +326,53 @@ def test_max_overlap_hand_written_log(tmp_path: Path) -> None:
         f.write(json.dumps({"event": "start", "pid": 7, "t": 30}) + "\n")
     assert overlap.max_overlap(log) == 3  # 4, 6, 7
     assert overlap.max_overlap(tmp_path / "missing.jsonl") == 0
+
+
+# ---- the fakes parse argv as the real CLIs do (hardening: client text is never an option) -----
+
+
+def parsed_event(log: Path) -> dict[str, Any]:
+    [event] = [e for e in overlap.events(log) if e["event"] == "parsed"]
+    return event
+
+
+def test_fake_gemini_reads_stdin_first_and_treats_dash_words_as_options_even_after_the_marker(
+        tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    piped = run(FAKE_GEMINI, "-m", "m1", input=b"from stdin\n", env=log_env(log))
+    assert piped.returncode == 0 and piped.stdout == b"Hello! The answer is 42.\n"
+    assert parsed_event(log)["prompt"] == "from stdin\n" and parsed_event(log)["options"] == ["-m"]
+    log.unlink()
+    # the real CLI parses positional query words again (gemini-cli#19156): `--` does not protect
+    run(FAKE_GEMINI, "--", "--yolo", input=b"task", env=log_env(log))
+    assert "--yolo" in parsed_event(log)["options"]
+    nothing = run(FAKE_GEMINI, input=b"")
+    assert nothing.returncode == 42 and b"No input provided via stdin" in nothing.stderr
+
+
+def test_fake_opencode_honours_the_marker_and_appends_stdin(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    result = run(FAKE_OPENCODE, "run", "-m", "p/m", "--", "--auto", input=b"more", env=log_env(log))
+    assert result.returncode == 0
+    assert parsed_event(log)["options"] == ["-m"] and parsed_event(log)["prompt"] == "--auto\nmore"
+    log.unlink()
+    run(FAKE_OPENCODE, "run", "--auto", "x", input=b"", env=log_env(log))
+    assert parsed_event(log)["options"] == ["--auto"]
+
+
+def test_fake_agent_refuses_an_option_it_does_not_know(tmp_path: Path) -> None:
+    result = run(FAKE_AGENT, "--yolo")
+    assert result.returncode == 2 and b"unknown option '--yolo'" in result.stderr
+    assert run(FAKE_AGENT, "--", "--yolo").returncode == 0
+
+
+def test_escape_spawns_a_child_outside_the_agents_process_group(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    with Spawned(tmp_path, FAKE_AGENT, "@escape @sleep=60", env=log_env(log)) as proc:
+        wait_for_event(proc, log, "sleep")
+        [escaped] = [e for e in overlap.events(log) if e["event"] == "escaped"]
+        pid = escaped["child_pid"]
+        try:
+            assert os.getpgid(pid) != os.getpgid(proc.pid) and os.getsid(pid) == pid
+        finally:
+            os.kill(pid, signal.SIGKILL)

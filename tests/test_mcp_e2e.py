@@ -185,6 +185,27 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("dispatch", {"task": "x", "priority": "urgent"},
      r"^priority must be one of 'critical', 'high', 'medium' or 'low' \(got \"urgent\"\)$"),
     ("dispatch", {"task": "x", "max_attempts": 0}, r"^max_attempts must be >= 1 \(got 0\)$"),
+    # hostile or careless input (hardening): refused at the door, as a sentence
+    ("dispatch", {"task": "x", "agent": "gemini:--yolo"},
+     r"^model variant '--yolo' of agent 'gemini' is not allowed: it must start with a letter or digit"),
+    ("dispatch", {"task": "x", "agent": "claude:--dangerously-skip-permissions"},
+     r"^model variant '--dangerously-skip-permissions' of agent 'claude' is not allowed"),
+    ("dispatch", {"task": "x", "max_attempts": "5"}, r"^max_attempts must be an integer \(got \"5\"\)$"),
+    ("dispatch", {"task": "x", "max_attempts": True}, r"^max_attempts must be an integer \(got true\)$"),
+    ("dispatch", {"task": "x", "max_attempts": 10**9}, r"^max_attempts must be <= 100 \(got 1000000000\)$"),
+    ("dispatch", {"task": "x", "timeout_s": 1e300}, r"^timeout_s must be <= 604800"),
+    ("dispatch", {"task": "x", "max_wait_s": "60"}, r"^max_wait_s must be a number \(got \"60\"\)$"),
+    ("dispatch", {"task": "a\x00b"}, r"^task contains a NUL character \(\\x00, at offset 1\)"),
+    ("dispatch", {"task": "x", "label": "l\x00"}, r"^label contains a NUL character"),
+    ("dispatch", {"task": "x", "idempotency_key": "\x00"}, r"^idempotency_key contains a NUL character"),
+    ("dispatch", {"task": "x", "cwd": "/tmp/\x00"}, r"^cwd contains a NUL character"),
+    ("dispatch", {"task": "x" * (1024 * 1024 + 1)},
+     r"^the task is 1\.0 MiB \(1,048,577 bytes\), more than the 1\.0 MiB dispatch\.max_task_bytes allows"),
+    ("dispatch", {"task": "x", "agent": "ghost"},
+     r"^agent 'ghost' cannot run on this machine: its executable 'no-such-agent-cli' is not on PATH; "
+     r".*'dispatch-runner doctor'"),
+    ("wait", {"workspaces": ["x"], "timeout_s": 1e9}, r"^timeout_s must be <= 3600"),
+    ("status", {"limit": "5"}, r"^limit must be an integer \(got \"5\"\)$"),
     ("dispatch", {"task": "x", "timeout_s": "soon"}, r"^timeout_s must be a number \(got \"soon\"\)$"),
     ("dispatch", {"task": "x", "agnet": "claude"},
      r"^dispatch has no argument 'agnet'; its arguments are: task, agent"),
@@ -201,12 +222,15 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
 
 
 async def test_every_bad_input_is_a_tool_error_with_an_actionable_sentence(home: Home) -> None:
-    home.write_config("concurrency:\n  claude: 1\n")
+    home.write_config("  ghost:\n    command: [no-such-agent-cli]\nconcurrency:\n  claude: 1\n")
     async with connect(home.path) as (client, _):
         for tool, arguments, expected in BAD_INPUTS:
             sentence = error(await client.call_tool(tool, arguments))
             assert re.search(expected, sentence), (tool, arguments, sentence)
             assert "Error executing tool" not in sentence and "pydantic" not in sentence
+            assert "unexpectedly" not in sentence, sentence
+        assert ok(await client.call_tool("status", {}))["counts"] == {}  # nothing was queued
+        assert not (home.path / "workspaces").exists() or not any((home.path / "workspaces").iterdir())
         # queue busy beyond max_wait_s: refused with the ETA, nothing queued
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))

@@ -21,12 +21,15 @@ from pydantic import Field, ValidationError
 
 from .errors import DispatchError
 from .mcp_push import Clients
+from .policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
 from .runner import Runner
 
 log = logging.getLogger("dispatch_runner.mcp")
 
 PriorityName = Literal["critical", "high", "medium", "low"]
 StateName = Literal["queued", "running", "completed", "failed", "killed", "lost", "cancelled"]
+# Numbers are numbers: "5" or true is refused, never converted; NaN and infinities too.
+STRICT: Final[dict[str, Any]] = {"strict": True, "allow_inf_nan": False}
 NAMES: Final = ("dispatch", "status", "kill", "poke", "stop", "start", "wait")
 
 DESCRIPTIONS: Final = {
@@ -68,6 +71,7 @@ _PHRASES: Final = {
     "string_type": "must be a string", "int_type": "must be an integer",
     "int_parsing": "must be an integer", "int_from_float": "must be a whole number",
     "float_type": "must be a number", "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_type": "must be true or false", "bool_parsing": "must be true or false",
     "list_type": "must be a list of workspace ids",
 }
@@ -124,11 +128,14 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
                                                      "(deduplicated: true) instead of a duplicate.")] = None,
         max_wait_s: Annotated[float | None, Field(description="Refuse, with the estimated wait, "
                                                   "rather than queue longer than this many "
-                                                  "seconds.", ge=0)] = None,
+                                                  "seconds (0 to 604800).", ge=0,
+                                                  le=MAX_QUEUE_WAIT_S, **STRICT)] = None,
         timeout_s: Annotated[float | None, Field(description="Kill the run after this many "
-                                                 "seconds.", gt=0)] = None,
-        max_attempts: Annotated[int | None, Field(description="Tries for a failing run (default "
-                                                  "from agents.yaml, usually 3).", ge=1)] = None,
+                                                 "seconds (up to 604800, 7 days).", gt=0,
+                                                 le=MAX_TIMEOUT_S, **STRICT)] = None,
+        max_attempts: Annotated[int | None, Field(description="Tries for a failing run, 1 to 100 "
+                                                  "(default from agents.yaml, usually 3).", ge=1,
+                                                  le=MAX_ATTEMPTS_LIMIT, **STRICT)] = None,
     ) -> types.CallToolResult:
         return await invoke(runner, "runner.dispatch", task=task, agent=agent, cwd=cwd, repo=repo,
                             template=template, priority=priority, label=label,
@@ -144,10 +151,10 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
         state: Annotated[StateName | None, Field(description="Overview: only workspaces in this "
                                                  "state.")] = None,
         limit: Annotated[int | None, Field(description="Overview: at most this many workspace rows "
-                                           "(default 20).", ge=1, le=1000)] = None,
+                                           "(default 20).", ge=1, le=1000, strict=True)] = None,
         subscribe: Annotated[bool | None, Field(description="true: this session receives every "
                                                 "workspace's completion event; false: only its "
-                                                "own dispatches'.")] = None,
+                                                "own dispatches'.", strict=True)] = None,
     ) -> types.CallToolResult:
         if subscribe is not None:
             clients.of(ctx.session).everything = subscribe
@@ -159,7 +166,7 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
         agent: Annotated[str | None, Field(description="Kill every workspace of this agent "
                                            "(base or base:model).")] = None,
         all: Annotated[bool, Field(description="Kill every running and cancel every queued "
-                                   "workspace.")] = False,
+                                   "workspace.", strict=True)] = False,
     ) -> types.CallToolResult:
         return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
 
@@ -177,7 +184,8 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
         workspaces: Annotated[list[str] | str, Field(description="Workspace ids to wait for (one "
                                                      "id or a list).")],
         timeout_s: Annotated[float, Field(description="Return after this many seconds even if not "
-                                          "done (default 50).", ge=0)] = 50.0,
+                                          "done (default 50, at most 3600).", ge=0,
+                                          le=MAX_WAIT_TIMEOUT_S, **STRICT)] = 50.0,
         mode: Annotated[Literal["all", "any"], Field(description="all: until every workspace is "
                                                      "finished; any: until one is.")] = "all",
     ) -> types.CallToolResult:

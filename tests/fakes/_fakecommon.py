@@ -13,13 +13,16 @@ given more than once, the first occurrence wins.
     @exit=N            exit with N (0..255) whatever the output was
     @ratelimit         rate-limited run (exit 1)
     @child             spawn a long-sleeping child in the same process group before sleeping
+    @escape            spawn a long-sleeping child in a session of its own (setsid): it leaves the
+                       agent's process group, as a daemonising tool would
     @write=FILENAME    write FILENAME (relative to the working directory) at startup
     @counter=PATH      increment the integer in file PATH on every run (flock'ed)
     @fail-until=N      with @counter: runs 1..N-1 fail (exit 1), run N and later succeed
     @fail-fixture=NAME the fixture replayed by a failing @fail-until run (default: per fake)
 
 ``FAKE_AGENT_LOG=/path``: one JSON line per event, appended with a single O_APPEND write:
-``start`` (first thing), ``child`` (with ``child_pid``), ``sleep`` (right before sleeping: all
+``start`` (first thing), ``parsed`` (the options the CLI's parser saw, ``prompt`` and
+``prompt_bytes``), ``child`` / ``escaped`` (with ``child_pid``), ``sleep`` (right before sleeping: all
 setup is done, signal dispositions are final), ``end`` (with ``code``, or ``signal`` when ended
 by SIGTERM/SIGINT/SIGHUP). Every line has event, pid, t, argv, cwd, ws, ppid, pgid.
 A run ended by SIGKILL has no ``end`` line.
@@ -40,7 +43,7 @@ FIXTURES_DIR = os.environ.get("FAKE_AGENT_FIXTURES") or os.path.join(
 USAGE_EXIT = 2  # bad arguments / bad directive / unknown fixture
 
 _VALUE_DIRECTIVES = ("fixture", "sleep", "exit", "write", "counter", "fail-until", "fail-fixture")
-_FLAG_DIRECTIVES = ("ratelimit", "ignore-term", "child")
+_FLAG_DIRECTIVES = ("ratelimit", "ignore-term", "child", "escape")
 # "@name" or "@name=value", not preceded by a word char (so e-mail addresses don't match).
 _DIRECTIVE_RE = re.compile(r"(?<![\w@])@([a-z][a-z-]*)(?:=([^\s'\"`]*))?(?![\w-])")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d*)?|\.\d+")
@@ -70,6 +73,7 @@ class Directives:
         self.ratelimit = False
         self.ignore_term = False
         self.child = False
+        self.escape = False
 
     def __repr__(self) -> str:
         return f"Directives({self.__dict__!r})"
@@ -252,9 +256,9 @@ class Fake:
             with open(d.write, "w", encoding="utf-8") as f:
                 f.write(f"written by {self.name} pid {os.getpid()} in {os.getcwd()}\n")
 
-    def spawn_child(self, ignore_term: bool) -> None:
+    def spawn_child(self, ignore_term: bool, *, escape: bool = False) -> None:
         devnull = os.devnull
-        self.child_pid = os.posix_spawn(
+        pid = os.posix_spawn(
             sys.executable,
             [sys.executable, "-S", "-c", _CHILD_CODE, "fake-agent-child", "1" if ignore_term else "0"],
             os.environ,
@@ -266,8 +270,13 @@ class Fake:
             # With @ignore-term, SIGTERM stays SIG_IGN across the exec (no window in which the
             # child could still die of it); otherwise every signal starts with its default.
             setsigdef=(signal.SIGINT, signal.SIGHUP) + (() if ignore_term else (signal.SIGTERM,)),
+            setsid=escape,
         )
-        self.log("child", child_pid=self.child_pid)
+        if escape:  # left to fend for itself: only something that tracks the run finds it
+            self.log("escaped", child_pid=pid)
+        else:
+            self.child_pid = pid
+            self.log("child", child_pid=pid)
 
     def _reap_child(self) -> None:
         if self.child_pid is None:
@@ -286,6 +295,8 @@ class Fake:
     def play(self, out: Output, d: Directives) -> None:
         if d.child:
             self.spawn_child(d.ignore_term)
+        if d.escape:
+            self.spawn_child(d.ignore_term, escape=True)
         write_all(1, out.pre_out)
         write_all(2, out.pre_err)
         if d.sleep > 0:
@@ -347,6 +358,13 @@ def read_stdin_prompt(prog: str) -> str:
     return sys.stdin.buffer.read().decode("utf-8", "replace")
 
 
+def piped_stdin() -> str | None:
+    """stdin's text when it is not a terminal (a file, a pipe, /dev/null gives ""), else None."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    return sys.stdin.buffer.read().decode("utf-8", "replace")
+
+
 class CliExit(Exception):
     """An early exit that imitates the real CLI (e.g. a CLI-side argument error)."""
 
@@ -358,13 +376,16 @@ class CliExit(Exception):
 def main(name: str, parse_args, build_output) -> None:  # type: ignore[no-untyped-def]
     """Run one fake.
 
-    parse_args(argv) -> (prompt, ctx); it may raise UsageError or CliExit.
+    parse_args(argv) -> (prompt, ctx); it may raise UsageError or CliExit. ``ctx["options"]``,
+    the options the parser saw, is logged (``parsed``) with the prompt.
     build_output(ctx, directives, failing, attempt) -> Output; ``failing`` is True on a run
     that @fail-until makes fail, ``attempt`` the @counter value (or None).
     """
     fake = Fake(name)
     try:
         prompt, ctx = parse_args(sys.argv[1:])
+        fake.log("parsed", options=sorted(ctx.get("options", {})), prompt=prompt[:2000],
+                 prompt_bytes=len(prompt.encode()))
         d = parse_directives(prompt + "\n" + os.environ.get("FAKE_AGENT_DIRECTIVES", ""))
         fake.setup(d)
         attempt = bump_counter(d.counter) if d.counter else None

@@ -32,7 +32,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
     if opts:
         raise UsageError(f"unknown option {sorted(opts)[0]!r}")
     prompt = " ".join(positionals) if positionals else read_stdin_prompt(PROG)
-    return prompt, {"prompt": prompt}
+    return prompt, {"prompt": prompt, "options": opts}
 
 
 def build_output(ctx: dict, d: Directives, failing: bool, attempt: int | None) -> Output:

@@ -69,7 +69,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
     if fmt == "stream-json" and not opts.get("--verbose"):
         raise CliExit(1, stderr=STREAM_JSON_NEEDS_VERBOSE)
     prompt = positionals[0] if positionals else read_stdin_prompt(PROG)
-    return prompt, {"format": fmt, "resume": opts.get("--resume") or opts.get("-r")}
+    return prompt, {"format": fmt, "resume": opts.get("--resume") or opts.get("-r"), "options": opts}
 
 
 def pick_fixture(fmt: str, d: Directives, failing: bool) -> str:

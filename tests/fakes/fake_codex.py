@@ -58,6 +58,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
         prompt = read_stdin_prompt(PROG)
     last_message = opts.get("-o") or opts.get("--output-last-message")
     ctx = {
+        "options": opts,
         "json": bool(opts.get("--json") or opts.get("--experimental-json")),
         "resume": resume,
         "last_message": os.path.abspath(last_message) if isinstance(last_message, str) else None,

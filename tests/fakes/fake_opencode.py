@@ -1,0 +1,49 @@
+"""Fake ``opencode`` for tests: ``opencode run [message..]``, parsing argv the way the real CLI
+does (yargs with ``populate--``).
+
+    fake_opencode.py run [-m provider/model] [--format default|json] [--auto] [message..] [-- words]
+
+Like the real CLI: an element that starts with ``-`` before ``--`` is an option; the words after
+``--`` are message text. stdin, when it is not a terminal, is read until its end and appended to
+the message on a new line (the message alone when there are no words). No message at all is an
+error (exit 1). Unknown options are accepted as switches (the fake logs them as parsed). Prints
+a short text answer. Directives in the prompt: see _fakecommon.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _fakecommon import CliExit, Directives, Output, UsageError, main, piped_stdin, replay, split_args
+
+PROG = "fake_opencode"
+VALUE_FLAGS = {
+    "-m", "--model", "--format", "-s", "--session", "--agent", "-f", "--file", "--title",
+    "--port", "--attach", "--variant", "--command",
+}  # fmt: skip
+ANSWER = b"Hello! The answer is 42.\n"
+
+
+def parse_args(argv: list[str]) -> tuple[str, dict]:
+    if not argv or argv[0] != "run":
+        raise UsageError(f"only `opencode run` is faked, got {argv[:1]!r}")
+    opts, words = split_args(argv[1:], VALUE_FLAGS)
+    message = " ".join(words)
+    piped = piped_stdin()
+    prompt = f"{message}\n{piped}" if message and piped else (message or piped or "")
+    if not prompt.strip():
+        raise CliExit(1, stderr=b"Error: You must provide a message or a command\n")
+    return prompt, {"options": opts}
+
+
+def build_output(ctx: dict, d: Directives, failing: bool, attempt: int | None) -> Output:
+    if failing or (d.ratelimit and d.fail_until is None):
+        return Output(post_err=b"Error: AI_APICallError: Rate limit exceeded (429)\n", code=1)
+    if d.fixture:
+        return replay(d.fixture)
+    return Output(post_out=ANSWER)
+
+
+if __name__ == "__main__":
+    main(PROG, parse_args, build_output)
