@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("workspaces", nargs="+")
     w.add_argument("--timeout", type=float, default=50.0, dest="timeout_s")
     w.add_argument("--mode", choices=("all", "any"), default="all")
+    g = cmd("gc", "remove finished workspaces: rows, directories, git worktrees and empty "
+                  "runner/<id> branches")
+    g.add_argument("--older-than", type=float, metavar="DAYS", dest="older_than_days",
+                   help="only workspaces that ended more than DAYS days ago (default: "
+                        "dispatch.retention_days, 14); 0 removes every finished workspace")
+    g.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    g.add_argument("--force", action="store_true",
+                   help="also remove worktrees that hold uncommitted changes")
     cmd("doctor", "check config, agent CLIs on PATH, store writable")
     i = cmd("init", "write a commented agents.yaml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -140,6 +148,10 @@ def _action_call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "wait":
         return "runner.wait", {"workspaces": args.workspaces, "timeout_s": args.timeout_s,
                                "mode": args.mode}
+    if args.command == "gc":
+        days = args.older_than_days
+        return "runner.gc", {"older_than_s": None if days is None else days * 86400,
+                             "dry_run": args.dry_run, "force": args.force}
     return f"runner.{args.command}", {}
 
 
@@ -199,6 +211,19 @@ def _fmt_kill(r: dict[str, Any]) -> str:
             f"cancelled: {', '.join(r['cancelled']) or 'none'}")
 
 
+def _fmt_gc(r: dict[str, Any]) -> str:
+    verb = "would remove" if r["dry_run"] else "removed"
+    lines = [f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"]
+                                                           else "")]
+    lines += [f"  {n['workspace']}: {n['note']}" for n in r["notes"]]
+    lines += [f"kept {k['workspace']}: {k['note']}" for k in r["kept"]]
+    if r["orphans"]:
+        lines.append(f"{verb} {len(r['orphans'])} orphaned directory(ies): {', '.join(r['orphans'])}")
+    if r.get("dead_peers"):
+        lines.append(f"forgot {r['dead_peers']} dead peer(s)")
+    return "\n".join(lines)
+
+
 def _fmt_wait(r: dict[str, Any]) -> str:
     lines = [f"done: {r['done']}"]
     for w in r["workspaces"]:
@@ -210,6 +235,7 @@ def _fmt_wait(r: dict[str, Any]) -> str:
 
 FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "dispatch": _fmt_dispatch, "status": _fmt_status, "kill": _fmt_kill, "wait": _fmt_wait,
+    "gc": _fmt_gc,
     "poke": lambda r: f"spawned: {', '.join(r['spawned']) or 'nothing'}",
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
     "start": lambda r: "queue running: queued work starts as slots allow",

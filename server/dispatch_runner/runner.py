@@ -83,7 +83,7 @@ class Runner:
         for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
                               ("runner.start", self.start), ("runner.stop", self.stop),
                               ("runner.kill", self.kill), ("runner.poke", self.poke),
-                              ("runner.wait", self.wait)):
+                              ("runner.wait", self.wait), ("runner.gc", self.gc)):
             self.bus.register(name, handler)
 
     def close(self) -> None:
