@@ -275,7 +275,7 @@ def check_store(home: Path, ids: list[str], log: dict[str, tuple[float, float]])
             "SELECT r.claimed_by, count(*) FROM runs r JOIN workspaces w ON w.id = r.workspace "
             "WHERE w.pool = 't' GROUP BY r.claimed_by")))
         # Slots in commit order: writes are serialised (BEGIN IMMEDIATE), so event ids are the
-        # order the gate saw; +1 at a claim (AgentStarted), -1 at the event that ends that run.
+        # order the gate saw; +1 when a run starts (AgentStarted), -1 at the event that ends it.
         open_runs: set[int] = set()
         slot_overlap = inversions = 0
         last_end_at: float | None = None

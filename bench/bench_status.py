@@ -48,7 +48,8 @@ def new_ws(i: int, pool: str, model: str | None, home: Path, *, tag: str, max_at
         template="none", priority=2, label=f"bench-{i % 10}", path=str(path),
         run_dir=str(path / "work"), cwd=None, repo=None, branch=None, idempotency_key=None,
         max_attempts=max_attempts, timeout_s=None, origin=None, parent=None,
-        spec={"argv": [pool, "-p", f"bench task {i}"], "env": {}, "output": "text", "patterns": []})
+        spec={"argv": [pool, "-p", "--", [{"ref": "prompt"}]], "stdin": "none", "env": {},
+              "output": "text", "patterns": []})
 
 
 def sql_enqueue(db_path: Path, items: list) -> None:
@@ -62,14 +63,15 @@ def sql_enqueue(db_path: Path, items: list) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
-            """INSERT INTO workspaces (id, pool, model, lane, agent, task, prompt, template,
-               priority, label, state, path, run_dir, cwd, repo, branch, idempotency_key,
-               max_attempts, timeout_s, not_before, created_at, updated_at, origin, parent, spec)
-               VALUES (?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,0,?,?,?,?,?)""",
-            [(ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task, ws.prompt,
+            """INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
+               priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
+               idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
+               origin, parent, spec, rev)
+               VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1)""",
+            [(ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task,
               ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd, ws.repo, ws.branch,
-              ws.idempotency_key, ws.max_attempts, ws.timeout_s, t, t, ws.origin, ws.parent,
-              json.dumps(ws.spec)) for ws, t in items])
+              ws.base_commit, ws.idempotency_key, ws.max_attempts, ws.timeout_s, t, t, ws.origin,
+              ws.parent, json.dumps(ws.spec)) for ws, t in items])
         db.executemany(
             "INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
             [(t, "AgentQueued", ws.id, ws.origin,

@@ -14,6 +14,7 @@ json'` (what a stdlib-only shim would at least cost); of `python -c 'import disp
 """
 
 import argparse
+import json
 import resource
 import sqlite3
 import subprocess
@@ -101,15 +102,21 @@ def store_figures(home: Path, warm: str) -> dict[str, object]:
         spans = db.execute("SELECT r.claimed_at, r.started_at, r.ended_at FROM runs r "
                            "WHERE r.workspace != ? ORDER BY r.id", (warm,)).fetchall()
         # commit order, not timestamps: a claim's `now` is read before it waits for the write lock
-        steps = db.execute("SELECT type FROM events WHERE workspace != ? AND type IN ('AgentStarted',"
-                           " 'AgentCompleted', 'AgentFailed', 'AgentKilled', 'AgentLost', "
-                           "'AgentRetrying') ORDER BY id", (warm,)).fetchall()
+        steps = db.execute("SELECT type, data FROM events WHERE workspace != ? AND type IN "
+                           "('AgentStarted', 'AgentCompleted', 'AgentFailed', 'AgentKilled', "
+                           "'AgentLost', 'AgentRetrying') ORDER BY id", (warm,)).fetchall()
     finally:
         db.close()
-    peak = level = 0
-    for (kind,) in steps:
-        level += 1 if kind == "AgentStarted" else -1
-        peak = max(peak, level)
+    # +1 when a run starts, -1 when that run ends (a claim that never started has no start)
+    running: set[int] = set()
+    peak = 0
+    for kind, data in steps:
+        run = json.loads(data).get("run")
+        if kind == "AgentStarted":
+            running.add(run)
+            peak = max(peak, len(running))
+        else:
+            running.discard(run)
     return {"states": states, "last_end": last_end, "peak": peak,
             "claim_to_shim": [s - c for c, s, _ in spans if s is not None],
             "shim_to_end": [e - s for _, s, e in spans if s is not None and e is not None]}
