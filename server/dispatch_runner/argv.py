@@ -76,13 +76,22 @@ def compile_argv(command: Sequence[str], values: Mapping[str, str | None], *,
             if out and isinstance(out[-1], str) and out[-1].startswith("-") and out[-1] != END_OF_OPTIONS:
                 out.pop()
             continue
+        compiled = _compile_element(element, values) if found else element
         if element == END_OF_OPTIONS:
             inserted = True
-        if not inserted and starts_with_client_text(element):
+        if not inserted and _begins_with_client_text(compiled):
             out.append(END_OF_OPTIONS)
             inserted = True
-        out.append(_compile_element(element, values) if found else element)
+        out.append(compiled)
     return out
+
+
+def _begins_with_client_text(element: Element) -> bool:
+    """Decided on the filled element: `{model}{prompt}` with no model begins with the prompt."""
+    if isinstance(element, str):
+        return False
+    first = next((seg for seg in element if seg != ""), "")
+    return isinstance(first, dict)
 
 
 def _compile_element(element: str, values: Mapping[str, str | None]) -> Element:

@@ -212,6 +212,8 @@ def _fmt_kill(r: dict[str, Any]) -> str:
 
 
 def _fmt_gc(r: dict[str, Any]) -> str:
+    if r.get("busy"):
+        return "another gc is running in this home (a serving peer); try again in a moment"
     verb = "would remove" if r["dry_run"] else "removed"
     lines = [f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"]
                                                            else "")]
@@ -280,18 +282,17 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    import shutil
-
     from .store import open_store
+    from .supervisor import find_executable
 
     problems = 0
     config = load_config(args.config)
     print(f"ok    config: {config.source}")
     for name, agent in sorted(config.agents.items()):
-        found = shutil.which(agent.command[0])
+        found = find_executable(agent.command[0], agent.env)
         mark = "ok  " if found else "warn"
         print(f"{mark}  agent {name}: {agent.command[0]} "
-              + (f"-> {found}" if found else "not on PATH (dispatches to it will fail)"))
+              + (f"-> {found}" if found else "not on PATH (dispatches to it are refused)"))
     try:
         store = open_store(config.store_url)
         store.set_frozen(store.is_frozen(), now=time.time())

@@ -408,6 +408,9 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
 def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef,
                   where: str) -> AgentDef:
     changes = {key: _AGENT_FIELDS[key](r, v, f"{where}.{key}") for key, (_, v) in items.items()}
+    if "command" in changes and "stdin" not in changes and any(
+            {"prompt", "prompt_file"} & set(argvlib.names(el)) for el in changes["command"]):
+        changes["stdin"] = "none"  # a command that takes the prompt itself: not on stdin as well
     agent = replace(agent, **changes)
     node = items["command"][1] if "command" in items else None
     if agent.end_of_options and "end_of_options" not in items:

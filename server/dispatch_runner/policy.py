@@ -237,6 +237,15 @@ def decide_exit(outcome: Outcome, *, attempts_before: int, max_attempts: int,
     return ExitDecision(WorkspaceState.QUEUED, detail, not_before_delay_s=retry_delay_s(attempt))
 
 
+FAULT_BACKOFF_BASE_S: Final = 30.0
+
+
+def fault_backoff_s(fail_count: int) -> float:
+    """How long a pool waits after a spawn failed for a machine-wide cause (a full disk, no
+    processes left): 30 s, doubling per consecutive failure, at most an hour."""
+    return _doubling(FAULT_BACKOFF_BASE_S, fail_count - 1, RATE_LIMIT_CAP_S)
+
+
 # What ended a run, for status and events (`ended_reason`); a RunExit may name a more precise
 # one (spawn_failed, no_space).
 ENDED_REASON: Final[Mapping[Outcome, str | None]] = {

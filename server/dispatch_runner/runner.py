@@ -2,7 +2,7 @@
 handles the `runner.*` actions. Surfaces (CLI, MCP) only invoke actions and read events.
 """
 
-import errno
+import fcntl
 import json
 import logging
 import os
@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from . import argv as argvlib
 from . import supervisor, validate, workspaces
-from .config import Config, load_config
+from .config import AgentDef, Config, load_config
 from .errors import (
     AgentUnavailable,
     DispatchError,
@@ -41,6 +41,7 @@ from .policy import (
 )
 from .shim import exit_file, result_from_exit_file
 from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, WorkspaceRow, open_store
+from .store.base import POOL_FAULTS, spawn_reason
 from .validate import human_size
 
 log = logging.getLogger("dispatch_runner")
@@ -56,13 +57,19 @@ HEARTBEAT_S = 2.0
 DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
 PEER_EXPIRY_S = 60.0       # a peer silent this long is gone (its heartbeat is every 2 s)
 GC_EVERY_S = 3600.0
-GC_BATCH = 5000
+GC_BATCH = 500
+GC_FIRST_S = 60.0          # a serving peer's first collection, then every GC_EVERY_S
+ID_TRIES = 5
 ORPHAN_AGE_S = 3600.0      # a workspace directory without a row this old was never stored
 
 
 def peer_id() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
+
+
+class _IdTaken(Exception):
+    """The drawn workspace id names an existing directory."""
 
 
 class Runner:
@@ -107,11 +114,20 @@ class Runner:
                        timeout_s: float | None = None, max_attempts: int | None = None,
                        origin: str | None = None, parent: str | None = None) -> dict[str, Any]:
         # validation resolves paths and may run git: off the event loop, with the rest
-        validate = partial(self._validate, task=task, agent=agent, cwd=cwd, repo=repo, template=template,
-                           priority=priority, label=label, idempotency_key=idempotency_key,
-                           max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
-                           origin=origin, parent=parent)
-        result = await anyio.to_thread.run_sync(lambda: self._dispatch_sync(validate(), max_wait_s))
+        checked = partial(self._validate, task=task, agent=agent, cwd=cwd, repo=repo, template=template,
+                          priority=priority, label=label, idempotency_key=idempotency_key,
+                          max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
+                          origin=origin, parent=parent)
+
+        def attempt() -> dict[str, Any]:
+            for _ in range(ID_TRIES):
+                try:
+                    return self._dispatch_sync(checked(), max_wait_s)
+                except _IdTaken:
+                    continue  # another dispatch drew the same id this second: draw again
+            raise WorkspaceUnavailable(str(self.config.workspace_root), "no free workspace id")
+
+        result = await anyio.to_thread.run_sync(attempt)
         await self._publish_new()
         return result
 
@@ -121,6 +137,12 @@ class Runner:
             existing = self.store.find_by_idempotency_key(new.idempotency_key)
             if existing is not None:
                 return self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
+        try:
+            Path(new.path).mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise _IdTaken from None  # not ours: never discard it
+        except OSError as exc:
+            raise WorkspaceUnavailable(new.path, exc.strerror or str(exc)) from exc
         try:
             new = self._prepare_files(new)
             result = self.store.enqueue(new, now=time.time(), max_wait_s=max_wait_s, limits=self.limits)
@@ -167,8 +189,7 @@ class Runner:
         repo_path = workspaces.resolve_inside(repo, "repo", cfg.allowed_roots) if repo else None
         if repo_path is not None:
             workspaces.check_git_repo(repo_path)
-        if shutil.which(agent_def.command[0],
-                        path=agent_def.env.get("PATH", os.environ.get("PATH"))) is None:
+        if supervisor.find_executable(agent_def.command[0], agent_def.env) is None:
             raise AgentUnavailable(str(ref), agent_def.command[0])
         ws_id = workspaces.new_id()
         env = {**agent_def.env, **supervisor.run_marker(ws_id, 2**63)}
@@ -176,12 +197,9 @@ class Runner:
         branch = f"runner/{ws_id}" if repo_path else None
         run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
         prompt = argvlib.expand(cfg.templates[template_name], {"task": task, "workspace": str(run_dir)})
-        argv = argvlib.compile_argv(agent_def.command, {
-            "model": model, "workspace": str(run_dir), "branch": branch,
-            "prompt_file": str(path / workspaces.PROMPT_FILE)}, end_of_options=agent_def.end_of_options)
-        _check_argv_fits(ref, argv, {"prompt": prompt, "task": task}, env)
-        spec = {"argv": argv, "stdin": agent_def.stdin, "env": dict(agent_def.env),
-                "output": agent_def.output, "patterns": list(agent_def.rate_limit_patterns)}
+        spec = agent_spec(agent_def, model=model, path=path, run_dir=run_dir, branch=branch,
+                          template_text=cfg.templates[template_name])
+        _check_argv_fits(ref, spec["argv"], {"prompt": prompt, "task": task}, env)
         return NewWorkspace(
             id=ws_id, pool=ref.pool, model=model, agent=f"{ref.pool}:{model}" if model else ref.pool,
             task=task, prompt=prompt, template=template_name, priority=int(prio), label=label,
@@ -193,11 +211,10 @@ class Runner:
             parent=parent, spec=spec)
 
     def _prepare_files(self, new: NewWorkspace) -> NewWorkspace:
-        """The workspace's directory, prompt.md and worktree; nothing is left behind on failure
-        (the caller discards), and a failure is a sentence, not an OSError."""
+        """prompt.md and the worktree in the workspace's fresh directory; nothing is left behind on
+        failure (the caller discards), and a failure is a sentence, not an OSError."""
         path = Path(new.path)
         try:
-            path.mkdir(parents=True, exist_ok=False)
             (path / workspaces.PROMPT_FILE).write_text(new.prompt + "\n", encoding="utf-8")
             if new.repo and new.branch:
                 base = workspaces.add_worktree(Path(new.repo), Path(new.run_dir), new.branch)
@@ -244,7 +261,7 @@ class Runner:
         path = Path(ws.path)
         rate = self.config.rates.get(ws.pool)
         spec = {
-            **ws.spec, "store": self.store.url, "run_id": claim.run_id, "workspace": ws.id,
+            **self._current_spec(ws), "store": self.store.url, "run_id": claim.run_id, "workspace": ws.id,
             "attempt": ws.runs, "path": ws.path, "cwd": ws.run_dir, "timeout_s": ws.timeout_s,
             "kill_grace_s": self.config.kill_grace_s,
             "rate": None if rate is None else {
@@ -268,6 +285,15 @@ class Runner:
             return False
         workspaces.write_status(ws, now=time.time())
         return True
+
+    def _current_spec(self, ws: WorkspaceRow) -> Mapping[str, Any]:
+        """The stored spec; one queued before argv was compiled (a rendered argv, the prompt in
+        it, no `--`) is compiled again from the current agents.yaml."""
+        agent_def = self.config.agents.get(ws.pool)
+        if "stdin" in ws.spec or agent_def is None:
+            return ws.spec
+        return agent_spec(agent_def, model=ws.model, path=Path(ws.path), run_dir=Path(ws.run_dir),
+                          branch=ws.branch, template_text=None)
 
     def _record(self, run_id: int, result: RunExit, *, now: float | None = None) -> WorkspaceRow | None:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
@@ -322,10 +348,8 @@ class Runner:
         if run.kill_requested:
             row = await self._db(self._record, run.id, RunExit(outcome=Outcome.KILLED, exit_code=None),
                                  now=now)
-        elif age > DEAD_CLAIMER_GRACE_S and not _peer_alive(run.claimed_by):
-            row = await self._db(self.store.return_reservation, run.id, now=now)
-            if row is not None:
-                workspaces.write_status(row, now=time.time())
+        elif age > DEAD_CLAIMER_GRACE_S and not await self._db(self._claimer_can_start, run):
+            row = await self._db(self._give_back, run.id, now)
         elif age > self.config.reservation_timeout_s:
             row = await self._db(self._record, run.id, RunExit(
                 outcome=Outcome.FAILED, exit_code=None, ended_reason="spawn_failed",
@@ -335,6 +359,26 @@ class Runner:
             return
         if row is not None:
             self.nudge()
+
+    def _claimer_can_start(self, run: RunRow) -> bool:
+        """The claiming peer is alive and knows this store's schema. A peer of an older
+        dispatch-runner, still running after an upgrade, claims work its shims cannot start:
+        that is not the run's failure."""
+        if not _peer_alive(run.claimed_by):
+            return False
+        row = next((p for p in self.store.peers() if p["id"] == run.claimed_by), None)
+        if row is not None and row.get("schema") is None:
+            log.warning("peer %s runs an older dispatch-runner and claimed %s, which it cannot "
+                        "start; restart that peer (its client session) to upgrade it",
+                        run.claimed_by, run.workspace)
+            return False
+        return True
+
+    def _give_back(self, run_id: int, now: float) -> WorkspaceRow | None:
+        row = self.store.return_reservation(run_id, now=now)
+        if row is not None:
+            workspaces.write_status(row, now=time.time())
+        return row
 
     def _stop_agent(self, run: RunRow) -> None:
         if supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
@@ -369,6 +413,9 @@ class Runner:
     async def status(self, *, workspace: str | None = None, agent: str | None = None,
                      state: str | None = None, limit: int | None = None,
                      log_lines: int = 20) -> dict[str, Any]:
+        validate.text("workspace", workspace, max_chars=200)
+        validate.text("agent", agent, max_chars=200)
+        validate.text("state", state, max_chars=200)
         if workspace:
             return await self._workspace_status(workspace, log_lines)
         if state is not None and state not in {s.value for s in WorkspaceState}:
@@ -396,6 +443,9 @@ class Runner:
     async def kill(self, *, workspace: str | Sequence[str] | None = None, agent: str | None = None,
                    all: bool = False) -> dict[str, Any]:
         targets = [workspace] if isinstance(workspace, str) else list(workspace or [])
+        for ws_id in targets:
+            validate.text("workspace", ws_id, max_chars=200)
+        validate.text("agent", agent, max_chars=200)
         if not targets and agent is None and not all:
             raise InvalidArgument("workspace", "say what to kill: a workspace id, an agent, or all")
         for ws_id in targets:
@@ -423,6 +473,10 @@ class Runner:
                 supervisor.terminate_group(current.agent_pid, grace_s=self.config.kill_grace_s)
             elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid,
                                                                         current.shim_start):
+                ws = self.store.get_workspace(current.workspace)
+                if ws is not None and current.phase == "running":  # the shim cannot sweep: we do
+                    supervisor.terminate_marked(supervisor.run_marker(ws.id, current.id),
+                                                grace_s=self.config.kill_grace_s)
                 self._record(run.id, RunExit(outcome=Outcome.KILLED, exit_code=None))
                 return
             time.sleep(0.01)  # the shim records the exit within milliseconds of the agent's end
@@ -522,6 +576,7 @@ class Runner:
             await self.drain()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch)
+                tg.start_soon(self._collect_garbage)
                 task_status.started()
                 await self._tick(drain_only)
                 tg.cancel_scope.cancel()
@@ -529,6 +584,20 @@ class Runner:
             self._serving = False
             with anyio.CancelScope(shield=True):
                 await self._db(self.store.remove_peers, [self.peer])
+
+    async def _collect_garbage(self) -> None:
+        """Finished workspaces past retention_days go, a minute after start and then hourly, in
+        a task of their own: git and rmtree never hold up recovery, heartbeats or the drain."""
+        await anyio.sleep(GC_FIRST_S)  # a schedule, not a wait for a condition
+        while True:
+            try:
+                report = await self.gc()
+                if report["removed"] or report["orphans"]:
+                    log.info("gc: removed %d workspaces and %d orphaned directories",
+                             len(report["removed"]), len(report["orphans"]))
+            except Exception:  # a task edge: log, try again at the next round
+                log.exception("garbage collection failed; retrying in an hour")
+            await anyio.sleep(GC_EVERY_S)
 
     async def _watch(self) -> None:
         """Completions reach this peer: a wake-up hint from the store (inotify on SQLite), then
@@ -560,7 +629,7 @@ class Runner:
         return version
 
     async def _tick(self, drain_only: bool) -> None:
-        last = {"recover": 0.0, "beat": 0.0, "prune": 0.0}
+        last = {"recover": 0.0, "beat": 0.0}
         while True:
             timeout = TICK_S
             if self._wake_at is not None:
@@ -585,12 +654,6 @@ class Runner:
             last["beat"] = now
             await self._heartbeat()
         self._maybe_reload()
-        if now - last["prune"] >= GC_EVERY_S:
-            last["prune"] = now
-            report = await self.gc()
-            if report["removed"] or report["orphans"]:
-                log.info("gc: removed %d workspaces and %d orphaned directories",
-                         len(report["removed"]), len(report["orphans"]))
         if self._wake_at is not None and self._wake_at <= time.time():
             self._wake_at = None
 
@@ -640,26 +703,44 @@ class Runner:
                                                       dry_run=dry_run, force=force))
 
     def _gc_sync(self, *, before: float, dry_run: bool, force: bool) -> dict[str, Any]:
-        removed: list[str] = []
-        kept: list[dict[str, str]] = []
-        notes: list[dict[str, str]] = []
-        for row in self.store.finished_before(before, limit=GC_BATCH):
-            outcome = workspaces.remove_workspace(row, force=force, dry_run=dry_run)
-            if outcome.removed:
-                removed.append(row.id)
-                if outcome.note:
-                    notes.append({"workspace": row.id, "note": outcome.note})
-            else:
-                kept.append({"workspace": row.id, "note": outcome.note or "kept"})
-        if not dry_run and removed:
-            self.store.forget(removed, events_before=before)
-        orphans = self._orphans()
-        if not dry_run:
-            for path in orphans:
+        report: dict[str, Any] = {"removed": [], "kept": [], "notes": [], "orphans": [],
+                                  "dead_peers": 0, "dry_run": dry_run}
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        with open(self.config.home / "gc.lock", "w") as lock:
+            try:  # one collector per home at a time; the others have nothing to add
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                report["busy"] = True
+                return report
+            self._collect(report, before=before, dry_run=dry_run, force=force)
+        return report
+
+    def _collect(self, report: dict[str, Any], *, before: float, dry_run: bool, force: bool) -> None:
+        cursor: tuple[float, str] | None = None
+        while rows := self.store.finished_before(before, after=cursor, limit=GC_BATCH):
+            cursor = (rows[-1].ended_at or 0.0, rows[-1].id)
+            removed = []
+            for row in rows:
+                outcome = workspaces.remove_workspace(row, force=force, dry_run=dry_run)
+                if outcome.removed:
+                    removed.append(row.id)
+                    if outcome.note:
+                        report["notes"].append({"workspace": row.id, "note": outcome.note})
+                else:
+                    report["kept"].append({"workspace": row.id, "note": outcome.note or "kept"})
+            if not dry_run and removed:
+                self.store.forget(removed, events_before=before)
+            report["removed"] += removed
+        for path in self._orphans():
+            risk = None if force else workspaces.orphan_risk(path)
+            if risk:
+                report["kept"].append({"workspace": path.name, "note": risk})
+                continue
+            report["orphans"].append(str(path))
+            if not dry_run:
                 workspaces.remove_orphan(path)
-        peers = 0 if dry_run else self._forget_dead_peers()
-        return {"removed": removed, "kept": kept, "notes": notes,
-                "orphans": [str(p) for p in orphans], "dead_peers": peers, "dry_run": dry_run}
+        if not dry_run:
+            report["dead_peers"] = self._forget_dead_peers()
 
     def _orphans(self) -> list[Path]:
         """Workspace directories without a row, left by dispatches that died before they were
@@ -709,12 +790,23 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def agent_spec(agent_def: AgentDef, *, model: str | None, path: Path, run_dir: Path,
+               branch: str | None, template_text: str | None) -> dict[str, Any]:
+    """How a workspace's runs start: the compiled argv (client text kept as references), how
+    the prompt is delivered, and the template it is rebuilt from (None: from prompt.md)."""
+    argv = argvlib.compile_argv(agent_def.command, {
+        "model": model, "workspace": str(run_dir), "branch": branch,
+        "prompt_file": str(path / workspaces.PROMPT_FILE)}, end_of_options=agent_def.end_of_options)
+    return {"argv": argv, "stdin": agent_def.stdin, "template_text": template_text,
+            "env": dict(agent_def.env), "output": agent_def.output,
+            "patterns": list(agent_def.rate_limit_patterns)}
+
+
 def spawn_failure(exc: OSError, *, where: str) -> RunExit:
     """A run that could not start: a failed attempt, with the reason (disk full, directory gone)."""
-    no_space = exc.errno == errno.ENOSPC
     return RunExit(outcome=Outcome.FAILED, exit_code=None,
                    detail=f"the run could not start: {exc.strerror or exc} ({where})",
-                   ended_reason="no_space" if no_space else "spawn_failed")
+                   ended_reason=spawn_reason(exc), pool_fault=exc.errno in POOL_FAULTS)
 
 
 def _lost() -> RunExit:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from .errors import StoreError
 from .model import Outcome
 from .outputs import parse_output, read_tail
 from .policy import RateConfig
-from .store.base import RunExit
+from .store.base import POOL_FAULTS, RunExit, spawn_reason
 from .workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 
 RECORD_RETRY_S = 600.0       # how long a shim keeps trying to record an exit in an unwritable store
@@ -68,6 +69,7 @@ class Shim:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_start = 0
         self.terminated = False
+        self._task_text: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = True
@@ -85,7 +87,7 @@ class Shim:
         out_path, err_path = run_log_paths(self.path, int(self.spec["attempt"]))
         try:
             self._start_agent(out_path, err_path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an undecodable legacy prompt.md
             return self._finish(start_failure(exc, self.spec))
         assert self.agent is not None
         supervisor.crash_point("shim-after-spawn")
@@ -116,32 +118,43 @@ class Shim:
         return self._finish(result)
 
     def _start_agent(self, out_path: Path, err_path: Path) -> None:
-        """Start the agent: its own session and group, output to files, the prompt on stdin or
-        as data in its argv (rendered here, once, from prompt.md)."""
+        """Start the agent: its own session and group, output to files, the prompt on a pipe to
+        its stdin or as data in its argv. The prompt is rebuilt here from the task in the store
+        and the template in the spec: prompt.md is the agent's to read (and to spoil), never
+        the source of a retry's prompt."""
         cwd = self.spec["cwd"]
         if not os.path.isdir(cwd):
             raise FileNotFoundError(errno.ENOENT, "the working directory no longer exists", cwd)
-        argv = argvlib.render(self.spec["argv"], self._client_text(argvlib.refs(self.spec["argv"])))
+        prompt = self._prompt()
+        argv = argvlib.render(self.spec["argv"], {"prompt": prompt, "task": self._task()}.__getitem__)
         env = dict(os.environ)
         env.update(self.spec.get("env") or {})
-        prompt_path = self.path / PROMPT_FILE
+        feed = self.spec.get("stdin") == "prompt"
         with contextlib.ExitStack() as files:
-            stdin: Any = subprocess.DEVNULL
-            if self.spec.get("stdin") == "prompt":
-                stdin = files.enter_context(open(prompt_path, "rb"))
             out = files.enter_context(open(out_path, "ab"))
             err = files.enter_context(open(err_path, "ab"))
-            self.agent = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
+            self.agent = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
+                                          stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                                           start_new_session=True)
+        if feed:
+            assert self.agent.stdin is not None
+            # a pipe (no disk needed), filled by a thread: a prompt may be larger than its buffer
+            threading.Thread(target=_feed, args=(self.agent.stdin, prompt.encode() + b"\n"),
+                             daemon=True).start()
 
-    def _client_text(self, needed: set[str]) -> Any:
-        values: dict[str, str] = {}
-        if "prompt" in needed:
-            values["prompt"] = (self.path / PROMPT_FILE).read_text(encoding="utf-8").removesuffix("\n")
-        if "task" in needed:
+    def _task(self) -> str:
+        if self._task_text is None:
             row = self.store.get_workspace(str(self.spec["workspace"]))
-            values["task"] = row.task if row is not None else ""
-        return values.__getitem__
+            self._task_text = row.task if row is not None else ""
+        return self._task_text
+
+    def _prompt(self) -> str:
+        template = self.spec.get("template_text")
+        if template is None:  # a spec from before prompts were rebuilt: prompt.md is all there is
+            return (self.path / PROMPT_FILE).read_text(encoding="utf-8").removesuffix("\n")
+        prompt = argvlib.expand(template, {"task": self._task(), "workspace": str(self.spec["cwd"])})
+        _refresh(self.path / PROMPT_FILE, prompt + "\n")  # what {prompt_file} hands the agent
+        return prompt
 
     def _wait(self) -> bool:
         assert self.agent is not None
@@ -162,8 +175,7 @@ class Shim:
         the session (found by the run's environment marker)."""
         assert self.agent is not None
         supervisor.terminate_group(self.agent.pid, grace_s=1.0)
-        marker = {k: v for k, v in (self.spec.get("env") or {}).items()
-                  if k in ("DISPATCH_RUNNER_WORKSPACE", "DISPATCH_RUNNER_RUN")}
+        marker = {k: v for k, v in (self.spec.get("env") or {}).items() if k in supervisor.MARKER_KEYS}
         if len(marker) == 2:
             supervisor.terminate_marked(marker, grace_s=1.0, started_since=self.agent_start)
 
@@ -220,12 +232,34 @@ class Shim:
         spawn_drainer(self.spec.get("drainer") or {})
 
 
-def start_failure(exc: OSError, spec: dict[str, Any]) -> RunExit:
+def start_failure(exc: OSError | ValueError, spec: dict[str, Any]) -> RunExit:
     """The agent could not be started (its executable or working directory gone, a full disk)."""
+    if not isinstance(exc, OSError):
+        return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason="spawn_failed",
+                       detail=f"the agent could not start: {exc}")
     where = exc.filename or (spec.get("argv") or ["?"])[0]
-    reason = "no_space" if exc.errno == errno.ENOSPC else "spawn_failed"
-    return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason=reason,
-                   detail=f"the agent could not start: {exc.strerror or exc} ({where})")
+    return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason=spawn_reason(exc),
+                   detail=f"the agent could not start: {exc.strerror or exc} ({where})",
+                   pool_fault=exc.errno in POOL_FAULTS)
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    """Write the prompt to the agent's stdin and close it; an agent that stops reading (or
+    exits) ends the feed quietly."""
+    with contextlib.suppress(OSError, ValueError):
+        with pipe:
+            pipe.write(data)
+
+
+def _refresh(path: Path, text: str) -> None:
+    """Rewrite `path` when it no longer holds `text`; best effort (a full disk)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError):
+        atomic_write(path, text)
 
 
 def disk_full(path: Path) -> bool:
@@ -248,7 +282,7 @@ def spawn_drainer(drainer: dict[str, Any]) -> None:
     argv = drainer.get("argv")
     if not argv:
         return
-    env = dict(os.environ)
+    env = supervisor.unmarked(os.environ)
     env.update(drainer.get("env") or {})
     log = drainer.get("log") or os.devnull
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

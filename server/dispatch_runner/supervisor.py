@@ -44,10 +44,27 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[19])
 
 
+def find_executable(program: str, env: Mapping[str, str]) -> str | None:
+    """Where `program` resolves with the agent's PATH (its env, else ours), or None."""
+    import shutil
+
+    return shutil.which(program, path=env.get("PATH", os.environ.get("PATH")))
+
+
+MARKER_KEYS = ("DISPATCH_RUNNER_WORKSPACE", "DISPATCH_RUNNER_RUN")
+
+
 def run_marker(workspace: str, run_id: int) -> dict[str, str]:
     """The environment every process of a run carries: how its descendants are found, even
     those that left its process group or session."""
-    return {"DISPATCH_RUNNER_WORKSPACE": workspace, "DISPATCH_RUNNER_RUN": str(run_id)}
+    return dict(zip(MARKER_KEYS, (workspace, str(run_id)), strict=True))
+
+
+def unmarked(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without a run's marker. A peer may live inside a run (an agent that dispatches
+    sub-agents): the shims, fork server and drainer it starts belong to runs of their own, and
+    must not be taken for descendants of its run when that run ends."""
+    return {k: v for k, v in env.items() if k not in MARKER_KEYS}
 
 
 def _pids() -> list[int]:
@@ -176,6 +193,7 @@ class ShimLauncher:
     def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path,
               spec_path: Path | None = None) -> int | None:
         """Start a shim; returns its pid when started directly (None via the fork server)."""
+        env = unmarked(env)
         with self._lock:
             if (self.use_forkserver and spec_path is not None
                     and self._via_forkserver(spec_path, env, log_path)):

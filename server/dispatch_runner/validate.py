@@ -44,7 +44,9 @@ def number(field: str, value: Any, *, minimum: float, maximum: float, integer: b
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok_type:
         raise InvalidArgument(field, f"{field} must be {kind} {bound} (got {_shown(value)})")
-    if not math.isfinite(value) or value > maximum or value < minimum or (above and value == minimum):
+    # compared before any float conversion: an int such as 10**400 has no float
+    if (isinstance(value, float) and not math.isfinite(value)) or value > maximum or value < minimum \
+            or (above and value == minimum):
         raise InvalidArgument(field, f"{field} must be {kind} {bound} (got {_shown(value)})")
     return float(value)
 

@@ -105,7 +105,6 @@ def remove_worktree(repo: Path, dest: Path, branch: str, *, base: str | None,
         return None  # the repository itself is gone: only the directory is left to remove
     if not dry_run:
         _git(repo, "worktree", "remove", "--force", str(dest))
-        _git(repo, "worktree", "prune")
     if _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode != 0:
         return None
     kept = _branch_has_work(repo, branch, base) if base is not None else None
@@ -124,12 +123,16 @@ def _branch_has_work(repo: Path, branch: str, base: str) -> str | None:
     return f"branch {branch} kept: {count} commit(s) beyond its base" if int(count) else None
 
 
-def worktree_dirty(dest: Path) -> bool:
-    """Uncommitted changes (or untracked files) in a worktree."""
+def worktree_changes(dest: Path) -> str | None:
+    """Why removing this worktree could lose work (uncommitted changes, untracked files, or git
+    cannot tell), or None when it is clean or gone."""
     if not dest.is_dir():
-        return False
+        return None
     out = _git(dest, "status", "--porcelain")
-    return out.returncode == 0 and bool(out.stdout.strip())
+    if out.returncode != 0:
+        return (f"cannot tell whether {dest} holds uncommitted changes (git status: "
+                f"{(out.stderr.strip().splitlines() or ['failed'])[0]})")
+    return f"uncommitted changes in {dest}" if out.stdout.strip() else None
 
 
 def status_document(row: Any, *, now: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -214,9 +217,10 @@ def remove_workspace(row: Any, *, force: bool = False, dry_run: bool = False) ->
     note = None
     if row.repo and row.branch:
         worktree = Path(row.run_dir)
-        if not force and worktree_dirty(worktree):
-            return Removal(False, f"kept: uncommitted changes in {worktree}; commit them, or run "
-                           "'dispatch-runner gc --force' to discard them")
+        risk = None if force else worktree_changes(worktree)
+        if risk:
+            return Removal(False, f"kept: {risk}; commit them, or run 'dispatch-runner gc --force' "
+                           "to discard them")
         # "" (not None): a workspace from before base commits were recorded keeps its branch
         note = remove_worktree(Path(row.repo), worktree, row.branch, base=row.base_commit or "",
                                dry_run=dry_run)
@@ -228,17 +232,26 @@ def remove_workspace(row: Any, *, force: bool = False, dry_run: bool = False) ->
     return Removal(True, note)
 
 
+def orphan_risk(path: Path) -> str | None:
+    """Why an orphaned workspace directory should stay: a worktree in it may hold work."""
+    worktree = path / "worktree"
+    if worktree.is_dir() and any(worktree.iterdir()):
+        return (f"kept: {worktree} is a worktree no workspace owns; look at it, then run "
+                "'dispatch-runner gc --force' to remove it")
+    return None
+
+
 def remove_orphan(path: Path) -> None:
     """A workspace directory the store does not know (a dispatch that died half-way): remove it,
-    and let its repository forget the worktree it held."""
+    and let its repository forget the worktree it held (and only that one)."""
     import shutil
 
-    gitfile = path / "worktree" / ".git"
+    worktree = path / "worktree"
     gitdir = None
     with contextlib.suppress(OSError, ValueError):
-        text = gitfile.read_text().strip()
+        text = (worktree / ".git").read_text().strip()
         if text.startswith("gitdir:"):
             gitdir = Path(text.removeprefix("gitdir:").strip())
-    shutil.rmtree(path, ignore_errors=True)
     if gitdir is not None and gitdir.parent.name == "worktrees":
-        _git(gitdir.parent.parent, "worktree", "prune")
+        _git(gitdir.parent.parent, "worktree", "remove", "--force", str(worktree))
+    shutil.rmtree(path, ignore_errors=True)

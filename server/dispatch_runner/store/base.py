@@ -1,8 +1,9 @@
 """Store values and the Store protocol every backend implements (one contract test suite)."""
 
+import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..model import Event, Outcome
 from ..policy import PoolLimit, PoolState, RateConfig
@@ -131,6 +132,17 @@ class RunExit:
     detail: str | None = None
     retry_at: float | None = None  # provider-named retry time for a rate limit
     ended_reason: str | None = None  # more precise than the outcome: spawn_failed, no_space
+    pool_fault: bool = False  # the cause is the machine's, not the run's: the pool backs off
+
+
+# A spawn that failed for one of these failed for every run of the pool alike (the disk, the
+# process table): the pool backs off, so one fault does not spend the whole queue's attempts.
+POOL_FAULTS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                                errno.ENOMEM, errno.EAGAIN})
+
+
+def spawn_reason(exc: OSError) -> str:
+    return "no_space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "spawn_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,5 +203,6 @@ class Store(Protocol):
                        now: float) -> None: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def remove_peers(self, peers: Sequence[str]) -> int: ...
-    def finished_before(self, before: float, *, limit: int = 500) -> list[WorkspaceRow]: ...
+    def finished_before(self, before: float, *, after: tuple[float, str] | None = None,
+                        limit: int = 500) -> list[WorkspaceRow]: ...
     def forget(self, workspaces: Sequence[str], *, events_before: float) -> int: ...

@@ -61,6 +61,7 @@ class SQLiteStore:
         self._watch_lock = threading.Lock()
         self._watch: sqlite3.Connection | None = None
         self._busy_timeout_s = busy_timeout_s
+        self._broken = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -108,10 +109,11 @@ class SQLiteStore:
         Whatever fails — the body or the COMMIT itself (I/O error, disk full, a busy database) —
         the connection leaves the transaction: a failed COMMIT can leave SQLite's transaction open
         with the write lock held, which would stall every other peer."""
-        self._db.execute("BEGIN IMMEDIATE")
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-            self._db.execute("COMMIT")
+            yield db
+            db.execute("COMMIT")
         except BaseException:
             self._abandon()
             raise
@@ -121,14 +123,19 @@ class SQLiteStore:
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
-                # the rollback failed too (the file is gone or unwritable): close the connection,
-                # which releases the lock, and reconnect for the next call
-                self._reconnect()
+                # the rollback failed too (the file is gone or unwritable): closing the
+                # connection releases the lock; the next call connects again
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._broken = True
 
-    def _reconnect(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
-        self._db = self._connect()
+    def _conn(self) -> sqlite3.Connection:
+        """The main connection, made again after one was dropped in a failure (raises
+        sqlite3.Error while that is still impossible: the caller turns it into StoreError)."""
+        if self._broken:
+            self._db = self._connect()
+            self._broken = False
+        return self._db
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         delay = 0.005
@@ -155,7 +162,7 @@ class SQLiteStore:
         """A read on the main connection; driver errors stop here."""
         with self._lock:
             try:
-                return fn(self._db)
+                return fn(self._conn())
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
@@ -376,8 +383,8 @@ class SQLiteStore:
         run_id = int(cur.lastrowid or 0)
         db.execute(
             """UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
-               started_at = ?, ended_at = NULL, exit_code = NULL, updated_at = ?, rev = rev + 1
-               WHERE id = ?""",
+               started_at = ?, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
+               updated_at = ?, rev = rev + 1 WHERE id = ?""",
             (run_id, now, now, ws.id))
         self._save_pool_state(db, ws.pool, after)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
@@ -518,17 +525,20 @@ class SQLiteStore:
     def _after_exit_pool_state(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
                                result: RunExit, now: float, rate: RateConfig | None) -> None:
         state = self._pool_state(db, ws.pool)
-        if outcome is Outcome.RATE_LIMITED:
+        if outcome is Outcome.RATE_LIMITED or result.pool_fault:
             fails = state.fail_count + 1
-            until = policy.rate_limit_backoff_until(
-                now=_dt(now), retry_at=_dt(result.retry_at) if result.retry_at else None,
-                rate=rate, fail_count=fails).timestamp()
+            if result.pool_fault:
+                until = now + policy.fault_backoff_s(fails)
+            else:
+                until = policy.rate_limit_backoff_until(
+                    now=_dt(now), retry_at=_dt(result.retry_at) if result.retry_at else None,
+                    rate=rate, fail_count=fails).timestamp()
             until = max(until, state.backoff_until or 0.0)
             self._save_pool_state(db, ws.pool, PoolState(
                 backoff_until=until, fail_count=fails, last_spawn=state.last_spawn,
                 daily_count=state.daily_count, daily_day=state.daily_day))
             self._event(db, "PoolBackoff", now, ws.id, ws.origin, pool=ws.pool, until=until,
-                        fail_count=fails)
+                        fail_count=fails, reason=result.detail)
         elif outcome is Outcome.SUCCEEDED and state.fail_count:
             self._save_pool_state(db, ws.pool, PoolState(
                 backoff_until=state.backoff_until, fail_count=0, last_spawn=state.last_spawn,
@@ -627,9 +637,11 @@ class SQLiteStore:
     def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str,
                        now: float) -> None:
         self._write(lambda db: db.execute(
-            """INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at) VALUES (?,?,?,?,?,?)
-               ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at""",
-            (peer, pid, start, boot_id, kind, now)))
+            """INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
+               VALUES (?,?,?,?,?,?,?)
+               ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+               schema = excluded.schema""",
+            (peer, pid, start, boot_id, kind, now, len(MIGRATIONS))))
 
     def peers(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._read("SELECT * FROM peers ORDER BY heartbeat_at DESC")]
@@ -641,11 +653,15 @@ class SQLiteStore:
         return self._write(lambda db: db.execute(f"DELETE FROM peers WHERE id IN ({marks})",
                                                  list(peers)).rowcount)
 
-    def finished_before(self, before: float, *, limit: int = 500) -> list[WorkspaceRow]:
-        """Finished workspaces that ended before `before`, oldest first (garbage collection)."""
+    def finished_before(self, before: float, *, after: tuple[float, str] | None = None,
+                        limit: int = 500) -> list[WorkspaceRow]:
+        """Finished workspaces that ended before `before`, oldest first, from past the
+        (ended_at, id) cursor `after` (garbage collection pages through them)."""
+        since, last = after if after is not None else (float("-inf"), "")
         return [_ws(r) for r in self._read(
             "SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
-            "('queued', 'running') ORDER BY ended_at LIMIT ?", (before, limit))]
+            "('queued', 'running') AND (ended_at > ? OR (ended_at = ? AND id > ?)) "
+            "ORDER BY ended_at, id LIMIT ?", (before, since, since, last, limit))]
 
     def forget(self, workspaces: Sequence[str], *, events_before: float) -> int:
         """Delete these finished workspaces with their runs, and every event older than
