@@ -76,6 +76,19 @@ def test_a_directory_named_like_a_placeholder_stays_literal() -> None:
         "tool", "--cwd", "/srv/{task}/{prompt}", "--", "p {model}"]
 
 
+def test_end_of_options_is_decided_on_the_filled_element() -> None:
+    argv = argvlib.compile_argv(["tool", "{branch}{prompt}"], {"branch": None})
+    assert argvlib.render(argv, {"prompt": "--evil"}.__getitem__) == ["tool", "--", "--evil"]
+
+
+def test_overriding_a_builtin_command_that_takes_the_prompt_itself_stops_feeding_stdin(home: Home) -> None:
+    home.write_config("agents:\n  gemini:\n    command: [gemini, '--prompt={prompt}']\n"
+                      "  codex:\n    command: [codex, exec, --json]\n", base=False)
+    agents = load_config().agents
+    assert agents["gemini"].stdin == "none"  # not delivered twice
+    assert agents["codex"].stdin == "prompt"  # still on stdin: the command does not name it
+
+
 def test_a_template_expands_task_and_workspace_once() -> None:
     assert argvlib.expand("{task} in {workspace}", {"task": "say {workspace}", "workspace": "/w/{task}"}) \
         == "say {workspace} in /w/{task}"

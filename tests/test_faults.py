@@ -5,7 +5,6 @@ descendants that left the run's process group."""
 import json
 import multiprocessing
 import os
-import random
 import shutil
 import signal
 import sqlite3
@@ -195,12 +194,13 @@ def _hammer(path: str, revs: list[int]) -> None:
         workspaces.write_status(row, now=time.time())
 
 
-def test_concurrent_writers_never_leave_an_older_status_json(tmp_path: Path) -> None:
+@pytest.mark.parametrize("trial", range(3))
+def test_concurrent_writers_never_leave_an_older_status_json(tmp_path: Path, trial: int) -> None:
+    # four writers, each moving through its own increasing revisions, as a peer and a shim do;
+    # a compare-then-replace without a lock leaves an older one last most of the time
     revs = list(range(1, 2001))
-    random.Random(7).shuffle(revs)
-    chunks = [revs[i::4] for i in range(4)]
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), chunk)) for chunk in chunks]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), revs[i::4])) for i in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -280,3 +280,93 @@ async def test_a_finished_run_leaves_no_escaped_descendant_behind(home: Home) ->
         pid = _escaped(home, ws)
         await until(lambda: not _alive(pid), message="the escaped child gone")
     assert row["state"] == "completed" and pid
+
+
+# ---- found by review ------------------------------------------------------------------------------
+
+
+async def test_a_sub_agent_dispatched_by_a_run_outlives_the_run_that_dispatched_it(home: Home) -> None:
+    cli = f"{sys.executable} -m dispatch_runner.cli"
+    home.write_config(f"  parent:\n    command: [sh, -c, '{cli} dispatch --agent agent \"@sleep=1\" --json "
+                      f"> child.json']\n")
+    async with serving(home) as runner:
+        parent = (await dispatch(runner, "x", agent="parent"))["workspace"]
+        [row] = await wait_all(runner, [parent])
+        assert row["state"] == "completed"
+        child = json.loads((home.path / "workspaces" / parent / "work" / "child.json").read_text())
+        [done] = await wait_all(runner, [child["workspace"]])
+    assert done["state"] == "completed", done  # not killed with its parent's descendants
+
+
+async def test_a_workspace_id_drawn_twice_never_discards_the_other_workspace(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving(home) as runner:
+        await runner.bus.invoke("runner.stop")
+        first = await dispatch(runner, "first", agent="agent")
+        ids = iter([first["workspace"], first["workspace"]])
+        real = workspaces.new_id
+        monkeypatch.setattr(workspaces, "new_id", lambda: next(ids, None) or real())
+        second = await dispatch(runner, "second", agent="agent")
+    assert second["workspace"] != first["workspace"]
+    assert (Path(first["path"]) / "prompt.md").read_text() == "first\n"
+
+
+async def test_a_spoilt_prompt_md_does_not_change_what_the_run_is_asked(home: Home) -> None:
+    async with serving(home) as runner:
+        await runner.bus.invoke("runner.stop")
+        ws = await dispatch(runner, "the real task", agent="agent")
+        (Path(ws["path"]) / "prompt.md").write_bytes(b"\xff\xfe spoilt")  # not even UTF-8
+        await runner.bus.invoke("runner.start")
+        [row] = await wait_all(runner, [ws["workspace"]])
+    assert row["state"] == "completed"
+    [parsed] = [e for e in _log(home) if e["event"] == "parsed" and e["ws"] == ws["workspace"]]
+    assert parsed["prompt"] == "the real task"
+    assert (Path(ws["path"]) / "prompt.md").read_text() == "the real task\n"
+
+
+async def test_a_full_disk_at_spawn_backs_the_pool_off_instead_of_spending_every_attempt(
+        home: Home, tiny_disk: Path) -> None:
+    _config_on(home, tiny_disk)
+    async with serving(home) as runner:
+        await runner.bus.invoke("runner.stop")
+        ids = [(await dispatch(runner, f"task {n}", agent="agent"))["workspace"] for n in range(5)]
+        with open(tiny_disk / "ballast", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        await runner.bus.invoke("runner.start")
+        backoff = await until(lambda: runner.store.pool_state("agent").backoff_until,
+                              message="the pool backing off")
+        rows = [runner.store.get_workspace(i) for i in ids]
+    assert backoff > time.time() + 20
+    charged = [r for r in rows if r is not None and r.attempts]
+    assert len(charged) == 1 and charged[0].ended_reason == "no_space"
+    assert [r.state for r in rows if r is not None and not r.attempts] == ["queued"] * 4
+
+
+async def test_a_claim_by_a_peer_of_an_older_version_goes_back_to_the_queue(home: Home) -> None:
+    old = subprocess.Popen(["sleep", "60"])  # a live process standing for the old peer
+    try:
+        runner = Runner(load_config())
+        try:
+            from dispatch_runner import supervisor
+
+            peer = f"{os.uname().nodename}:{old.pid}:{supervisor.proc_start(old.pid)}"
+            await runner.bus.invoke("runner.stop")
+            ws = await dispatch(runner, "x", agent="agent")
+            runner.store.set_frozen(False, now=time.time())
+            db = sqlite3.connect(home.path / "state.db", isolation_level=None)
+            db.execute("INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at) VALUES "
+                       "(?,?,?,?,?,?)", (peer, old.pid, supervisor.proc_start(old.pid),
+                                         supervisor.boot_id(), "stdio", time.time()))  # no schema
+            db.close()
+            claim = runner.store.claim_next(now=time.time() - 5, limits=runner.limits, peer=peer).claim
+            assert claim is not None
+            await runner.recover()
+            row = runner.store.get_workspace(ws["workspace"])
+        finally:
+            runner.close()
+    finally:
+        old.kill()
+        old.wait()
+    assert row is not None and (row.state, row.attempts) == ("queued", 0)

@@ -146,3 +146,29 @@ def test_a_dispatch_that_fails_before_it_is_stored_leaves_no_directory(home: Hom
         runner.close()
     root = home.path / "workspaces"
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_gc_keeps_a_worktree_whose_repository_is_gone_unless_forced(
+        home: Home, repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home.write_config(AGENTS)
+    [ws] = run_all(home, [{"task": "x", "agent": "scribbler", "repo": str(repo)}])
+    repo.rename(repo.with_name("moved"))  # git can no longer tell what the worktree holds
+    report = gc(capsys, "--older-than", "0")
+    assert report["removed"] == [] and "cannot tell whether" in report["kept"][0]["note"]
+    assert (Path(ws["path"]) / "worktree" / "draft.txt").exists()
+    assert gc(capsys, "--older-than", "0", "--force")["removed"] == [ws["workspace"]]
+    assert not Path(ws["path"]).exists()
+
+
+def test_gc_keeps_an_orphaned_worktree_unless_forced(home: Home, repo: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    orphan = home.path / "workspaces" / "ws-0101-000000-abcdef"
+    orphan.mkdir(parents=True)
+    git(repo, "worktree", "add", "-q", "-b", "runner/ws-0101-000000-abcdef", str(orphan / "worktree"))
+    old = time.time() - 2 * 3600
+    os.utime(orphan, (old, old))
+    report = gc(capsys)
+    assert report["orphans"] == [] and "no workspace owns" in report["kept"][0]["note"]
+    forced = gc(capsys, "--force")
+    assert forced["orphans"] == [str(orphan)] and not orphan.exists()
+    assert str(orphan) not in git(repo, "worktree", "list", "--porcelain")

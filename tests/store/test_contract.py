@@ -715,6 +715,7 @@ def test_gc_finds_and_forgets_only_finished_workspaces_older_than_the_cutoff(sto
     store.plan_kill(workspaces=["cancelled"], now=T0 + 5)
     assert [r.id for r in store.finished_before(T0 + 50)] == ["cancelled", "old-done"]
     assert [r.id for r in store.finished_before(T0 + 50, limit=1)] == ["cancelled"]
+    assert [r.id for r in store.finished_before(T0 + 50, after=(T0 + 5, "cancelled"))] == ["old-done"]
     # forget() never deletes a live workspace, even when asked to
     assert store.forget(["old-done", "cancelled", "running", "queued"], events_before=T0 + 50) == 2
     assert store.get_workspace("old-done") is None
