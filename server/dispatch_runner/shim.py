@@ -69,6 +69,7 @@ class Shim:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_start = 0
         self.terminated = False
+        self.subreaper = False
         self._task_text: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -83,6 +84,7 @@ class Shim:
             return 0  # the reservation was given back or killed before we started
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        self.subreaper = supervisor.become_subreaper()
         supervisor.crash_point("shim-after-start")
         out_path, err_path = run_log_paths(self.path, int(self.spec["attempt"]))
         try:
@@ -172,9 +174,13 @@ class Shim:
 
     def _leave_nothing_behind(self) -> None:
         """Children the agent left in its group go, and so do descendants that left the group or
-        the session (found by the run's environment marker)."""
+        the session: as a subreaper this shim inherited them all; without one, they are found
+        by the run's environment marker (a scan of every process)."""
         assert self.agent is not None
         supervisor.terminate_group(self.agent.pid, grace_s=1.0)
+        if self.subreaper:
+            supervisor.stop_children(keep=None, grace_s=1.0)
+            return
         marker = {k: v for k, v in (self.spec.get("env") or {}).items() if k in supervisor.MARKER_KEYS}
         if len(marker) == 2:
             supervisor.terminate_marked(marker, grace_s=1.0, started_since=self.agent_start)

@@ -8,6 +8,7 @@ Stdlib only: the shim imports this module.
 """
 
 import contextlib
+import ctypes  # prctl for become_subreaper(); at the top, so a fork server has it loaded
 import json
 import os
 import select
@@ -128,6 +129,72 @@ def find_by_env(pairs: Mapping[str, str], *, started_since: int = 0) -> list[int
         if needles <= set(environ.split(b"\0")):
             found.append(pid)
     return found
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the one orphaned descendants are reparented to (instead of init), so a
+    shim finds everything its agent left behind — daemonised, in a new session, with a cleared
+    environment — as its own children. False where prctl is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    """Live children of `pid` (every thread's), zombies excluded."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                found += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+    return [c for c in found if is_alive(c, None)]
+
+
+def stop_children(*, keep: int | None, grace_s: float, rounds: int = 5) -> int:
+    """Stop every child of this process but `keep` — as a subreaper, that is every descendant its
+    agent left behind — with its process group: SIGTERM, SIGKILL after grace_s, reaped; again for
+    what they leave (their children come to us in turn). Returns how many were stopped."""
+    me = os.getpid()
+    total = 0
+    for _ in range(rounds):
+        found = {c: proc_start(c) for c in children_of(me) if c != keep}
+        if not found:
+            break
+        total += len(found)
+        for pid in found:
+            signal_group(pid, signal.SIGTERM)  # those that made their own group or session
+        _term_then_kill(found, grace_s)
+        for pid in found:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+    _reap_quietly(keep)
+    return total
+
+
+def _reap_quietly(keep: int | None) -> None:
+    """Collect exited children but `keep` (zombies of orphans we inherited)."""
+    me = os.getpid()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            with open(f"/proc/{me}/task/{task}/children", "rb") as f:
+                pids = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            if pid != keep:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
 
 
 def terminate_marked(pairs: Mapping[str, str], *, grace_s: float, started_since: int = 0,
