@@ -8,7 +8,6 @@ element starting with '-' before '--' is an option), and check which options eac
 import json
 import sqlite3
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -127,6 +126,21 @@ def builtin_config(name: str) -> str:
             f"    output: {agent.output}\nconcurrency:\n  {name}: 10\n")
 
 
+def run_to_end(**dispatch: Any) -> dict[str, Any]:
+    """Dispatch one task with a fresh runner and wait for it; its `wait` row."""
+    runner = Runner(load_config())
+    try:
+        async def go() -> dict[str, Any]:
+            ws = await runner.bus.invoke("runner.dispatch", **dispatch)
+            done = await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]], timeout_s=60)
+            assert done["done"], done
+            return dict(done["workspaces"][0])
+
+        return anyio.run(go)
+    finally:
+        runner.close()
+
+
 def parsed_lines(home: Home) -> dict[str, dict[str, Any]]:
     lines = [json.loads(x) for x in home.agent_log.read_text().splitlines()]
     return {x["ws"]: x for x in lines if x["event"] == "parsed"}
@@ -162,16 +176,7 @@ def test_no_client_text_is_ever_read_as_an_option_by_a_builtin_agent(home: Home,
 
 def test_a_user_defined_agent_gets_end_of_options_by_default(home: Home) -> None:
     home.write_config("  mine:\n    command: [" + PY + ", " + str(FAKE_AGENT) + ", '{prompt}']\n")
-    runner = Runner(load_config())
-    try:
-        async def go() -> dict[str, Any]:
-            ws = await runner.bus.invoke("runner.dispatch", task="--help", agent="mine", template="none")
-            return dict(await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]]))
-
-        done = anyio.run(go)
-    finally:
-        runner.close()
-    [row] = done["workspaces"]
+    row = run_to_end(task="--help", agent="mine", template="none")
     assert row["state"] == "completed"
     parsed = parsed_lines(home)[row["workspace"]]
     assert parsed["options"] == [] and parsed["prompt"] == "--help"
@@ -181,15 +186,7 @@ def test_a_user_defined_agent_gets_end_of_options_by_default(home: Home) -> None
 def test_a_shell_agent_that_opts_out_gets_the_prompt_as_its_first_parameter(home: Home) -> None:
     home.write_config("  echo:\n    command: [sh, -c, 'printf \"%s\" \"$1\"', sh, '{prompt}']\n"
                       "    end_of_options: false\n")
-    runner = Runner(load_config())
-    try:
-        async def go() -> dict[str, Any]:
-            ws = await runner.bus.invoke("runner.dispatch", task="-n {task}", agent="echo", template="none")
-            return dict(await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]]))
-
-        [row] = anyio.run(go)["workspaces"]
-    finally:
-        runner.close()
+    row = run_to_end(task="-n {task}", agent="echo", template="none")
     assert row["state"] == "completed" and row["summary"] == "-n {task}"
 
 
@@ -215,15 +212,7 @@ def test_options_after_the_prompt_element_are_refused_at_config_load(home: Home)
 def test_a_task_larger_than_one_argument_reaches_a_builtin_on_stdin(home: Home) -> None:
     home.write_config(builtin_config("claude"), base=False)
     task = "x" * (300 * 1024)
-    runner = Runner(load_config())
-    try:
-        async def go() -> dict[str, Any]:
-            ws = await runner.bus.invoke("runner.dispatch", task=task, agent="claude", template="none")
-            return dict(await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]]))
-
-        [row] = anyio.run(go)["workspaces"]
-    finally:
-        runner.close()
+    row = run_to_end(task=task, agent="claude", template="none")
     assert row["state"] == "completed", row
     assert parsed_lines(home)[row["workspace"]]["prompt_bytes"] == len(task) + 1  # prompt.md's newline
 
@@ -247,17 +236,9 @@ def test_a_task_too_big_for_an_argv_agent_is_refused_at_dispatch_naming_size_lim
 def test_prompt_file_hands_the_agent_the_path_of_prompt_md(home: Home) -> None:
     home.write_config("  reader:\n    command: [sh, -c, 'cat \"$1\"', sh, '{prompt_file}']\n")
     task = "z" * (200 * 1024)
-    runner = Runner(load_config())
-    try:
-        async def go() -> dict[str, Any]:
-            ws = await runner.bus.invoke("runner.dispatch", task=task, agent="reader", template="none")
-            return dict(await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]]))
-
-        [row] = anyio.run(go)["workspaces"]
-    finally:
-        runner.close()
+    row = run_to_end(task=task, agent="reader", template="none")
     assert row["state"] == "completed"
-    out = Path(runner.config.workspace_root / row["workspace"] / "run-1.out.log").read_text()
+    out = (home.path / "workspaces" / row["workspace"] / "run-1.out.log").read_text()
     assert out == task + "\n"
 
 
