@@ -33,7 +33,8 @@ def state_of(ws: str) -> str:
 def test_dispatch_json_prints_the_tool_result_object(home: Home) -> None:
     out = run_cli("dispatch", "hello", "--agent", "agent", "--label", "demo", "--json")
     result = json.loads(out.stdout)
-    assert set(result) == {"workspace", "status", "agent", "position", "eta_s", "path", "deduplicated"}
+    assert set(result) == {"workspace", "status", "agent", "position", "eta_s", "path", "deduplicated",
+                           "frozen"}
     assert result["status"] == "running" and result["agent"] == "agent"
     wait_for(lambda: state_of(result["workspace"]) == "completed", message="run completed")
 
@@ -47,7 +48,7 @@ def test_status_prints_a_table_and_json_matches_the_tool(home: Home,
     assert "POOL" in table and "agent" in table and ws in table
     assert cli.main(["status", "--json"]) == 0
     overall = json.loads(capsys.readouterr().out)
-    assert set(overall) == {"frozen", "pools", "counts", "workspaces", "bus_dropped"}
+    assert set(overall) == {"frozen", "pools", "counts", "workspaces", "bus_dropped", "agents"}
     assert overall["pools"]["agent"]["limit"] == 1
     wait_for(lambda: state_of(ws) == "completed", message="run completed")
     assert cli.main(["status", ws, "--json"]) == 0
@@ -71,7 +72,7 @@ def test_wait_kill_stop_start_poke_round_trip(home: Home, capsys: pytest.Capture
     ws = json.loads(run_cli("dispatch", "@sleep=0.1", "--agent", "agent", "--json").stdout)
     assert ws["status"] == "queued"
     assert cli.main(["poke", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"spawned": []}
+    assert json.loads(capsys.readouterr().out) == {"spawned": [], "frozen": True}
     assert cli.main(["start", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"frozen": False}
     assert cli.main(["wait", ws["workspace"], "--timeout", "30", "--json"]) == 0

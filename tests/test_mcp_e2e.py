@@ -22,7 +22,7 @@ from tests.mcp_helpers import SERVE, connect, error, ok, server_env
 pytestmark = [pytest.mark.anyio,
               pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 
-TOOLS = {"dispatch", "status", "kill", "poke", "stop", "start", "wait"}
+TOOLS = {"dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait"}
 META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +53,13 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
         assert tools["wait"].input_schema["properties"]["timeout_s"]["default"] == 50
         assert set(tools["status"].input_schema["properties"]) == {
             "workspace", "agent", "state", "limit", "subscribe"}
+        assert set(tools["logs"].input_schema["properties"]) == {
+            "workspace", "run", "stream", "offset", "limit"}
+        # dispatch starts processes that may change files: neither read-only nor harmless
+        hints = tools["dispatch"].annotations
+        assert hints is not None and hints.read_only_hint is False and hints.destructive_hint is True
+        for event in ("AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "TaskDeadLettered"):
+            assert event in client.instructions
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert templates == {"runner://workspaces/{id}", "runner://workspaces/{id}/log"}
         assert [str(r.uri) for r in (await client.list_resources()).resources] == ["runner://status"]
@@ -83,10 +90,10 @@ async def test_a_finished_dispatch_is_pushed_to_the_dispatching_session_as_a_cha
         assert push.meta["agent"] == "claude"
         assert push.meta["exit_code"] == "0"
         assert float(push.meta["duration_s"]) >= 0
-        assert ws in push.content and "completed" in push.content and '"greeting"' in push.content
-        assert "\n" not in push.content
+        assert push.content.startswith(f'completed: sub-agent claude in workspace {ws} ("greeting") '
+                                       "after ")
         status = ok(await client.call_tool("status", {"workspace": ws}))
-        assert status["summary"] and status["summary"].splitlines()[0][:40] in push.content
+        assert status["summary"] and f"Result:\n{status['summary'].splitlines()[0]}" in push.content
         await seen.until(lambda: seen.logged(ws), what="log message")
         await seen.until(lambda: f"runner://workspaces/{ws}" in seen.updated, what="resource update")
         assert len(seen.channel_for(ws)) == 1
@@ -98,7 +105,8 @@ async def test_a_run_that_fails_for_good_is_pushed_once_as_dead_lettered(home: H
         [push] = await seen.until(lambda: seen.channel_for(ws["workspace"]), what="failure event")
         assert push.meta["event"] == "TaskDeadLettered"
         assert push.meta["state"] == "failed" and push.meta["exit_code"] == "3"
-        assert "Reason: " in push.content
+        assert push.meta["reason"] == "failed"
+        assert push.content.startswith("failed: ") and "\nReason: max retries exceeded" in push.content
         # the AgentFailed that precedes it is not pushed; a later call flushes anything pending
         ok(await client.call_tool("status", {"workspace": ws["workspace"]}))
         assert len(seen.channel_for(ws["workspace"])) == 1
@@ -143,7 +151,14 @@ async def test_status_shows_the_overview_and_one_workspace(home: Home) -> None:
         resource = await client.read_resource(f"runner://workspaces/{ws}")
         assert json.loads(resource.contents[0].text)["state"] == "completed"
         log = await client.read_resource(f"runner://workspaces/{ws}/log")
-        assert log.contents[0].text == one["log_tail"]
+        assert log.contents[0].text.endswith(one["log_tail"])
+        page = ok(await client.call_tool("logs", {"workspace": ws, "limit": 1}))
+        assert page["run"] == 1 and page["runs"] == [1] and page["next_offset"] == 1
+        assert page["lines"] == [log.contents[0].text.splitlines()[0]] and page["eof"] is False
+        rest = ok(await client.call_tool("logs", {"workspace": ws, "offset": 1, "limit": 2000}))
+        assert rest["eof"] is True and "\n".join(page["lines"] + rest["lines"]) == log.contents[0].text
+        assert set(overall["agents"]["claude"]) == {"pool", "limit", "models", "available"}
+        assert overall["agents"]["claude"]["available"] is True
         assert json.loads((await client.read_resource("runner://status")).contents[0].text)["frozen"] is False
         with pytest.raises(MCPError, match="no workspace 'ws-nope'"):
             await client.read_resource("runner://workspaces/ws-nope")
@@ -167,12 +182,12 @@ async def test_stop_freezes_the_queue_start_resumes_it_and_poke_drains(home: Hom
     async with connect(home.path) as (client, seen):
         assert ok(await client.call_tool("stop", {})) == {"frozen": True}
         ws = ok(await client.call_tool("dispatch", {"task": "waits for start"}))
-        assert ws["status"] == "queued"
-        assert ok(await client.call_tool("poke", {})) == {"spawned": []}
+        assert ws["status"] == "queued" and ws["frozen"] is True
+        assert ok(await client.call_tool("poke", {})) == {"spawned": [], "frozen": True}
         assert ok(await client.call_tool("status", {}))["frozen"] is True
         assert ok(await client.call_tool("start", {})) == {"frozen": False}
         await seen.until(lambda: seen.channel_for(ws["workspace"]), what="completion after start")
-        assert ok(await client.call_tool("poke", {})) == {"spawned": []}
+        assert ok(await client.call_tool("poke", {})) == {"spawned": [], "frozen": False}
 
 
 BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
@@ -235,8 +250,9 @@ async def test_every_bad_input_is_a_tool_error_with_an_actionable_sentence(home:
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         busy = error(await client.call_tool("dispatch", {"task": "x", "max_wait_s": 0}))
-        assert re.search(r"pool 'claude' is busy: estimated wait \d+\.\ds \(position \d+\) exceeds "
-                         r"max_wait_s=0", busy), busy
+        assert re.search(r"pool 'claude' is busy: its slots are full and its wait cannot be estimated "
+                         r"yet \(no run of it has finished\) \(position \d+\), more than max_wait_s=0",
+                         busy), busy
         assert ok(await client.call_tool("status", {}))["counts"].get("queued") == 1
         roots = error(await client.call_tool("dispatch", {"task": "x", "cwd": "/etc"}))
         assert str(home.root) in roots, roots

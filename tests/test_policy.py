@@ -27,6 +27,7 @@ from dispatch_runner.policy import (
     day_key,
     decide_exit,
     estimate_wait_s,
+    exceeds_max_wait,
     has_capacity,
     next_spawn_at,
     order_key,
@@ -496,8 +497,24 @@ def test_eta_is_average_recent_runtime_times_rounds_ahead_with_gate_wait_as_floo
 
 
 @given(position=st.integers(1, 500), limit=st.one_of(st.none(), st.integers(-3, 20)))
-def test_eta_without_history_is_one_second_per_position(position: int, limit: int | None) -> None:
-    assert estimate_wait_s(position=position, limit=limit, runtimes_s=[]) == float(position)
+def test_eta_without_history_is_unknown_not_a_guess(position: int, limit: int | None) -> None:
+    assert estimate_wait_s(position=position, limit=limit, runtimes_s=[]) is None
+
+
+@pytest.mark.parametrize(("eta", "position", "gate", "max_wait", "refused"), [
+    (None, 0, 0.0, 0.0, False),    # a free slot starts now
+    (None, 0, 30.0, 10.0, True),   # pacing alone waits longer
+    (None, 2, 0.0, 0.0, True),     # a full pool never starts at once
+    (None, 2, 0.0, 600.0, True),   # unknown: no bound can be promised
+    (None, 2, 900.0, 600.0, True), # pacing alone waits longer
+    (30.0, 2, 0.0, 20.0, True),
+    (30.0, 2, 0.0, 40.0, False),
+    (30.0, 2, 0.0, None, False),
+])
+def test_max_wait_refuses_only_on_what_is_known(eta: float | None, position: int, gate: float,
+                                               max_wait: float | None, refused: bool) -> None:
+    assert exceeds_max_wait(eta_s=eta, position=position, gate_wait_s=gate,
+                            max_wait_s=max_wait) is refused
 
 
 def test_eta_examples() -> None:

@@ -79,13 +79,16 @@ class WorkspaceUnavailable(DispatchError):
 
 
 class QueueBusy(DispatchError):
-    def __init__(self, pool: str, eta_s: float, max_wait_s: float, position: int) -> None:
+    def __init__(self, pool: str, eta_s: float | None, max_wait_s: float, position: int) -> None:
         self.pool = pool
         self.eta_s = eta_s
         self.max_wait_s = max_wait_s
         self.position = position
+        wait = (f"estimated wait {eta_s:.1f}s" if eta_s is not None
+                else "its slots are full and its wait cannot be estimated yet (no run of it has "
+                     "finished)")
         super().__init__(
-            f"pool {pool!r} is busy: estimated wait {eta_s:.1f}s (position {position}) exceeds "
+            f"pool {pool!r} is busy: {wait} (position {position}), more than "
             f"max_wait_s={max_wait_s:g}; nothing was queued. Retry later, raise max_wait_s, "
             "or pick another agent"
         )

@@ -29,8 +29,8 @@ CHANNEL_METHOD: Final = "notifications/claude/channel"
 FINISHED_STATES: Final = frozenset({"completed", "failed", "killed", "lost"})
 LOG_LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)
 SEND_TIMEOUT_S: Final = 2.0   # a client that stops reading must not stall pushes to the others
-SUMMARY_LINES: Final = 3
-SUMMARY_CHARS: Final = 400
+SUMMARY_LINES: Final = 8
+SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
 
 
@@ -96,9 +96,26 @@ def resource_uris(event: Event) -> set[str]:
 
 
 def _first_lines(text: str | None) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    joined = " ".join(lines[:SUMMARY_LINES])
-    return joined if len(joined) <= SUMMARY_CHARS else joined[:SUMMARY_CHARS - 1] + "…"
+    """The first lines of a result, as lines: a list or a diff stays readable."""
+    lines = [line.rstrip() for line in (text or "").strip("\n").splitlines()]
+    kept = "\n".join(lines[:SUMMARY_LINES])
+    if len(kept) > SUMMARY_CHARS:
+        kept = kept[:SUMMARY_CHARS - 1] + "…"
+    elif len(lines) > SUMMARY_LINES:
+        kept += f"\n… ({len(lines) - SUMMARY_LINES} more lines)"
+    return kept
+
+
+def duration_text(seconds: float) -> str:
+    """84s, 2.41s, 12m05s, 1h03m: the agent's wall time, the same everywhere it is shown."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 600:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
@@ -109,27 +126,33 @@ def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[st
     state = str(data.get("state") or view.get("state") or "finished")
     agent = str(data.get("agent") or view.get("agent") or "agent")
     exit_code, duration = data.get("exit_code"), data.get("duration_s")
-    label = f' "{view["label"]}"' if view.get("label") else ""
-    head = f"Sub-agent {agent} in workspace {ws}{label} {state}"
+    label = f' ("{_one_line(view["label"])}")' if view.get("label") else ""
+    # the outcome first: a client that shows only the start of the line still shows it
+    head = f"{state}: sub-agent {agent} in workspace {ws}{label}"
     if duration is not None:
-        seconds = float(duration)
-        head += f" after {seconds:.2f}s" if seconds < 10 else f" after {seconds:.0f}s"
+        head += f" after {duration_text(float(duration))}"
     if exit_code is not None:
-        head += f" (exit code {exit_code})"
+        head += f", exit code {exit_code}"
     parts = [head + "."]
     reason = str(view.get("reason") or data.get("reason") or "").strip().rstrip(".")
     if state != "completed" and reason:
         parts.append(f"Reason: {reason}.")
     summary = _first_lines(view.get("summary"))
     if summary:
-        parts.append(f"{'Result' if state == 'completed' else 'Last output'}: {summary}")
-    parts.append(f"Call status with workspace={ws} for details and the log tail.")
+        parts.append(f"{'Result' if state == 'completed' else 'Last output'}:\n{summary}")
+    parts.append(f"Details: status with workspace={ws}; the whole output: logs with workspace={ws}.")
     meta = {"event": event.type, "workspace": ws, "agent": agent, "state": state}
     if exit_code is not None:
         meta["exit_code"] = str(exit_code)
     if duration is not None:
         meta["duration_s"] = f"{float(duration):.3f}"
-    return " ".join(parts), meta
+    if data.get("ended_reason"):
+        meta["reason"] = str(data["ended_reason"])
+    return "\n".join(parts), meta
+
+
+def _one_line(text: object) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Pusher:

@@ -53,21 +53,25 @@ self-contained tasks and keep working while they run.
 
 Tools:
 - dispatch: start a task (task; optional agent such as "codex:gpt-5.4", cwd or repo, priority, \
-label). Returns at once with a workspace id: running, or queued with position and eta_s when \
-the pool is full (it then starts by itself).
-- status: overview of pools and recent workspaces, or one workspace (state, result summary, log \
-tail). subscribe=true also sends this session the completion of every workspace.
+label). Returns at once with a workspace id: running, or queued with position and eta_s (null \
+when unknown; frozen=true while the queue is stopped); it then starts by itself.
+- status: without arguments, the pools and their limits, "agents" (every configured agent, \
+whether its CLI is installed here: pick from these) and recent workspaces; with workspace, its \
+state, result summary and log tail. subscribe=true also sends this session every completion.
+- logs: a workspace run's whole output, in pages (offset, limit; next_offset, eof).
 - wait: block up to timeout_s (default 50) until workspaces finish; returns states and result \
 summaries. Call again while done is false.
 - kill: a workspace, every workspace of an agent, or all=true. stop / start: freeze / unfreeze \
 the queue (running agents go on). poke: drain the queue now.
 
 Results: when channels are enabled, each finished workspace you dispatched arrives as \
-<channel source="runner" event="AgentCompleted" workspace="ws-..." agent="..." \
-state="completed|failed|killed|lost" exit_code="..." duration_s="...">, a one-paragraph summary \
-of the outcome: no polling needed. Without channel events (or to be sure), use wait or status. \
-Runs survive the end of this session; their results stay readable with status. Errors are \
-sentences that say what to change (an unknown agent lists the configured ones).
+<channel source="runner" event="..." workspace="ws-..." agent="..." state="..." exit_code="..." \
+duration_s="...">; its text starts with the outcome (completed, failed, killed or lost), then \
+the reason and the first lines of the result. Events pushed: AgentCompleted, AgentFailed, \
+AgentKilled, AgentLost, TaskDeadLettered (failed for good after its retries). The same arrive \
+as MCP log messages. No polling needed; without channel events (or to be sure), use wait or \
+status. Runs survive the end of this session; their results stay readable with status. Errors \
+are sentences that say what to change (an unknown agent lists the configured ones).
 """
 
 
@@ -122,9 +126,16 @@ def _add_resources(mcp: MCPServer, runner: Runner) -> None:
         return json.dumps(await view(id))
 
     @mcp.resource("runner://workspaces/{id}/log", name="workspace-log", mime_type="text/plain",
-                  description="The last lines of a workspace's agent output.")
+                  description="A workspace's latest run output (stdout), whole up to 2,000 lines; "
+                              "the logs tool pages through longer ones.")
     async def workspace_log(id: str) -> str:
-        return str((await view(id)).get("log_tail") or "")
+        try:
+            page = await runner.bus.invoke("runner.logs", workspace=id, limit=2000)
+        except UnknownWorkspace as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        more = "" if page["eof"] or page["state"] in ("queued", "running") else \
+            f"\n… more: logs with workspace={id} offset={page['next_offset']}\n"
+        return "\n".join(page["lines"]) + more
 
 
 def _add_handlers(mcp: MCPServer, clients: Clients) -> None:

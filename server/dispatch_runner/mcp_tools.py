@@ -30,7 +30,7 @@ PriorityName = Literal["critical", "high", "medium", "low"]
 StateName = Literal["queued", "running", "completed", "failed", "killed", "lost", "cancelled"]
 # Numbers are numbers: "5" or true is refused, never converted; NaN and infinities too.
 STRICT: Final[dict[str, Any]] = {"strict": True, "allow_inf_nan": False}
-NAMES: Final = ("dispatch", "status", "kill", "poke", "stop", "start", "wait")
+NAMES: Final = ("dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait")
 
 DESCRIPTIONS: Final = {
     "dispatch": (
@@ -38,9 +38,10 @@ DESCRIPTIONS: Final = {
         "background and return at once with its workspace id. The outcome arrives later as a "
         '<channel source="runner"> event when channels are enabled; otherwise call wait (or '
         "status) with the workspace id. Each agent pool has concurrency limits: when it is full "
-        "the task is queued (status queued, position, eta_s) and starts by itself; max_wait_s "
-        "refuses instead of queueing too long. Returns {workspace, status, agent, position, "
-        "eta_s, path, deduplicated}."),
+        "the task is queued (status queued, position, eta_s: null when unknown) and starts by "
+        "itself; frozen=true says the queue is stopped. max_wait_s refuses instead of queueing "
+        "too long. The configured agents are listed by status. Returns {workspace, status, "
+        "agent, position, eta_s, path, deduplicated, frozen}."),
     "status": (
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
         "daily use and next spawn time, whether the queue is frozen, counts per state and the "
@@ -52,6 +53,10 @@ DESCRIPTIONS: Final = {
         "Stop work: one workspace id, every workspace of an agent, or all=true. A running agent "
         "gets SIGTERM on its process group (SIGKILL after a grace period) and ends as killed; a "
         "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."),
+    "logs": (
+        "Read a workspace's agent output in pages: one run (default the latest), stdout, stderr "
+        "or both, from line offset. Returns {lines, next_offset, eof, run, runs, state}; call "
+        "again with offset=next_offset until eof is true (a running run grows: eof stays false)."),
     "poke": (
         "Drain the queue now and recover runs whose process vanished. Normally automatic; use it "
         "when queued work seems stuck. Returns {spawned: [ids]}."),
@@ -102,7 +107,7 @@ async def invoke(runner: Runner, action: str, **kwargs: Any) -> types.CallToolRe
 
 
 def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
-    """The seven tools, named `tools.prefix` + name, bound to `runner`."""
+    """The tools, named `tools.prefix` + name, bound to `runner`."""
 
     async def dispatch(
         ctx: Context,
@@ -161,24 +166,6 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
         return await invoke(runner, "runner.status", workspace=workspace, agent=agent, state=state,
                             limit=limit)
 
-    async def kill(
-        workspace: Annotated[str | None, Field(description="The workspace id to kill or cancel.")] = None,
-        agent: Annotated[str | None, Field(description="Kill every workspace of this agent "
-                                           "(base or base:model).")] = None,
-        all: Annotated[bool, Field(description="Kill every running and cancel every queued "
-                                   "workspace.", strict=True)] = False,
-    ) -> types.CallToolResult:
-        return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
-
-    async def poke() -> types.CallToolResult:
-        return await invoke(runner, "runner.poke")
-
-    async def stop() -> types.CallToolResult:
-        return await invoke(runner, "runner.stop")
-
-    async def start() -> types.CallToolResult:
-        return await invoke(runner, "runner.start")
-
     async def wait(
         ctx: Context,
         workspaces: Annotated[list[str] | str, Field(description="Workspace ids to wait for (one "
@@ -198,16 +185,57 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
 
     read_only = types.ToolAnnotations(read_only_hint=True)
     annotations: dict[str, types.ToolAnnotations] = {
-        "status": read_only, "wait": read_only,
+        "status": read_only, "wait": read_only, "logs": read_only,
         "kill": types.ToolAnnotations(destructive_hint=True),
-        "dispatch": types.ToolAnnotations(destructive_hint=False, open_world_hint=True),
+        # it starts processes that may change files, reach the network and spend money
+        "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                                          open_world_hint=True),
     }
-    fns: dict[str, Callable[..., Any]] = {"dispatch": dispatch, "status": status, "kill": kill,
-                                          "poke": poke, "stop": stop, "start": start, "wait": wait}
+    fns: dict[str, Callable[..., Any]] = {"dispatch": dispatch, "status": status, "wait": wait,
+                                          **_plain_tools(runner)}
     prefix = runner.config.tools_prefix
     return [Tool.from_function(fns[name], name=prefix + name, description=DESCRIPTIONS[name],
                                annotations=annotations.get(name), structured_output=False)
             for name in NAMES]
+
+
+def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
+    """The tools that need no session: logs, kill, poke, stop, start."""
+
+    async def kill(
+        workspace: Annotated[str | None, Field(description="The workspace id to kill or cancel.")] = None,
+        agent: Annotated[str | None, Field(description="Kill every workspace of this agent "
+                                           "(base or base:model).")] = None,
+        all: Annotated[bool, Field(description="Kill every running and cancel every queued "
+                                   "workspace.", strict=True)] = False,
+    ) -> types.CallToolResult:
+        return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
+
+    async def poke() -> types.CallToolResult:
+        return await invoke(runner, "runner.poke")
+
+    async def stop() -> types.CallToolResult:
+        return await invoke(runner, "runner.stop")
+
+    async def start() -> types.CallToolResult:
+        return await invoke(runner, "runner.start")
+
+    async def logs(
+        workspace: Annotated[str, Field(description="The workspace id.")],
+        run: Annotated[int | None, Field(description="Which run (1, 2 ... : retries start new "
+                                         "ones). Default: the latest.", ge=1, strict=True)] = None,
+        stream: Annotated[Literal["stdout", "stderr", "both"], Field(
+            description="stdout (default), stderr, or both (stdout, then stderr lines marked "
+                        "'[stderr] ').")] = "stdout",
+        offset: Annotated[int, Field(description="First line to return, 0-based; pass the "
+                                     "previous page's next_offset.", ge=0, strict=True)] = 0,
+        limit: Annotated[int, Field(description="At most this many lines (1-2000; a page also "
+                                    "stops at 256 KiB).", ge=1, le=2000, strict=True)] = 200,
+    ) -> types.CallToolResult:
+        return await invoke(runner, "runner.logs", workspace=workspace, run=run, stream=stream,
+                            offset=offset, limit=limit)
+
+    return {"logs": logs, "kill": kill, "poke": poke, "stop": stop, "start": start}
 
 
 # ---- argument checking -------------------------------------------------------------------------

@@ -310,21 +310,31 @@ def parse_retry_at(text: str, now: datetime, *, resets_at_epoch: float | None = 
 
 
 def estimate_wait_s(*, position: int, limit: int | None, runtimes_s: Sequence[float],
-                    gate_wait_s: float = 0.0) -> float:
-    """Estimated seconds before the job at 1-based `position` in the pool queue starts.
+                    gate_wait_s: float = 0.0) -> float | None:
+    """Estimated seconds before the job at 1-based `position` in the pool queue starts, or None
+    when nothing can be said: slots are full and no run of the pool has finished yet.
 
     Reference 004: with `limit` slots and an average recent runtime, position p waits
-    ceil(p / limit) rounds; with no history, 1 s per position. Pacing/backoff add their wait.
+    ceil(p / limit) rounds. Pacing/backoff add their wait.
     """
     if position <= 0:
         return max(gate_wait_s, 0.0)
     slots = limit if limit and limit > 0 else 1
     recent = [r for r in runtimes_s[-ETA_WINDOW:] if r > 0]
     if not recent:
-        base = float(position)
-    else:
-        base = (sum(recent) / len(recent)) * math.ceil(position / slots)
-    return max(base, gate_wait_s)
+        return None
+    return max((sum(recent) / len(recent)) * math.ceil(position / slots), gate_wait_s)
+
+
+def exceeds_max_wait(*, eta_s: float | None, position: int, gate_wait_s: float,
+                     max_wait_s: float | None) -> bool:
+    """Whether a dispatch must be refused rather than wait past max_wait_s. A full pool with an
+    unknown ETA cannot promise any bound, so it is refused: the caller asked for one."""
+    if max_wait_s is None:
+        return False
+    if eta_s is not None:
+        return eta_s > max_wait_s
+    return position > 0 or gate_wait_s > max_wait_s
 
 
 def order_key(priority: int, created_at: float, seq: int) -> tuple[int, float, int]:

@@ -60,6 +60,7 @@ GC_EVERY_S = 3600.0
 GC_BATCH = 500
 GC_FIRST_S = 60.0          # a serving peer's first collection, then every GC_EVERY_S
 ID_TRIES = 5
+MAX_LOG_LINES = 2000
 ORPHAN_AGE_S = 3600.0      # a workspace directory without a row this old was never stored
 
 
@@ -90,7 +91,8 @@ class Runner:
         for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
                               ("runner.start", self.start), ("runner.stop", self.stop),
                               ("runner.kill", self.kill), ("runner.poke", self.poke),
-                              ("runner.wait", self.wait), ("runner.gc", self.gc)):
+                              ("runner.wait", self.wait), ("runner.gc", self.gc),
+                              ("runner.logs", self.logs)):
             self.bus.register(name, handler)
 
     def close(self) -> None:
@@ -136,7 +138,7 @@ class Runner:
         if new.idempotency_key:
             existing = self.store.find_by_idempotency_key(new.idempotency_key)
             if existing is not None:
-                return self._dispatch_result(existing, deduplicated=True, eta_s=0.0)
+                return self._dispatch_result(existing, deduplicated=True, eta_s=None)
         try:
             Path(new.path).mkdir(parents=True, exist_ok=False)
         except FileExistsError:
@@ -151,7 +153,7 @@ class Runner:
             raise
         if result.deduplicated:
             self._discard_files(new)
-            return self._dispatch_result(result.workspace, deduplicated=True, eta_s=0.0)
+            return self._dispatch_result(result.workspace, deduplicated=True, eta_s=None)
         self._drain_sync()
         row = self.store.get_workspace(new.id)
         assert row is not None
@@ -230,11 +232,16 @@ class Runner:
             workspaces.remove_worktree(Path(new.repo), Path(new.run_dir), new.branch, base=None)
         shutil.rmtree(new.path, ignore_errors=True)
 
-    def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float) -> dict[str, Any]:
+    def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool,
+                         eta_s: float | None) -> dict[str, Any]:
+        """`eta_s` is null when it cannot be known (a full pool that has finished no run yet);
+        `frozen` says why nothing starts while the queue is stopped."""
         position = self.store.queue_position(row.id)
+        queued = row.state == "queued"
         return {"workspace": row.id, "status": row.state, "agent": row.agent, "position": position,
-                "eta_s": round(eta_s, 1) if row.state == "queued" else 0.0, "path": row.path,
-                "deduplicated": deduplicated}
+                "eta_s": (round(eta_s, 1) if eta_s is not None else None) if queued else 0.0,
+                "path": row.path, "deduplicated": deduplicated,
+                "frozen": queued and self.store.is_frozen()}
 
     # ---- the drain ----------------------------------------------------------------------------
 
@@ -426,7 +433,18 @@ class Runner:
         snap: dict[str, Any] = await self._db(self.store.snapshot, now=time.time(), limits=self.limits,
                                               agent=agent, state=state, limit=limit or 20)
         snap["bus_dropped"] = self.bus.dropped
+        snap["agents"] = self._agents()
         return snap
+
+    def _agents(self) -> dict[str, dict[str, Any]]:
+        """Every configured agent: its pool, the pool's limit and whether its executable is here."""
+        out = {}
+        for name, agent in sorted(self.config.agents.items()):
+            limit = self.config.concurrency.get(name)
+            out[name] = {"pool": name, "limit": limit.total_limit if limit else None,
+                         "models": dict(limit.models) if limit else {},
+                         "available": supervisor.find_executable(agent.command[0], agent.env) is not None}
+        return out
 
     async def _workspace_status(self, workspace_id: str, log_lines: int) -> dict[str, Any]:
         row = await self._db(self.store.get_workspace, workspace_id)
@@ -437,6 +455,35 @@ class Runner:
         tail = await anyio.to_thread.run_sync(_tail_lines, out, log_lines) if out else ""
         return workspace_view(row, pid=run.agent_pid if run and row.state == "running" else None,
                               log_tail=tail)
+
+    # ---- runner.logs ---------------------------------------------------------------------------
+
+    async def logs(self, *, workspace: str, run: int | None = None, stream: str = "stdout",
+                   offset: int = 0, limit: int = 200) -> dict[str, Any]:
+        """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
+        next page, `eof` once the run is over and nothing is left. `runs` lists every run with
+        a log (retries start new ones)."""
+        validate.text("workspace", workspace, max_chars=200, required=True)
+        if stream not in workspaces.LOG_STREAMS:
+            raise InvalidArgument("stream", f"stream must be one of {', '.join(workspaces.LOG_STREAMS)} "
+                                  f"(got {stream!r})")
+        validate.number("offset", offset, minimum=0, maximum=10**12, integer=True)
+        validate.number("limit", limit, minimum=1, maximum=MAX_LOG_LINES, integer=True)
+        validate.number("run", run, minimum=1, maximum=10**6, integer=True)
+        row = await self._db(self.store.get_workspace, workspace)
+        if row is None:
+            raise UnknownWorkspace(workspace)
+        path = Path(row.path)
+        runs = await anyio.to_thread.run_sync(workspaces.log_runs, path)
+        number = run if run is not None else (runs[-1] if runs else 1)
+        if run is not None and run > max(row.runs, 1):
+            raise InvalidArgument("run", f"workspace {workspace} has had {row.runs} run(s); runs with "
+                                  f"a log: {', '.join(map(str, runs)) or 'none yet'}")
+        settled = WorkspaceState(row.state).finished or number < max(runs, default=0)
+        lines, next_offset, eof = await anyio.to_thread.run_sync(partial(
+            workspaces.log_page, path, number, stream, offset=offset, limit=limit, settled=settled))
+        return {"workspace": workspace, "run": number, "runs": runs, "stream": stream,
+                "lines": lines, "next_offset": next_offset, "eof": eof, "state": row.state}
 
     # ---- runner.kill / stop / start / poke ----------------------------------------------------
 
@@ -494,7 +541,8 @@ class Runner:
 
     async def poke(self) -> dict[str, Any]:
         await self.recover()
-        return {"spawned": await self.drain()}
+        spawned = await self.drain()
+        return {"spawned": spawned, "frozen": await self._db(self.store.is_frozen)}
 
     # ---- runner.wait --------------------------------------------------------------------------
 

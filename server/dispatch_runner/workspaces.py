@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,3 +255,61 @@ def remove_orphan(path: Path) -> None:
     if gitdir is not None and gitdir.parent.name == "worktrees":
         _git(gitdir.parent.parent, "worktree", "remove", "--force", str(worktree))
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- logs, in pages ---------------------------------------------------------------------------
+
+LOG_STREAMS = ("stdout", "stderr", "both")
+MAX_LINE_CHARS = 8000          # a stream-json line can be megabytes: a page shows its start
+MAX_PAGE_BYTES = 256 * 1024    # and a page stays small enough for a model's context
+
+
+def log_runs(path: Path) -> list[int]:
+    """Run numbers that have a log, in order."""
+    found = set()
+    for p in path.glob("run-*.out.log"):
+        number = p.name.split("-")[1].split(".")[0]
+        if number.isdigit():
+            found.add(int(number))
+    return sorted(found)
+
+
+def log_page(path: Path, run: int, stream: str, *, offset: int, limit: int,
+             settled: bool) -> tuple[list[str], int, bool]:
+    """Lines [offset, offset + limit) of a run's output: (lines, next_offset, eof). With "both",
+    stdout comes first, then stderr with each line marked "[stderr] ". A last line without its
+    newline is left for the next page while the run goes on (`settled` False); eof only when
+    the run is over and nothing is left."""
+    out, err = run_log_paths(path, run)
+    sources = {"stdout": [(out, "")], "stderr": [(err, "")],
+               "both": [(out, ""), (err, "[stderr] ")]}[stream]
+    lines: list[str] = []
+    size = 0
+    index = 0
+    more = False
+    for file, mark in sources:
+        for line in _file_lines(file, partial=settled):
+            if index >= offset:
+                if len(lines) >= limit or size >= MAX_PAGE_BYTES:
+                    more = True
+                    break
+                if len(line) > MAX_LINE_CHARS:
+                    line = f"{line[:MAX_LINE_CHARS]}… [{len(line) - MAX_LINE_CHARS} more characters]"
+                lines.append(mark + line)
+                size += len(line)
+            index += 1
+        if more:
+            break
+    return lines, offset + len(lines), settled and not more
+
+
+def _file_lines(file: Path, *, partial: bool) -> Iterator[str]:
+    try:
+        f = open(file, "rb")
+    except OSError:
+        return
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n") and not partial:
+                return  # still being written
+            yield raw.rstrip(b"\n").decode("utf-8", errors="replace")

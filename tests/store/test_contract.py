@@ -167,7 +167,8 @@ def test_a_claim_moves_the_workspace_to_running_with_a_reserved_run(store: Store
     row = got.workspace
     assert (row.id, row.pool, row.model, row.agent, row.state) == ("a", "codex", "gpt-5.4",
                                                                   "codex:gpt-5.4", "running")
-    assert (row.runs, row.attempts, row.current_run, row.started_at) == (1, 0, got.run_id, T0 + 1)
+    # started_at is the agent's start: none yet for a reservation
+    assert (row.runs, row.attempts, row.current_run, row.started_at) == (1, 0, got.run_id, None)
     assert (row.label, row.origin, row.max_attempts, dict(row.spec)) == (
         "lbl", "session-1", 3, {"argv": ["true"], "output": "text"})
     assert store.active_runs() == [RunRow(
@@ -509,15 +510,16 @@ def test_max_wait_refusal_raises_queue_busy_with_eta_and_writes_nothing(store: S
     with pytest.raises(QueueBusy) as info:
         enqueue(store, "b", now=T0 + 1, limits=limits, max_wait_s=0.5, key="k-b")
     busy = info.value
-    assert (busy.pool, busy.eta_s, busy.max_wait_s, busy.position) == ("claude", 1.0, 0.5, 1)
+    # no run of the pool has finished: the wait is unknown, so no bound can be promised
+    assert (busy.pool, busy.eta_s, busy.max_wait_s, busy.position) == ("claude", None, 0.5, 1)
     assert "nothing was queued" in str(busy)
     assert store.last_event_id() == cursor
     assert store.get_workspace("b") is None
     assert store.find_by_idempotency_key("k-b") is None
     assert {k: v for k, v in store.snapshot(now=T0 + 1, limits=limits)["counts"].items() if v} == {
         "running": 1}
-    accepted = enqueue(store, "b", now=T0 + 2, limits=limits, max_wait_s=1.0, key="k-b")
-    assert (accepted.deduplicated, accepted.position, accepted.eta_s) == (False, 1, 1.0)
+    accepted = enqueue(store, "b", now=T0 + 2, limits=limits, key="k-b")
+    assert (accepted.deduplicated, accepted.position, accepted.eta_s) == (False, 1, None)
 
 
 def test_eta_is_average_recent_runtime_times_rounds_ahead(store: Store) -> None:
@@ -543,7 +545,7 @@ def test_max_wait_counts_a_saturated_model_limit(store: Store) -> None:
     must_claim(store, T0, limits)
     with pytest.raises(QueueBusy) as info:
         enqueue(store, "b", "codex:gpt-5.4", now=T0 + 1, limits=limits, max_wait_s=0.5)
-    assert (info.value.eta_s, info.value.position) == (1.0, 1)
+    assert (info.value.eta_s, info.value.position) == (None, 1)
 
 
 # ---- reading: snapshot, events, runtimes, peers -----------------------------------------------

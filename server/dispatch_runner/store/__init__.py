@@ -23,10 +23,12 @@ def open_store(url: str) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
-    if url.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError("the PostgreSQL store arrives with the multi-host issue")
     from ..errors import StoreError
 
+    if url.startswith(("postgresql://", "postgres://")):
+        raise StoreError("this dispatch-runner has no PostgreSQL store yet (it comes with the "
+                         "multi-host release); use the embedded store: unset "
+                         "DISPATCH_RUNNER_STORE or set it to sqlite:///path/to/state.db")
     raise StoreError(f"unsupported store URL {url!r}; use sqlite:///path/to/state.db")
 
 

@@ -120,7 +120,7 @@ class EnqueueResult:
     workspace: WorkspaceRow
     deduplicated: bool
     position: int
-    eta_s: float
+    eta_s: float | None  # None: unknown (a full pool with no finished run to estimate from)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -233,9 +233,10 @@ class SQLiteStore:
                 if row is not None:
                     existing = _ws(row)
                     return EnqueueResult(existing, True, self._position(db, existing), 0.0)
-            position, eta = self._estimate(db, ws.pool, ws.model, ws.priority, now, limits)
-            if max_wait_s is not None and max_wait_s >= 0 and eta > max_wait_s:
-                raise QueueBusy(ws.pool, eta, max_wait_s, position)
+            position, eta, gate_wait = self._estimate(db, ws.pool, ws.model, ws.priority, now, limits)
+            if policy.exceeds_max_wait(eta_s=eta, position=position, gate_wait_s=gate_wait,
+                                       max_wait_s=max_wait_s):
+                raise QueueBusy(ws.pool, eta, max_wait_s or 0.0, position)
             db.execute(
                 """INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
                    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
@@ -255,15 +256,16 @@ class SQLiteStore:
         return self._write(tx)
 
     def _estimate(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int,
-                  now: float, limits: Limits) -> tuple[int, float]:
-        """(1-based position a new dispatch would take in its pool queue, estimated wait)."""
+                  now: float, limits: Limits) -> tuple[int, float | None, float]:
+        """(1-based position a new dispatch would take in its pool queue, estimated wait or None
+        when unknown, the pool's time gate alone)."""
         state = self._pool_state(db, pool)
         gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
         gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
         limit = limits.concurrency.get(pool)
         total = limit.total_limit if limit else None
         if total is None and (limit is None or limit.model_limit(model) is None):
-            return 0, gate_wait  # unlimited: only pacing or backoff can delay it
+            return 0, gate_wait, gate_wait  # unlimited: only pacing or backoff can delay it
         model_cap = limit.model_limit(model) if limit else None
         if model_cap is not None and (total is None or model_cap < total):
             # the model's own limit is the tighter gate: count its lane only
@@ -282,15 +284,17 @@ class SQLiteStore:
         assert total is not None
         ahead = db.execute(ahead_sql, args).fetchone()[0]
         if running + ahead < total:
-            return 0, gate_wait
+            return 0, gate_wait, gate_wait
         position = ahead + 1 - max(total - running, 0)
         return position, policy.estimate_wait_s(position=position, limit=total,
-                                                runtimes_s=self._runtimes(db, pool), gate_wait_s=gate_wait)
+                                                runtimes_s=self._runtimes(db, pool),
+                                                gate_wait_s=gate_wait), gate_wait
 
     def _runtimes(self, db: sqlite3.Connection, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
         rows = db.execute(
-            """SELECT ended_at - started_at FROM runs WHERE pool = ? AND ended_at IS NOT NULL
-               AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?""", (pool, limit)).fetchall()
+            """SELECT ended_at - coalesce(agent_started_at, started_at) FROM runs WHERE pool = ?
+               AND ended_at IS NOT NULL AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?""",
+            (pool, limit)).fetchall()
         return [float(r[0]) for r in reversed(rows)]
 
     def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
@@ -383,9 +387,9 @@ class SQLiteStore:
         run_id = int(cur.lastrowid or 0)
         db.execute(
             """UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
-               started_at = ?, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
+               started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
                updated_at = ?, rev = rev + 1 WHERE id = ?""",
-            (run_id, now, now, ws.id))
+            (run_id, now, ws.id))
         self._save_pool_state(db, ws.pool, after)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
         return Claim(claimed, run_id)
@@ -438,8 +442,10 @@ class SQLiteStore:
         """Record the agent's identity; True when a kill was requested meanwhile (the shim then
         stops its agent itself: the killer may have gone before the pid was known)."""
         def tx(db: sqlite3.Connection) -> bool:
-            db.execute("UPDATE runs SET agent_pid = ?, agent_start = ? WHERE id = ? AND phase = 'running'",
-                       (agent_pid, agent_start, run_id))
+            cur = db.execute("UPDATE runs SET agent_pid = ?, agent_start = ?, agent_started_at = ? "
+                             "WHERE id = ? AND phase = 'running'", (agent_pid, agent_start, now, run_id))
+            if cur.rowcount:  # the workspace's times are the agent's: its wall time is the duration
+                db.execute("UPDATE workspaces SET started_at = ? WHERE current_run = ?", (now, run_id))
             row = db.execute("SELECT kill_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
             return bool(row and row[0])
 
@@ -496,7 +502,8 @@ class SQLiteStore:
             self._give_back_spawn(db, run)
         self._after_exit_pool_state(db, ws, outcome, result, now, rate)
         common = {"agent": ws.agent, "exit_code": result.exit_code, "run": run_id,
-                  "duration_s": round(now - (run["started_at"] or run["claimed_at"]), 3),
+                  "duration_s": round(now - (run["agent_started_at"] or run["started_at"]
+                                             or run["claimed_at"]), 3),
                   "reason": decision.reason, "dead_letter": decision.dead_letter,
                   "ended_reason": ended_reason}
         self._exit_events(db, ws, outcome, decision, now, common)
