@@ -95,9 +95,10 @@ def test_wait_kill_stop_start_poke_round_trip(home: Home, capsys: pytest.Capture
         (["logs", "ws-missing"], "no workspace 'ws-missing'"),
     ],
 )
-def test_errors_exit_non_zero_with_an_actionable_sentence(home: Home, args: list[str], words: str) -> None:
+def test_errors_exit_2_with_an_actionable_sentence_and_no_traceback(home: Home, args: list[str],
+                                                                   words: str) -> None:
     out = run_cli(*args, check=False)
-    assert out.returncode == 1 and words in out.stderr
+    assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
     assert not (home.path / "workspaces").exists() or not any((home.path / "workspaces").iterdir())
 
 
@@ -114,10 +115,15 @@ def test_malformed_config_names_file_line_and_field_and_writes_nothing(home: Hom
     assert not (home.path / "state.db").exists()
 
 
-def test_unknown_config_key_is_refused(home: Home) -> None:
+def test_unknown_config_key_is_refused_and_status_still_answers_with_the_error_on_top(home: Home) -> None:
     home.config.write_text("version: 1\nconcurency:\n  claude: 1\n")
-    out = run_cli("status", check=False)
+    out = run_cli("dispatch", "x", check=False)
     assert out.returncode == 2 and ":2: concurency: unknown key" in out.stderr
+    status = run_cli("status", check=False)
+    assert status.returncode == 0, status.stderr
+    first = status.stdout.splitlines()[0]
+    assert first.startswith("config error (built-in defaults shown): ") and "concurency: unknown key" in first
+    assert "config_error" in json.loads(run_cli("status", "--json").stdout)
 
 
 def test_init_writes_a_commented_config_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,15 +134,21 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path, monkeypatch: 
     assert written.read_text().startswith("# dispatch-runner configuration")
     config = load_config()
     assert config.concurrency["codex"].models == {"gpt-5.4": 1}
-    assert cli.main(["init"]) == 1  # refuses to overwrite without --force
+    assert f"workspace_root: {tmp_path / 'h' / 'workspaces'}" in written.read_text()
+    assert config.workspace_root == tmp_path / "h" / "workspaces"  # under the home, not ~/.dispatch-runner
+    assert cli.main(["init"]) == 2  # refuses to overwrite without --force
 
 
 def test_doctor_reports_config_agents_and_store(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert f"ok    config: {home.config}" in out
-    assert "ok    store writable" in out and "agent agent:" in out
-    assert "agent gemini: gemini not on PATH" in out or "agent gemini: gemini ->" in out
+    assert "ok    store: writable: sqlite:///" in out and "agent agent:" in out
+    assert "agent gemini: gemini is not on PATH: dispatches to gemini are refused" in out
+    assert cli.main(["doctor", "--json"]) == 0
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)}
+    assert checks["store"]["ok"] is True and checks["agent gemini"]["ok"] is None
+    assert checks["home"]["detail"] == str(home.path)
 
 
 def test_non_mcp_commands_do_not_import_the_mcp_sdk(home: Home) -> None:

@@ -1,6 +1,7 @@
 """Commands for people: thin wrappers over the runner's actions, printing tables or --json.
 
-Commands that do not serve MCP never import the MCP SDK (about 1 s of import).
+Commands that do not serve MCP never import the MCP SDK (about 1 s of import). Exit codes follow
+DESIGN §8 (EXIT_HELP below), and no user error ends in a traceback.
 """
 
 import argparse
@@ -14,65 +15,117 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import config_path, load_config
-from .errors import ConfigError, DispatchError
+from . import __version__
+from .config import Config, config_path, home_dir, load_config
+from .errors import ConfigError, DispatchError, InvalidArgument, QueueBusy
+
+OK, RUN_FAILED, USAGE, REFUSED, TIMED_OUT, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 3, 4, 130, 141
+EXIT_HELP = """\
+exit codes: 0 success; 1 a run ended failed, killed or lost (wait, dispatch --wait/--follow),
+or the runner failed; 2 a usage or configuration error; 3 refused by a limit (--max-wait);
+4 wait timed out; 130 interrupted (running agents go on)."""
+SECONDS = "SECONDS"
+FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the files
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dispatch-runner", description="Run AI coding agents as "
-                                "supervised background sub-agents (MCP server and CLI).")
-    p.add_argument("--config", help="agents.yaml to use (default: $DISPATCH_RUNNER_CONFIG or "
-                   "$DISPATCH_RUNNER_HOME/agents.yaml)")
+    # --config and --home work before or after the command (SUPPRESS: the one given wins)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="agents.yaml to use (default: $DISPATCH_RUNNER_CONFIG, else "
+                             "HOME/agents.yaml)")
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help="where state.db, workspaces/ and agents.yaml live (default: "
+                             "$DISPATCH_RUNNER_HOME, else ~/.dispatch-runner)")
+    p = argparse.ArgumentParser(prog="dispatch-runner", parents=[common], epilog=EXIT_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run AI coding agents (claude, codex, gemini, opencode, "
+                                            "any command) as supervised background sub-agents: an "
+                                            "MCP server and this CLI over one queue.")
+    p.add_argument("--version", action="version", version=f"dispatch-runner {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_, description=help_)
-        c.add_argument("--json", action="store_true", help="print the MCP tool's result object")
+    def cmd(name: str, help_: str, *, json_help: str | None = "print the MCP tool's result "
+            "object as JSON, nothing else") -> argparse.ArgumentParser:
+        c = sub.add_parser(name, parents=[common], help=help_, description=help_, epilog=EXIT_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if json_help:
+            c.add_argument("--json", action="store_true", help=json_help)
         return c
 
-    s = cmd("serve", "serve MCP (stdio by default) and keep the queue moving")
-    s.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--token", help="bearer token for HTTP (or DISPATCH_RUNNER_TOKEN)")
-    s.add_argument("--drain", action="store_true", help="no MCP: drain the queue, exit when idle")
+    s = cmd("serve", "serve MCP (stdio by default) and keep the queue moving", json_help=None)
+    s.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio",
+                   help="stdio (what MCP clients start), sse, or http (streamable HTTP, the "
+                        "always-on daemon); default stdio")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP/SSE bind address (default 127.0.0.1; "
+                   "any other needs --token)")
+    s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
+    s.add_argument("--token", help="bearer token HTTP clients must send (or DISPATCH_RUNNER_TOKEN)")
+    s.add_argument("--drain", action="store_true", help="no MCP: run the queue until it is empty, "
+                   "then exit (what a CLI-only user gets started automatically)")
 
     d = cmd("dispatch", "start (or queue) a sub-agent on TASK")
-    d.add_argument("task")
-    d.add_argument("--agent", help="base[:model], e.g. claude, codex:gpt-5.4")
+    d.add_argument("task", nargs="?", metavar="TASK", help="what the sub-agent should do; '-' reads "
+                   "it from stdin")
+    d.add_argument("--task-file", metavar="FILE", help="read the task from FILE instead")
+    d.add_argument("--agent", help="base[:model], e.g. claude, codex:gpt-5.4 (status lists them)")
     where = d.add_mutually_exclusive_group()
-    where.add_argument("--cwd", help="run in this directory")
-    where.add_argument("--repo", help="git repository: run in a fresh worktree on runner/<id>")
-    d.add_argument("--priority", choices=("critical", "high", "medium", "low"))
-    d.add_argument("--label")
-    d.add_argument("--template")
-    d.add_argument("--idempotency-key")
-    d.add_argument("--max-wait", type=float, dest="max_wait_s")
-    d.add_argument("--timeout", type=float, dest="timeout_s")
-    d.add_argument("--max-attempts", type=int)
+    where.add_argument("--cwd", metavar="DIR", help="run in DIR (relative to here)")
+    where.add_argument("--repo", metavar="DIR", help="git repository: run in a fresh worktree on "
+                       "branch runner/<workspace> (relative to here)")
+    d.add_argument("--priority", choices=("critical", "high", "medium", "low"),
+                   help="queue order when the pool is full (default medium)")
+    d.add_argument("--label", help="short label shown in status and in the completion event")
+    d.add_argument("--template", help="prompt template from agents.yaml (built-ins: coding, none)")
+    d.add_argument("--idempotency-key", metavar="KEY", help="a second dispatch with KEY returns the "
+                   "first workspace instead of a duplicate")
+    d.add_argument("--max-wait", type=float, dest="max_wait_s", metavar=SECONDS,
+                   help="refuse (exit 3) rather than queue longer than this, 0-604800")
+    d.add_argument("--timeout", type=float, dest="timeout_s", metavar=SECONDS,
+                   help="kill the run after this long, up to 604800 (7 days)")
+    d.add_argument("--max-attempts", type=int, metavar="N", help="tries for a failing run, 1-100 "
+                   "(default from agents.yaml, usually 3)")
+    then = d.add_mutually_exclusive_group()
+    then.add_argument("--wait", action="store_true", help="wait for the run to end; exit with its "
+                      "outcome (0 completed, 1 failed/killed/lost)")
+    then.add_argument("-f", "--follow", action="store_true", help="like --wait, streaming the "
+                      "agent's output meanwhile")
 
-    st = cmd("status", "overall status, or one workspace")
-    st.add_argument("workspace", nargs="?")
-    st.add_argument("--agent")
-    st.add_argument("--state")
-    st.add_argument("--limit", type=int)
+    st = cmd("status", "overall status (pools, agents, recent workspaces), or one workspace")
+    st.add_argument("workspace", nargs="?", metavar="WORKSPACE")
+    st.add_argument("--agent", help="only this agent's workspaces (base or base:model)")
+    st.add_argument("--state", choices=("queued", "running", "completed", "failed", "killed", "lost",
+                                        "cancelled"), help="only workspaces in this state")
+    st.add_argument("--limit", type=int, metavar="N", help="at most N workspace rows (1-1000, "
+                    "default 20)")
+    st.add_argument("-w", "--watch", action="store_true", help="refresh in place until Ctrl-C")
+    st.add_argument("--interval", type=float, default=2.0, metavar=SECONDS,
+                    help="--watch refresh period (default 2)")
 
-    lg = cmd("logs", "print a workspace's agent output")
-    lg.add_argument("workspace")
-    lg.add_argument("-f", "--follow", action="store_true", help="follow until the run ends")
+    lg = cmd("logs", "print a workspace's agent output (stdout and stderr, stderr marked)",
+             json_help="one JSON object per line: {run, stream, line}")
+    lg.add_argument("workspace", metavar="WORKSPACE")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows, across "
+                    "retries, until the workspace ends")
+    which = lg.add_mutually_exclusive_group()
+    which.add_argument("--stdout", action="store_true", help="only stdout")
+    which.add_argument("--stderr", action="store_true", help="only stderr")
+    lg.add_argument("--run", type=int, metavar="N", help="this run (1, 2 ...; default the latest)")
 
     k = cmd("kill", "kill running / cancel queued workspaces")
-    k.add_argument("workspace", nargs="*")
-    k.add_argument("--agent")
-    k.add_argument("--all", action="store_true")
+    k.add_argument("workspace", nargs="*", metavar="WORKSPACE")
+    k.add_argument("--agent", help="every workspace of this agent (base or base:model)")
+    k.add_argument("--all", action="store_true", help="every running and queued workspace")
 
     cmd("stop", "freeze the queue (running agents go on; dispatch still queues)")
     cmd("start", "unfreeze the queue")
-    cmd("poke", "drain the queue now")
-    w = cmd("wait", "wait for workspaces to finish")
-    w.add_argument("workspaces", nargs="+")
-    w.add_argument("--timeout", type=float, default=50.0, dest="timeout_s")
-    w.add_argument("--mode", choices=("all", "any"), default="all")
+    cmd("poke", "drain the queue now and recover vanished runs")
+    w = cmd("wait", "wait for workspaces to finish; exit 0 only if every one completed")
+    w.add_argument("workspaces", nargs="+", metavar="WORKSPACE")
+    w.add_argument("--timeout", type=float, default=50.0, dest="timeout_s", metavar=SECONDS,
+                   help="give up after this long, exit 4 (default 50, at most 3600)")
+    w.add_argument("--mode", choices=("all", "any"), default="all",
+                   help="all: until every workspace ends (default); any: until one does")
     g = cmd("gc", "remove finished workspaces: rows, directories, git worktrees and empty "
                   "runner/<id> branches")
     g.add_argument("--older-than", type=float, metavar="DAYS", dest="older_than_days",
@@ -81,65 +134,145 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
     g.add_argument("--force", action="store_true",
                    help="also remove worktrees that hold uncommitted changes")
-    cmd("doctor", "check config, agent CLIs on PATH, store writable")
-    i = cmd("init", "write a commented agents.yaml")
+    cmd("doctor", "check the config, the agent CLIs on PATH, the store and the workspace root",
+        json_help="print the checks as JSON: [{check, ok, detail}]")
+    i = cmd("init", "write a commented agents.yaml into the home", json_help=None)
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c = cmd("completion", "print the shell completion script (e.g. eval \"$(dispatch-runner "
+            "completion bash)\" in ~/.bashrc)", json_help=None)
+    c.add_argument("shell", choices=("bash", "zsh", "fish"))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:  # a shell asking for completions: answer and exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else USAGE
+    if getattr(args, "home", None):
+        os.environ["DISPATCH_RUNNER_HOME"] = str(Path(args.home).expanduser().absolute())
     try:
         return _run(args)
-    except ConfigError as exc:
-        print(f"dispatch-runner: config error: {exc}", file=sys.stderr)
-        return 2
     except DispatchError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": str(exc)}))
-        print(f"dispatch-runner: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, exc)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
+    except BrokenPipeError:  # `| head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _failed(args: argparse.Namespace, exc: DispatchError) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": str(exc)}))
+    kind = "config error: " if isinstance(exc, ConfigError) else ""
+    print(f"dispatch-runner: {kind}{exc}", file=sys.stderr)
+    if isinstance(exc, ConfigError | InvalidArgument):
+        return USAGE
+    return REFUSED if isinstance(exc, QueueBusy) else RUN_FAILED
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "init":
-        return _init(args)
-    if args.command == "doctor":
-        return _doctor(args)
-    if args.command == "serve":
-        return _serve(args)
+    simple: dict[str, Callable[[argparse.Namespace], int]] = {
+        "init": _init, "doctor": _doctor, "serve": _serve, "completion": _completion}
+    if args.command in simple:
+        return simple[args.command](args)
     return _action(args)
 
 
 def _action(args: argparse.Namespace) -> int:
-    import anyio
-
+    from . import cli_view
     from .runner import Runner
 
-    runner = Runner(load_config(args.config), kind="cli")
+    config_error = None
     try:
-        name, kwargs = _action_call(args)
+        config = _config(args)
+    except ConfigError as exc:
+        if args.command != "status":
+            raise
+        config_error, config = str(exc), _fallback_config(args)  # status still answers
+    runner = Runner(config, kind="cli")
+    try:
         if args.command == "logs":
-            return _logs(runner, args)
-        result = anyio.run(lambda: runner.bus.invoke(name, **kwargs))
+            return cli_view.logs(runner, args)
+        if args.command == "status" and args.watch:
+            return cli_view.watch(runner, args, config_error)
+        name, kwargs = _action_call(args)
+        result = _invoke(runner, name, **kwargs)
         if args.command in ("dispatch", "start", "poke", "kill"):
             runner.ensure_progress()
+        if args.command == "dispatch" and (args.wait or args.follow):
+            return cli_view.until_done(runner, args, result)
     finally:
         runner.close()
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(FORMATTERS.get(args.command, _plain)(result))
-    return 0
+    if config_error is not None:
+        result = {"config_error": config_error, **result}
+    cli_view.show(args, result)
+    return _exit_code(args, result)
+
+
+def _invoke(runner: Any, name: str, **kwargs: Any) -> Any:
+    import anyio
+
+    return anyio.run(lambda: runner.bus.invoke(name, **kwargs))
+
+
+def _exit_code(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """wait: 0 only when every workspace completed (with --mode any: when one that finished
+    completed), 4 on its timeout, 1 otherwise."""
+    if args.command != "wait":
+        return OK
+    if not result["done"]:
+        return TIMED_OUT
+    states = [w["state"] for w in result["workspaces"]]
+    good = "completed" in states if args.mode == "any" else set(states) == {"completed"}
+    return OK if good else RUN_FAILED
+
+
+def _fallback_config(args: argparse.Namespace) -> Config:
+    from .config import defaults
+
+    return defaults(home_dir(), os.environ, "built-in defaults (agents.yaml is invalid)")
+
+
+def _task(args: argparse.Namespace) -> str:
+    if args.task_file and args.task not in (None, ""):
+        raise InvalidArgument("task", "give the task as an argument, '-' (stdin) or --task-file, "
+                              "not two of them")
+    if args.task_file:
+        try:
+            return Path(args.task_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgument("task", f"cannot read --task-file {args.task_file}: {exc}") from exc
+    if args.task == "-":
+        return sys.stdin.read()
+    if args.task is None:
+        raise InvalidArgument("task", "say what the sub-agent should do: dispatch-runner dispatch "
+                              "TASK (or '-' to read it from stdin, or --task-file FILE)")
+    return str(args.task)
+
+
+def _here(path: str | None) -> str | None:
+    """A path given on the command line means what it means in the caller's directory."""
+    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 def _action_call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "dispatch":
-        keys = ("task", "agent", "cwd", "repo", "priority", "label", "template", "idempotency_key",
-                "max_wait_s", "timeout_s", "max_attempts")
-        return "runner.dispatch", {k: getattr(args, k) for k in keys}
+        keys = ("agent", "priority", "label", "template", "idempotency_key", "max_wait_s",
+                "timeout_s", "max_attempts")
+        return "runner.dispatch", {"task": _task(args), "cwd": _here(args.cwd),
+                                   "repo": _here(args.repo), **{k: getattr(args, k) for k in keys}}
     if args.command == "status":
         return "runner.status", {"workspace": args.workspace, "agent": args.agent, "state": args.state,
                                  "limit": args.limit}
@@ -155,163 +288,42 @@ def _action_call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return f"runner.{args.command}", {}
 
 
-# ---- human output ---------------------------------------------------------------------------------
-
-
-def _plain(result: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in result.items())
-
-
-def _fmt_dispatch(r: dict[str, Any]) -> str:
-    line = f"{r['workspace']}  {r['status']}  {r['agent']}"
-    if r["status"] == "queued":
-        line += f"  position {r['position']}, eta ~{r['eta_s']:.0f}s"
-    if r.get("deduplicated"):
-        line += "  (existing workspace for this idempotency key)"
-    return line + f"\n{r['path']}"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def _fmt_status(r: dict[str, Any]) -> str:
-    if "pools" not in r:
-        keys = ("workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
-                "started_at", "ended_at", "exit_code", "reason", "path", "branch")
-        head = "\n".join(f"{k:>10}: {r[k]}" for k in keys if r.get(k) is not None)
-        summary = f"\n\nsummary:\n{r['summary']}" if r.get("summary") else ""
-        tail = f"\n\nlog tail:\n{r['log_tail']}" if r.get("log_tail") else ""
-        return head + summary + tail
-    out = [f"queue: {'FROZEN (start to resume)' if r['frozen'] else 'running'}   "
-           + "  ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))]
-    rows = [["POOL", "RUNNING", "QUEUED", "LIMIT", "MODELS", "DAILY", "BACKOFF UNTIL", "NEXT SPAWN",
-             "OLDEST QUEUED", "DONE/1M"]]
-    for name, p in r["pools"].items():
-        models = ",".join(f"{m}:{v['running']}/{v['limit'] or '-'}" for m, v in p["models"].items())
-        daily = f"{p['daily_used']}/{p['daily_limit']}" if p["daily_limit"] else str(p["daily_used"])
-        rows.append([name, str(p["running"]), str(p["queued"]), str(p["limit"] or "-"), models or "-",
-                     daily, p["backoff_until"] or "-", p["next_spawn_at"] or "-",
-                     p["oldest_queued_at"] or "-", str(p["throughput_1m"])])
-    out.append(_table(rows))
-    if r["workspaces"]:
-        ws = [["WORKSPACE", "STATE", "AGENT", "PRIORITY", "CREATED", "DURATION", "LABEL"]]
-        ws += [[w["workspace"], w["state"], w["agent"], w["priority"], w["created_at"] or "-",
-                f"{w['duration_s']:.1f}s" if w["duration_s"] is not None else "-", w["label"] or ""]
-               for w in r["workspaces"]]
-        out.append(_table(ws))
-    if r.get("bus_dropped"):
-        out.append(f"bus: {r['bus_dropped']} events dropped by slow subscribers")
-    return "\n\n".join(out)
-
-
-def _fmt_kill(r: dict[str, Any]) -> str:
-    return (f"killed: {', '.join(r['killed']) or 'none'}\n"
-            f"cancelled: {', '.join(r['cancelled']) or 'none'}")
-
-
-def _fmt_gc(r: dict[str, Any]) -> str:
-    if r.get("busy"):
-        return "another gc is running in this home (a serving peer); try again in a moment"
-    verb = "would remove" if r["dry_run"] else "removed"
-    lines = [f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"]
-                                                           else "")]
-    lines += [f"  {n['workspace']}: {n['note']}" for n in r["notes"]]
-    lines += [f"kept {k['workspace']}: {k['note']}" for k in r["kept"]]
-    if r["orphans"]:
-        lines.append(f"{verb} {len(r['orphans'])} orphaned directory(ies): {', '.join(r['orphans'])}")
-    if r.get("dead_peers"):
-        lines.append(f"forgot {r['dead_peers']} dead peer(s)")
-    return "\n".join(lines)
-
-
-def _fmt_wait(r: dict[str, Any]) -> str:
-    lines = [f"done: {r['done']}"]
-    for w in r["workspaces"]:
-        first = (w["summary"] or "").strip().splitlines()[:1]
-        lines.append(f"{w['workspace']}  {w['state']}  exit {w['exit_code']}  "
-                     f"{first[0][:100] if first else ''}")
-    return "\n".join(lines)
-
-
-FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "dispatch": _fmt_dispatch, "status": _fmt_status, "kill": _fmt_kill, "wait": _fmt_wait,
-    "gc": _fmt_gc,
-    "poke": lambda r: f"spawned: {', '.join(r['spawned']) or 'nothing'}",
-    "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
-    "start": lambda r: "queue running: queued work starts as slots allow",
-}
-
-
-# ---- logs, init, doctor, serve ------------------------------------------------------------------
-
-
-def _logs(runner: Any, args: argparse.Namespace) -> int:
-    from .errors import UnknownWorkspace
-    from .workspaces import latest_logs
-
-    row = runner.store.get_workspace(args.workspace)
-    if row is None:
-        raise UnknownWorkspace(args.workspace)
-    offset = 0
-    while True:
-        out, _ = latest_logs(Path(row.path))
-        if out is not None and out.exists():
-            with open(out, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            offset += len(chunk)
-            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
-        if not args.follow or row.state not in ("queued", "running"):
-            return 0
-        time.sleep(0.2)  # following a file as it grows: no event to wait on
-        row = runner.store.get_workspace(args.workspace)
+# ---- init, doctor, completion, serve -------------------------------------------------------------
 
 
 def _init(args: argparse.Namespace) -> int:
-    path, _ = config_path(args.config)
+    path, _ = config_path(getattr(args, "config", None))
     if path.exists() and not args.force:
         print(f"dispatch-runner: {path} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+        return USAGE
+    home = home_dir()
+    text = resources.files("dispatch_runner").joinpath("example_agents.yaml").read_text()
+    text = text.replace("workspace_root: ~/.dispatch-runner/workspaces",
+                        f"workspace_root: {home / 'workspaces'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(resources.files("dispatch_runner").joinpath("example_agents.yaml").read_text())
+    path.write_text(text)
     print(f"wrote {path}")
-    return 0
+    return OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .store import open_store
-    from .supervisor import find_executable
+    from .doctor import checks
 
-    problems = 0
-    config = load_config(args.config)
-    print(f"ok    config: {config.source}")
-    for name, agent in sorted(config.agents.items()):
-        found = find_executable(agent.command[0], agent.env)
-        mark = "ok  " if found else "warn"
-        print(f"{mark}  agent {name}: {agent.command[0]} "
-              + (f"-> {found}" if found else "not on PATH (dispatches to it are refused)"))
-    try:
-        store = open_store(config.store_url)
-        store.set_frozen(store.is_frozen(), now=time.time())
-        store.close()
-        print(f"ok    store writable: {config.store_url}")
-    except DispatchError as exc:
-        problems += 1
-        print(f"FAIL  store: {exc}")
-    try:
-        config.workspace_root.mkdir(parents=True, exist_ok=True)
-        probe = config.workspace_root / ".doctor"
-        probe.write_text("ok")
-        probe.unlink()
-        print(f"ok    workspace root writable: {config.workspace_root}")
-    except OSError as exc:
-        problems += 1
-        print(f"FAIL  workspace root {config.workspace_root}: {exc.strerror}")
-    print("allowed roots: " + ", ".join(str(r) for r in config.allowed_roots))
-    return 1 if problems else 0
+    results = checks(getattr(args, "config", None))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        marks = {True: "ok  ", False: "FAIL", None: "warn"}
+        for c in results:
+            print(f"{marks[c['ok']]}  {c['check']}: {c['detail']}")
+    return OK if all(c["ok"] is not False for c in results) else RUN_FAILED
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from argcomplete import shell_integration
+
+    sys.stdout.write(shell_integration.shellcode(["dispatch-runner"], shell=args.shell))
+    return OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -325,7 +337,7 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("dispatch_runner").setLevel(logging.INFO)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    config = load_config(args.config)
+    config = _config(args)
     if args.drain:
         return _drain(config)
     from .mcp_server import serve
@@ -334,7 +346,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config, transport=args.transport, host=args.host, port=args.port, token=token)
 
 
-def _drain(config: Any) -> int:
+def _drain(config: Config) -> int:
     """The on-demand drainer: at most one per home (flock), exits once nothing is left."""
     import anyio
 
@@ -350,7 +362,7 @@ def _drain(config: Any) -> int:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    return 0  # another drainer is at work
+                    return OK  # another drainer is at work
                 time.sleep(0.05)  # flock has no timeout; poll the lock with a deadline
         runner = Runner(config, kind="drainer")
         try:
@@ -363,7 +375,7 @@ def _drain(config: Any) -> int:
                     break
         finally:
             runner.close()
-    return 0
+    return OK
 
 
 if __name__ == "__main__":

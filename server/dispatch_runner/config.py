@@ -124,7 +124,7 @@ def load_config(flag: str | None = None, env: Mapping[str, str] | None = None) -
         if explicit:
             raise ConfigError(str(path), None, "file",
                               "no such file; create it with 'dispatch-runner init' or fix the path")
-        return _defaults(home, env, "built-in defaults")
+        return defaults(home, env, "built-in defaults")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -132,7 +132,7 @@ def load_config(flag: str | None = None, env: Mapping[str, str] | None = None) -
     return parse_config(text, str(path), home=home, env=env)
 
 
-def _defaults(home: Path, env: Mapping[str, str], source: str) -> Config:
+def defaults(home: Path, env: Mapping[str, str], source: str) -> Config:
     return Config(
         source=source,
         home=home,
@@ -220,7 +220,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(path, line, "yaml", f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    config = _defaults(home, env, path)
+    config = defaults(home, env, path)
     if root is None:
         return config
     top = reader.mapping(root, "(top level)")

@@ -21,6 +21,7 @@ from mcp_types import LoggingLevel
 
 from .errors import DispatchError
 from .events import TERMINAL_EVENTS, Event
+from .policy import duration_text
 from .runner import Runner
 
 log = logging.getLogger("dispatch_runner.mcp")
@@ -104,18 +105,6 @@ def _first_lines(text: str | None) -> str:
     elif len(lines) > SUMMARY_LINES:
         kept += f"\n… ({len(lines) - SUMMARY_LINES} more lines)"
     return kept
-
-
-def duration_text(seconds: float) -> str:
-    """84s, 2.41s, 12m05s, 1h03m: the agent's wall time, the same everywhere it is shown."""
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 600:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]]:

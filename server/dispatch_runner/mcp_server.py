@@ -16,8 +16,10 @@ import ipaddress
 import json
 import logging
 import os
+import select
 import signal
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,9 +174,19 @@ def serve(config: Config, *, transport: str = "stdio", host: str = "127.0.0.1", 
         raise InvalidArgument("transport", f"unknown transport {transport!r}; use stdio, sse or http")
     if transport != "stdio":
         check_bind(host, token)
+    elif stdin_closed():
+        sys.stderr.write("dispatch-runner: stdin is closed: no MCP client to serve (a client starts "
+                         "'dispatch-runner serve' with a pipe; see the README)\n")
+        return 0
     # send_log_message is deprecated only for the 2026 era; our clients speak 2025-11-25
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
     runner = Runner(config, kind="stdio" if transport == "stdio" else "http")
+    where = "stdio" if transport == "stdio" else \
+        f"{'streamable HTTP' if transport == 'http' else 'SSE'} at http://{host}:{port}/" \
+        f"{'mcp' if transport == 'http' else 'sse'}"
+    sys.stderr.write(f"dispatch-runner {__version__}: serving MCP server 'runner' over {where}; store "
+                     f"{runner.store.url}; config {config.source}; home {config.home}\n")
+    sys.stderr.flush()
     try:
         mcp, _, pusher = build_server(runner)
         # The SDK's import graph is large: moved out of the collector's reach, it costs neither
@@ -233,13 +245,9 @@ class _StdinLines:
 @contextmanager
 def _claimed_stdin() -> Iterator[Any]:
     """Read the protocol from a private duplicate of fd 0 and point fd 0 at /dev/null meanwhile,
-    so no child process can read the protocol stream. A regular file (`< file`) cannot be
-    polled: the SDK's own reader serves it."""
-    try:
-        pollable = not stat.S_ISREG(os.fstat(0).st_mode)
-    except OSError:  # no fd 0 at all: the SDK reports it
-        pollable = False
-    if not pollable:
+    so no child process can read the protocol stream. What epoll cannot watch (a regular file,
+    /dev/null) is served by the SDK's own reader, which sees its end at once."""
+    if not _pollable(0):
         yield None
         return
     private = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -251,6 +259,30 @@ def _claimed_stdin() -> Iterator[Any]:
     finally:
         os.dup2(private, 0)
         os.close(private)
+
+
+def _pollable(fd: int) -> bool:
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        poller = select.epoll()
+    except OSError:
+        return False
+    try:
+        poller.register(fd, select.EPOLLIN)
+    except OSError:  # /dev/null and other devices epoll refuses (EPERM)
+        return False
+    finally:
+        poller.close()
+    return True
+
+
+def stdin_closed() -> bool:
+    try:
+        os.fstat(0)
+    except OSError:
+        return True
+    return False
 
 
 async def _on_signal(stop: Callable[[], None]) -> None:

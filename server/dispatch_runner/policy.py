@@ -90,6 +90,18 @@ def iso(epoch_s: float | None) -> str | None:
     return to_dt(epoch_s).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def duration_text(seconds: float) -> str:
+    """84s, 2.41s, 12m05s, 1h03m: the agent's wall time, the same everywhere it is shown."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 600:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def day_bounds(reset_utc: time, now: datetime) -> tuple[datetime, datetime]:
     """The reset-to-reset day containing `now`: (last reset <= now, next reset > now)."""
     start = datetime.combine(now.date(), reset_utc, tzinfo=UTC)

@@ -23,13 +23,15 @@ def open_store(url: str) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
-    from ..errors import StoreError
+    from ..errors import ConfigError
 
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError("this dispatch-runner has no PostgreSQL store yet (it comes with the "
-                         "multi-host release); use the embedded store: unset "
-                         "DISPATCH_RUNNER_STORE or set it to sqlite:///path/to/state.db")
-    raise StoreError(f"unsupported store URL {url!r}; use sqlite:///path/to/state.db")
+        raise ConfigError("DISPATCH_RUNNER_STORE", None, "store", "this dispatch-runner has no "
+                          "PostgreSQL store yet (it comes with the multi-host release); use the "
+                          "embedded store: unset DISPATCH_RUNNER_STORE or set it to "
+                          "sqlite:///path/to/state.db")
+    raise ConfigError("DISPATCH_RUNNER_STORE", None, "store",
+                      f"unsupported store URL {url!r}; use sqlite:///path/to/state.db")
 
 
 __all__ = [

@@ -1,0 +1,327 @@
+"""What the CLI shows people: tables (rich: colour on a terminal, plain when piped), following
+logs, waiting for a run, `status --watch`. `--json` prints the action's object and nothing else.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .policy import duration_text
+
+FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
+STATE_STYLE = {"completed": "green", "failed": "red", "lost": "red", "killed": "yellow",
+               "cancelled": "yellow", "running": "cyan", "queued": "blue"}
+PAGE = 2000
+FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the files
+WAIT_SLICE_S = 3600.0
+
+
+def console() -> Console:
+    """Colour and the terminal's width on a terminal; piped, plain text at natural width (a
+    table is never cut to 80 columns for a file or `grep`)."""
+    terminal = sys.stdout.isatty()
+    return Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 1000)
+
+
+def _invoke(runner: Any, name: str, **kwargs: Any) -> Any:
+    import anyio
+
+    return anyio.run(lambda: runner.bus.invoke(name, **kwargs))
+
+
+# ---- times, as people read them -------------------------------------------------------------
+
+
+def _parse(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")) if iso else None
+
+
+def span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d"
+
+
+def ago(iso: str | None, now: datetime) -> str:
+    at = _parse(iso)
+    return "-" if at is None else f"{span((now - at).total_seconds())} ago"
+
+
+def until(iso: str | None, now: datetime) -> str:
+    at = _parse(iso)
+    if at is None:
+        return "-"
+    left = (at - now).total_seconds()
+    return f"in {span(left)}" if left > 0 else "now"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return duration_text(seconds)  # the same text as the channel's
+
+
+def one_line(text: str | None, width: int) -> str:
+    flat = (text or "").strip().replace("\r", "\\r").replace("\n", "\\n")
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def _state(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+# ---- one entry point per command -------------------------------------------------------------
+
+
+def show(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    out = console()
+    if args.command == "status":
+        out.print(status_view(result) if "pools" in result else workspace_view(result))
+    elif args.command == "dispatch":
+        out.print(dispatch_view(result))
+    else:
+        out.print(Text(_PLAIN.get(args.command, _fields)(result)))
+
+
+def dispatch_view(r: dict[str, Any]) -> Text:
+    line = Text(f"{r['workspace']}  ")
+    line.append_text(_state(r["status"]))
+    line.append(f"  {r['agent']}")
+    if r["status"] == "queued":
+        eta = "unknown (no run of this pool has finished yet)" if r["eta_s"] is None \
+            else f"~{span(r['eta_s'])}"
+        line.append(f"  position {r['position']}, eta {eta}")
+    if r.get("frozen"):
+        line.append("  (queue frozen: `dispatch-runner start` resumes it)", style="yellow")
+    if r.get("deduplicated"):
+        line.append("  (the existing workspace for this idempotency key)")
+    line.append(f"\n{r['path']}")
+    return line
+
+
+def status_view(r: dict[str, Any]) -> RenderableType:
+    now = datetime.now(UTC)
+    parts: list[RenderableType] = []
+    if r.get("config_error"):
+        parts.append(Text(f"config error (built-in defaults shown): {r['config_error']}", style="bold red"))
+    head = Text("queue: ")
+    head.append("FROZEN (dispatch-runner start resumes it)" if r["frozen"] else "running",
+                style="bold yellow" if r["frozen"] else "green")
+    if r["counts"]:
+        head.append("   " + "  ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())))
+    parts.append(head)
+    parts.append(_pools(r["pools"], now))
+    if r.get("agents"):
+        parts.append(_agents(r["agents"]))
+    if r["workspaces"]:
+        parts.append(_workspaces(r["workspaces"], now))
+    if r.get("bus_dropped"):
+        parts.append(Text(f"bus: {r['bus_dropped']} events dropped by slow subscribers"))
+    return Group(*parts)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for c in columns:
+        table.add_column(c, no_wrap=True)
+    return table
+
+
+def _pools(pools: dict[str, Any], now: datetime) -> Table:
+    t = _table("POOL", "RUNNING", "QUEUED", "MODELS", "DAILY", "BACKOFF", "NEXT SPAWN", "OLDEST QUEUED",
+               "DONE/1M")
+    for name, p in pools.items():
+        models = ", ".join(f"{m} {v['running']}/{v['limit'] or '∞'}" for m, v in p["models"].items())
+        daily = f"{p['daily_used']}/{p['daily_limit']}" if p["daily_limit"] else str(p["daily_used"])
+        t.add_row(name, f"{p['running']}/{p['limit'] or '∞'}", str(p["queued"]), models or "-", daily,
+                  until(p["backoff_until"], now), until(p["next_spawn_at"], now),
+                  ago(p["oldest_queued_at"], now), str(p["throughput_1m"]))
+    return t
+
+
+def _agents(agents: dict[str, Any]) -> Table:
+    t = _table("AGENT", "POOL", "LIMIT", "INSTALLED")
+    for name, a in agents.items():
+        t.add_row(name, a["pool"], str(a["limit"] or "∞"),
+                  Text("yes", style="green") if a["available"] else Text("no (not on PATH)", style="red"))
+    return t
+
+
+def _workspaces(rows: list[dict[str, Any]], now: datetime) -> Table:
+    t = _table("WORKSPACE", "STATE", "AGENT", "PRIORITY", "AGE", "DURATION", "LABEL", "SUMMARY")
+    for w in rows:
+        t.add_row(w["workspace"], _state(w["state"]), w["agent"], w["priority"],
+                  ago(w["created_at"], now), duration(w["duration_s"]), one_line(w["label"], 24),
+                  one_line(w.get("summary"), 60))
+    return t
+
+
+def workspace_view(r: dict[str, Any]) -> RenderableType:
+    keys = ("workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
+            "started_at", "ended_at", "exit_code", "reason", "ended_reason", "path", "branch",
+            "parent")
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold", justify="right")
+    t.add_column()
+    for k in keys:
+        if r.get(k) is not None:
+            t.add_row(k, _state(r[k]) if k == "state" else Text(one_line(str(r[k]), 200)))
+    parts: list[RenderableType] = [t]
+    if r.get("summary"):
+        parts += [Text("\nsummary:", style="bold"), Text(r["summary"])]
+    if r.get("log_tail"):
+        parts += [Text("\nlog tail:", style="bold"), Text(r["log_tail"])]
+    return Group(*parts)
+
+
+def _fields(r: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in r.items())
+
+
+def _kill(r: dict[str, Any]) -> str:
+    return (f"killed: {', '.join(r['killed']) or 'none'}\n"
+            f"cancelled: {', '.join(r['cancelled']) or 'none'}")
+
+
+def _wait(r: dict[str, Any]) -> str:
+    lines = ["done" if r["done"] else "not done yet (timed out): wait again"]
+    lines += [f"{w['workspace']}  {w['state']}  exit {w['exit_code']}  {duration(w['duration_s'])}  "
+              f"{one_line(w['summary'], 100)}" for w in r["workspaces"]]
+    return "\n".join(lines)
+
+
+def _poke(r: dict[str, Any]) -> str:
+    text = f"spawned: {', '.join(r['spawned']) or 'nothing'}"
+    return text + ("  (the queue is frozen: `dispatch-runner start` resumes it)" if r.get("frozen") else "")
+
+
+def _gc(r: dict[str, Any]) -> str:
+    if r.get("busy"):
+        return "another gc is running in this home (a serving peer); try again in a moment"
+    verb = "would remove" if r["dry_run"] else "removed"
+    lines = [f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"]
+                                                           else "")]
+    lines += [f"  {n['workspace']}: {n['note']}" for n in r["notes"]]
+    lines += [f"kept {k['workspace']}: {k['note']}" for k in r["kept"]]
+    if r["orphans"]:
+        lines.append(f"{verb} {len(r['orphans'])} orphaned directory(ies): {', '.join(r['orphans'])}")
+    if r.get("dead_peers"):
+        lines.append(f"forgot {r['dead_peers']} dead peer(s)")
+    return "\n".join(lines)
+
+
+_PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
+    "kill": _kill, "wait": _wait, "poke": _poke, "gc": _gc,
+    "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
+    "start": lambda r: "queue running: queued work starts as slots allow",
+}
+
+
+# ---- logs, following, waiting, watching ------------------------------------------------------
+
+
+def logs(runner: Any, args: argparse.Namespace, *, workspace: str | None = None) -> int:
+    """Print a workspace's output: stdout, then stderr marked (or one of them); with --follow,
+    both as they grow, across retries, until the workspace ends."""
+    ws = workspace or args.workspace
+    streams = ["stdout"] if getattr(args, "stdout", False) else \
+        ["stderr"] if getattr(args, "stderr", False) else ["stdout", "stderr"]
+    run, offsets = getattr(args, "run", None), dict.fromkeys(streams, 0)
+    out, as_json = console(), getattr(args, "json", False) and workspace is None
+    while True:
+        pages = {s: _invoke(runner, "runner.logs", workspace=ws, run=run, stream=s, offset=offsets[s],
+                            limit=PAGE) for s in streams}
+        first = pages[streams[0]]
+        run = first["run"]
+        for s, page in pages.items():
+            for line in page["lines"]:
+                _emit(out, as_json, run, s, line)
+            offsets[s] = page["next_offset"]
+        full = any(len(p["lines"]) == PAGE for p in pages.values())
+        if not args.follow and not full:
+            return 0
+        if all(p["eof"] for p in pages.values()):
+            if first["state"] in FINISHED and run >= max(first["runs"], default=run):
+                return 0
+            if run < max(first["runs"], default=run):  # a retry started: follow it
+                run, offsets = run + 1, dict.fromkeys(streams, 0)
+                if not as_json:
+                    out.print(Text(f"── run {run} ──", style="bold"))
+                continue
+        if not full:
+            time.sleep(FOLLOW_POLL_S)
+
+
+def _emit(out: Console, as_json: bool, run: int, stream: str, line: str) -> None:
+    if as_json:
+        print(json.dumps({"run": run, "stream": stream, "line": line}))
+    elif stream == "stderr":
+        out.print(Text("[stderr] " + line, style="red"))
+    else:
+        out.print(Text(line))
+
+
+def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]) -> int:
+    """dispatch --wait / --follow: the run's end, and its outcome as the exit code."""
+    ws = dispatched["workspace"]
+    if not args.json:
+        console().print(dispatch_view(dispatched))
+    if args.follow:
+        logs(runner, args, workspace=ws)
+    while True:
+        result = _invoke(runner, "runner.wait", workspaces=[ws], timeout_s=WAIT_SLICE_S)
+        if result["done"]:
+            break
+    [row] = result["workspaces"]
+    if args.json:
+        print(json.dumps({**dispatched, "outcome": row}, indent=2))
+    else:
+        line = Text(f"{ws} ")
+        line.append_text(_state(row["state"]))
+        line.append(f" after {duration(row['duration_s'])}, exit code {row['exit_code']}")
+        console().print(line)
+        if row.get("summary"):
+            console().print(Text(row["summary"]))
+    return 0 if row["state"] == "completed" else 1
+
+
+def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> int:
+    """status --watch: the overview, refreshed in place until Ctrl-C."""
+    from rich.live import Live
+
+    def frame() -> RenderableType:
+        r = _invoke(runner, "runner.status", workspace=args.workspace, agent=args.agent,
+                    state=args.state, limit=args.limit)
+        if config_error:
+            r = {"config_error": config_error, **r}
+        body = status_view(r) if "pools" in r else workspace_view(r)
+        stamp = Text(f"every {args.interval:g}s, {datetime.now().strftime('%H:%M:%S')} (Ctrl-C ends)",
+                     style="dim")
+        return Group(stamp, body)
+
+    try:
+        with Live(frame(), console=console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(max(args.interval, 0.2))  # a refresh period, not a wait for a condition
+                live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,66 @@
+"""`dispatch-runner doctor`: what a new user needs to know is right, as a list of checks.
+
+Each check is {check, ok, detail}: ok true, false (something is broken) or null (a warning).
+"""
+
+import os
+import shutil
+import time
+from typing import Any
+
+from .config import Config, defaults, home_dir, load_config
+from .errors import ConfigError, DispatchError
+from .supervisor import find_executable
+
+
+def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
+    return {"check": name, "ok": ok, "detail": detail}
+
+
+def checks(config_flag: str | None) -> list[dict[str, Any]]:
+    out = []
+    try:
+        config: Config = load_config(config_flag)
+        out.append(_check("config", True, config.source))
+    except ConfigError as exc:
+        out.append(_check("config", False, str(exc)))
+        config = defaults(home_dir(), os.environ, "built-in defaults")
+    out.append(_check("home", True, str(config.home)))
+    on_path = shutil.which("dispatch-runner")
+    out.append(_check("dispatch-runner on PATH", True if on_path else None, on_path or
+                      "not found by name: MCP clients that start 'dispatch-runner serve' will not "
+                      "find it; add ~/.local/bin (or the install's bin directory) to PATH"))
+    for name, agent in sorted(config.agents.items()):
+        found = find_executable(agent.command[0], agent.env)
+        out.append(_check(f"agent {name}", True if found else None,
+                          f"{agent.command[0]} -> {found}" if found else
+                          f"{agent.command[0]} is not on PATH: dispatches to {name} are refused"))
+    out.append(_store(config))
+    out.append(_workspace_root(config))
+    out.append(_check("allowed roots", True, ", ".join(str(r) for r in config.allowed_roots)))
+    return out
+
+
+def _store(config: Config) -> dict[str, Any]:
+    from .store import open_store
+
+    try:
+        store = open_store(config.store_url)
+        try:
+            store.set_frozen(store.is_frozen(), now=time.time())  # a real write transaction
+        finally:
+            store.close()
+    except DispatchError as exc:
+        return _check("store", False, str(exc))
+    return _check("store", True, f"writable: {config.store_url}")
+
+
+def _workspace_root(config: Config) -> dict[str, Any]:
+    try:
+        config.workspace_root.mkdir(parents=True, exist_ok=True)
+        probe = config.workspace_root / ".doctor"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return _check("workspace root", False, f"{config.workspace_root}: {exc.strerror}")
+    return _check("workspace root", True, f"writable: {config.workspace_root}")
