@@ -316,12 +316,18 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
                      style="dim")
         return Group(stamp, body)
 
+    out = console()
+    period = max(args.interval, 0.2)
     try:
-        with Live(frame(), console=console(), auto_refresh=False) as live:
+        if not sys.stdout.isatty():  # piped: one snapshot after the other
             while True:
-                time.sleep(max(args.interval, 0.2))  # a refresh period, not a wait for a condition
+                out.print(frame())
+                out.print()
+                sys.stdout.flush()
+                time.sleep(period)  # a refresh period, not a wait for a condition
+        with Live(frame(), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(period)
                 live.update(frame(), refresh=True)
     except KeyboardInterrupt:
         return 0
-    finally:
-        sys.stdout.flush()
