@@ -172,3 +172,28 @@ def test_status_watch_refreshes_until_ctrl_c(home: Home) -> None:
         assert proc.wait(timeout=20) == 0
         assert "Traceback" not in proc.stderr.read()
     assert frames == 2
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    import argparse
+
+    parser = cli._parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 8, f"{name} {action.option_strings}"
+                if action.type in (float, int) and action.dest not in ("port",):
+                    assert action.metavar, f"{name} {action.option_strings} names no unit"
+
+
+@pytest.mark.parametrize("stdin", ["</dev/null", "<&-", "< /dev/null 0<&-"])
+def test_serve_with_stdin_at_its_end_or_closed_exits_0_promptly(home: Home, stdin: str) -> None:
+    import time
+
+    started = time.monotonic()
+    out = subprocess.run(["bash", "-c", f"{sys.executable} -m dispatch_runner.cli serve {stdin}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert time.monotonic() - started < 10
+    assert out.stdout == ""  # stdout is the protocol stream: nothing else ever goes there

@@ -505,3 +505,21 @@ async def test_wait_reports_progress_periodically_while_nothing_changes(home: Ho
         await runner.bus.invoke("runner.kill", all=True)
     assert result["done"] is False
     assert len(seen) >= 3 and all(v == 0.0 and t == 1.0 for v, t, _ in seen)
+
+
+async def test_durations_agree_everywhere_and_are_the_agents_wall_time(home: Home) -> None:
+    async with serving(home) as runner:
+        events = runner.bus.subscribe()
+        ws = (await dispatch(runner, "@sleep=0.3", agent="agent"))["workspace"]
+        [waited] = await wait_all(runner, [ws])
+        overview = await runner.bus.invoke("runner.status")
+        pushed = None
+        with anyio.fail_after(10):
+            while pushed is None:
+                event = await events.receive.receive()
+                if event.type == "AgentCompleted" and event.workspace == ws:
+                    pushed = event
+    [row] = [w for w in overview["workspaces"] if w["workspace"] == ws]
+    assert waited["duration_s"] == row["duration_s"] == pushed.data["duration_s"]
+    start, end = [e["t"] for e in _log(home) if e.get("ws") == ws and e["event"] in ("start", "end")]
+    assert 0.3 <= waited["duration_s"] and abs(waited["duration_s"] - (end - start)) < 0.25
