@@ -134,7 +134,7 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path, monkeypatch: 
     assert written.read_text().startswith("# dispatch-runner configuration")
     config = load_config()
     assert config.concurrency["codex"].models == {"gpt-5.4": 1}
-    assert f"workspace_root: {tmp_path / 'h' / 'workspaces'}" in written.read_text()
+    assert f'workspace_root: "{tmp_path / "h" / "workspaces"}"' in written.read_text()
     assert config.workspace_root == tmp_path / "h" / "workspaces"  # under the home, not ~/.dispatch-runner
     assert cli.main(["init"]) == 2  # refuses to overwrite without --force
 

@@ -197,3 +197,53 @@ def test_serve_with_stdin_at_its_end_or_closed_exits_0_promptly(home: Home, stdi
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert time.monotonic() - started < 10
     assert out.stdout == ""  # stdout is the protocol stream: nothing else ever goes there
+
+
+def test_logs_print_long_lines_whole_and_all_of_a_long_log(home: Home) -> None:
+    home.write_config("  wide:\n    command: [sh, -c, 'for i in $(seq 200); do printf \"%05d\" $i; "
+                      "head -c 9000 /dev/zero | tr \"\\\\0\" x; echo; done']\n")
+    ws = dispatched("x", "--agent", "wide")["workspace"]
+    wait_for(lambda: state_of(ws) == "completed", message="completed")
+    lines = run_cli("logs", ws, "--stdout").stdout.splitlines()
+    assert len(lines) == 200 and all(len(line) == 9005 for line in lines)  # past 256 KiB, uncut
+    assert [line[:5] for line in lines] == [f"{n:05d}" for n in range(1, 201)]
+
+
+def test_dispatch_wait_or_follow_with_json_prints_one_object_and_nothing_else(home: Home) -> None:
+    out = run_cli("dispatch", "fine", "--agent", "agent", "--follow", "--json")
+    result = json.loads(out.stdout)  # the whole of stdout is one JSON object
+    assert result["outcome"]["state"] == "completed"
+
+
+def test_status_watch_with_json_prints_json_lines(home: Home) -> None:
+    with subprocess.Popen([*CLI, "status", "--watch", "--json", "--interval", "0.2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        objects = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        proc.stderr.read()
+    assert all("pools" in o for o in objects)
+
+
+def test_init_into_a_place_it_cannot_write_is_a_sentence(home: Home, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = run_cli("init", "--home", str(blocker / "home"), check=False)
+    assert out.returncode == 2 and "cannot write" in out.stderr and "Traceback" not in out.stderr
+    spaced = tmp_path / "x home #1"
+    assert run_cli("init", "--home", str(spaced)).returncode == 0
+    config = json.loads(run_cli("--home", str(spaced), "doctor", "--json").stdout)
+    root = next(c for c in config if c["check"] == "workspace root")
+    assert root["detail"] == f"writable: {spaced / 'workspaces'}"
+
+
+def test_a_closed_pipe_after_a_table_exits_141_quietly(home: Home) -> None:
+    ws = dispatched("x", "--agent", "agent")["workspace"]
+    wait_for(lambda: state_of(ws) == "completed", message="completed")
+    for args in (f"logs {ws}", "status", f"logs --json {ws}"):
+        out = subprocess.run(f"{sys.executable} -m dispatch_runner.cli {args} | head -n 1; "
+                             "echo \"rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                             capture_output=True, text=True, timeout=60)
+        assert out.stderr == "", (args, out.stderr)
+        assert out.stdout.strip().endswith(("rc=141", "rc=0")), (args, out.stdout)

@@ -250,9 +250,9 @@ async def test_every_bad_input_is_a_tool_error_with_an_actionable_sentence(home:
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         busy = error(await client.call_tool("dispatch", {"task": "x", "max_wait_s": 0}))
-        assert re.search(r"pool 'claude' is busy: its slots are full and its wait cannot be estimated "
-                         r"yet \(no run of it has finished\) \(position \d+\), more than max_wait_s=0",
-                         busy), busy
+        assert re.search(r"pool 'claude' is busy at queue position \d+: its slots are full and its wait "
+                         r"cannot be estimated yet \(no run of it has finished\), which max_wait_s=0 does "
+                         r"not allow; nothing was queued", busy), busy
         assert ok(await client.call_tool("status", {}))["counts"].get("queued") == 1
         roots = error(await client.call_tool("dispatch", {"task": "x", "cwd": "/etc"}))
         assert str(home.root) in roots, roots

@@ -255,6 +255,8 @@ def _task(args: argparse.Namespace) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidArgument("task", f"cannot read --task-file {args.task_file}: {exc}") from exc
     if args.task == "-":
+        if sys.stdin.isatty():
+            print("dispatch-runner: reading the task from stdin (Ctrl-D ends it)", file=sys.stderr)
         return sys.stdin.read()
     if args.task is None:
         raise InvalidArgument("task", "say what the sub-agent should do: dispatch-runner dispatch "
@@ -299,9 +301,14 @@ def _init(args: argparse.Namespace) -> int:
     home = home_dir()
     text = resources.files("dispatch_runner").joinpath("example_agents.yaml").read_text()
     text = text.replace("workspace_root: ~/.dispatch-runner/workspaces",
-                        f"workspace_root: {home / 'workspaces'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+                        f"workspace_root: {json.dumps(str(home / 'workspaces'))}")  # quoted: any path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        print(f"dispatch-runner: cannot write {path}: {exc.strerror or exc}; pick another --home "
+              "or --config", file=sys.stderr)
+        return USAGE
     print(f"wrote {path}")
     return OK
 

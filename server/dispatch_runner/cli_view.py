@@ -4,6 +4,7 @@ logs, waiting for a run, `status --watch`. `--json` prints the action's object a
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,11 +26,19 @@ FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the 
 WAIT_SLICE_S = 3600.0
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """`| head` left: the same quiet exit as everywhere else (141), not rich's exit 1."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141)
+
+
 def console() -> Console:
     """Colour and the terminal's width on a terminal; piped, plain text at natural width (a
     table is never cut to 80 columns for a file or `grep`)."""
     terminal = sys.stdout.isatty()
-    return Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 1000)
+    return _Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 1000)
 
 
 def _invoke(runner: Any, name: str, **kwargs: Any) -> Any:
@@ -104,9 +113,9 @@ def dispatch_view(r: dict[str, Any]) -> Text:
     line = Text(f"{r['workspace']}  ")
     line.append_text(_state(r["status"]))
     line.append(f"  {r['agent']}")
-    if r["status"] == "queued":
-        eta = "unknown (no run of this pool has finished yet)" if r["eta_s"] is None \
-            else f"~{span(r['eta_s'])}"
+    if r["status"] == "queued" and not r.get("frozen"):
+        eta = f"~{span(r['eta_s'])}" if r["eta_s"] is not None else \
+            "unknown" if r.get("deduplicated") else "unknown (no run of this pool has finished yet)"
         line.append(f"  position {r['position']}, eta {eta}")
     if r.get("frozen"):
         line.append("  (queue frozen: `dispatch-runner start` resumes it)", style="yellow")
@@ -237,34 +246,45 @@ _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
 # ---- logs, following, waiting, watching ------------------------------------------------------
 
 
-def logs(runner: Any, args: argparse.Namespace, *, workspace: str | None = None) -> int:
+def logs(runner: Any, args: argparse.Namespace, *, workspace: str | None = None,
+         as_json: bool | None = None) -> int:
     """Print a workspace's output: stdout, then stderr marked (or one of them); with --follow,
-    both as they grow, across retries, until the workspace ends."""
+    both as they grow, across retries, until the workspace ends. Lines are printed whole."""
     ws = workspace or args.workspace
     streams = ["stdout"] if getattr(args, "stdout", False) else \
         ["stderr"] if getattr(args, "stderr", False) else ["stdout", "stderr"]
-    run, offsets = getattr(args, "run", None), dict.fromkeys(streams, 0)
-    out, as_json = console(), getattr(args, "json", False) and workspace is None
+    as_json = bool(getattr(args, "json", False)) if as_json is None else as_json
+    follow = bool(args.follow)
+    out = console()
+    run = getattr(args, "run", None) or _invoke(runner, "runner.logs", workspace=ws, limit=1)["run"]
     while True:
-        pages = {s: _invoke(runner, "runner.logs", workspace=ws, run=run, stream=s, offset=offsets[s],
-                            limit=PAGE) for s in streams}
-        first = pages[streams[0]]
-        run = first["run"]
-        for s, page in pages.items():
+        state, runs = _print_run(runner, out, ws, run, streams, as_json, follow)
+        if state in FINISHED and run >= max(runs, default=run):
+            return 0
+        if not follow:
+            return 0
+        if run < max(runs, default=run):  # a retry started: follow it
+            run += 1
+            if not as_json:
+                out.print(Text(f"── run {run} ──", style="bold"))
+
+
+def _print_run(runner: Any, out: Console, ws: str, run: int, streams: list[str], as_json: bool,
+               follow: bool) -> tuple[str, list[int]]:
+    """One run's lines: everything there is, or (following) until that run is over."""
+    where = dict.fromkeys(streams, (0, 0))  # (line offset, byte cursor) per stream
+    while True:
+        done, full = True, False
+        for s in streams:
+            offset, cursor = where[s]
+            page = _invoke(runner, "runner.logs", workspace=ws, run=run, stream=s, offset=offset,
+                           cursor=cursor, limit=PAGE, whole_lines=True)
             for line in page["lines"]:
                 _emit(out, as_json, run, s, line)
-            offsets[s] = page["next_offset"]
-        full = any(len(p["lines"]) == PAGE for p in pages.values())
-        if not args.follow and not full:
-            return 0
-        if all(p["eof"] for p in pages.values()):
-            if first["state"] in FINISHED and run >= max(first["runs"], default=run):
-                return 0
-            if run < max(first["runs"], default=run):  # a retry started: follow it
-                run, offsets = run + 1, dict.fromkeys(streams, 0)
-                if not as_json:
-                    out.print(Text(f"── run {run} ──", style="bold"))
-                continue
+            where[s] = (page["next_offset"], page["cursor"])
+            done, full = done and page["eof"], full or page["more"]
+        if done or (not follow and not full):
+            return page["state"], page["runs"]
         if not full:
             time.sleep(FOLLOW_POLL_S)
 
@@ -281,10 +301,10 @@ def _emit(out: Console, as_json: bool, run: int, stream: str, line: str) -> None
 def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]) -> int:
     """dispatch --wait / --follow: the run's end, and its outcome as the exit code."""
     ws = dispatched["workspace"]
-    if not args.json:
+    if not args.json:  # with --json: one object, the dispatch and its outcome, at the end
         console().print(dispatch_view(dispatched))
-    if args.follow:
-        logs(runner, args, workspace=ws)
+        if args.follow:
+            logs(runner, args, workspace=ws, as_json=False)
     while True:
         result = _invoke(runner, "runner.wait", workspaces=[ws], timeout_s=WAIT_SLICE_S)
         if result["done"]:
@@ -319,6 +339,12 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
     out = console()
     period = max(args.interval, 0.2)
     try:
+        if args.json:  # JSON lines: one status object per refresh
+            while True:
+                r = _invoke(runner, "runner.status", workspace=args.workspace, agent=args.agent,
+                            state=args.state, limit=args.limit)
+                print(json.dumps(r if not config_error else {"config_error": config_error, **r}), flush=True)
+                time.sleep(period)  # a refresh period, not a wait for a condition
         if not sys.stdout.isatty():  # piped: one snapshot after the other
             while True:
                 out.print(frame())

@@ -88,9 +88,9 @@ class QueueBusy(DispatchError):
                 else "its slots are full and its wait cannot be estimated yet (no run of it has "
                      "finished)")
         super().__init__(
-            f"pool {pool!r} is busy: {wait} (position {position}), more than "
-            f"max_wait_s={max_wait_s:g}; nothing was queued. Retry later, raise max_wait_s, "
-            "or pick another agent"
+            f"pool {pool!r} is busy at queue position {position}: {wait}, which max_wait_s="
+            f"{max_wait_s:g} does not allow; nothing was queued. Retry later, raise max_wait_s "
+            "(or leave it out), or pick another agent"
         )
 
 

@@ -135,8 +135,8 @@ def _add_resources(mcp: MCPServer, runner: Runner) -> None:
             page = await runner.bus.invoke("runner.logs", workspace=id, limit=2000)
         except UnknownWorkspace as exc:
             raise ResourceNotFoundError(str(exc)) from exc
-        more = "" if page["eof"] or page["state"] in ("queued", "running") else \
-            f"\n… more: logs with workspace={id} offset={page['next_offset']}\n"
+        more = "" if page["eof"] else (f"\n… more: the logs tool with workspace={id} "
+                                       f"run={page['run']} offset={page['next_offset']}\n")
         return "\n".join(page["lines"]) + more
 
 

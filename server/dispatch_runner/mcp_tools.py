@@ -55,8 +55,10 @@ DESCRIPTIONS: Final = {
         "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."),
     "logs": (
         "Read a workspace's agent output in pages: one run (default the latest), stdout, stderr "
-        "or both, from line offset. Returns {lines, next_offset, eof, run, runs, state}; call "
-        "again with offset=next_offset until eof is true (a running run grows: eof stays false)."),
+        "or both (stderr follows stdout once the run is over), from line offset. Returns "
+        "{lines, next_offset, eof, more, run, runs, state}; call again with the same run and "
+        "offset=next_offset until eof is true (a running run grows: eof stays false). Lines "
+        "over 8,000 characters are cut."),
     "poke": (
         "Drain the queue now and recover runs whose process vanished. Normally automatic; use it "
         "when queued work seems stuck. Returns {spawned: [ids]}."),

@@ -459,10 +459,12 @@ class Runner:
     # ---- runner.logs ---------------------------------------------------------------------------
 
     async def logs(self, *, workspace: str, run: int | None = None, stream: str = "stdout",
-                   offset: int = 0, limit: int = 200) -> dict[str, Any]:
+                   offset: int = 0, limit: int = 200, cursor: int | None = None,
+                   whole_lines: bool = False) -> dict[str, Any]:
         """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
-        next page, `eof` once the run is over and nothing is left. `runs` lists every run with
-        a log (retries start new ones)."""
+        next page, `eof` once the run is over and nothing is left, `more` when the page was
+        full. `runs` lists every run with a log (retries start new ones): pass `run` back to
+        stay on one. `cursor` (one stream) is where the page ended, to seek there next time."""
         validate.text("workspace", workspace, max_chars=200, required=True)
         if stream not in workspaces.LOG_STREAMS:
             raise InvalidArgument("stream", f"stream must be one of {', '.join(workspaces.LOG_STREAMS)} "
@@ -470,6 +472,7 @@ class Runner:
         validate.number("offset", offset, minimum=0, maximum=10**12, integer=True)
         validate.number("limit", limit, minimum=1, maximum=MAX_LOG_LINES, integer=True)
         validate.number("run", run, minimum=1, maximum=10**6, integer=True)
+        validate.number("cursor", cursor, minimum=0, maximum=10**15, integer=True)
         row = await self._db(self.store.get_workspace, workspace)
         if row is None:
             raise UnknownWorkspace(workspace)
@@ -480,10 +483,12 @@ class Runner:
             raise InvalidArgument("run", f"workspace {workspace} has had {row.runs} run(s); runs with "
                                   f"a log: {', '.join(map(str, runs)) or 'none yet'}")
         settled = WorkspaceState(row.state).finished or number < max(runs, default=0)
-        lines, next_offset, eof = await anyio.to_thread.run_sync(partial(
-            workspaces.log_page, path, number, stream, offset=offset, limit=limit, settled=settled))
+        page = await anyio.to_thread.run_sync(partial(
+            workspaces.log_page, path, number, stream, offset=offset, limit=limit, settled=settled,
+            cursor=cursor, whole_lines=whole_lines))
         return {"workspace": workspace, "run": number, "runs": runs, "stream": stream,
-                "lines": lines, "next_offset": next_offset, "eof": eof, "state": row.state}
+                "lines": page.lines, "next_offset": page.next_offset, "eof": page.eof,
+                "more": page.more, "cursor": page.cursor, "state": row.state}
 
     # ---- runner.kill / stop / start / poke ----------------------------------------------------
 

@@ -274,42 +274,61 @@ def log_runs(path: Path) -> list[int]:
     return sorted(found)
 
 
-def log_page(path: Path, run: int, stream: str, *, offset: int, limit: int,
-             settled: bool) -> tuple[list[str], int, bool]:
-    """Lines [offset, offset + limit) of a run's output: (lines, next_offset, eof). With "both",
-    stdout comes first, then stderr with each line marked "[stderr] ". A last line without its
-    newline is left for the next page while the run goes on (`settled` False); eof only when
-    the run is over and nothing is left."""
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    lines: list[str]
+    next_offset: int       # the line to ask for next
+    eof: bool              # the run is over and nothing is left
+    more: bool             # lines are left right now (the page was full)
+    cursor: int | None     # byte position after the last line (one stream only): a seek, not a scan
+
+
+def log_page(path: Path, run: int, stream: str, *, offset: int, limit: int, settled: bool,
+             cursor: int | None = None, whole_lines: bool = False) -> LogPage:
+    """Lines [offset, offset + limit) of a run's output. With "both", stdout comes first, then
+    stderr with each line marked "[stderr] " — once the run is over: while it runs, stdout alone
+    (stderr lines would shift as stdout grows). A last line without its newline is left for the
+    next page while the run goes on. `cursor`, from the previous page of the same stream, seeks
+    to `offset` instead of reading the lines before it."""
     out, err = run_log_paths(path, run)
-    sources = {"stdout": [(out, "")], "stderr": [(err, "")],
-               "both": [(out, ""), (err, "[stderr] ")]}[stream]
+    if stream == "both":
+        sources = [(out, ""), (err, "[stderr] ")] if settled else [(out, "")]
+        cursor = None
+    else:
+        sources = [(out if stream == "stdout" else err, "")]
     lines: list[str] = []
-    size = 0
-    index = 0
-    more = False
+    size, index, more, position = 0, 0 if cursor is None else offset, False, cursor
     for file, mark in sources:
-        for line in _file_lines(file, partial=settled):
+        for line, end in _file_lines(file, partial=settled, start=cursor or 0):
             if index >= offset:
                 if len(lines) >= limit or size >= MAX_PAGE_BYTES:
                     more = True
                     break
-                if len(line) > MAX_LINE_CHARS:
+                if len(line) > MAX_LINE_CHARS and not whole_lines:
                     line = f"{line[:MAX_LINE_CHARS]}… [{len(line) - MAX_LINE_CHARS} more characters]"
                 lines.append(mark + line)
                 size += len(line)
+                position = end
             index += 1
         if more:
             break
-    return lines, offset + len(lines), settled and not more
+    single = stream != "both"
+    return LogPage(lines, offset + len(lines), settled and not more, more,
+                   (position if position is not None else (cursor or 0)) if single else None)
 
 
-def _file_lines(file: Path, *, partial: bool) -> Iterator[str]:
+def _file_lines(file: Path, *, partial: bool, start: int = 0) -> Iterator[tuple[str, int]]:
+    """(line, byte position after it) from `start`; a last line without its newline only when
+    `partial` (the writer is done)."""
     try:
         f = open(file, "rb")
     except OSError:
         return
     with f:
+        f.seek(start)
+        position = start
         for raw in f:
             if not raw.endswith(b"\n") and not partial:
                 return  # still being written
-            yield raw.rstrip(b"\n").decode("utf-8", errors="replace")
+            position += len(raw)
+            yield raw.rstrip(b"\n").decode("utf-8", errors="replace"), position

@@ -802,3 +802,29 @@ def test_two_stores_on_one_database_never_exceed_a_pool_limit_of_3(backend: Back
     snap = stores[0].snapshot(now=T0 + total, limits=limits, limit=total)
     assert {k: v for k, v in snap["counts"].items() if v} == {"completed": total}
     assert all(ws(stores[1], f"w{n:03}").runs == 1 for n in range(total))
+
+
+def test_a_store_made_by_each_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dispatch_runner.store.sqlite import SQLiteStore, _statements
+    from dispatch_runner.store.sqlite_schema import MIGRATIONS
+
+    for version in range(1, len(MIGRATIONS)):
+        path = tmp_path / f"v{version}.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        for number, script in enumerate(MIGRATIONS[:version], start=1):
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+        db.close()
+        store = SQLiteStore(path)
+        try:
+            enqueue(store, "a", now=T0)
+            run = must_claim(store, T0).run_id
+            start(store, run, T0)
+            assert not store.record_agent(run, agent_pid=1, agent_start=1, now=T0 + 1)
+            assert finish(store, run, T0 + 3) is not None
+            assert store.events_after(0)[-1].data["duration_s"] == 2.0  # the agent's wall time
+        finally:
+            store.close()

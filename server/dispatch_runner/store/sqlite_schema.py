@@ -124,7 +124,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE runs ADD COLUMN spawn_mark REAL;
     ALTER TABLE runs ADD COLUMN prev_last_spawn REAL;
     ALTER TABLE runs ADD COLUMN counted_day TEXT;
-    ALTER TABLE runs ADD COLUMN agent_started_at REAL;  -- durations are the agent's wall time
     ALTER TABLE peers ADD COLUMN schema INTEGER;  -- NULL: a peer from before this step
+    """,
+    # 4: when the agent itself started: durations are the agent's wall time
+    """
+    ALTER TABLE runs ADD COLUMN agent_started_at REAL;
     """,
 )
