@@ -191,7 +191,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _action(args: argparse.Namespace) -> int:
-    from . import cli_view
     from .runner import Runner
 
     config_error = None
@@ -203,6 +202,9 @@ def _action(args: argparse.Namespace) -> int:
         config_error, config = str(exc), _fallback_config(args)  # status still answers
     runner = Runner(config, kind="cli")
     try:
+        if args.command == "logs" or getattr(args, "watch", False) or getattr(args, "wait", False) \
+                or getattr(args, "follow", False):
+            from . import cli_view  # rich: ~30 ms of import, only where people read the output
         if args.command == "logs":
             return cli_view.logs(runner, args)
         if args.command == "status" and args.watch:
@@ -217,7 +219,12 @@ def _action(args: argparse.Namespace) -> int:
         runner.close()
     if config_error is not None:
         result = {"config_error": config_error, **result}
-    cli_view.show(args, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from . import cli_view
+
+        cli_view.show(args, result)
     return _exit_code(args, result)
 
 

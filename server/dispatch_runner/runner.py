@@ -60,6 +60,7 @@ GC_EVERY_S = 3600.0
 GC_BATCH = 500
 GC_FIRST_S = 60.0          # a serving peer's first collection, then every GC_EVERY_S
 ID_TRIES = 5
+AVAILABLE_TTL_S = 5.0
 MAX_LOG_LINES = 2000
 ORPHAN_AGE_S = 3600.0      # a workspace directory without a row this old was never stored
 
@@ -88,6 +89,7 @@ class Runner:
         self._wake_at: float | None = None
         self._serving = False
         self._config_mtime = _mtime(config.source)
+        self._available: tuple[float, dict[str, bool]] = (-AVAILABLE_TTL_S, {})
         for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
                               ("runner.start", self.start), ("runner.stop", self.stop),
                               ("runner.kill", self.kill), ("runner.poke", self.poke),
@@ -437,13 +439,18 @@ class Runner:
         return snap
 
     def _agents(self) -> dict[str, dict[str, Any]]:
-        """Every configured agent: its pool, the pool's limit and whether its executable is here."""
+        """Every configured agent: its pool, the pool's limit and whether its executable is here
+        (looked up at most every AVAILABLE_TTL_S: status is called often, PATH rarely changes)."""
+        now = time.monotonic()
+        if now - self._available[0] > AVAILABLE_TTL_S:
+            self._available = (now, {name: supervisor.find_executable(a.command[0], a.env) is not None
+                                     for name, a in self.config.agents.items()})
         out = {}
-        for name, agent in sorted(self.config.agents.items()):
+        for name in sorted(self.config.agents):
             limit = self.config.concurrency.get(name)
             out[name] = {"pool": name, "limit": limit.total_limit if limit else None,
                          "models": dict(limit.models) if limit else {},
-                         "available": supervisor.find_executable(agent.command[0], agent.env) is not None}
+                         "available": self._available[1].get(name, False)}
         return out
 
     async def _workspace_status(self, workspace_id: str, log_lines: int) -> dict[str, Any]:
@@ -726,6 +733,7 @@ class Runner:
             log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
             return
         self.config = fresh
+        self._available = (-AVAILABLE_TTL_S, {})  # agents may have changed
         log.info("reloaded %s", source)
         self.nudge()
 
