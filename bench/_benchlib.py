@@ -70,7 +70,7 @@ def processes_of(home: Path) -> list[int]:
             state = Path(entry.path, "stat").read_bytes()
         except OSError:
             continue
-        if needle in blob and state[state.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+        if needle in blob and state[state.rfind(b")") + 2 :][:1] not in (b"Z", b"X"):
             found.append(int(entry.name))
     return found
 
@@ -114,8 +114,9 @@ def reap_children() -> None:
             return
 
 
-def wait_until(predicate: Callable[[], object], *, timeout_s: float, poll_s: float = 0.001,
-               what: str = "condition") -> object:
+def wait_until(
+    predicate: Callable[[], object], *, timeout_s: float, poll_s: float = 0.001, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -168,8 +169,7 @@ def run_cmd_times(argv: Sequence[str], n: int, *, env: dict[str, str] | None = N
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              check=False)
+        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         out.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise RuntimeError(f"{argv} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
@@ -202,17 +202,38 @@ def table(rows: Iterable[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-LATENCY_HEADER = ("figure", "n", "p50 ms", "p99 ms", "baseline (same run)", "n", "p50 ms", "p99 ms",
-                  "ratio p50", "target")
+LATENCY_HEADER = (
+    "figure",
+    "n",
+    "p50 ms",
+    "p99 ms",
+    "baseline (same run)",
+    "n",
+    "p50 ms",
+    "p99 ms",
+    "ratio p50",
+    "target",
+)
 
 
-def latency_row(name: str, values: Sequence[float], base_name: str, base: Sequence[float],
-                target: str = "") -> list[str]:
+def latency_row(
+    name: str, values: Sequence[float], base_name: str, base: Sequence[float], target: str = ""
+) -> list[str]:
     def n(v: Sequence[float]) -> str:
         return str(len(v)) if v else ""
 
-    return [name, n(values), ms(p50(values)), ms(pct(values, 99)), base_name, n(base),
-            ms(p50(base)), ms(pct(base, 99)), ratio(p50(values), p50(base)), target]
+    return [
+        name,
+        n(values),
+        ms(p50(values)),
+        ms(pct(values, 99)),
+        base_name,
+        n(base),
+        ms(p50(base)),
+        ms(pct(base, 99)),
+        ratio(p50(values), p50(base)),
+        target,
+    ]
 
 
 def verdict(label: str, value: float, limit: float, *, higher_is_better: bool = False) -> str:
@@ -223,5 +244,7 @@ def verdict(label: str, value: float, limit: float, *, higher_is_better: bool = 
 def machine() -> str:
     cores = os.cpu_count() or 0
     load = os.getloadavg()[0]
-    return (f"python {sys.version.split()[0]}, {cores} cores, load {load:.2f}, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return (
+        f"python {sys.version.split()[0]}, {cores} cores, load {load:.2f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )

@@ -48,8 +48,9 @@ class Pushes:
             identifier = "com.example/claude-channel"
 
             def notifications(self) -> list[NotificationBinding[Any]]:
-                return [NotificationBinding(method=CHANNEL, params_type=ChannelParams,
-                                            handler=pushes.on_channel)]
+                return [
+                    NotificationBinding(method=CHANNEL, params_type=ChannelParams, handler=pushes.on_channel)
+                ]
 
         return ClaudeChannel()
 

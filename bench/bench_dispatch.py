@@ -39,8 +39,7 @@ def bench_runner(n: int) -> dict[str, list[float]]:
     from dispatch_runner.runner import Runner
 
     runner = Runner(load_config(), kind="bench")
-    out: dict[str, list[float]] = {k: [] for k in ("running", "returned", "claimed", "shim",
-                                                   "agent", "done")}
+    out: dict[str, list[float]] = {k: [] for k in ("running", "returned", "claimed", "shim", "agent", "done")}
 
     async def one(i: int) -> None:
         t0 = time.time()
@@ -50,15 +49,16 @@ def bench_runner(n: int) -> dict[str, list[float]]:
             raise RuntimeError(f"dispatch {i} did not start at once: {res}")
         stamp = Path(res["path"]) / "work" / "started"
         started = b.wait_until(lambda: b.read_stamp(stamp), timeout_s=30, what="the agent's stamp")
-        row = b.wait_until(lambda: _finished(runner, res["workspace"]), timeout_s=30,
-                           what="the recorded exit")
+        row = b.wait_until(
+            lambda: _finished(runner, res["workspace"]), timeout_s=30, what="the recorded exit"
+        )
         run = runner.store.get_run(row.current_run)
         out["running"].append(started - t0)
         out["returned"].append(t_ret - t0)
         out["claimed"].append(run.claimed_at - t0)
-        out["shim"].append(run.started_at - run.claimed_at)   # shim process start -> start_run CAS
-        out["agent"].append(started - run.started_at)          # start_run -> agent's own stamp
-        out["done"].append(row.ended_at - started)            # agent start -> exit recorded
+        out["shim"].append(run.started_at - run.claimed_at)  # shim process start -> start_run CAS
+        out["agent"].append(started - run.started_at)  # start_run -> agent's own stamp
+        out["done"].append(row.ended_at - started)  # agent start -> exit recorded
         runner.launcher.reap()
 
     async def main() -> None:
@@ -86,9 +86,13 @@ def bench_popen(n: int, work: Path) -> tuple[list[float], list[float]]:
     for i in range(n + 1):
         stamp = work / f"popen-{i}"
         t0 = time.time()
-        proc = subprocess.Popen([*AGENT_ARGV, str(stamp)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*AGENT_ARGV, str(stamp)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         t_ret = time.time()
         proc.wait()
         started = b.read_stamp(stamp)
@@ -107,15 +111,20 @@ def bench_cli(n: int, home: Path) -> tuple[list[float], list[float]]:
     walls, running = [], []
     for i in range(-1, n):  # -1: warm-up (bytecode cache), not counted
         t0 = time.time()
-        proc = subprocess.run([b.CLI, "dispatch", f"cli {i}", "--agent", "rec", "--json"], env=env,
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [b.CLI, "dispatch", f"cli {i}", "--agent", "rec", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.time() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"dispatch-runner dispatch failed: {proc.stderr}")
         res = json.loads(proc.stdout)
         stamp = Path(res["path"]) / "work" / "started"
         started = b.wait_until(partial(b.read_stamp, stamp), timeout_s=30, what="the agent's stamp")
-        left = b.wait_processes_gone(home, 15.0)   # shim + drainer of this sample
+        left = b.wait_processes_gone(home, 15.0)  # shim + drainer of this sample
         if left:
             raise RuntimeError(f"processes of sample {i} still alive: {left}")
         if i >= 0:
@@ -128,8 +137,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100, help="in-process dispatches (default 100)")
     ap.add_argument("--cli-n", type=int, default=10, help="CLI dispatches (default 10)")
-    ap.add_argument("--no-pycache", action="store_true",
-                    help="leave child Pythons' bytecode settings as inherited")
+    ap.add_argument(
+        "--no-pycache", action="store_true", help="leave child Pythons' bytecode settings as inherited"
+    )
     args = ap.parse_args()
     home = b.make_home(AGENTS_YAML, "dispatch", pycache=not args.no_pycache)
     try:
@@ -141,10 +151,16 @@ def main() -> int:
         py_pass = b.run_cmd_times([b.PYTHON, "-c", "pass"], max(args.cli_n, 20))
         shim_import = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.shim"], 21)[1:]
         rows = [
-            b.latency_row("dispatch -> agent running (in-process)", res["running"],
-                          "Popen -> agent running", base, "p50 <= 30 ms"),
-            b.latency_row("dispatch call returns (in-process)", res["returned"],
-                          "Popen call returns", base_ret),
+            b.latency_row(
+                "dispatch -> agent running (in-process)",
+                res["running"],
+                "Popen -> agent running",
+                base,
+                "p50 <= 30 ms",
+            ),
+            b.latency_row(
+                "dispatch call returns (in-process)", res["returned"], "Popen call returns", base_ret
+            ),
             b.latency_row("CLI dispatch wall time", cli_wall, "python -c pass", py_pass),
             b.latency_row("CLI start -> agent running", cli_running, "python -c pass", py_pass),
         ]
@@ -153,17 +169,27 @@ def main() -> int:
         print("\nwhere dispatch -> running goes (in-process, from the store's run row):")
         parts = [
             b.latency_row("dispatch -> claim committed", res["claimed"], "", []),
-            b.latency_row("claim -> shim's start_run (shim start-up)", res["shim"],
-                          "python -c 'import dispatch_runner.shim'", shim_import),
+            b.latency_row(
+                "claim -> shim's start_run (shim start-up)",
+                res["shim"],
+                "python -c 'import dispatch_runner.shim'",
+                shim_import,
+            ),
             b.latency_row("", [], "python -c pass", py_pass),
-            b.latency_row("start_run -> agent's stamp (agent spawn)", res["agent"],
-                          "Popen -> agent running", base),
+            b.latency_row(
+                "start_run -> agent's stamp (agent spawn)", res["agent"], "Popen -> agent running", base
+            ),
             b.latency_row("agent stamp -> exit recorded (not in the figure)", res["done"], "", []),
         ]
         print(b.table([r[:-1] for r in parts], b.LATENCY_HEADER[:-1]))
         print()
-        print(b.verdict(f"dispatch -> running p50 {b.ms(b.p50(res['running']))} ms (DESIGN §7: <= 30 ms)",
-                        b.p50(res["running"]), 0.030))
+        print(
+            b.verdict(
+                f"dispatch -> running p50 {b.ms(b.p50(res['running']))} ms (DESIGN §7: <= 30 ms)",
+                b.p50(res["running"]),
+                0.030,
+            )
+        )
         print(f"({time.monotonic() - t:.1f} s)")
     finally:
         b.cleanup(home)

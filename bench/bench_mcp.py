@@ -50,7 +50,7 @@ agents:
     command: [sleep, "60"]
 """
 REC_ARGV = ["sh", "-c", 'date +%s.%N > "$1"', "sh"]
-MARKER = "DR_BENCH_MCP_SERVER"      # a unique value per run finds the server in /proc
+MARKER = "DR_BENCH_MCP_SERVER"  # a unique value per run finds the server in /proc
 DEADLINE_S = 30.0
 
 
@@ -88,11 +88,10 @@ def ppid_of(pid: int) -> int | None:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    return int(raw[raw.rfind(b")") + 2:].split()[1])
+    return int(raw[raw.rfind(b")") + 2 :].split()[1])
 
 
-def find_pids(*, env: bytes | None = None, argv: bytes | None = None,
-              parent: int | None = None) -> list[int]:
+def find_pids(*, env: bytes | None = None, argv: bytes | None = None, parent: int | None = None) -> list[int]:
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -115,8 +114,11 @@ def sleeping_python_rss(code: str, n: int = 3) -> list[float]:
     """RSS of `python -c CODE` once it has run CODE and sleeps (median of n processes)."""
     out = []
     for _ in range(n):
-        proc = subprocess.Popen([b.PYTHON, "-c", f"{code}\nimport sys, time\nprint('ready', flush=True)\n"
-                                 "time.sleep(60)"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [b.PYTHON, "-c", f"{code}\nimport sys, time\nprint('ready', flush=True)\ntime.sleep(60)"],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != b"ready":
@@ -137,8 +139,13 @@ def popen_wait(argv: list[str], n: int, work: Path) -> list[float]:
     out = []
     for i in range(n + 1):
         t0 = time.perf_counter()
-        subprocess.run([*argv, str(work / f"popen-{i}")], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            [*argv, str(work / f"popen-{i}")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         if i:
             out.append(time.perf_counter() - t0)
     return out
@@ -186,8 +193,12 @@ async def phase_exit_push(client: Client, pushes: Pushes, n: int, out: dict[str,
 def shim_of(ws: str) -> int:
     """The shim of a running workspace: the parent of its agent (found by the environment the
     shim gives it). Forked from the fork server, a shim carries the fork server's argv."""
-    found = b.wait_until(lambda: find_pids(env=f"DISPATCH_RUNNER_WORKSPACE={ws}\0".encode(), argv=b"sleep\0"),
-                         timeout_s=DEADLINE_S, poll_s=0.01, what=f"the agent of {ws}")
+    found = b.wait_until(
+        lambda: find_pids(env=f"DISPATCH_RUNNER_WORKSPACE={ws}\0".encode(), argv=b"sleep\0"),
+        timeout_s=DEADLINE_S,
+        poll_s=0.01,
+        what=f"the agent of {ws}",
+    )
     assert isinstance(found, list)
     agent = int(found[0])
     shim = ppid_of(agent)
@@ -196,11 +207,16 @@ def shim_of(ws: str) -> int:
     return shim
 
 
-async def phase_memory(client: Client, pushes: Pushes, server: int, sleepers: int,
-                       out: dict[str, Any]) -> None:
+async def phase_memory(
+    client: Client, pushes: Pushes, server: int, sleepers: int, out: dict[str, Any]
+) -> None:
     """Shims caught while their agents sleep, and the fork server; then kill the sleepers."""
-    ids = [structured(await client.call_tool("dispatch", {"task": f"sleep {i}", "agent": "sleeper"}))
-           ["workspace"] for i in range(sleepers)]
+    ids = [
+        structured(await client.call_tool("dispatch", {"task": f"sleep {i}", "agent": "sleeper"}))[
+            "workspace"
+        ]
+        for i in range(sleepers)
+    ]
     shims = [shim_of(ws) for ws in ids]
     await anyio.sleep(0.5)  # each shim has recorded its agent and waits
     out["shim_rss"] = [v for v in map(rss_mb, shims) if v is not None]
@@ -222,8 +238,9 @@ async def bench_session(home: Path, n: int, sleepers: int) -> dict[str, Any]:
     out: dict[str, Any] = {k: [] for k in ("ping", "list", "dispatch", "b2b", "exit_push", "ended")}
     with open(home / "server.log", "w") as errlog:  # noqa: ASYNC230 - opened once, never read here
         t_connect = time.perf_counter()
-        async with Client(stdio_client(params, errlog=errlog), mode="legacy",
-                          extensions=[pushes.extension()]) as client:
+        async with Client(
+            stdio_client(params, errlog=errlog), mode="legacy", extensions=[pushes.extension()]
+        ) as client:
             out["connect_s"] = time.perf_counter() - t_connect
             if client.protocol_version != "2025-11-25":
                 raise RuntimeError(f"unexpected protocol era {client.protocol_version}")
@@ -284,27 +301,45 @@ def main() -> int:
         print(f"bench_mcp: {b.machine()}\n{b.bytecode_note()}; home {home}")
         t = time.monotonic()
         # compile the package and the SDK into the bytecode cache once, outside every figure
-        warm = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.mcp_server, dispatch_runner.shim,"
-                                " dispatch_runner.forkserver, dispatch_runner.cli"], 1)[0]
+        warm = b.run_cmd_times(
+            [
+                b.PYTHON,
+                "-c",
+                "import dispatch_runner.mcp_server, dispatch_runner.shim,"
+                " dispatch_runner.forkserver, dispatch_runner.cli",
+            ],
+            1,
+        )[0]
         res = anyio.run(bench_session, home, args.n, args.sleepers)
         parts = store_breakdown(home, res["ended"])
         base_popen = popen_wait(REC_ARGV, args.n, home)
         rss_mcp = sleeping_python_rss("import mcp.server.mcpserver", 2)
         rss_shim = sleeping_python_rss("import dispatch_runner.shim")
         rss_bare = sleeping_python_rss("pass")
-        print(f"bytecode cache filled in {warm:.1f} s; server connected in {res['connect_s']:.2f} s "
-              f"(spawn + import + initialize); round trips {res['t_rt']:.1f} s, exit -> channel "
-              f"{res['t_exit']:.1f} s")
+        print(
+            f"bytecode cache filled in {warm:.1f} s; server connected in {res['connect_s']:.2f} s "
+            f"(spawn + import + initialize); round trips {res['t_rt']:.1f} s, exit -> channel "
+            f"{res['t_exit']:.1f} s"
+        )
 
         print()
         rows = [
-            b.latency_row("dispatch round trip (isolated)", res["dispatch"], "ping round trip",
-                          res["ping"], "p50 <= 15 ms"),
+            b.latency_row(
+                "dispatch round trip (isolated)",
+                res["dispatch"],
+                "ping round trip",
+                res["ping"],
+                "p50 <= 15 ms",
+            ),
             b.latency_row("", [], "tools/list round trip", res["list"]),
-            b.latency_row("dispatch round trip (back to back)", res["b2b"], "ping round trip",
-                          res["ping"]),
-            b.latency_row("agent exit -> channel received", res["exit_push"], "Popen+wait of the agent",
-                          base_popen, "p50 <= 50 ms"),
+            b.latency_row("dispatch round trip (back to back)", res["b2b"], "ping round trip", res["ping"]),
+            b.latency_row(
+                "agent exit -> channel received",
+                res["exit_push"],
+                "Popen+wait of the agent",
+                base_popen,
+                "p50 <= 50 ms",
+            ),
             b.latency_row("", [], "ping round trip", res["ping"]),
             b.latency_row("  agent end -> shim's ended_at", parts["shim"], "", []),
             b.latency_row("  shim's ended_at -> client received", parts["peer"], "", []),
@@ -312,43 +347,91 @@ def main() -> int:
         print(b.table(rows, b.LATENCY_HEADER))
         slow = [x for x in res["exit_push"] if x >= 0.4]
         if slow:
-            print(f"slow tail: {len(slow)}/{len(res['exit_push'])} exit -> channel samples took >= 400 ms "
-                  f"(median {b.ms(b.p50(slow))} ms: about the peer's 0.5 s store poll, i.e. the wake-up "
-                  "hint did not lead to the commit)")
+            print(
+                f"slow tail: {len(slow)}/{len(res['exit_push'])} exit -> channel samples took >= 400 ms "
+                f"(median {b.ms(b.p50(slow))} ms: about the peer's 0.5 s store poll, i.e. the wake-up "
+                "hint did not lead to the commit)"
+            )
 
         print()
-        header = ("memory (MB)", "VmRSS", "private", "PSS", "baseline (same run)", "VmRSS", "ratio",
-                  "target")
+        header = ("memory (MB)", "VmRSS", "private", "PSS", "baseline (same run)", "VmRSS", "ratio", "target")
         idle = res["rss_idle"]
         shim = mb_med(res["shim_rss"])
         mem = [
-            ["server, connected + 2 s idle", mb(idle), "", mb(res["pss_idle"]),
-             "python -c 'import mcp.server.mcpserver'", mb(mb_med(rss_mcp)),
-             b.ratio(idle or 0, mb_med(rss_mcp) or 0), "<= 80 MB"],
-            ["server, after the runs", mb(res["rss_after"]), "", "", "bare python", mb(mb_med(rss_bare)),
-             b.ratio(res["rss_after"] or 0, mb_med(rss_bare) or 0), ""],
-            [f"shim (forked), median of {len(res['shim_rss'])}", mb(shim), mb(mb_med(res["shim_private"])),
-             mb(mb_med(res["shim_pss"])), "python -c 'import dispatch_runner.shim'",
-             mb(mb_med(rss_shim)), b.ratio(shim or 0, mb_med(rss_shim) or 0), "<= 12 MB"],
-            ["fork server", mb(mb_med(res["fork_rss"])), mb(mb_med(res["fork_private"])), "",
-             "bare python", mb(mb_med(rss_bare)), b.ratio(mb_med(res["fork_rss"]) or 0,
-                                                          mb_med(rss_bare) or 0), ""],
+            [
+                "server, connected + 2 s idle",
+                mb(idle),
+                "",
+                mb(res["pss_idle"]),
+                "python -c 'import mcp.server.mcpserver'",
+                mb(mb_med(rss_mcp)),
+                b.ratio(idle or 0, mb_med(rss_mcp) or 0),
+                "<= 80 MB",
+            ],
+            [
+                "server, after the runs",
+                mb(res["rss_after"]),
+                "",
+                "",
+                "bare python",
+                mb(mb_med(rss_bare)),
+                b.ratio(res["rss_after"] or 0, mb_med(rss_bare) or 0),
+                "",
+            ],
+            [
+                f"shim (forked), median of {len(res['shim_rss'])}",
+                mb(shim),
+                mb(mb_med(res["shim_private"])),
+                mb(mb_med(res["shim_pss"])),
+                "python -c 'import dispatch_runner.shim'",
+                mb(mb_med(rss_shim)),
+                b.ratio(shim or 0, mb_med(rss_shim) or 0),
+                "<= 12 MB",
+            ],
+            [
+                "fork server",
+                mb(mb_med(res["fork_rss"])),
+                mb(mb_med(res["fork_private"])),
+                "",
+                "bare python",
+                mb(mb_med(rss_bare)),
+                b.ratio(mb_med(res["fork_rss"]) or 0, mb_med(rss_bare) or 0),
+                "",
+            ],
         ]
         print(b.table(mem, header))
-        print("(a forked shim shares the fork server's pages copy-on-write: VmRSS counts them, "
-              "private is what the shim alone adds)")
+        print(
+            "(a forked shim shares the fork server's pages copy-on-write: VmRSS counts them, "
+            "private is what the shim alone adds)"
+        )
 
         print()
-        print(b.verdict(f"dispatch round trip p50 {b.ms(b.p50(res['dispatch']))} ms (DESIGN §7: <= 15 ms)",
-                        b.p50(res["dispatch"]), 0.015))
-        print(b.verdict(f"agent exit -> channel p50 {b.ms(b.p50(res['exit_push']))} ms (DESIGN §7: <= 50 ms)",
-                        b.p50(res["exit_push"]), 0.050))
+        print(
+            b.verdict(
+                f"dispatch round trip p50 {b.ms(b.p50(res['dispatch']))} ms (DESIGN §7: <= 15 ms)",
+                b.p50(res["dispatch"]),
+                0.015,
+            )
+        )
+        print(
+            b.verdict(
+                f"agent exit -> channel p50 {b.ms(b.p50(res['exit_push']))} ms (DESIGN §7: <= 50 ms)",
+                b.p50(res["exit_push"]),
+                0.050,
+            )
+        )
         print(b.verdict(f"idle server RSS {mb(idle)} MB (DESIGN §7: <= 80 MB)", idle or 1e9, 80))
         if shim is None:
             print("MISS  per-run shim RSS: no shim caught")
         else:
-            print(b.verdict(f"per-run shim RSS {mb(shim)} MB VmRSS, {mb(mb_med(res['shim_private']))} MB "
-                            "private (DESIGN §7: <= 12 MB; VmRSS judged)", shim, 12))
+            print(
+                b.verdict(
+                    f"per-run shim RSS {mb(shim)} MB VmRSS, {mb(mb_med(res['shim_private']))} MB "
+                    "private (DESIGN §7: <= 12 MB; VmRSS judged)",
+                    shim,
+                    12,
+                )
+            )
         print(f"({time.monotonic() - t:.1f} s)")
     finally:
         b.cleanup(home)

@@ -42,8 +42,10 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-AGENT_SH = ('echo "s $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"; '
-            'echo "e $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"')
+AGENT_SH = (
+    'echo "s $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"; '
+    'echo "e $(date +%s.%N) $$ $DISPATCH_RUNNER_WORKSPACE" >> "$1"'
+)
 AGENTS_YAML = f"""\
 version: 1
 dispatch: {{default_agent: t, default_template: none, allowed_roots: ["{{home}}"]}}
@@ -54,7 +56,7 @@ agents:
   w:                        # warm-up runs, outside pool t and its log
     command: [/bin/true]
 """
-MARKER = "DR_BENCH_PEER"    # a unique value per peer finds each server in /proc
+MARKER = "DR_BENCH_PEER"  # a unique value per peer finds each server in /proc
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
 RUN_END = ("AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "AgentRetrying")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -68,7 +70,7 @@ def ppid_of(pid: int) -> int | None:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    return int(raw[raw.rfind(b")") + 2:].split()[1])
+    return int(raw[raw.rfind(b")") + 2 :].split()[1])
 
 
 def cpu_ticks(pid: int) -> int | None:
@@ -77,7 +79,7 @@ def cpu_ticks(pid: int) -> int | None:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
+    fields = raw[raw.rfind(b")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
 
 
@@ -129,8 +131,9 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def read_agent_log(path: Path) -> tuple[list[tuple[float, float]], Counter[str], int,
-                                       dict[str, tuple[float, float]]]:
+def read_agent_log(
+    path: Path,
+) -> tuple[list[tuple[float, float]], Counter[str], int, dict[str, tuple[float, float]]]:
     """(intervals start -> end per agent process, `s` lines per workspace, unpaired lines,
     workspace -> (start, end))."""
     open_by_pid: dict[str, float] = {}
@@ -161,8 +164,14 @@ def read_agent_log(path: Path) -> tuple[list[tuple[float, float]], Counter[str],
 
 
 async def bench_peers(home: Path, n: int, peers: int, idle_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"latency": [], "ping_load": [], "ping_idle": [], "ids": [],
-                           "per_peer": Counter(), "pushes": Counter()}
+    out: dict[str, Any] = {
+        "latency": [],
+        "ping_load": [],
+        "ping_idle": [],
+        "ids": [],
+        "per_peer": Counter(),
+        "pushes": Counter(),
+    }
     connected = 0
     all_connected, go, finished = anyio.Event(), anyio.Event(), anyio.Event()
     pushes = [Pushes() for _ in range(peers)]
@@ -171,11 +180,13 @@ async def bench_peers(home: Path, n: int, peers: int, idle_s: float) -> dict[str
     async def peer(i: int) -> None:
         nonlocal connected
         tag = f"{home}:{i}"
-        params = StdioServerParameters(command=b.PYTHON, args=["-m", "dispatch_runner.cli", "serve"],
-                                       env={**os.environ, MARKER: tag})
+        params = StdioServerParameters(
+            command=b.PYTHON, args=["-m", "dispatch_runner.cli", "serve"], env={**os.environ, MARKER: tag}
+        )
         with open(home / f"server-{i}.log", "w") as errlog:  # noqa: ASYNC230 - opened once
-            async with Client(stdio_client(params, errlog=errlog), mode="legacy",
-                              extensions=[pushes[i].extension()]) as client:
+            async with Client(
+                stdio_client(params, errlog=errlog), mode="legacy", extensions=[pushes[i].extension()]
+            ) as client:
                 servers[i] = find_server(tag)
                 # warm-up in pool w: worker threads, the fork server, first-call imports
                 warm = structured(await client.call_tool("dispatch", {"task": "warm-up", "agent": "w"}))
@@ -211,8 +222,9 @@ async def bench_peers(home: Path, n: int, peers: int, idle_s: float) -> dict[str
 
         # the load: all peers at once; poll the store read-only for the completed count
         db = ro(home)
-        forkservers = [pid for pid in children_of(set(servers.values()))
-                       if b"dispatch_runner.forkserver" in cmdline(pid)]
+        forkservers = [
+            pid for pid in children_of(set(servers.values())) if b"dispatch_runner.forkserver" in cmdline(pid)
+        ]
         load_pids = {"peers": list(servers.values()), "fork servers": forkservers}
         cpu_before = {k: [cpu_ticks(p) for p in v] for k, v in load_pids.items()}
         self_before = own_cpu_s()
@@ -220,18 +232,24 @@ async def bench_peers(home: Path, n: int, peers: int, idle_s: float) -> dict[str
         go.set()
         deadline = time.monotonic() + 60 + n * 0.5
         while True:
-            done = db.execute("SELECT count(*) FROM workspaces WHERE pool = 't' AND state = 'completed'"
-                              ).fetchone()[0]
-            ended = db.execute("SELECT count(*) FROM workspaces WHERE pool = 't' AND state IN "
-                               f"({','.join('?' * len(FINISHED))})", FINISHED).fetchone()[0]
+            done = db.execute(
+                "SELECT count(*) FROM workspaces WHERE pool = 't' AND state = 'completed'"
+            ).fetchone()[0]
+            ended = db.execute(
+                "SELECT count(*) FROM workspaces WHERE pool = 't' AND state IN "
+                f"({','.join('?' * len(FINISHED))})",
+                FINISHED,
+            ).fetchone()[0]
             if ended >= n or time.monotonic() > deadline:
                 break
             await anyio.sleep(0.05)
         out["t_seen"] = time.time()
         out["cpu_self"] = own_cpu_s() - self_before
-        out["cpu"] = {k: sum((z or 0) - (a or 0) for a, z in zip(cpu_before[k], [cpu_ticks(p) for p in v],
-                                                                strict=True)) / CLK_TCK
-                      for k, v in load_pids.items()}
+        out["cpu"] = {
+            k: sum((z or 0) - (a or 0) for a, z in zip(cpu_before[k], [cpu_ticks(p) for p in v], strict=True))
+            / CLK_TCK
+            for k, v in load_pids.items()
+        }
         out["cpu_count"] = {k: len(v) for k, v in load_pids.items()}
         out["completed_polled"] = done
         out["t_last"] = db.execute("SELECT max(ended_at) FROM workspaces WHERE pool = 't'").fetchone()[0]
@@ -266,14 +284,25 @@ def check_store(home: Path, ids: list[str], log: dict[str, tuple[float, float]])
     db = ro(home)
     try:
         wanted = set(ids)
-        completed = Counter(dict(db.execute(
-            "SELECT workspace, count(*) FROM events WHERE type = 'AgentCompleted' GROUP BY workspace")))
+        completed = Counter(
+            dict(
+                db.execute(
+                    "SELECT workspace, count(*) FROM events WHERE type = 'AgentCompleted' GROUP BY workspace"
+                )
+            )
+        )
         runs = Counter(dict(db.execute("SELECT workspace, count(*) FROM runs GROUP BY workspace")))
-        states = Counter(dict(db.execute("SELECT state, count(*) FROM workspaces WHERE pool = 't' "
-                                         "GROUP BY state")))
-        claimed_by = Counter(dict(db.execute(
-            "SELECT r.claimed_by, count(*) FROM runs r JOIN workspaces w ON w.id = r.workspace "
-            "WHERE w.pool = 't' GROUP BY r.claimed_by")))
+        states = Counter(
+            dict(db.execute("SELECT state, count(*) FROM workspaces WHERE pool = 't' GROUP BY state"))
+        )
+        claimed_by = Counter(
+            dict(
+                db.execute(
+                    "SELECT r.claimed_by, count(*) FROM runs r JOIN workspaces w ON w.id = r.workspace "
+                    "WHERE w.pool = 't' GROUP BY r.claimed_by"
+                )
+            )
+        )
         # Slots in commit order: writes are serialised (BEGIN IMMEDIATE), so event ids are the
         # order the gate saw; +1 when a run starts (AgentStarted), -1 at the event that ends it.
         open_runs: set[int] = set()
@@ -282,8 +311,9 @@ def check_store(home: Path, ids: list[str], log: dict[str, tuple[float, float]])
         ended_since_claim = False
         exit_to_claim: list[float] = []
         for typ, at, data in db.execute(
-                "SELECT e.type, e.at, e.data FROM events e JOIN workspaces w ON w.id = e.workspace "
-                "WHERE w.pool = 't' ORDER BY e.id"):
+            "SELECT e.type, e.at, e.data FROM events e JOIN workspaces w ON w.id = e.workspace "
+            "WHERE w.pool = 't' ORDER BY e.id"
+        ):
             run = json.loads(data).get("run")
             if typ == "AgentStarted":
                 open_runs.add(run)
@@ -299,8 +329,9 @@ def check_store(home: Path, ids: list[str], log: dict[str, tuple[float, float]])
                 ended_since_claim = True
         parts: dict[str, list[float]] = {k: [] for k in ("shim", "spawn", "agent", "exit")}
         for ws, claimed, started, ended in db.execute(
-                "SELECT r.workspace, r.claimed_at, r.started_at, r.ended_at FROM runs r "
-                "JOIN workspaces w ON w.id = r.workspace WHERE w.pool = 't'"):
+            "SELECT r.workspace, r.claimed_at, r.started_at, r.ended_at FROM runs r "
+            "JOIN workspaces w ON w.id = r.workspace WHERE w.pool = 't'"
+        ):
             if started is None or ended is None:
                 continue
             parts["shim"].append(started - claimed)
@@ -316,8 +347,11 @@ def check_store(home: Path, ids: list[str], log: dict[str, tuple[float, float]])
             "not_completed": sorted(w for w in wanted if completed[w] == 0),
             "one_run": sum(1 for w in wanted if runs[w] == 1),
             "extra_runs": sorted(w for w in wanted if runs[w] > 1),
-            "states": states, "slot_overlap": slot_overlap, "inversions": inversions,
-            "claimed_by": claimed_by, "parts": parts,
+            "states": states,
+            "slot_overlap": slot_overlap,
+            "inversions": inversions,
+            "claimed_by": claimed_by,
+            "parts": parts,
         }
     finally:
         db.close()
@@ -350,14 +384,25 @@ def main() -> int:
     try:
         print(f"bench_peers: {b.machine()}\n{b.bytecode_note()}; home {home}")
         t = time.monotonic()
-        warm = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.mcp_server, dispatch_runner.shim,"
-                                " dispatch_runner.forkserver, dispatch_runner.cli"], 1)[0]
+        warm = b.run_cmd_times(
+            [
+                b.PYTHON,
+                "-c",
+                "import dispatch_runner.mcp_server, dispatch_runner.shim,"
+                " dispatch_runner.forkserver, dispatch_runner.cli",
+            ],
+            1,
+        )[0]
         res = anyio.run(bench_peers, home, args.n, args.peers, args.idle_s)
         intervals, starts, unpaired, by_ws = read_agent_log(home / "agents.log")
         store = check_store(home, res["ids"], by_ws)
         # name the claimers peer-<pid> (the store's peer id is host:pid:start)
-        claimed = Counter({f"pid {k.split(':')[1]}" if k and k.count(':') == 2 else str(k): v
-                           for k, v in store["claimed_by"].items()})
+        claimed = Counter(
+            {
+                f"pid {k.split(':')[1]}" if k and k.count(":") == 2 else str(k): v
+                for k, v in store["claimed_by"].items()
+            }
+        )
         base_rate = popen_runs(args.baseline_n, home / "baseline.log")
         elapsed = (res["t_last"] or res["t_seen"]) - res["t_first"]
         rate = len(res["ids"]) / elapsed if elapsed > 0 else float("nan")
@@ -366,34 +411,76 @@ def main() -> int:
         never_started = sorted(set(res["ids"]) - set(starts))
         n = len(res["ids"])
 
-        print(f"bytecode cache filled in {warm:.1f} s; {args.peers} peers connected and warmed up in "
-              f"{res['connect_s']:.1f} s; dispatches per peer {dict(sorted(res['per_peer'].items()))}")
+        print(
+            f"bytecode cache filled in {warm:.1f} s; {args.peers} peers connected and warmed up in "
+            f"{res['connect_s']:.1f} s; dispatches per peer {dict(sorted(res['per_peer'].items()))}"
+        )
         print()
         rows = [
-            b.latency_row(f"dispatch round trip ({args.peers} peers, under load)", res["latency"],
-                          "ping under the same load", res["ping_load"]),
+            b.latency_row(
+                f"dispatch round trip ({args.peers} peers, under load)",
+                res["latency"],
+                "ping under the same load",
+                res["ping_load"],
+            ),
             b.latency_row("", [], "ping, idle (before the load)", res["ping_idle"]),
         ]
         print(b.table([r[:-1] for r in rows], b.LATENCY_HEADER[:-1]))
         print()
         header = ("figure", "value", "baseline (same run)", "value", "ratio")
         figs = [
-            [f"runs/s, pool limit {args.limit}, first dispatch -> last completion", f"{rate:.1f}",
-             f"Popen+wait of the agent, sequential (n={args.baseline_n})", f"{base_rate:.1f}",
-             b.ratio(rate, base_rate)],
-            [f"  ({n} runs in {elapsed:.2f} s; per slot {args.limit / rate * 1000:.1f} ms a run)", "",
-             "", "", ""],
-            [f"idle CPU of a peer over {res['idle_window']:.1f} s, % of one core (median of "
-             f"{len(res['idle_cpu'])})", f"{b.p50(res['idle_cpu']):.2f}",
-             "python -c 'import time; time.sleep(20)'", f"{res['idle_base']:.2f}", ""],
+            [
+                f"runs/s, pool limit {args.limit}, first dispatch -> last completion",
+                f"{rate:.1f}",
+                f"Popen+wait of the agent, sequential (n={args.baseline_n})",
+                f"{base_rate:.1f}",
+                b.ratio(rate, base_rate),
+            ],
+            [
+                f"  ({n} runs in {elapsed:.2f} s; per slot {args.limit / rate * 1000:.1f} ms a run)",
+                "",
+                "",
+                "",
+                "",
+            ],
+            [
+                f"idle CPU of a peer over {res['idle_window']:.1f} s, % of one core (median of "
+                f"{len(res['idle_cpu'])})",
+                f"{b.p50(res['idle_cpu']):.2f}",
+                "python -c 'import time; time.sleep(20)'",
+                f"{res['idle_base']:.2f}",
+                "",
+            ],
             ["  each peer", " ".join(f"{v:.2f}" for v in res["idle_cpu"]), "", "", ""],
         ]
-        cpu_rows = [[f"CPU per run during the load: {k} (all {res['cpu_count'][k]})",
-                     f"{v / max(n, 1) * 1000:.2f} ms", "", "", ""] for k, v in res["cpu"].items()]
-        cpu_rows.append([f"CPU per run during the load: this bench's {args.peers} client sessions",
-                         f"{res['cpu_self'] / max(n, 1) * 1000:.2f} ms", "", "", ""])
-        cpu_rows.append([f"CPU budget per run at the measured rate on {os.cpu_count()} cores",
-                         f"{(os.cpu_count() or 1) / rate * 1000:.2f} ms", "", "", ""])
+        cpu_rows = [
+            [
+                f"CPU per run during the load: {k} (all {res['cpu_count'][k]})",
+                f"{v / max(n, 1) * 1000:.2f} ms",
+                "",
+                "",
+                "",
+            ]
+            for k, v in res["cpu"].items()
+        ]
+        cpu_rows.append(
+            [
+                f"CPU per run during the load: this bench's {args.peers} client sessions",
+                f"{res['cpu_self'] / max(n, 1) * 1000:.2f} ms",
+                "",
+                "",
+                "",
+            ]
+        )
+        cpu_rows.append(
+            [
+                f"CPU budget per run at the measured rate on {os.cpu_count()} cores",
+                f"{(os.cpu_count() or 1) / rate * 1000:.2f} ms",
+                "",
+                "",
+                "",
+            ]
+        )
         figs += cpu_rows
         print(b.table(figs, header))
         print("\nwhere a slot's time goes (per run, from the store's run rows and the agents' log):")
@@ -407,33 +494,57 @@ def main() -> int:
         ]
         print(b.table([r[:4] for r in slot_rows], b.LATENCY_HEADER[:4]))
         print()
-        print(f"max agents running at once (agents' own log): {overlap}; max runs holding a slot "
-              f"(store events in commit order, claim -> end of run): {store['slot_overlap']}")
+        print(
+            f"max agents running at once (agents' own log): {overlap}; max runs holding a slot "
+            f"(store events in commit order, claim -> end of run): {store['slot_overlap']}"
+        )
         if store["inversions"]:
-            print(f"note: {store['inversions']} claims carry a time earlier than the exit committed just "
-                  "before them (the claim's `now` is read before its write transaction starts)")
-        print(f"states: {dict(store['states'])}; claims by peer: {dict(claimed)}; channel events per "
-              f"session: {dict(sorted(res['pushes'].items()))}")
-        print(f"exactly once: {store['completed_once']}/{n} one AgentCompleted, {store['one_run']}/{n} "
-              f"one run row, {sum(1 for w in res['ids'] if starts[w] == 1)}/{n} one agent start; "
-              f"unpaired log lines {unpaired}")
-        for label, bad in (("completed twice", store["completed_twice"]),
-                           ("never completed", store["not_completed"]),
-                           ("more than one run", store["extra_runs"]),
-                           ("agent started twice", spawned_twice), ("agent never started", never_started)):
+            print(
+                f"note: {store['inversions']} claims carry a time earlier than the exit committed just "
+                "before them (the claim's `now` is read before its write transaction starts)"
+            )
+        print(
+            f"states: {dict(store['states'])}; claims by peer: {dict(claimed)}; channel events per "
+            f"session: {dict(sorted(res['pushes'].items()))}"
+        )
+        print(
+            f"exactly once: {store['completed_once']}/{n} one AgentCompleted, {store['one_run']}/{n} "
+            f"one run row, {sum(1 for w in res['ids'] if starts[w] == 1)}/{n} one agent start; "
+            f"unpaired log lines {unpaired}"
+        )
+        for label, bad in (
+            ("completed twice", store["completed_twice"]),
+            ("never completed", store["not_completed"]),
+            ("more than one run", store["extra_runs"]),
+            ("agent started twice", spawned_twice),
+            ("agent never started", never_started),
+        ):
             if bad:
                 print(f"  {label}: {len(bad)}: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}")
         print()
-        print(b.verdict(f"never more than {args.limit} running: max {overlap} (agents' log), "
-                        f"{store['slot_overlap']} (store slots) (DESIGN §7)",
-                        max(overlap, store["slot_overlap"]), args.limit))
+        print(
+            b.verdict(
+                f"never more than {args.limit} running: max {overlap} (agents' log), "
+                f"{store['slot_overlap']} (store slots) (DESIGN §7)",
+                max(overlap, store["slot_overlap"]),
+                args.limit,
+            )
+        )
         lost = len(store["not_completed"]) + len(never_started)
-        print(b.verdict(f"no run lost: {store['completed_once']}/{n} completed exactly once, "
-                        f"{lost} missing (DESIGN §7)", lost + n - store["completed_once"], 0))
+        print(
+            b.verdict(
+                f"no run lost: {store['completed_once']}/{n} completed exactly once, "
+                f"{lost} missing (DESIGN §7)",
+                lost + n - store["completed_once"],
+                0,
+            )
+        )
         twice = len(spawned_twice) + len(store["extra_runs"]) + len(store["completed_twice"])
         print(b.verdict(f"none spawned twice: {twice} duplicates (DESIGN §7)", twice, 0))
-        print(f"info  {rate:.1f} runs/s at limit {args.limit} (the 50 runs/s bar of DESIGN §7 is for "
-              "bench_throughput.py's pool of 8)")
+        print(
+            f"info  {rate:.1f} runs/s at limit {args.limit} (the 50 runs/s bar of DESIGN §7 is for "
+            "bench_throughput.py's pool of 8)"
+        )
         print(f"({time.monotonic() - t:.1f} s)")
     finally:
         b.cleanup(home)

@@ -43,13 +43,33 @@ def new_ws(i: int, pool: str, model: str | None, home: Path, *, tag: str, max_at
     ws_id = f"ws-bench-{tag}-{i:06d}"
     path = home / "workspaces" / ws_id
     return NewWorkspace(
-        id=ws_id, pool=pool, model=model, agent=f"{pool}:{model}" if model else pool,
-        task=f"bench task {i}: refactor module {i % 97} and add tests", prompt=f"bench task {i}",
-        template="none", priority=2, label=f"bench-{i % 10}", path=str(path),
-        run_dir=str(path / "work"), cwd=None, repo=None, branch=None, idempotency_key=None,
-        max_attempts=max_attempts, timeout_s=None, origin=None, parent=None,
-        spec={"argv": [pool, "-p", "--", [{"ref": "prompt"}]], "stdin": "none", "env": {},
-              "output": "text", "patterns": []})
+        id=ws_id,
+        pool=pool,
+        model=model,
+        agent=f"{pool}:{model}" if model else pool,
+        task=f"bench task {i}: refactor module {i % 97} and add tests",
+        prompt=f"bench task {i}",
+        template="none",
+        priority=2,
+        label=f"bench-{i % 10}",
+        path=str(path),
+        run_dir=str(path / "work"),
+        cwd=None,
+        repo=None,
+        branch=None,
+        idempotency_key=None,
+        max_attempts=max_attempts,
+        timeout_s=None,
+        origin=None,
+        parent=None,
+        spec={
+            "argv": [pool, "-p", "--", [{"ref": "prompt"}]],
+            "stdin": "none",
+            "env": {},
+            "output": "text",
+            "patterns": [],
+        },
+    )
 
 
 def sql_enqueue(db_path: Path, items: list) -> None:
@@ -68,15 +88,48 @@ def sql_enqueue(db_path: Path, items: list) -> None:
                idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
                origin, parent, spec, rev)
                VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1)""",
-            [(ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task,
-              ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd, ws.repo, ws.branch,
-              ws.base_commit, ws.idempotency_key, ws.max_attempts, ws.timeout_s, t, t, ws.origin,
-              ws.parent, json.dumps(ws.spec)) for ws, t in items])
+            [
+                (
+                    ws.id,
+                    ws.pool,
+                    ws.model,
+                    lane_of(ws.pool, ws.model),
+                    ws.agent,
+                    ws.task,
+                    ws.template,
+                    ws.priority,
+                    ws.label,
+                    ws.path,
+                    ws.run_dir,
+                    ws.cwd,
+                    ws.repo,
+                    ws.branch,
+                    ws.base_commit,
+                    ws.idempotency_key,
+                    ws.max_attempts,
+                    ws.timeout_s,
+                    t,
+                    t,
+                    ws.origin,
+                    ws.parent,
+                    json.dumps(ws.spec),
+                )
+                for ws, t in items
+            ],
+        )
         db.executemany(
             "INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
-            [(t, "AgentQueued", ws.id, ws.origin,
-              json.dumps({"agent": ws.agent, "priority": ws.priority}, separators=(",", ":")))
-             for ws, t in items])
+            [
+                (
+                    t,
+                    "AgentQueued",
+                    ws.id,
+                    ws.origin,
+                    json.dumps({"agent": ws.agent, "priority": ws.priority}, separators=(",", ":")),
+                )
+                for ws, t in items
+            ],
+        )
         db.execute("COMMIT")
     finally:
         db.close()
@@ -105,17 +158,26 @@ def populate(store, home: Path, n_finished: int, n_queued: int, limits, fill: st
         pool, model = QUEUED_AGENTS[i % len(QUEUED_AGENTS)]
         failed = i % 10 == 9
         t = start + i * step
-        store.enqueue(new_ws(i, pool, model, home, tag="done", max_attempts=1 if failed else 3),
-                      now=t, max_wait_s=None, limits=unlimited)
+        store.enqueue(
+            new_ws(i, pool, model, home, tag="done", max_attempts=1 if failed else 3),
+            now=t,
+            max_wait_s=None,
+            limits=unlimited,
+        )
         claim = store.claim_next(now=t + 1, limits=unlimited, peer="bench").claim
-        result = (RunExit(outcome=Outcome.FAILED, exit_code=1, detail="exit 1") if failed else
-                  RunExit(outcome=Outcome.SUCCEEDED, exit_code=0, summary=f"did task {i}"))
+        result = (
+            RunExit(outcome=Outcome.FAILED, exit_code=1, detail="exit 1")
+            if failed
+            else RunExit(outcome=Outcome.SUCCEEDED, exit_code=0, summary=f"did task {i}")
+        )
         store.record_exit(claim.run_id, result, now=t + 60 + i % 300, rate=None)
     t_finished = time.perf_counter() - t0
     t0 = time.perf_counter()
     start = now - 3 * 3600
-    items = [(new_ws(i, *QUEUED_AGENTS[i % len(QUEUED_AGENTS)], home, tag="q"),
-              start + i * (3 * 3600 / n_queued)) for i in range(n_queued)]
+    items = [
+        (new_ws(i, *QUEUED_AGENTS[i % len(QUEUED_AGENTS)], home, tag="q"), start + i * (3 * 3600 / n_queued))
+        for i in range(n_queued)
+    ]
     enqueue_all(store, items, limits, fill)
     t_queued = time.perf_counter() - t0
     while store.claim_next(now=time.time(), limits=limits, peer="bench").claim is not None:
@@ -155,8 +217,9 @@ def bench_claim(home: Path, depth: int, calls: int, fill_mode: str) -> dict[str,
     try:
         t0 = time.perf_counter()
         base = time.time() - 3600
-        items = [(new_ws(i, "codex", "gpt-5.4", home, tag=f"c{depth}"), base + i * 0.01)
-                 for i in range(depth)]
+        items = [
+            (new_ws(i, "codex", "gpt-5.4", home, tag=f"c{depth}"), base + i * 0.01) for i in range(depth)
+        ]
         items.append((new_ws(depth, "codex", "other", home, tag=f"c{depth}"), base + depth * 0.01))
         enqueue_all(store, items, limits, fill_mode)
         fill = time.perf_counter() - t0
@@ -187,8 +250,7 @@ def bench_claim(home: Path, depth: int, calls: int, fill_mode: str) -> dict[str,
             t2 = time.perf_counter()
             enq.append(t1 - t0)
             pos.append(t2 - t1)
-        return {"found": found[1:], "empty": empty[1:], "enqueue": enq[1:], "position": pos[1:],
-                "fill": fill}
+        return {"found": found[1:], "empty": empty[1:], "enqueue": enq[1:], "position": pos[1:], "fill": fill}
     finally:
         store.close()
 
@@ -198,8 +260,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10_000, help="queued and finished workspaces each")
     ap.add_argument("--calls", type=int, default=50, help="timed calls per figure (default 50)")
     ap.add_argument("--cli-n", type=int, default=10, help="CLI status runs (default 10)")
-    ap.add_argument("--fill", choices=("sql", "api"), default="sql",
-                    help="how the queued backlog goes in: direct SQL (default) or SQLiteStore.enqueue")
+    ap.add_argument(
+        "--fill",
+        choices=("sql", "api"),
+        default="sql",
+        help="how the queued backlog goes in: direct SQL (default) or SQLiteStore.enqueue",
+    )
     args = ap.parse_args()
     home = b.make_home(AGENTS_YAML, "status")
     try:
@@ -221,7 +287,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         one = runner.store.get_workspace(one_id)
         Path(one.path).mkdir(parents=True)
         (Path(one.path) / "run-1.out.log").write_text(
-            "".join(f"log line {k}: working on it\n" for k in range(2000)))
+            "".join(f"log line {k}: working on it\n" for k in range(2000))
+        )
         overall, single, snap = bench_status_calls(runner, args.calls, one_id)
     finally:
         runner.close()
@@ -236,29 +303,56 @@ def _run(args: argparse.Namespace, home: Path) -> int:
 
     n = f"{args.n:,}"
     how = "direct SQL (enqueue's INSERTs)" if args.fill == "sql" else "SQLiteStore.enqueue"
-    print(f"store: {snap['counts']}\nfinished: SQLiteStore.enqueue + claim_next + record_exit, "
-          f"{fill['finished']:.1f} s; queued backlog: {how}, {fill['queued']:.1f} s; "
-          f"claim store {n} deep: {how}, {big['fill']:.1f} s")
+    print(
+        f"store: {snap['counts']}\nfinished: SQLiteStore.enqueue + claim_next + record_exit, "
+        f"{fill['finished']:.1f} s; queued backlog: {how}, {fill['queued']:.1f} s; "
+        f"claim store {n} deep: {how}, {big['fill']:.1f} s"
+    )
     rows = [
-        b.latency_row(f"runner.status overall ({n}+{n})", overall, "SELECT count(*) FROM workspaces",
-                      count, "<= 50 ms"),
-        b.latency_row("runner.status one workspace (2,000-line log)", single,
-                      "SELECT count(*) FROM workspaces", count),
+        b.latency_row(
+            f"runner.status overall ({n}+{n})", overall, "SELECT count(*) FROM workspaces", count, "<= 50 ms"
+        ),
+        b.latency_row(
+            "runner.status one workspace (2,000-line log)", single, "SELECT count(*) FROM workspaces", count
+        ),
         b.latency_row("CLI `dispatch-runner status` wall", cli, "python -c pass", py_pass, "<= 300 ms"),
-        b.latency_row(f"claim_next, saturated head, {n} deep", big["found"],
-                      "same claim, 100 deep", small["found"], "O(log n): ratio ~1"),
-        b.latency_row(f"claim_next, nothing eligible, {n} deep", big["empty"],
-                      "same, 100 deep", small["empty"], "O(log n): ratio ~1"),
-        b.latency_row(f"enqueue at the back, {n} deep", big["enqueue"],
-                      "same, 100 deep", small["enqueue"], "(no O(n) on hot path)"),
-        b.latency_row(f"queue_position at the back, {n} deep", big["position"],
-                      "same, 100 deep", small["position"], "(no O(n) on hot path)"),
+        b.latency_row(
+            f"claim_next, saturated head, {n} deep",
+            big["found"],
+            "same claim, 100 deep",
+            small["found"],
+            "O(log n): ratio ~1",
+        ),
+        b.latency_row(
+            f"claim_next, nothing eligible, {n} deep",
+            big["empty"],
+            "same, 100 deep",
+            small["empty"],
+            "O(log n): ratio ~1",
+        ),
+        b.latency_row(
+            f"enqueue at the back, {n} deep",
+            big["enqueue"],
+            "same, 100 deep",
+            small["enqueue"],
+            "(no O(n) on hot path)",
+        ),
+        b.latency_row(
+            f"queue_position at the back, {n} deep",
+            big["position"],
+            "same, 100 deep",
+            small["position"],
+            "(no O(n) on hot path)",
+        ),
     ]
     print()
     print(b.table(rows, b.LATENCY_HEADER))
     print()
-    print(b.verdict(f"status overall p50 {b.ms(b.p50(overall))} ms (DESIGN §7: <= 50 ms)",
-                    b.p50(overall), 0.050))
+    print(
+        b.verdict(
+            f"status overall p50 {b.ms(b.p50(overall))} ms (DESIGN §7: <= 50 ms)", b.p50(overall), 0.050
+        )
+    )
     print(b.verdict(f"CLI status p50 {b.ms(b.p50(cli))} ms (DESIGN §7: <= 300 ms)", b.p50(cli), 0.300))
     for what, key in (("claim", "found"), ("enqueue", "enqueue")):
         r = b.p50(big[key]) / b.p50(small[key])

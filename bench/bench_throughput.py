@@ -58,8 +58,12 @@ def bench_runner(n: int, home: Path) -> dict[str, float]:
                     if event.type in TERMINAL_EVENTS and event.workspace in ids:
                         done.add(event.workspace)
                     continue
-                done |= {i for i in ids if runner.store.get_workspace(i).state
-                         in ("completed", "failed", "killed", "lost", "cancelled")}
+                done |= {
+                    i
+                    for i in ids
+                    if runner.store.get_workspace(i).state
+                    in ("completed", "failed", "killed", "lost", "cancelled")
+                }
 
     async def main() -> None:
         sub = runner.bus.subscribe(10 * n + 100)
@@ -96,15 +100,23 @@ def bench_runner(n: int, home: Path) -> dict[str, float]:
 def store_figures(home: Path, warm: str) -> dict[str, object]:
     db = sqlite3.connect(home / "state.db")
     try:
-        states = dict(db.execute("SELECT state, count(*) FROM workspaces WHERE id != ? GROUP BY state",
-                                 (warm,)).fetchall())
+        states = dict(
+            db.execute(
+                "SELECT state, count(*) FROM workspaces WHERE id != ? GROUP BY state", (warm,)
+            ).fetchall()
+        )
         last_end = db.execute("SELECT max(ended_at) FROM workspaces WHERE id != ?", (warm,)).fetchone()[0]
-        spans = db.execute("SELECT r.claimed_at, r.started_at, r.ended_at FROM runs r "
-                           "WHERE r.workspace != ? ORDER BY r.id", (warm,)).fetchall()
+        spans = db.execute(
+            "SELECT r.claimed_at, r.started_at, r.ended_at FROM runs r WHERE r.workspace != ? ORDER BY r.id",
+            (warm,),
+        ).fetchall()
         # commit order, not timestamps: a claim's `now` is read before it waits for the write lock
-        steps = db.execute("SELECT type, data FROM events WHERE workspace != ? AND type IN "
-                           "('AgentStarted', 'AgentCompleted', 'AgentFailed', 'AgentKilled', "
-                           "'AgentLost', 'AgentRetrying') ORDER BY id", (warm,)).fetchall()
+        steps = db.execute(
+            "SELECT type, data FROM events WHERE workspace != ? AND type IN "
+            "('AgentStarted', 'AgentCompleted', 'AgentFailed', 'AgentKilled', "
+            "'AgentLost', 'AgentRetrying') ORDER BY id",
+            (warm,),
+        ).fetchall()
     finally:
         db.close()
     # +1 when a run starts, -1 when that run ends (a claim that never started has no start)
@@ -117,9 +129,13 @@ def store_figures(home: Path, warm: str) -> dict[str, object]:
             peak = max(peak, len(running))
         else:
             running.discard(run)
-    return {"states": states, "last_end": last_end, "peak": peak,
-            "claim_to_shim": [s - c for c, s, _ in spans if s is not None],
-            "shim_to_end": [e - s for _, s, e in spans if s is not None and e is not None]}
+    return {
+        "states": states,
+        "last_end": last_end,
+        "peak": peak,
+        "claim_to_shim": [s - c for c, s, _ in spans if s is not None],
+        "shim_to_end": [e - s for _, s, e in spans if s is not None and e is not None],
+    }
 
 
 def sequential_rate(argv: list[str], n: int) -> tuple[float, list[float]]:
@@ -136,8 +152,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=300, help="dispatches (default 300)")
     ap.add_argument("--concurrency", type=int, default=8, help="pool limit (default 8)")
-    ap.add_argument("--import-n", type=int, default=40,
-                    help="runs of the python-import baselines (default 40)")
+    ap.add_argument(
+        "--import-n", type=int, default=40, help="runs of the python-import baselines (default 40)"
+    )
     args = ap.parse_args()
     home = b.make_home(AGENTS_YAML.replace("CONCURRENCY", str(args.concurrency)), "throughput")
     try:
@@ -156,28 +173,81 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     rate = n / elapsed
     true_rate, _ = sequential_rate(["/bin/true"], n)
     sj_rate, _ = sequential_rate([b.PYTHON, "-c", "import sqlite3, json"], args.import_n)
-    shim_rate, shim_times = sequential_rate([b.PYTHON, "-c", "import dispatch_runner.shim"],
-                                            args.import_n)
+    shim_rate, shim_times = sequential_rate([b.PYTHON, "-c", "import dispatch_runner.shim"], args.import_n)
     pass_rate, _ = sequential_rate([b.PYTHON, "-c", "pass"], args.import_n)
 
-    print(f"\n{n} dispatches of /bin/true, pool limit {args.concurrency}: states {fig['states']}, "
-          f"peak concurrent runs {fig['peak']} (from the event order)")
+    print(
+        f"\n{n} dispatches of /bin/true, pool limit {args.concurrency}: states {fig['states']}, "
+        f"peak concurrent runs {fig['peak']} (from the event order)"
+    )
     rows = [
-        ["whole path (dispatch -> exit recorded)", f"{rate:.1f}", f"{1000 / rate:.2f}",
-         "Popen+wait /bin/true, sequential", f"{true_rate:.0f}", f"{1000 / true_rate:.2f}",
-         b.ratio(true_rate, rate), ">= 50 runs/s"],
-        ["", "", "", "Popen+wait python -c 'import sqlite3, json'", f"{sj_rate:.1f}",
-         f"{1000 / sj_rate:.2f}", b.ratio(sj_rate, rate), ""],
-        ["", "", "", "Popen+wait python -c 'import dispatch_runner.shim'", f"{shim_rate:.1f}",
-         f"{1000 / shim_rate:.2f}", b.ratio(shim_rate, rate), ""],
-        ["", "", "", "Popen+wait python -c pass", f"{pass_rate:.1f}", f"{1000 / pass_rate:.2f}",
-         b.ratio(pass_rate, rate), ""],
-        ["dispatch calls alone (accepted/s)", f"{n / (res['t_dispatched'] - res['t_first']):.1f}",
-         f"{1000 * (res['t_dispatched'] - res['t_first']) / n:.2f}", "", "", "", "", ""],
+        [
+            "whole path (dispatch -> exit recorded)",
+            f"{rate:.1f}",
+            f"{1000 / rate:.2f}",
+            "Popen+wait /bin/true, sequential",
+            f"{true_rate:.0f}",
+            f"{1000 / true_rate:.2f}",
+            b.ratio(true_rate, rate),
+            ">= 50 runs/s",
+        ],
+        [
+            "",
+            "",
+            "",
+            "Popen+wait python -c 'import sqlite3, json'",
+            f"{sj_rate:.1f}",
+            f"{1000 / sj_rate:.2f}",
+            b.ratio(sj_rate, rate),
+            "",
+        ],
+        [
+            "",
+            "",
+            "",
+            "Popen+wait python -c 'import dispatch_runner.shim'",
+            f"{shim_rate:.1f}",
+            f"{1000 / shim_rate:.2f}",
+            b.ratio(shim_rate, rate),
+            "",
+        ],
+        [
+            "",
+            "",
+            "",
+            "Popen+wait python -c pass",
+            f"{pass_rate:.1f}",
+            f"{1000 / pass_rate:.2f}",
+            b.ratio(pass_rate, rate),
+            "",
+        ],
+        [
+            "dispatch calls alone (accepted/s)",
+            f"{n / (res['t_dispatched'] - res['t_first']):.1f}",
+            f"{1000 * (res['t_dispatched'] - res['t_first']) / n:.2f}",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ],
     ]
     print()
-    print(b.table(rows, ("figure", "runs/s", "ms/run", "baseline (same run)", "runs/s", "ms/run",
-                         "baseline/figure", "target")))
+    print(
+        b.table(
+            rows,
+            (
+                "figure",
+                "runs/s",
+                "ms/run",
+                "baseline (same run)",
+                "runs/s",
+                "ms/run",
+                "baseline/figure",
+                "target",
+            ),
+        )
+    )
     print("\nwhere the time goes (per run):")
     cpu_rows = [
         ["CPU in the runner process (dispatch, claim, spawn, watch)", b.ms(res["cpu_runner"] / n)],
@@ -189,8 +259,14 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     ]
     print(b.table(cpu_rows, ("what", "ms")))
     print()
-    print(b.verdict(f"throughput {rate:.1f} runs/s (DESIGN §7: >= 50 runs/s on 2 cores)", rate, 50,
-                    higher_is_better=True))
+    print(
+        b.verdict(
+            f"throughput {rate:.1f} runs/s (DESIGN §7: >= 50 runs/s on 2 cores)",
+            rate,
+            50,
+            higher_is_better=True,
+        )
+    )
     print(f"({time.monotonic() - t_start:.1f} s)")
     return 0
 

@@ -56,8 +56,11 @@ class Home:
         self.config = self.path / "agents.yaml"
 
     def write_config(self, extra: str = "", *, base: bool = True) -> Path:
-        text = BASE_CONFIG.format(root=self.root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX,
-                                  agent=FAKE_AGENT) if base else ""
+        text = (
+            BASE_CONFIG.format(root=self.root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX, agent=FAKE_AGENT)
+            if base
+            else ""
+        )
         self.config.write_text(text + extra)
         return self.config
 
@@ -74,8 +77,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
     kill_leftovers(h.path)
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02,
-             message: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"
+) -> T:
     """Poll until predicate() is truthy; fail with `message` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -99,7 +103,7 @@ def processes_with_env(key: str, value: str) -> list[int]:
             stat = Path(entry.path, "stat").read_bytes()
         except OSError:
             continue
-        state = stat[stat.rfind(b")") + 2:].split()[0]
+        state = stat[stat.rfind(b")") + 2 :].split()[0]
         if state not in (b"Z", b"X") and needle in env.split(b"\0"):
             found.append(int(entry.name))
     return found
@@ -120,8 +124,9 @@ def workspace_state(store: Any, ws: str) -> str:
     return str(row.state)
 
 
-async def until(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02,
-                message: str = "condition") -> T:
+async def until(
+    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"
+) -> T:
     """Async twin of wait_for: polls without blocking the event loop the runner lives on."""
     import anyio
 

@@ -65,21 +65,29 @@ class Observer:
             identifier = "com.example/claude-channel"
 
             def notifications(self) -> list[NotificationBinding[Any]]:
-                return [NotificationBinding(method="notifications/claude/channel",
-                                            params_type=ChannelParams, handler=observer.on_channel)]
+                return [
+                    NotificationBinding(
+                        method="notifications/claude/channel",
+                        params_type=ChannelParams,
+                        handler=observer.on_channel,
+                    )
+                ]
 
         return ClaudeChannel()
 
-    async def until(self, predicate: Callable[[], T], *, deadline_s: float = DEADLINE_S,
-                    what: str = "a notification") -> T:
+    async def until(
+        self, predicate: Callable[[], T], *, deadline_s: float = DEADLINE_S, what: str = "a notification"
+    ) -> T:
         """Wait (no sleeping) until predicate() is truthy; fail after `deadline_s` seconds."""
         try:
             with anyio.fail_after(deadline_s):
                 while not (value := predicate()):
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(f"no {what} within {deadline_s}s; channel={self.channel!r} "
-                                 f"logs={self.logs!r} updated={self.updated!r}") from None
+            raise AssertionError(
+                f"no {what} within {deadline_s}s; channel={self.channel!r} "
+                f"logs={self.logs!r} updated={self.updated!r}"
+            ) from None
         return value
 
     def channel_for(self, workspace: str) -> list[ChannelParams]:
@@ -98,8 +106,13 @@ def server_env(**extra: str) -> dict[str, str]:
 async def session(transport: Any) -> AsyncIterator[tuple[Client, Observer]]:
     """A legacy-mode (2025-11-25) client session over `transport`, observed."""
     observer = Observer()
-    async with Client(transport, mode="legacy", extensions=[observer.extension()],
-                      logging_callback=observer.on_log, message_handler=observer.on_message) as client:
+    async with Client(
+        transport,
+        mode="legacy",
+        extensions=[observer.extension()],
+        logging_callback=observer.on_log,
+        message_handler=observer.on_message,
+    ) as client:
         yield client, observer
 
 

@@ -44,7 +44,12 @@ HOSTILE_TASKS = [
 def test_end_of_options_goes_before_the_first_element_that_begins_with_client_text() -> None:
     argv = argvlib.compile_argv(["tool", "--flag", "{prompt}", "{task}"], {})
     assert argvlib.render(argv, {"prompt": "--evil", "task": "-t"}.__getitem__) == [
-        "tool", "--flag", "--", "--evil", "-t"]
+        "tool",
+        "--flag",
+        "--",
+        "--evil",
+        "-t",
+    ]
 
 
 def test_a_template_that_writes_its_own_end_of_options_gets_no_second_one() -> None:
@@ -69,10 +74,16 @@ def test_a_missing_model_drops_its_flag_and_a_given_one_is_a_value() -> None:
 
 
 def test_a_directory_named_like_a_placeholder_stays_literal() -> None:
-    argv = argvlib.compile_argv(["tool", "--cwd", "{workspace}", "{prompt}"],
-                                {"workspace": "/srv/{task}/{prompt}"})
+    argv = argvlib.compile_argv(
+        ["tool", "--cwd", "{workspace}", "{prompt}"], {"workspace": "/srv/{task}/{prompt}"}
+    )
     assert argvlib.render(argv, {"prompt": "p {model}", "task": "T"}.__getitem__) == [
-        "tool", "--cwd", "/srv/{task}/{prompt}", "--", "p {model}"]
+        "tool",
+        "--cwd",
+        "/srv/{task}/{prompt}",
+        "--",
+        "p {model}",
+    ]
 
 
 def test_end_of_options_is_decided_on_the_filled_element() -> None:
@@ -81,16 +92,21 @@ def test_end_of_options_is_decided_on_the_filled_element() -> None:
 
 
 def test_overriding_a_builtin_command_that_takes_the_prompt_itself_stops_feeding_stdin(home: Home) -> None:
-    home.write_config("agents:\n  gemini:\n    command: [gemini, '--prompt={prompt}']\n"
-                      "  codex:\n    command: [codex, exec, --json]\n", base=False)
+    home.write_config(
+        "agents:\n  gemini:\n    command: [gemini, '--prompt={prompt}']\n"
+        "  codex:\n    command: [codex, exec, --json]\n",
+        base=False,
+    )
     agents = load_config().agents
     assert agents["gemini"].stdin == "none"  # not delivered twice
     assert agents["codex"].stdin == "prompt"  # still on stdin: the command does not name it
 
 
 def test_a_template_expands_task_and_workspace_once() -> None:
-    assert argvlib.expand("{task} in {workspace}", {"task": "say {workspace}", "workspace": "/w/{task}"}) \
+    assert (
+        argvlib.expand("{task} in {workspace}", {"task": "say {workspace}", "workspace": "/w/{task}"})
         == "say {workspace} in /w/{task}"
+    )
 
 
 @given(st.text(max_size=30), st.text(max_size=30))
@@ -122,14 +138,17 @@ def builtin_config(name: str) -> str:
     """The built-in's own command line and delivery, with the fake as its executable."""
     agent = BUILTIN_AGENTS[name]
     command = [PY, str(FAKES[name]), *agent.command[1:]]
-    return (f"agents:\n  {name}:\n    command: {json.dumps(command)}\n    stdin: {agent.stdin}\n"
-            f"    output: {agent.output}\nconcurrency:\n  {name}: 10\n")
+    return (
+        f"agents:\n  {name}:\n    command: {json.dumps(command)}\n    stdin: {agent.stdin}\n"
+        f"    output: {agent.output}\nconcurrency:\n  {name}: 10\n"
+    )
 
 
 def run_to_end(**dispatch: Any) -> dict[str, Any]:
     """Dispatch one task with a fresh runner and wait for it; its `wait` row."""
     runner = Runner(load_config())
     try:
+
         async def go() -> dict[str, Any]:
             ws = await runner.bus.invoke("runner.dispatch", **dispatch)
             done = await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]], timeout_s=60)
@@ -150,12 +169,22 @@ def parsed_lines(home: Home) -> dict[str, dict[str, Any]]:
 def test_no_client_text_is_ever_read_as_an_option_by_a_builtin_agent(home: Home, name: str) -> None:
     home.write_config(builtin_config(name), base=False)
     runner = Runner(load_config())
-    allowed = {el.partition("=")[0] for el in BUILTIN_AGENTS[name].command[1:]
-               if el.startswith("-") and el not in ("-", "--")}
+    allowed = {
+        el.partition("=")[0]
+        for el in BUILTIN_AGENTS[name].command[1:]
+        if el.startswith("-") and el not in ("-", "--")
+    }
     try:
+
         async def go() -> list[dict[str, Any]]:
-            ids = [(await runner.bus.invoke("runner.dispatch", task=task, agent=f"{name}:model-1",
-                                            template="none"))["workspace"] for task in HOSTILE_TASKS]
+            ids = [
+                (
+                    await runner.bus.invoke(
+                        "runner.dispatch", task=task, agent=f"{name}:model-1", template="none"
+                    )
+                )["workspace"]
+                for task in HOSTILE_TASKS
+            ]
             done = await runner.bus.invoke("runner.wait", workspaces=ids, timeout_s=60)
             assert done["done"], done
             return list(done["workspaces"])
@@ -170,8 +199,9 @@ def test_no_client_text_is_ever_read_as_an_option_by_a_builtin_agent(home: Home,
         assert set(parsed["options"]) <= allowed, (task, parsed["options"])
         assert parsed["prompt"].rstrip("\n") == task  # the prompt arrived whole, as data
         # the command line is the built-in's own, whatever the task: no client text in argv at all
-        assert parsed["argv"][1:] == argvlib.compile_argv(BUILTIN_AGENTS[name].command[1:],
-                                                          {"model": "model-1"})
+        assert parsed["argv"][1:] == argvlib.compile_argv(
+            BUILTIN_AGENTS[name].command[1:], {"model": "model-1"}
+        )
 
 
 def test_a_user_defined_agent_gets_end_of_options_by_default(home: Home) -> None:
@@ -184,8 +214,9 @@ def test_a_user_defined_agent_gets_end_of_options_by_default(home: Home) -> None
 
 
 def test_a_shell_agent_that_opts_out_gets_the_prompt_as_its_first_parameter(home: Home) -> None:
-    home.write_config("  echo:\n    command: [sh, -c, 'printf \"%s\" \"$1\"', sh, '{prompt}']\n"
-                      "    end_of_options: false\n")
+    home.write_config(
+        "  echo:\n    command: [sh, -c, 'printf \"%s\" \"$1\"', sh, '{prompt}']\n    end_of_options: false\n"
+    )
     row = run_to_end(task="-n {task}", agent="echo", template="none")
     assert row["state"] == "completed" and row["summary"] == "-n {task}"
 
@@ -218,12 +249,16 @@ def test_a_task_larger_than_one_argument_reaches_a_builtin_on_stdin(home: Home) 
 
 
 def test_a_task_too_big_for_an_argv_agent_is_refused_at_dispatch_naming_size_limit_and_fix(
-        home: Home) -> None:
+    home: Home,
+) -> None:
     runner = Runner(load_config())
     try:
         with pytest.raises(TaskTooLarge) as info:
-            anyio.run(lambda: runner.bus.invoke("runner.dispatch", task="y" * (200 * 1024),
-                                                agent="agent", template="none"))
+            anyio.run(
+                lambda: runner.bus.invoke(
+                    "runner.dispatch", task="y" * (200 * 1024), agent="agent", template="none"
+                )
+            )
         assert runner.store.last_event_id() == 0
     finally:
         runner.close()
@@ -246,8 +281,11 @@ def test_a_task_past_max_task_bytes_is_refused(home: Home) -> None:
     home.write_config("dispatch:\n  max_task_bytes: 1000\n", base=False)
     runner = Runner(load_config())
     try:
-        with pytest.raises(TaskTooLarge, match=r"^the task is 1001 bytes \(1,001 bytes\), more than the "
-                                               r"1000 bytes dispatch.max_task_bytes allows"):
+        with pytest.raises(
+            TaskTooLarge,
+            match=r"^the task is 1001 bytes \(1,001 bytes\), more than the "
+            r"1000 bytes dispatch.max_task_bytes allows",
+        ):
             anyio.run(lambda: runner.bus.invoke("runner.dispatch", task="é" * 500 + "x"))
     finally:
         runner.close()

@@ -24,8 +24,10 @@ from tests.conftest import Home, processes_with_env, until
 from tests.fakes.overlap import max_overlap, starts
 from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
 
-pytestmark = [pytest.mark.anyio,
-              pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 PEERS = 4
 JOBS = 300
@@ -83,11 +85,19 @@ class Chaos:
         port = free_port()
         env = {**os.environ, "CHAOS_PEER": label}
         with open(self.home.path / f"http-{label}.log", "w") as log:
-            proc = await anyio.open_process([*SERVE, "--transport", "http", "--port", str(port)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            proc = await anyio.open_process(
+                [*SERVE, "--transport", "http", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
             try:
-                await until(lambda: listening(port) or proc.returncode is not None, timeout=20,
-                            message="the HTTP peer to listen")
+                await until(
+                    lambda: listening(port) or proc.returncode is not None,
+                    timeout=20,
+                    message="the HTTP peer to listen",
+                )
                 async with session(streamable_http_client(f"http://127.0.0.1:{port}/mcp")) as (client, _):
                     await self._dispatch_loop(client, "http")
                     await self.done.wait()
@@ -102,8 +112,20 @@ class Chaos:
         while pending and not self.done.is_set():
             job = pending.pop(0)
             out = await anyio.run_process(
-                [sys.executable, "-m", "dispatch_runner.cli", "dispatch", f"@sleep=0.05 job-{job}",
-                 "--agent", "agent", "--idempotency-key", f"job-{job}", "--json"], check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "dispatch_runner.cli",
+                    "dispatch",
+                    f"@sleep=0.05 job-{job}",
+                    "--agent",
+                    "agent",
+                    "--idempotency-key",
+                    f"job-{job}",
+                    "--json",
+                ],
+                check=False,
+            )
             if out.returncode != 0:
                 pending.append(job)
                 continue
@@ -116,9 +138,12 @@ class Chaos:
         while pending:
             job = pending.pop(0)
             try:
-                result = ok(await client.call_tool("dispatch", {
-                    "task": f"@sleep=0.05 job-{job}", "agent": "agent",
-                    "idempotency_key": f"job-{job}"}))
+                result = ok(
+                    await client.call_tool(
+                        "dispatch",
+                        {"task": f"@sleep=0.05 job-{job}", "agent": "agent", "idempotency_key": f"job-{job}"},
+                    )
+                )
             except BaseException:
                 pending.append(job)  # unknown whether it landed: the key makes a retry safe
                 raise
@@ -139,16 +164,15 @@ def _http_errors(home: Home) -> str:
     return " | ".join(f"{p.name}: {p.read_text()[-300:]}" for p in logs[-2:])
 
 
-
-
-
-
 def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:
     db = sqlite3.connect(home.path / "state.db")
     try:
         states = dict(db.execute("SELECT id, state FROM workspaces").fetchall())
-        completed = dict(db.execute("SELECT workspace, count(*) FROM events WHERE type = "
-                                    "'AgentCompleted' GROUP BY workspace").fetchall())
+        completed = dict(
+            db.execute(
+                "SELECT workspace, count(*) FROM events WHERE type = 'AgentCompleted' GROUP BY workspace"
+            ).fetchall()
+        )
         return states, completed
     finally:
         db.close()
@@ -156,23 +180,35 @@ def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:
 
 def diagnose(home: Home) -> str:
     """The store's state, plus the stacks of the live serving peers (SIGUSR1 -> faulthandler)."""
-    servers = [pid for pid in processes_with_env("DISPATCH_RUNNER_HOME", str(home.path))
-               if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    servers = [
+        pid
+        for pid in processes_with_env("DISPATCH_RUNNER_HOME", str(home.path))
+        if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     for pid in servers:
         os.kill(pid, signal.SIGUSR1)
     time.sleep(1)  # let them write their stacks (diagnostics after a failure, not a wait on state)
-    stacks = "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(home.path.glob("*.log"))
-                       if "Thread" in p.read_text())
+    stacks = "\n".join(
+        f"--- {p.name}\n{p.read_text()[-6000:]}"
+        for p in sorted(home.path.glob("*.log"))
+        if "Thread" in p.read_text()
+    )
     db = sqlite3.connect(home.path / "state.db")
     try:
         states = db.execute("SELECT state, count(*) FROM workspaces GROUP BY state").fetchall()
-        active = db.execute("SELECT r.id, r.workspace, r.phase, r.claimed_by, round(?-r.claimed_at, 1), "
-                            "r.shim_pid, r.agent_pid, w.state FROM runs r JOIN workspaces w ON "
-                            "w.id = r.workspace WHERE r.phase IN ('reserved', 'running')",
-                            (time.time(),)).fetchall()
-        queued = db.execute("SELECT id, round(not_before - ?, 1), runs FROM workspaces WHERE state = "
-                            "'queued' LIMIT 5", (time.time(),)).fetchall()
-        peers = db.execute("SELECT id, kind, round(? - heartbeat_at, 1) FROM peers", (time.time(),)).fetchall()
+        active = db.execute(
+            "SELECT r.id, r.workspace, r.phase, r.claimed_by, round(?-r.claimed_at, 1), "
+            "r.shim_pid, r.agent_pid, w.state FROM runs r JOIN workspaces w ON "
+            "w.id = r.workspace WHERE r.phase IN ('reserved', 'running')",
+            (time.time(),),
+        ).fetchall()
+        queued = db.execute(
+            "SELECT id, round(not_before - ?, 1), runs FROM workspaces WHERE state = 'queued' LIMIT 5",
+            (time.time(),),
+        ).fetchall()
+        peers = db.execute(
+            "SELECT id, kind, round(? - heartbeat_at, 1) FROM peers", (time.time(),)
+        ).fetchall()
         return f"states={states} active={active} queued={queued} peers={peers}\n{stacks}"
     finally:
         db.close()
@@ -188,10 +224,14 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
                 tg.start_soon(chaos.peer, k)
             tg.start_soon(chaos.cli_peer)
             tg.start_soon(chaos.killer)
-            await until(lambda: len(chaos.dispatched) == JOBS, timeout=60, interval=0.05,
-                        message=f"all dispatches accepted (seed {seed}), left: "
-                        f"{ {k: len(v) for k, v in chaos.pending.items()} }, done: {chaos.by_kind}, "
-                        f"http logs: {_http_errors(home)}, errors: {chaos.errors[:3]}")
+            await until(
+                lambda: len(chaos.dispatched) == JOBS,
+                timeout=60,
+                interval=0.05,
+                message=f"all dispatches accepted (seed {seed}), left: "
+                f"{ {k: len(v) for k, v in chaos.pending.items()} }, done: {chaos.by_kind}, "
+                f"http logs: {_http_errors(home)}, errors: {chaos.errors[:3]}",
+            )
 
             def all_completed() -> bool:
                 states, _ = store_rows(home)
@@ -211,5 +251,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
     started = [s["ws"] for s in starts(home.agent_log)]
     assert sorted(started) == sorted(states), f"an agent started twice or never (seed {seed})"
     assert max_overlap(home.agent_log) <= LIMIT, f"limit exceeded (seed {seed})"
-    await until(lambda: not any(processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws) for ws in states),
-                message="no agent process left")
+    await until(
+        lambda: not any(processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws) for ws in states),
+        message="no agent process left",
+    )

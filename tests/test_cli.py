@@ -14,8 +14,13 @@ from tests.conftest import Home, wait_for
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "dispatch_runner.cli", *args], capture_output=True,
-                         text=True, check=False, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatch_runner.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"exit {out.returncode}: {out.stderr}")
     return out
@@ -33,14 +38,23 @@ def state_of(ws: str) -> str:
 def test_dispatch_json_prints_the_tool_result_object(home: Home) -> None:
     out = run_cli("dispatch", "hello", "--agent", "agent", "--label", "demo", "--json")
     result = json.loads(out.stdout)
-    assert set(result) == {"workspace", "status", "agent", "position", "eta_s", "path", "deduplicated",
-                           "frozen"}
+    assert set(result) == {
+        "workspace",
+        "status",
+        "agent",
+        "position",
+        "eta_s",
+        "path",
+        "deduplicated",
+        "frozen",
+    }
     assert result["status"] == "running" and result["agent"] == "agent"
     wait_for(lambda: state_of(result["workspace"]) == "completed", message="run completed")
 
 
-def test_status_prints_a_table_and_json_matches_the_tool(home: Home,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_prints_a_table_and_json_matches_the_tool(
+    home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
     home.write_config("concurrency:\n  agent: 1\n")
     ws = json.loads(run_cli("dispatch", "@sleep=0.3", "--agent", "agent", "--json").stdout)["workspace"]
     assert cli.main(["status"]) == 0
@@ -53,9 +67,26 @@ def test_status_prints_a_table_and_json_matches_the_tool(home: Home,
     wait_for(lambda: state_of(ws) == "completed", message="run completed")
     assert cli.main(["status", ws, "--json"]) == 0
     one = json.loads(capsys.readouterr().out)
-    assert set(one) == {"workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
-                        "started_at", "ended_at", "exit_code", "reason", "ended_reason", "summary",
-                        "log_tail", "path", "branch", "parent"}
+    assert set(one) == {
+        "workspace",
+        "state",
+        "agent",
+        "pid",
+        "runs",
+        "priority",
+        "label",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "exit_code",
+        "reason",
+        "ended_reason",
+        "summary",
+        "log_tail",
+        "path",
+        "branch",
+        "parent",
+    }
     assert one["state"] == "completed" and "fake-agent: done" in one["log_tail"]
     assert one["ended_reason"] is None
 
@@ -95,8 +126,9 @@ def test_wait_kill_stop_start_poke_round_trip(home: Home, capsys: pytest.Capture
         (["logs", "ws-missing"], "no workspace 'ws-missing'"),
     ],
 )
-def test_errors_exit_2_with_an_actionable_sentence_and_no_traceback(home: Home, args: list[str],
-                                                                   words: str) -> None:
+def test_errors_exit_2_with_an_actionable_sentence_and_no_traceback(
+    home: Home, args: list[str], words: str
+) -> None:
     out = run_cli(*args, check=False)
     assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
     assert not (home.path / "workspaces").exists() or not any((home.path / "workspaces").iterdir())
@@ -152,8 +184,10 @@ def test_doctor_reports_config_agents_and_store(home: Home, capsys: pytest.Captu
 
 
 def test_non_mcp_commands_do_not_import_the_mcp_sdk(home: Home) -> None:
-    code = ("import sys; from dispatch_runner import cli; cli.main(['status', '--json']); "
-            "print('MCP' if any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules) else 'clean', "
-            "file=sys.stderr)")
+    code = (
+        "import sys; from dispatch_runner import cli; cli.main(['status', '--json']); "
+        "print('MCP' if any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules) else 'clean', "
+        "file=sys.stderr)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr.strip().endswith("clean")

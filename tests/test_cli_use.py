@@ -40,8 +40,9 @@ def test_dispatch_wait_exits_with_the_runs_outcome(home: Home) -> None:
     assert ok.returncode == 0
     result = json.loads(ok.stdout)
     assert result["outcome"]["state"] == "completed" and result["outcome"]["exit_code"] == 0
-    failed = run_cli("dispatch", "breaks @exit=3", "--agent", "agent", "--max-attempts", "1", "--wait",
-                     check=False)
+    failed = run_cli(
+        "dispatch", "breaks @exit=3", "--agent", "agent", "--max-attempts", "1", "--wait", check=False
+    )
     assert failed.returncode == 1 and " failed after " in failed.stdout and "exit code 3" in failed.stdout
 
 
@@ -63,8 +64,10 @@ def test_logs_show_both_streams_with_stderr_marked_and_json_lines(home: Home) ->
     assert run_cli("logs", ws, "--stdout").stdout.splitlines() == ["out-line"]
     assert run_cli("logs", ws, "--stderr").stdout.splitlines() == ["[stderr] err-line"]
     rows = [json.loads(line) for line in run_cli("logs", ws, "--json").stdout.splitlines()]
-    assert rows == [{"run": 1, "stream": "stdout", "line": "out-line"},
-                    {"run": 1, "stream": "stderr", "line": "err-line"}]
+    assert rows == [
+        {"run": 1, "stream": "stdout", "line": "out-line"},
+        {"run": 1, "stream": "stderr", "line": "err-line"},
+    ]
 
 
 def test_logs_follow_goes_across_retries_until_the_workspace_ends(home: Home, tmp_path: Path) -> None:
@@ -77,16 +80,27 @@ def test_logs_follow_goes_across_retries_until_the_workspace_ends(home: Home, tm
 
 
 def test_a_task_from_stdin_or_a_file_and_relative_paths(home: Home, tmp_path: Path) -> None:
-    piped = subprocess.run([*CLI, "dispatch", "-", "--agent", "agent", "--json"], input="from stdin\n",
-                           capture_output=True, text=True, timeout=60, check=True)
+    piped = subprocess.run(
+        [*CLI, "dispatch", "-", "--agent", "agent", "--json"],
+        input="from stdin\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     ws = json.loads(piped.stdout)["workspace"]
     task_file = tmp_path / "task.md"
     task_file.write_text("from a file")
     project = home.root / "project"
     project.mkdir()
-    filed = subprocess.run([*CLI, "dispatch", "--task-file", str(task_file), "--agent", "agent",
-                            "--cwd", "project", "--json"], cwd=home.root, capture_output=True, text=True,
-                           timeout=60, check=True)
+    filed = subprocess.run(
+        [*CLI, "dispatch", "--task-file", str(task_file), "--agent", "agent", "--cwd", "project", "--json"],
+        cwd=home.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     ws2 = json.loads(filed.stdout)["workspace"]
     wait_for(lambda: state_of(ws) == state_of(ws2) == "completed", message="both completed")
     assert "prompt: from stdin" in run_cli("logs", ws).stdout
@@ -97,8 +111,9 @@ def test_a_task_from_stdin_or_a_file_and_relative_paths(home: Home, tmp_path: Pa
     assert both.returncode == 2 and "not two of them" in both.stderr
 
 
-def test_home_and_config_work_before_or_after_the_command(home: Home, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_home_and_config_work_before_or_after_the_command(
+    home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other-home"
     assert cli.main(["init", "--home", str(other)]) == 0
     assert (other / "agents.yaml").exists()
@@ -113,24 +128,49 @@ def test_version_completion_and_help(home: Home) -> None:
     for shell in ("bash", "zsh", "fish"):
         script = run_cli("completion", shell).stdout
         assert "dispatch-runner" in script and "_ARGCOMPLETE" in script
-    completed = subprocess.run([*CLI], capture_output=True, text=True, timeout=30, env={
-        **os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": "dispatch-runner sta", "COMP_POINT": "19",
-        "_ARGCOMPLETE_STDOUT_FILENAME": "/dev/stdout"})
+    completed = subprocess.run(
+        [*CLI],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "_ARGCOMPLETE": "1",
+            "COMP_LINE": "dispatch-runner sta",
+            "COMP_POINT": "19",
+            "_ARGCOMPLETE_STDOUT_FILENAME": "/dev/stdout",
+        },
+    )
     assert "status" in completed.stdout and "start" in completed.stdout
     helped = run_cli("dispatch", "--help").stdout
-    for option in ("--max-wait SECONDS", "--timeout SECONDS", "--max-attempts N", "{critical,high,medium,low}",
-                   "--follow", "exit codes:"):
+    for option in (
+        "--max-wait SECONDS",
+        "--timeout SECONDS",
+        "--max-attempts N",
+        "{critical,high,medium,low}",
+        "--follow",
+        "exit codes:",
+    ):
         assert option in helped, option
 
 
 def test_a_closed_pipe_and_ctrl_c_end_quietly(home: Home) -> None:
     for n in range(30):
         dispatched(f"{n}", "--agent", "true")
-    piped = subprocess.run(f"{sys.executable} -m dispatch_runner.cli status | head -n 1", shell=True,
-                           capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        f"{sys.executable} -m dispatch_runner.cli status | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert piped.stderr == "" and piped.stdout.startswith("queue:")
-    with subprocess.Popen([*CLI, "dispatch", "@sleep=60", "--agent", "agent", "--follow"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*CLI, "dispatch", "@sleep=60", "--agent", "agent", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         slow = proc.stdout.readline().split()[0]  # dispatched: now it follows the run
         wait_for(lambda: state_of(slow) == "running", message="running")
@@ -142,8 +182,13 @@ def test_a_closed_pipe_and_ctrl_c_end_quietly(home: Home) -> None:
 
 
 def test_an_unsupported_store_is_a_sentence_not_a_traceback(home: Home) -> None:
-    out = subprocess.run([*CLI, "status"], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "DISPATCH_RUNNER_STORE": "postgresql://db/runner"})
+    out = subprocess.run(
+        [*CLI, "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "DISPATCH_RUNNER_STORE": "postgresql://db/runner"},
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "no PostgreSQL store yet" in out.stderr
 
@@ -160,8 +205,12 @@ def test_status_is_a_table_people_can_read(home: Home) -> None:
 
 
 def test_status_watch_refreshes_until_ctrl_c(home: Home) -> None:
-    with subprocess.Popen([*CLI, "status", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*CLI, "status", "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         frames = 0
         for line in iter(proc.stdout.readline, ""):  # piped: one snapshot after the other
@@ -192,16 +241,22 @@ def test_serve_with_stdin_at_its_end_or_closed_exits_0_promptly(home: Home, stdi
     import time
 
     started = time.monotonic()
-    out = subprocess.run(["bash", "-c", f"{sys.executable} -m dispatch_runner.cli serve {stdin}"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m dispatch_runner.cli serve {stdin}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert time.monotonic() - started < 10
     assert out.stdout == ""  # stdout is the protocol stream: nothing else ever goes there
 
 
 def test_logs_print_long_lines_whole_and_all_of_a_long_log(home: Home) -> None:
-    home.write_config("  wide:\n    command: [sh, -c, 'for i in $(seq 200); do printf \"%05d\" $i; "
-                      "head -c 9000 /dev/zero | tr \"\\\\0\" x; echo; done']\n")
+    home.write_config(
+        '  wide:\n    command: [sh, -c, \'for i in $(seq 200); do printf "%05d" $i; '
+        'head -c 9000 /dev/zero | tr "\\\\0" x; echo; done\']\n'
+    )
     ws = dispatched("x", "--agent", "wide")["workspace"]
     wait_for(lambda: state_of(ws) == "completed", message="completed")
     lines = run_cli("logs", ws, "--stdout").stdout.splitlines()
@@ -216,8 +271,12 @@ def test_dispatch_wait_or_follow_with_json_prints_one_object_and_nothing_else(ho
 
 
 def test_status_watch_with_json_prints_json_lines(home: Home) -> None:
-    with subprocess.Popen([*CLI, "status", "--watch", "--json", "--interval", "0.2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*CLI, "status", "--watch", "--json", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         objects = [json.loads(proc.stdout.readline()) for _ in range(2)]
         proc.send_signal(signal.SIGINT)
@@ -242,8 +301,13 @@ def test_a_closed_pipe_after_a_table_exits_141_quietly(home: Home) -> None:
     ws = dispatched("x", "--agent", "agent")["workspace"]
     wait_for(lambda: state_of(ws) == "completed", message="completed")
     for args in (f"logs {ws}", "status", f"logs --json {ws}"):
-        out = subprocess.run(f"{sys.executable} -m dispatch_runner.cli {args} | head -n 1; "
-                             "echo \"rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            f'{sys.executable} -m dispatch_runner.cli {args} | head -n 1; echo "rc=${{PIPESTATUS[0]}}"',
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.stderr == "", (args, out.stderr)
         assert out.stdout.strip().endswith(("rc=141", "rc=0")), (args, out.stdout)

@@ -26,8 +26,7 @@ PATH = "/etc/dispatch/agents.yaml"
 HOME = Path("/srv/runner-home")
 EXAMPLE = Path(dispatch_runner.__file__).resolve().parent / "example_agents.yaml"
 TOP_KEYS = ("version", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify")
-RATE_KEYS = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window",
-             "burst_delay")
+RATE_KEYS = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window", "burst_delay")
 
 
 def parse(text: str, env: dict[str, str] | None = None) -> Config:
@@ -52,8 +51,9 @@ def assert_refused(text: str, *, line: int | None, field: str, says: str) -> Non
 
 
 def test_flat_and_nested_concurrency() -> None:
-    config = parse("concurrency:\n  claude: 1\n  codex: {total: 5, gpt-5.4: 1}\n"
-                   "  gemini:\n    gemini-2.5-pro: 2\n")
+    config = parse(
+        "concurrency:\n  claude: 1\n  codex: {total: 5, gpt-5.4: 1}\n  gemini:\n    gemini-2.5-pro: 2\n"
+    )
     assert config.concurrency == {
         "claude": PoolLimit(total=1),
         "codex": PoolLimit(total=5, models={"gpt-5.4": 1}),
@@ -69,11 +69,20 @@ def test_zero_and_negative_limits_are_kept_and_mean_unlimited() -> None:
 
 
 def test_rates_with_every_field() -> None:
-    config = parse('rates:\n  gemini: {reset_utc: "05:30", daily_limit: 200, min_delay: 10,\n'
-                   '           sustained_delay: 120, burst_window: 3, burst_delay: 30.5}\n')
-    assert config.rates == {"gemini": RateConfig(reset_utc=time(5, 30), daily_limit=200,
-                                                 min_delay=10.0, sustained_delay=120.0,
-                                                 burst_window=3.0, burst_delay=30.5)}
+    config = parse(
+        'rates:\n  gemini: {reset_utc: "05:30", daily_limit: 200, min_delay: 10,\n'
+        "           sustained_delay: 120, burst_window: 3, burst_delay: 30.5}\n"
+    )
+    assert config.rates == {
+        "gemini": RateConfig(
+            reset_utc=time(5, 30),
+            daily_limit=200,
+            min_delay=10.0,
+            sustained_delay=120.0,
+            burst_window=3.0,
+            burst_delay=30.5,
+        )
+    }
 
 
 def test_rates_default_to_a_0600_utc_reset_and_a_zero_daily_limit_is_unlimited() -> None:
@@ -82,13 +91,21 @@ def test_rates_default_to_a_0600_utc_reset_and_a_zero_daily_limit_is_unlimited()
 
 
 def test_a_new_agent_with_an_argv_template() -> None:
-    config = parse("agents:\n  echo:\n    command: [sh, -c, 'echo \"$1\"', sh, \"{prompt}\"]\n"
-                   "    end_of_options: false\n"
-                   "    env: {GREETING: 1}\n    max_attempts: 5\n    timeout_s: 90\n")
+    config = parse(
+        'agents:\n  echo:\n    command: [sh, -c, \'echo "$1"\', sh, "{prompt}"]\n'
+        "    end_of_options: false\n"
+        "    env: {GREETING: 1}\n    max_attempts: 5\n    timeout_s: 90\n"
+    )
     assert config.agents["echo"] == AgentDef(
-        name="echo", command=("sh", "-c", 'echo "$1"', "sh", "{prompt}"), output="text",
-        rate_limit_patterns=DEFAULT_RATE_LIMIT_PATTERNS, env={"GREETING": "1"}, max_attempts=5,
-        timeout_s=90.0, end_of_options=False)
+        name="echo",
+        command=("sh", "-c", 'echo "$1"', "sh", "{prompt}"),
+        output="text",
+        rate_limit_patterns=DEFAULT_RATE_LIMIT_PATTERNS,
+        env={"GREETING": "1"},
+        max_attempts=5,
+        timeout_s=90.0,
+        end_of_options=False,
+    )
     assert config.max_attempts_for("echo") == 5
     assert config.max_attempts_for("claude") == 3
 
@@ -102,8 +119,7 @@ def test_builtin_agents_and_templates_are_present_without_a_file() -> None:
     assert "{task}" in config.templates["coding"]
     assert "{workspace}" in config.templates["coding"]
     assert config.concurrency == {"claude": PoolLimit(total=1), "gemini": PoolLimit(total=3)}
-    assert (config.default_agent, config.default_template, config.max_attempts) == (
-        "claude", "coding", 3)
+    assert (config.default_agent, config.default_template, config.max_attempts) == ("claude", "coding", 3)
     assert config.agents["claude"].output == "claude-stream-json"
     assert config.agents["codex"].output == "codex-json"
     for agent in config.agents.values():  # the prompt is never an argv element of a built-in
@@ -128,17 +144,25 @@ def test_partial_override_of_a_builtin_agent_keeps_its_other_fields() -> None:
 
 def test_templates_add_to_the_builtins_and_may_override_them() -> None:
     config = parse("templates:\n  review: 'Review: {task}'\n  coding: '{task} in {workspace}'\n")
-    assert config.templates == {"coding": "{task} in {workspace}", "none": "{task}",
-                                "review": "Review: {task}"}
+    assert config.templates == {
+        "coding": "{task} in {workspace}",
+        "none": "{task}",
+        "review": "Review: {task}",
+    }
 
 
 def test_dispatch_section_and_store_url_from_the_environment() -> None:
-    config = parse("dispatch:\n  default_agent: codex:gpt-5.4\n  default_template: none\n"
-                   "  max_attempts: 5\n  timeout_s: 600\n  kill_grace_s: 2\n"
-                   "  workspace_root: /data/ws\n  allowed_roots: [/data, /tmp]\n",
-                   env={"DISPATCH_RUNNER_STORE": "sqlite:////data/state.db"})
+    config = parse(
+        "dispatch:\n  default_agent: codex:gpt-5.4\n  default_template: none\n"
+        "  max_attempts: 5\n  timeout_s: 600\n  kill_grace_s: 2\n"
+        "  workspace_root: /data/ws\n  allowed_roots: [/data, /tmp]\n",
+        env={"DISPATCH_RUNNER_STORE": "sqlite:////data/state.db"},
+    )
     assert (config.default_agent, config.default_template, config.max_attempts) == (
-        "codex:gpt-5.4", "none", 5)
+        "codex:gpt-5.4",
+        "none",
+        5,
+    )
     assert (config.timeout_s, config.kill_grace_s) == (600.0, 2.0)
     assert config.workspace_root == Path("/data/ws")
     assert config.allowed_roots == (Path("/data").resolve(), Path("/tmp").resolve())
@@ -158,12 +182,21 @@ def test_unknown_agent_names_the_configured_ones() -> None:
 def test_example_file_parses_cleanly() -> None:
     config = load_config(str(EXAMPLE), env={"DISPATCH_RUNNER_HOME": str(HOME)})
     assert config.source == str(EXAMPLE)
-    assert config.concurrency == {"claude": PoolLimit(total=1),
-                                  "codex": PoolLimit(total=5, models={"gpt-5.4": 1}),
-                                  "gemini": PoolLimit(total=3)}
-    assert config.rates == {"gemini": RateConfig(reset_utc=time(6, 0), daily_limit=200,
-                                                 min_delay=10, sustained_delay=120,
-                                                 burst_window=3, burst_delay=30)}
+    assert config.concurrency == {
+        "claude": PoolLimit(total=1),
+        "codex": PoolLimit(total=5, models={"gpt-5.4": 1}),
+        "gemini": PoolLimit(total=3),
+    }
+    assert config.rates == {
+        "gemini": RateConfig(
+            reset_utc=time(6, 0),
+            daily_limit=200,
+            min_delay=10,
+            sustained_delay=120,
+            burst_window=3,
+            burst_delay=30,
+        )
+    }
     assert set(config.agents) == {"claude", "codex", "gemini", "opencode", "echo"}
     assert config.agents["echo"].command == ("sh", "-c", 'echo "$1"', "sh", "{prompt}")
     assert config.agents["claude"].rate_limit_patterns == ("rate limit", "usage limit", "429")
@@ -190,8 +223,11 @@ def _write(path: Path, claude_limit: int) -> Path:
 
 @pytest.fixture
 def three_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    return (_write(tmp_path / "flag.yaml", 1), _write(tmp_path / "env.yaml", 2),
-            _write(tmp_path / "home" / "agents.yaml", 3))
+    return (
+        _write(tmp_path / "flag.yaml", 1),
+        _write(tmp_path / "env.yaml", 2),
+        _write(tmp_path / "home" / "agents.yaml", 3),
+    )
 
 
 def test_config_flag_wins_over_env_and_home(three_files: tuple[Path, Path, Path]) -> None:
@@ -248,14 +284,21 @@ def test_a_bad_file_on_disk_names_its_path_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key() -> None:
-    assert_refused("version: 1\nconcurency:\n  claude: 1\n", line=2, field="concurency",
-                   says="unknown key; allowed here: " + ", ".join(TOP_KEYS))
+    assert_refused(
+        "version: 1\nconcurency:\n  claude: 1\n",
+        line=2,
+        field="concurency",
+        says="unknown key; allowed here: " + ", ".join(TOP_KEYS),
+    )
 
 
 def test_unknown_key_under_a_pool_rate() -> None:
-    assert_refused("rates:\n  gemini:\n    reset_utc: '06:00'\n    burst: 3\n", line=4,
-                   field="rates.gemini.burst", says="unknown key; allowed here: "
-                   + ", ".join(RATE_KEYS))
+    assert_refused(
+        "rates:\n  gemini:\n    reset_utc: '06:00'\n    burst: 3\n",
+        line=4,
+        field="rates.gemini.burst",
+        says="unknown key; allowed here: " + ", ".join(RATE_KEYS),
+    )
 
 
 @pytest.mark.parametrize(
@@ -263,18 +306,20 @@ def test_unknown_key_under_a_pool_rate() -> None:
     [
         ("concurrency:\n  claude: two\n", 2, "concurrency.claude", "expected an integer"),
         ("concurrency:\n  claude: true\n", 2, "concurrency.claude", "expected an integer"),
-        ("concurrency:\n  codex: {total: 5, o3: 1.5}\n", 2, "concurrency.codex.o3",
-         "expected an integer"),
-        ("rates:\n  gemini:\n    min_delay: soon\n", 3, "rates.gemini.min_delay",
-         "expected a number"),
+        ("concurrency:\n  codex: {total: 5, o3: 1.5}\n", 2, "concurrency.codex.o3", "expected an integer"),
+        ("rates:\n  gemini:\n    min_delay: soon\n", 3, "rates.gemini.min_delay", "expected a number"),
         ("rates:\n  gemini:\n    min_delay: -1\n", 3, "rates.gemini.min_delay", "must be >= 0"),
         ("rates: [gemini]\n", 1, "rates", "expected a mapping"),
         ("dispatch:\n  max_attempts: 0\n", 2, "dispatch.max_attempts", "must be >= 1"),
         ("dispatch:\n  allowed_roots: /tmp\n", 2, "dispatch.allowed_roots", "expected a list"),
         ("agents:\n  echo:\n    command: echo hi\n", 3, "agents.echo.command", "expected a list"),
         ("agents:\n  echo:\n    command: []\n", 3, "agents.echo.command", "argv list is empty"),
-        ("agents:\n  echo:\n    command: [echo]\n    output: xml\n", 4, "agents.echo.output",
-         "unknown output kind"),
+        (
+            "agents:\n  echo:\n    command: [echo]\n    output: xml\n",
+            4,
+            "agents.echo.output",
+            "unknown output kind",
+        ),
         ("agents:\n  foo:\n    output: text\n", 3, "agents.foo.command", "required for a new agent"),
         ("agents:\n  claude:\n    colour: red\n", 3, "agents.claude.colour", "unknown key"),
         ("version: 2\n", 1, "version", "only version: 1 is supported"),
@@ -283,27 +328,37 @@ def test_unknown_key_under_a_pool_rate() -> None:
         ("- a\n- b\n", 1, "(top level)", "expected a mapping"),
     ],
 )
-def test_wrong_types_and_values_name_line_and_field(text: str, line: int, field: str,
-                                                   says: str) -> None:
+def test_wrong_types_and_values_name_line_and_field(text: str, line: int, field: str, says: str) -> None:
     assert_refused(text, line=line, field=field, says=says)
 
 
 def test_unknown_placeholder_in_command() -> None:
-    assert_refused("agents:\n  echo:\n    command: [sh, -c, 'echo {prmpt}']\n", line=3,
-                   field="agents.echo.command",
-                   says="unknown placeholder {prmpt}; use {prompt}, {prompt_file}, {model}, "
-                        "{workspace}, {task}, {branch}")
+    assert_refused(
+        "agents:\n  echo:\n    command: [sh, -c, 'echo {prmpt}']\n",
+        line=3,
+        field="agents.echo.command",
+        says="unknown placeholder {prmpt}; use {prompt}, {prompt_file}, {model}, "
+        "{workspace}, {task}, {branch}",
+    )
 
 
 def test_unknown_placeholder_in_a_block_list_names_the_elements_line() -> None:
-    assert_refused("agents:\n  echo:\n    command:\n      - sh\n      - '{prmpt}'\n", line=5,
-                   field="agents.echo.command", says="unknown placeholder {prmpt}")
+    assert_refused(
+        "agents:\n  echo:\n    command:\n      - sh\n      - '{prmpt}'\n",
+        line=5,
+        field="agents.echo.command",
+        says="unknown placeholder {prmpt}",
+    )
 
 
 @pytest.mark.parametrize("value", ["'25:00'", "'6'", "'06:60'", "noon", "'6:00pm'"])
 def test_bad_reset_utc(value: str) -> None:
-    assert_refused(f"rates:\n  gemini:\n    reset_utc: {value}\n", line=3,
-                   field="rates.gemini.reset_utc", says='expected "HH:MM" in UTC')
+    assert_refused(
+        f"rates:\n  gemini:\n    reset_utc: {value}\n",
+        line=3,
+        field="rates.gemini.reset_utc",
+        says='expected "HH:MM" in UTC',
+    )
 
 
 def test_unquoted_reset_utc_is_read_as_written() -> None:
@@ -312,18 +367,29 @@ def test_unquoted_reset_utc_is_read_as_written() -> None:
 
 @pytest.mark.parametrize(
     ("text", "line"),
-    [("version: 1\nconcurrency:\n\tclaude: 1\n", 3), ("version: 1\nagents: [\n  a: b\n", 4),
-     ("version: 1\nrates: {gemini: {min_delay: 1}\n", 3)],
+    [
+        ("version: 1\nconcurrency:\n\tclaude: 1\n", 3),
+        ("version: 1\nagents: [\n  a: b\n", 4),
+        ("version: 1\nrates: {gemini: {min_delay: 1}\n", 3),
+    ],
 )
 def test_bad_yaml_syntax_names_the_line(text: str, line: int) -> None:
     assert_refused(text, line=line, field="yaml", says="not valid YAML")
 
 
 def test_duplicate_key_names_the_second_occurrence() -> None:
-    assert_refused("concurrency:\n  claude: 1\n  gemini: 2\n  claude: 3\n", line=4,
-                   field="concurrency.claude", says="duplicate key")
-    assert_refused("agents:\n  claude:\n    env: {A: 1, A: 2}\n", line=3,
-                   field="agents.claude.env.A", says="duplicate key")
+    assert_refused(
+        "concurrency:\n  claude: 1\n  gemini: 2\n  claude: 3\n",
+        line=4,
+        field="concurrency.claude",
+        says="duplicate key",
+    )
+    assert_refused(
+        "agents:\n  claude:\n    env: {A: 1, A: 2}\n",
+        line=3,
+        field="agents.claude.env.A",
+        says="duplicate key",
+    )
 
 
 def test_duplicate_top_level_section_is_refused() -> None:
@@ -334,26 +400,38 @@ def test_duplicate_top_level_section_is_refused() -> None:
 
 
 def test_template_without_task_is_refused() -> None:
-    assert_refused("templates:\n  short: 'do it in {workspace}'\n", line=2,
-                   field="templates.short", says="a template must contain {task}")
+    assert_refused(
+        "templates:\n  short: 'do it in {workspace}'\n",
+        line=2,
+        field="templates.short",
+        says="a template must contain {task}",
+    )
 
 
 def test_default_template_must_exist() -> None:
-    assert_refused("version: 1\ndispatch:\n  default_agent: claude\n  default_template: nope\n",
-                   line=3, field="dispatch.default_template", says="no template 'nope'")
+    assert_refused(
+        "version: 1\ndispatch:\n  default_agent: claude\n  default_template: nope\n",
+        line=3,
+        field="dispatch.default_template",
+        says="no template 'nope'",
+    )
 
 
 def test_default_agent_must_be_configured() -> None:
-    assert_refused("dispatch:\n  default_agent: nosuch\n", line=2,
-                   field="dispatch.default_agent", says="nosuch")
+    assert_refused(
+        "dispatch:\n  default_agent: nosuch\n", line=2, field="dispatch.default_agent", says="nosuch"
+    )
 
 
 # ---- properties -------------------------------------------------------------------------------
 
 keys = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
-values = st.one_of(st.integers(), st.text(alphabet="abc xyz", max_size=8),
-                   st.lists(st.integers(), max_size=3), st.dictionaries(keys, st.integers(),
-                                                                         max_size=2))
+values = st.one_of(
+    st.integers(),
+    st.text(alphabet="abc xyz", max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(keys, st.integers(), max_size=2),
+)
 
 
 @settings(deadline=None)  # YAML parsing: keep slow CI machines from tripping the deadline
@@ -368,18 +446,22 @@ def test_any_mapping_with_an_unknown_top_level_key_is_refused(key: str, value: o
 @settings(deadline=None)
 @given(key=keys.filter(lambda k: k not in RATE_KEYS), pool=keys)
 def test_any_unknown_key_under_a_rate_is_refused(key: str, pool: str) -> None:
-    text = yaml.safe_dump({"rates": {pool: {"min_delay": 1, key: 2}}}, sort_keys=False,
-                          default_flow_style=False)
+    text = yaml.safe_dump(
+        {"rates": {pool: {"min_delay": 1, key: 2}}}, sort_keys=False, default_flow_style=False
+    )
     error = refused(text)
     assert (error.line, error.field) == (4, f"rates.{pool}.{key}")
 
 
 @settings(deadline=None)
-@given(limits=st.dictionaries(keys.filter(lambda k: k != "total"), st.integers(-5, 50),
-                              max_size=4),
-       total=st.one_of(st.none(), st.integers(-5, 50)), pool=keys)
+@given(
+    limits=st.dictionaries(keys.filter(lambda k: k != "total"), st.integers(-5, 50), max_size=4),
+    total=st.one_of(st.none(), st.integers(-5, 50)),
+    pool=keys,
+)
 def test_any_nested_concurrency_mapping_parses_to_the_same_limits(
-        limits: dict[str, int], total: int | None, pool: str) -> None:
+    limits: dict[str, int], total: int | None, pool: str
+) -> None:
     nested: dict[str, int] = dict(limits)
     if total is not None:
         nested["total"] = total

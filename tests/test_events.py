@@ -55,20 +55,34 @@ def test_event_rejects_unknown_types(type_: str) -> None:
 
 
 def test_every_design_event_type_is_known() -> None:
-    design = {"AgentQueued", "AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled",
-              "AgentLost", "TaskDeadLettered", "QueueFrozen", "QueueUnfrozen", "PoolBackoff",
-              "ChannelPush"}
+    design = {
+        "AgentQueued",
+        "AgentStarted",
+        "AgentCompleted",
+        "AgentFailed",
+        "AgentKilled",
+        "AgentLost",
+        "TaskDeadLettered",
+        "QueueFrozen",
+        "QueueUnfrozen",
+        "PoolBackoff",
+        "ChannelPush",
+    }
     assert design <= set(EVENT_TYPES)
     for type_ in EVENT_TYPES:
         assert Event(type=type_).type == type_
-    assert TERMINAL_EVENTS == {"AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost",
-                               "TaskDeadLettered"}
+    assert TERMINAL_EVENTS == {
+        "AgentCompleted",
+        "AgentFailed",
+        "AgentKilled",
+        "AgentLost",
+        "TaskDeadLettered",
+    }
 
 
 def test_event_defaults_and_immutability() -> None:
     event = Event(type="AgentQueued")
-    assert (event.workspace, event.at, event.origin, dict(event.data), event.id) == (
-        None, 0.0, None, {}, 0)
+    assert (event.workspace, event.at, event.origin, dict(event.data), event.id) == (None, 0.0, None, {}, 0)
     with pytest.raises(AttributeError):
         event.type = "AgentStarted"  # type: ignore[misc]  # frozen dataclass: the point of the test
 
@@ -76,8 +90,7 @@ def test_event_defaults_and_immutability() -> None:
 # ---- ChannelEmitter ---------------------------------------------------------------------------
 
 
-def test_channel_emitter_is_bounded_never_blocks_and_counts_drops(
-        closing: list[ChannelEmitter]) -> None:
+def test_channel_emitter_is_bounded_never_blocks_and_counts_drops(closing: list[ChannelEmitter]) -> None:
     emitter = ChannelEmitter(max_buffer=2)
     closing.append(emitter)
     assert [emitter.emit(ev(n)) for n in range(5)] == [True, True, False, False, False]
@@ -111,7 +124,8 @@ async def test_a_subscriber_receives_events_in_order(closing: list[ChannelEmitte
 
 
 def test_multi_emitter_fans_out_and_a_full_subscriber_does_not_affect_others(
-        closing: list[ChannelEmitter]) -> None:
+    closing: list[ChannelEmitter],
+) -> None:
     multi = MultiEmitter()
     slow = multi.subscribe(max_buffer=1)
     fast = multi.subscribe(max_buffer=10)
@@ -123,8 +137,7 @@ def test_multi_emitter_fans_out_and_a_full_subscriber_does_not_affect_others(
     assert (slow.dropped, fast.dropped, multi.dropped) == (3, 0, 3)
 
 
-def test_unsubscribed_emitter_gets_nothing_and_its_drops_stay_counted(
-        closing: list[ChannelEmitter]) -> None:
+def test_unsubscribed_emitter_gets_nothing_and_its_drops_stay_counted(closing: list[ChannelEmitter]) -> None:
     multi = MultiEmitter()
     gone = multi.subscribe(max_buffer=1)
     stays = multi.subscribe(max_buffer=10)
@@ -194,8 +207,7 @@ async def test_bus_actions_list_every_registered_name_sorted() -> None:
     assert await bus.invoke("runner.status") == "ok"
 
 
-def test_bus_publishes_to_every_subscriber_and_sums_their_drops(
-        closing: list[ChannelEmitter]) -> None:
+def test_bus_publishes_to_every_subscriber_and_sums_their_drops(closing: list[ChannelEmitter]) -> None:
     bus = Bus()
     a = bus.subscribe(max_buffer=1)
     b = bus.subscribe(max_buffer=2)

@@ -43,8 +43,13 @@ def fixture(name: str) -> tuple[bytes, bytes, int]:
     )
 
 
-def run(script: Path, *args: str, env=None, cwd=None, input: bytes | None = None,
-        ) -> subprocess.CompletedProcess[bytes]:
+def run(
+    script: Path,
+    *args: str,
+    env=None,
+    cwd=None,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run(
         [sys.executable, str(script), *args],
@@ -337,7 +342,8 @@ def parsed_event(log: Path) -> dict[str, Any]:
 
 
 def test_fake_gemini_reads_stdin_first_and_treats_dash_words_as_options_even_after_the_marker(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "log.jsonl"
     piped = run(FAKE_GEMINI, "-m", "m1", input=b"from stdin\n", env=log_env(log))
     assert piped.returncode == 0 and piped.stdout == b"Hello! The answer is 42.\n"

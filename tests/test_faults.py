@@ -35,7 +35,8 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_run_whose_workspace_vanished_fails_as_an_attempt_and_the_pool_keeps_moving(
-        home: Home) -> None:
+    home: Home,
+) -> None:
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
         await runner.bus.invoke("runner.stop")
         doomed = await dispatch(runner, "@sleep=0", agent="agent", max_attempts=2)
@@ -54,14 +55,17 @@ async def test_a_run_whose_workspace_vanished_fails_as_an_attempt_and_the_pool_k
     # one claim per attempt, not a claim loop
     assert status["runs"] == 2
     db = sqlite3.connect(home.path / "state.db")
-    assert db.execute("SELECT count(*) FROM runs WHERE workspace = ?",
-                      (doomed["workspace"],)).fetchone()[0] == 2
+    assert (
+        db.execute("SELECT count(*) FROM runs WHERE workspace = ?", (doomed["workspace"],)).fetchone()[0] == 2
+    )
 
 
-async def test_a_reservation_whose_peer_lives_but_never_spawns_fails_after_the_timeout(
-        home: Home) -> None:
-    home.write_config("dispatch:\n  reservation_timeout_s: 0.5\n  max_attempts: 1\n"
-                      "agents:\n  t:\n    command: [/bin/true]\n", base=False)
+async def test_a_reservation_whose_peer_lives_but_never_spawns_fails_after_the_timeout(home: Home) -> None:
+    home.write_config(
+        "dispatch:\n  reservation_timeout_s: 0.5\n  max_attempts: 1\n"
+        "agents:\n  t:\n    command: [/bin/true]\n",
+        base=False,
+    )
     runner = Runner(load_config())
     try:
         await runner.bus.invoke("runner.stop")
@@ -87,8 +91,12 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a real file system that fills up."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {made.stderr.strip()}")
     try:
@@ -98,15 +106,18 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _config_on(home: Home, root: Path) -> None:
-    home.write_config(f"dispatch:\n  workspace_root: {root}\n  allowed_roots: [{home.root}]\n"
-                      "  max_attempts: 1\n  kill_grace_s: 1\n  default_template: none\n"
-                      "agents:\n  filler:\n    command: [sh, -c, 'head -c 4000000 /dev/zero']\n"
-                      f"  agent:\n    command: [{sys.executable}, {FAKE_AGENT}, '{{prompt}}']\n",
-                      base=False)
+    home.write_config(
+        f"dispatch:\n  workspace_root: {root}\n  allowed_roots: [{home.root}]\n"
+        "  max_attempts: 1\n  kill_grace_s: 1\n  default_template: none\n"
+        "agents:\n  filler:\n    command: [sh, -c, 'head -c 4000000 /dev/zero']\n"
+        f"  agent:\n    command: [{sys.executable}, {FAKE_AGENT}, '{{prompt}}']\n",
+        base=False,
+    )
 
 
 async def test_a_full_disk_while_the_agent_writes_ends_failed_with_no_space_not_lost(
-        home: Home, tiny_disk: Path) -> None:
+    home: Home, tiny_disk: Path
+) -> None:
     _config_on(home, tiny_disk)
     async with serving(home) as runner:
         ws = await dispatch(runner, "fill the disk", agent="filler")
@@ -118,7 +129,8 @@ async def test_a_full_disk_while_the_agent_writes_ends_failed_with_no_space_not_
 
 
 async def test_a_dispatch_onto_a_full_disk_is_refused_with_a_sentence_and_leaves_nothing(
-        home: Home, tiny_disk: Path) -> None:
+    home: Home, tiny_disk: Path
+) -> None:
     _config_on(home, tiny_disk)
     (tiny_disk / "ballast").write_bytes(b"")
     with open(tiny_disk / "ballast", "wb") as f, pytest.raises(OSError):
@@ -128,8 +140,11 @@ async def test_a_dispatch_onto_a_full_disk_is_refused_with_a_sentence_and_leaves
     async with serving(home) as runner:
         from dispatch_runner.errors import WorkspaceUnavailable
 
-        with pytest.raises(WorkspaceUnavailable, match=r"^cannot prepare the workspace .*: No space "
-                                                       r"left on device; .*nothing was queued$"):
+        with pytest.raises(
+            WorkspaceUnavailable,
+            match=r"^cannot prepare the workspace .*: No space "
+            r"left on device; .*nothing was queued$",
+        ):
             await dispatch(runner, "x" * 100_000, agent="agent")
         assert runner.store.last_event_id() == 0
     assert [p.name for p in tiny_disk.iterdir()] == ["ballast"]
@@ -143,8 +158,10 @@ def test_a_failed_commit_rolls_back_and_the_store_stays_writable_for_everyone(tm
     store = SQLiteStore(path)
     other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
     # a real COMMIT-time failure: a deferred foreign key that is still violated when committing
-    other.executescript("CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (p INTEGER "
-                        "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);")
+    other.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (p INTEGER "
+        "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
     try:
         with pytest.raises(StoreError, match="FOREIGN KEY"):
             store._write(lambda db: db.execute("INSERT INTO child VALUES (1)"))
@@ -162,8 +179,7 @@ def test_a_failed_commit_rolls_back_and_the_store_stays_writable_for_everyone(tm
 # ---- a reservation given back costs nothing and started nothing --------------------------------
 
 
-async def test_a_returned_reservation_uses_no_pacing_or_daily_slot_and_never_said_started(
-        home: Home) -> None:
+async def test_a_returned_reservation_uses_no_pacing_or_daily_slot_and_never_said_started(home: Home) -> None:
     home.write_config("rates:\n  agent: {sustained_delay: 3600, daily_limit: 1}\n")
     out = _cli_dispatch("@sleep=0", "--agent", "agent", crash_at="peer-after-claim")
     assert out.returncode == 137  # the claiming peer died before it spawned anything
@@ -186,11 +202,30 @@ async def test_a_returned_reservation_uses_no_pacing_or_daily_slot_and_never_sai
 
 def _hammer(path: str, revs: list[int]) -> None:
     for rev in revs:
-        row = SimpleNamespace(id="ws", path=path, state=f"s{rev}", rev=rev, updated_at=float(rev),
-                              agent="a", task="t", priority=2, label=None, runs=1, attempts=0,
-                              max_attempts=3, created_at=0.0, started_at=None, ended_at=None,
-                              exit_code=None, reason=None, ended_reason=None, summary=None,
-                              session_id=None, run_dir=path, branch=None)
+        row = SimpleNamespace(
+            id="ws",
+            path=path,
+            state=f"s{rev}",
+            rev=rev,
+            updated_at=float(rev),
+            agent="a",
+            task="t",
+            priority=2,
+            label=None,
+            runs=1,
+            attempts=0,
+            max_attempts=3,
+            created_at=0.0,
+            started_at=None,
+            ended_at=None,
+            exit_code=None,
+            reason=None,
+            ended_reason=None,
+            summary=None,
+            session_id=None,
+            run_dir=path,
+            branch=None,
+        )
         workspaces.write_status(row, now=time.time())
 
 
@@ -228,9 +263,26 @@ async def test_rows_of_peers_that_were_killed_are_removed(home: Home) -> None:
     procs = []
     for _ in range(3):
         port = free_port()
-        procs.append((port, subprocess.Popen(
-            [sys.executable, "-m", "dispatch_runner.cli", "serve", "--transport", "http", "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        procs.append(
+            (
+                port,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dispatch_runner.cli",
+                        "serve",
+                        "--transport",
+                        "http",
+                        "--port",
+                        str(port),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+        )
     store = SQLiteStore(home.path / "state.db")
     try:
         wait_for(lambda: len(store.peers()) == 3, timeout=30, message="three serving peers")
@@ -240,8 +292,9 @@ async def test_rows_of_peers_that_were_killed_are_removed(home: Home) -> None:
             proc.wait()
         assert len(store.peers()) == 3  # nobody withdrew them
         async with serving(home) as runner:
-            await until(lambda: [p["id"] for p in store.peers()] == [runner.peer],
-                        message="only the live peer left")
+            await until(
+                lambda: [p["id"] for p in store.peers()] == [runner.peer], message="only the live peer left"
+            )
     finally:
         store.close()
 
@@ -287,8 +340,9 @@ async def test_a_finished_run_leaves_no_escaped_descendant_behind(home: Home) ->
 
 async def test_a_sub_agent_dispatched_by_a_run_outlives_the_run_that_dispatched_it(home: Home) -> None:
     cli = f"{sys.executable} -m dispatch_runner.cli"
-    home.write_config(f"  parent:\n    command: [sh, -c, '{cli} dispatch --agent agent \"@sleep=1\" --json "
-                      f"> child.json']\n")
+    home.write_config(
+        f"  parent:\n    command: [sh, -c, '{cli} dispatch --agent agent \"@sleep=1\" --json > child.json']\n"
+    )
     async with serving(home) as runner:
         parent = (await dispatch(runner, "x", agent="parent"))["workspace"]
         [row] = await wait_all(runner, [parent])
@@ -299,7 +353,8 @@ async def test_a_sub_agent_dispatched_by_a_run_outlives_the_run_that_dispatched_
 
 
 async def test_a_workspace_id_drawn_twice_never_discards_the_other_workspace(
-        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with serving(home) as runner:
         await runner.bus.invoke("runner.stop")
         first = await dispatch(runner, "first", agent="agent")
@@ -325,7 +380,8 @@ async def test_a_spoilt_prompt_md_does_not_change_what_the_run_is_asked(home: Ho
 
 
 async def test_a_full_disk_at_spawn_backs_the_pool_off_instead_of_spending_every_attempt(
-        home: Home, tiny_disk: Path) -> None:
+    home: Home, tiny_disk: Path
+) -> None:
     _config_on(home, tiny_disk)
     async with serving(home) as runner:
         await runner.bus.invoke("runner.stop")
@@ -335,8 +391,9 @@ async def test_a_full_disk_at_spawn_backs_the_pool_off_instead_of_spending_every
                 f.write(b"\0" * 65536)
                 f.flush()
         await runner.bus.invoke("runner.start")
-        backoff = await until(lambda: runner.store.pool_state("agent").backoff_until,
-                              message="the pool backing off")
+        backoff = await until(
+            lambda: runner.store.pool_state("agent").backoff_until, message="the pool backing off"
+        )
         rows = [runner.store.get_workspace(i) for i in ids]
     assert backoff > time.time() + 20
     charged = [r for r in rows if r is not None and r.attempts]
@@ -356,9 +413,10 @@ async def test_a_claim_by_a_peer_of_an_older_version_goes_back_to_the_queue(home
             ws = await dispatch(runner, "x", agent="agent")
             runner.store.set_frozen(False, now=time.time())
             db = sqlite3.connect(home.path / "state.db", isolation_level=None)
-            db.execute("INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at) VALUES "
-                       "(?,?,?,?,?,?)", (peer, old.pid, supervisor.proc_start(old.pid),
-                                         supervisor.boot_id(), "stdio", time.time()))  # no schema
+            db.execute(
+                "INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at) VALUES (?,?,?,?,?,?)",
+                (peer, old.pid, supervisor.proc_start(old.pid), supervisor.boot_id(), "stdio", time.time()),
+            )  # no schema
             db.close()
             claim = runner.store.claim_next(now=time.time() - 5, limits=runner.limits, peer=peer).claim
             assert claim is not None

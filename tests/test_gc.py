@@ -19,8 +19,12 @@ from dispatch_runner.errors import PathNotAllowed
 from dispatch_runner.runner import Runner
 from tests.conftest import Home
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+}
 AGENTS = """\
   committer:
     command: [sh, -c, 'echo work > made.txt && git add made.txt && git commit -qm work']
@@ -31,8 +35,13 @@ AGENTS = """\
 
 
 def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
-                         env={**os.environ, **GIT_ENV})
+    out = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **GIT_ENV},
+    )
     return out.stdout.strip()
 
 
@@ -50,10 +59,12 @@ def repo(home: Home) -> Path:
 def run_all(home: Home, dispatches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     runner = Runner(load_config())
     try:
+
         async def go() -> list[dict[str, Any]]:
             made = [await runner.bus.invoke("runner.dispatch", **d) for d in dispatches]
-            done = await runner.bus.invoke("runner.wait", workspaces=[m["workspace"] for m in made],
-                                           timeout_s=60)
+            done = await runner.bus.invoke(
+                "runner.wait", workspaces=[m["workspace"] for m in made], timeout_s=60
+            )
             assert done["done"], done
             return made
 
@@ -69,17 +80,21 @@ def gc(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
 
 
 def test_gc_removes_directories_worktrees_and_empty_branches_and_keeps_work(
-        home: Home, repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home: Home, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home.write_config(AGENTS)
     own_dir = home.root / "mine"
     own_dir.mkdir()
-    plain, empty, committed, dirty, in_cwd = run_all(home, [
-        {"task": "x", "agent": "true"},
-        {"task": "x", "agent": "true", "repo": str(repo)},
-        {"task": "x", "agent": "committer", "repo": str(repo)},
-        {"task": "x", "agent": "scribbler", "repo": str(repo)},
-        {"task": "x", "agent": "true", "cwd": str(own_dir)},
-    ])
+    plain, empty, committed, dirty, in_cwd = run_all(
+        home,
+        [
+            {"task": "x", "agent": "true"},
+            {"task": "x", "agent": "true", "repo": str(repo)},
+            {"task": "x", "agent": "committer", "repo": str(repo)},
+            {"task": "x", "agent": "scribbler", "repo": str(repo)},
+            {"task": "x", "agent": "true", "cwd": str(own_dir)},
+        ],
+    )
     branches = lambda: set(git(repo, "branch", "--format=%(refname:short)").split())  # noqa: E731
     assert {f"runner/{w['workspace']}" for w in (empty, committed, dirty)} <= branches()
 
@@ -90,9 +105,12 @@ def test_gc_removes_directories_worktrees_and_empty_branches_and_keeps_work(
 
     report = gc(capsys, "--older-than", "0")
     assert set(report["removed"]) == {w["workspace"] for w in (plain, empty, committed, in_cwd)}
-    assert report["notes"] == [{"workspace": committed["workspace"],
-                                "note": f"branch runner/{committed['workspace']} kept: 1 commit(s) "
-                                        "beyond its base"}]
+    assert report["notes"] == [
+        {
+            "workspace": committed["workspace"],
+            "note": f"branch runner/{committed['workspace']} kept: 1 commit(s) beyond its base",
+        }
+    ]
     [kept] = report["kept"]
     assert kept["workspace"] == dirty["workspace"] and "uncommitted changes" in kept["note"]
     for w in (plain, empty, committed, in_cwd):
@@ -113,7 +131,9 @@ def test_gc_removes_directories_worktrees_and_empty_branches_and_keeps_work(
         runner.close()
 
 
-def test_gc_keeps_workspaces_younger_than_the_retention(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gc_keeps_workspaces_younger_than_the_retention(
+    home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
     [ws] = run_all(home, [{"task": "x", "agent": "true"}])
     report = gc(capsys)
     assert report["removed"] == [] and Path(ws["path"]).exists()
@@ -140,8 +160,9 @@ def test_a_dispatch_that_fails_before_it_is_stored_leaves_no_directory(home: Hom
     runner = Runner(load_config())
     try:
         with pytest.raises(PathNotAllowed, match="git worktree add failed"):
-            anyio.run(lambda: runner.bus.invoke("runner.dispatch", task="x", agent="true",
-                                                repo=str(empty_repo)))
+            anyio.run(
+                lambda: runner.bus.invoke("runner.dispatch", task="x", agent="true", repo=str(empty_repo))
+            )
     finally:
         runner.close()
     root = home.path / "workspaces"
@@ -149,7 +170,8 @@ def test_a_dispatch_that_fails_before_it_is_stored_leaves_no_directory(home: Hom
 
 
 def test_gc_keeps_a_worktree_whose_repository_is_gone_unless_forced(
-        home: Home, repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home: Home, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home.write_config(AGENTS)
     [ws] = run_all(home, [{"task": "x", "agent": "scribbler", "repo": str(repo)}])
     repo.rename(repo.with_name("moved"))  # git can no longer tell what the worktree holds
@@ -160,8 +182,9 @@ def test_gc_keeps_a_worktree_whose_repository_is_gone_unless_forced(
     assert not Path(ws["path"]).exists()
 
 
-def test_gc_keeps_an_orphaned_worktree_unless_forced(home: Home, repo: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_gc_keeps_an_orphaned_worktree_unless_forced(
+    home: Home, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     orphan = home.path / "workspaces" / "ws-0101-000000-abcdef"
     orphan.mkdir(parents=True)
     git(repo, "worktree", "add", "-q", "-b", "runner/ws-0101-000000-abcdef", str(orphan / "worktree"))

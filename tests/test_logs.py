@@ -28,8 +28,9 @@ def test_a_partly_written_line_waits_for_its_newline(tmp_path: Path) -> None:
     page = log_page(tmp_path, 1, "stdout", offset=0, limit=10, settled=False)
     assert page.lines == ["whole"] and not page.eof
     _write(tmp_path, "f\n")
-    rest = log_page(tmp_path, 1, "stdout", offset=page.next_offset, limit=10, settled=False,
-                    cursor=page.cursor)
+    rest = log_page(
+        tmp_path, 1, "stdout", offset=page.next_offset, limit=10, settled=False, cursor=page.cursor
+    )
     assert rest.lines == ["half"]
 
 

@@ -42,8 +42,10 @@ def test_the_readme_blocks_are_the_manifests_verbatim() -> None:
     codex = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     assert tomllib.loads(codex) == tomllib.loads((MANIFESTS / "codex-config.toml").read_text())
     assert "claude mcp add runner -s user -- dispatch-runner serve --home ~/.dispatch-runner" in readme
-    assert "claude mcp add runner -s user -- dispatch-runner serve --home ~/.dispatch-runner" in (
-        MANIFESTS / "claude-code.md").read_text()
+    assert (
+        "claude mcp add runner -s user -- dispatch-runner serve --home ~/.dispatch-runner"
+        in (MANIFESTS / "claude-code.md").read_text()
+    )
 
 
 def test_the_readme_refers_only_to_files_that_exist_in_the_repository() -> None:
@@ -63,9 +65,16 @@ def test_the_readme_channel_example_is_what_the_server_sends() -> None:
     summary = content.split("Result:\n", 1)[1].split("\nDetails:", 1)[0]
     label = re.search(r'\("([^"]+)"\)', content)
     assert label is not None
-    event = Event(type=attrs["event"], workspace=attrs["workspace"],
-                  data={"state": attrs["state"], "agent": attrs["agent"],
-                        "exit_code": int(attrs["exit_code"]), "duration_s": float(attrs["duration_s"])})
+    event = Event(
+        type=attrs["event"],
+        workspace=attrs["workspace"],
+        data={
+            "state": attrs["state"],
+            "agent": attrs["agent"],
+            "exit_code": int(attrs["exit_code"]),
+            "duration_s": float(attrs["duration_s"]),
+        },
+    )
     sent, meta = channel_message(event, {"summary": summary, "label": label.group(1)})
     assert sent == content
     assert meta == {k: v for k, v in attrs.items() if k != "source"}

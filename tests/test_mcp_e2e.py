@@ -19,8 +19,10 @@ from mcp.shared.exceptions import MCPError
 from tests.conftest import Home, wait_for
 from tests.mcp_helpers import SERVE, connect, error, ok, server_env
 
-pytestmark = [pytest.mark.anyio,
-              pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 TOOLS = {"dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait"}
 META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
@@ -45,16 +47,36 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
         dispatch = tools["dispatch"].input_schema
         assert dispatch["required"] == ["task"]
         assert set(dispatch["properties"]) == {
-            "task", "agent", "cwd", "repo", "template", "priority", "label", "idempotency_key",
-            "max_wait_s", "timeout_s", "max_attempts"}
+            "task",
+            "agent",
+            "cwd",
+            "repo",
+            "template",
+            "priority",
+            "label",
+            "idempotency_key",
+            "max_wait_s",
+            "timeout_s",
+            "max_attempts",
+        }
         assert all(p.get("description") for p in dispatch["properties"].values())
         assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all"}
         assert set(tools["wait"].input_schema["properties"]) == {"workspaces", "timeout_s", "mode"}
         assert tools["wait"].input_schema["properties"]["timeout_s"]["default"] == 50
         assert set(tools["status"].input_schema["properties"]) == {
-            "workspace", "agent", "state", "limit", "subscribe"}
+            "workspace",
+            "agent",
+            "state",
+            "limit",
+            "subscribe",
+        }
         assert set(tools["logs"].input_schema["properties"]) == {
-            "workspace", "run", "stream", "offset", "limit"}
+            "workspace",
+            "run",
+            "stream",
+            "offset",
+            "limit",
+        }
         # dispatch starts processes that may change files: neither read-only nor harmless
         hints = tools["dispatch"].annotations
         assert hints is not None and hints.read_only_hint is False and hints.destructive_hint is True
@@ -74,7 +96,8 @@ async def test_tools_prefix_renames_every_tool(home: Home) -> None:
 
 
 async def test_a_finished_dispatch_is_pushed_to_the_dispatching_session_as_a_channel_event(
-        home: Home) -> None:
+    home: Home,
+) -> None:
     async with connect(home.path) as (client, seen):
         started = time.monotonic()
         sent = ok(await client.call_tool("dispatch", {"task": "say hello @sleep=0.3", "label": "greeting"}))
@@ -90,8 +113,7 @@ async def test_a_finished_dispatch_is_pushed_to_the_dispatching_session_as_a_cha
         assert push.meta["agent"] == "claude"
         assert push.meta["exit_code"] == "0"
         assert float(push.meta["duration_s"]) >= 0
-        assert push.content.startswith(f'completed: sub-agent claude in workspace {ws} ("greeting") '
-                                       "after ")
+        assert push.content.startswith(f'completed: sub-agent claude in workspace {ws} ("greeting") after ')
         status = ok(await client.call_tool("status", {"workspace": ws}))
         assert status["summary"] and f"Result:\n{status['summary'].splitlines()[0]}" in push.content
         await seen.until(lambda: seen.logged(ws), what="log message")
@@ -115,8 +137,11 @@ async def test_a_run_that_fails_for_good_is_pushed_once_as_dead_lettered(home: H
 async def test_wait_sends_progress_and_returns_each_workspace_result(home: Home) -> None:
     async with connect(home.path) as (client, seen):
         ws = ok(await client.call_tool("dispatch", {"task": "slow one @sleep=0.5"}))["workspace"]
-        result = ok(await client.call_tool("wait", {"workspaces": [ws], "timeout_s": 20},
-                                           progress_callback=seen.on_progress))
+        result = ok(
+            await client.call_tool(
+                "wait", {"workspaces": [ws], "timeout_s": 20}, progress_callback=seen.on_progress
+            )
+        )
         assert result["done"] is True
         [row] = result["workspaces"]
         assert row["workspace"] == ws and row["state"] == "completed" and row["exit_code"] == 0
@@ -141,9 +166,25 @@ async def test_status_shows_the_overview_and_one_workspace(home: Home) -> None:
         assert overall["pools"]["claude"]["limit"] == 1
         assert [w["workspace"] for w in overall["workspaces"]] == [ws]
         one = ok(await client.call_tool("status", {"workspace": ws}))
-        assert {"workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
-                "started_at", "ended_at", "exit_code", "reason", "summary", "log_tail", "path",
-                "branch", "parent"} <= set(one)
+        assert {
+            "workspace",
+            "state",
+            "agent",
+            "pid",
+            "runs",
+            "priority",
+            "label",
+            "created_at",
+            "started_at",
+            "ended_at",
+            "exit_code",
+            "reason",
+            "summary",
+            "log_tail",
+            "path",
+            "branch",
+            "parent",
+        } <= set(one)
         assert one["state"] == "completed" and one["priority"] == "high" and one["runs"] == 1
         assert one["created_at"].endswith(("Z", "+00:00"))
         filtered = ok(await client.call_tool("status", {"state": "running"}))
@@ -191,20 +232,32 @@ async def test_stop_freezes_the_queue_start_resumes_it_and_poke_drains(home: Hom
 
 
 BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
-    ("dispatch", {"task": "x", "agent": "gpt"},
-     r"no agent 'gpt' configured \(known: agent, claude, codex.*\)"),
+    (
+        "dispatch",
+        {"task": "x", "agent": "gpt"},
+        r"no agent 'gpt' configured \(known: agent, claude, codex.*\)",
+    ),
     ("dispatch", {"task": "x", "cwd": "/etc"}, r"allowed_roots|allowed roots"),
     ("dispatch", {"task": "   "}, r"task is empty"),
     ("dispatch", {}, r"dispatch needs the argument task: What the sub-agent should do"),
     ("dispatch", {"task": 5}, r"^task must be a string \(got 5\)$"),
-    ("dispatch", {"task": "x", "priority": "urgent"},
-     r"^priority must be one of 'critical', 'high', 'medium' or 'low' \(got \"urgent\"\)$"),
+    (
+        "dispatch",
+        {"task": "x", "priority": "urgent"},
+        r"^priority must be one of 'critical', 'high', 'medium' or 'low' \(got \"urgent\"\)$",
+    ),
     ("dispatch", {"task": "x", "max_attempts": 0}, r"^max_attempts must be >= 1 \(got 0\)$"),
     # hostile or careless input (hardening): refused at the door, as a sentence
-    ("dispatch", {"task": "x", "agent": "gemini:--yolo"},
-     r"^model variant '--yolo' of agent 'gemini' is not allowed: it must start with a letter or digit"),
-    ("dispatch", {"task": "x", "agent": "claude:--dangerously-skip-permissions"},
-     r"^model variant '--dangerously-skip-permissions' of agent 'claude' is not allowed"),
+    (
+        "dispatch",
+        {"task": "x", "agent": "gemini:--yolo"},
+        r"^model variant '--yolo' of agent 'gemini' is not allowed: it must start with a letter or digit",
+    ),
+    (
+        "dispatch",
+        {"task": "x", "agent": "claude:--dangerously-skip-permissions"},
+        r"^model variant '--dangerously-skip-permissions' of agent 'claude' is not allowed",
+    ),
     ("dispatch", {"task": "x", "max_attempts": "5"}, r"^max_attempts must be an integer \(got \"5\"\)$"),
     ("dispatch", {"task": "x", "max_attempts": True}, r"^max_attempts must be an integer \(got true\)$"),
     ("dispatch", {"task": "x", "max_attempts": 10**9}, r"^max_attempts must be <= 100 \(got 1000000000\)$"),
@@ -214,16 +267,25 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("dispatch", {"task": "x", "label": "l\x00"}, r"^label contains a NUL character"),
     ("dispatch", {"task": "x", "idempotency_key": "\x00"}, r"^idempotency_key contains a NUL character"),
     ("dispatch", {"task": "x", "cwd": "/tmp/\x00"}, r"^cwd contains a NUL character"),
-    ("dispatch", {"task": "x" * (1024 * 1024 + 1)},
-     r"^the task is 1\.0 MiB \(1,048,577 bytes\), more than the 1\.0 MiB dispatch\.max_task_bytes allows"),
-    ("dispatch", {"task": "x", "agent": "ghost"},
-     r"^agent 'ghost' cannot run on this machine: its executable 'no-such-agent-cli' is not on PATH; "
-     r".*'dispatch-runner doctor'"),
+    (
+        "dispatch",
+        {"task": "x" * (1024 * 1024 + 1)},
+        r"^the task is 1\.0 MiB \(1,048,577 bytes\), more than the 1\.0 MiB dispatch\.max_task_bytes allows",
+    ),
+    (
+        "dispatch",
+        {"task": "x", "agent": "ghost"},
+        r"^agent 'ghost' cannot run on this machine: its executable 'no-such-agent-cli' is not on PATH; "
+        r".*'dispatch-runner doctor'",
+    ),
     ("wait", {"workspaces": ["x"], "timeout_s": 1e9}, r"^timeout_s must be <= 3600"),
     ("status", {"limit": "5"}, r"^limit must be an integer \(got \"5\"\)$"),
     ("dispatch", {"task": "x", "timeout_s": "soon"}, r"^timeout_s must be a number \(got \"soon\"\)$"),
-    ("dispatch", {"task": "x", "agnet": "claude"},
-     r"^dispatch has no argument 'agnet'; its arguments are: task, agent"),
+    (
+        "dispatch",
+        {"task": "x", "agnet": "claude"},
+        r"^dispatch has no argument 'agnet'; its arguments are: task, agent",
+    ),
     ("status", {"workspace": "ws-nope"}, r"^no workspace 'ws-nope'; run status to list"),
     ("status", {"state": "done"}, r"^state must be one of 'queued', 'running'"),
     ("kill", {}, r"say what to kill"),
@@ -250,9 +312,12 @@ async def test_every_bad_input_is_a_tool_error_with_an_actionable_sentence(home:
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))
         busy = error(await client.call_tool("dispatch", {"task": "x", "max_wait_s": 0}))
-        assert re.search(r"pool 'claude' is busy at queue position \d+: its slots are full and its wait "
-                         r"cannot be estimated yet \(no run of it has finished\), which max_wait_s=0 does "
-                         r"not allow; nothing was queued", busy), busy
+        assert re.search(
+            r"pool 'claude' is busy at queue position \d+: its slots are full and its wait "
+            r"cannot be estimated yet \(no run of it has finished\), which max_wait_s=0 does "
+            r"not allow; nothing was queued",
+            busy,
+        ), busy
         assert ok(await client.call_tool("status", {}))["counts"].get("queued") == 1
         roots = error(await client.call_tool("dispatch", {"task": "x", "cwd": "/etc"}))
         assert str(home.root) in roots, roots
@@ -284,23 +349,34 @@ async def test_closing_the_client_leaves_the_run_running_and_it_is_recorded(home
         ws = ok(await client.call_tool("dispatch", {"task": "outlives the session @sleep=1.5"}))
         assert ws["status"] == "running"
     # the server is gone; the agent finishes and its shim records the outcome
-    assert wait_for(lambda: _cli_state(ws["workspace"]) == "completed", timeout=20,
-                    message="the run to be recorded as completed")
+    assert wait_for(
+        lambda: _cli_state(ws["workspace"]) == "completed",
+        timeout=20,
+        message="the run to be recorded as completed",
+    )
 
 
 def _cli_state(ws: str) -> str:
     """The workspace's state as `dispatch-runner status --json WS` reports it."""
-    out = subprocess.run([*SERVE[:-1], "status", "--json", ws], env=server_env(),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*SERVE[:-1], "status", "--json", ws], env=server_env(), capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     return str(json.loads(out.stdout)["state"])
 
 
 def _handshake(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     assert proc.stdin and proc.stdout
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "raw", "version": "0"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
     proc.stdin.write(json.dumps(init).encode() + b"\n")
     proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
     proc.stdin.flush()
@@ -310,9 +386,12 @@ def _handshake(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
 @contextmanager
 def _raw_server(home: Home) -> Iterator[subprocess.Popen[bytes]]:
     """`dispatch-runner serve` on plain pipes, for what the SDK client hides (exit, stdout)."""
-    with open(home.path / "raw-server.log", "w") as errlog, subprocess.Popen(
-            SERVE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
-            env=server_env()) as proc:
+    with (
+        open(home.path / "raw-server.log", "w") as errlog,
+        subprocess.Popen(
+            SERVE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, env=server_env()
+        ) as proc,
+    ):
         try:
             yield proc
         finally:
@@ -325,8 +404,12 @@ def test_the_server_exits_promptly_when_stdin_closes_and_writes_only_protocol(ho
     with _raw_server(home) as proc:
         assert _handshake(proc)["result"]["capabilities"]["experimental"] == {"claude/channel": {}}
         assert proc.stdin and proc.stdout
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                "params": {"name": "dispatch", "arguments": {"task": "keeps going @sleep=1"}}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "dispatch", "arguments": {"task": "keeps going @sleep=1"}},
+        }
         proc.stdin.write(json.dumps(call).encode() + b"\n")
         proc.stdin.flush()
         reply = json.loads(proc.stdout.readline())
@@ -363,16 +446,24 @@ def test_the_mcp_inspector_cli_lists_the_tools_and_dispatches(home: Home) -> Non
     inspector = _inspector()
     if inspector is None:
         pytest.skip("needs node: neither node_modules/.bin/mcp-inspector nor npx is available")
-    env_args = [arg for key in ("DISPATCH_RUNNER_HOME", "FAKE_AGENT_LOG")
-                for arg in ("-e", f"{key}={server_env()[key]}")]
+    env_args = [
+        arg
+        for key in ("DISPATCH_RUNNER_HOME", "FAKE_AGENT_LOG")
+        for arg in ("-e", f"{key}={server_env()[key]}")
+    ]
     base = [*inspector, *env_args, sys.executable, "-m", "dispatch_runner.cli", "serve"]
-    listed = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True,
-                            timeout=120, env=server_env())
+    listed = subprocess.run(
+        [*base, "--method", "tools/list"], capture_output=True, text=True, timeout=120, env=server_env()
+    )
     assert listed.returncode == 0, listed.stderr
     assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == TOOLS
-    called = subprocess.run([*base, "--method", "tools/call", "--tool-name", "dispatch",
-                             "--tool-arg", "task=from the inspector"],
-                            capture_output=True, text=True, timeout=120, env=server_env())
+    called = subprocess.run(
+        [*base, "--method", "tools/call", "--tool-name", "dispatch", "--tool-arg", "task=from the inspector"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=server_env(),
+    )
     assert called.returncode == 0, called.stderr
     result = json.loads(called.stdout)
     assert not result.get("isError"), result

@@ -20,20 +20,24 @@ pytestmark = pytest.mark.anyio
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                         "clientInfo": {"name": "probe", "version": "0"}}}
-
-
-
-
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "0"},
+    },
+}
 
 
 def _home(root: Path) -> dict[str, str]:
     home = root / "home"
     home.mkdir()
-    (home / "agents.yaml").write_text(BASE_CONFIG.format(
-        root=root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX, agent=FAKE_AGENT))
+    (home / "agents.yaml").write_text(
+        BASE_CONFIG.format(root=root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX, agent=FAKE_AGENT)
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_RUNNER_")}
     return {**env, "DISPATCH_RUNNER_HOME": str(home), "FAKE_AGENT_LOG": str(root / "agents.log")}
 
@@ -46,9 +50,16 @@ class HttpServer:
         self.log = open(root / "server.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(
             [*SERVE, "--transport", transport, "--port", str(self.port), "--token", TOKEN],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        wait_for(lambda: listening(self.port) or self.proc.poll() is not None, timeout=20,
-                 message="the HTTP server to listen")
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        wait_for(
+            lambda: listening(self.port) or self.proc.poll() is not None,
+            timeout=20,
+            message="the HTTP server to listen",
+        )
         assert self.proc.poll() is None, (root / "server.log").read_text()
 
     def stop(self) -> None:
@@ -85,10 +96,11 @@ async def test_http_refuses_a_foreign_host_or_origin(http_server: HttpServer) ->
         assert r.status_code == 403
 
 
-async def test_a_tool_call_with_the_token_works_and_the_completion_is_pushed(
-        http_server: HttpServer) -> None:
-    async with httpx2.AsyncClient(headers=AUTH) as http, session(
-            streamable_http_client(f"{http_server.url}/mcp", http_client=http)) as (client, seen):
+async def test_a_tool_call_with_the_token_works_and_the_completion_is_pushed(http_server: HttpServer) -> None:
+    async with (
+        httpx2.AsyncClient(headers=AUTH) as http,
+        session(streamable_http_client(f"{http_server.url}/mcp", http_client=http)) as (client, seen),
+    ):
         assert client.protocol_version == "2025-11-25"
         assert client.server_capabilities.experimental == {"claude/channel": {}}
         ws = ok(await client.call_tool("dispatch", {"task": "over http"}))["workspace"]
@@ -111,7 +123,12 @@ async def test_sse_transport_serves_tools_with_the_token(tmp_path: Path) -> None
 
 def test_a_non_loopback_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in _home(tmp_path).items() if k != "DISPATCH_RUNNER_TOKEN"}
-    out = subprocess.run([*SERVE, "--transport", "http", "--host", "0.0.0.0", "--port",
-                          str(free_port())], env=env, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*SERVE, "--transport", "http", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode != 0
     assert "without a bearer token" in out.stderr and "--token" in out.stderr

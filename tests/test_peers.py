@@ -15,8 +15,13 @@ pytestmark = pytest.mark.anyio
 
 
 def cli(*args: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-m", "dispatch_runner.cli", *args, "--json"],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatch_runner.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     result: dict[str, object] = json.loads(out.stdout)
     return result
 
@@ -66,8 +71,10 @@ async def test_serving_peer_leaves_no_zombie_or_orphan(home: Home) -> None:
         zombies += [(pid, "launched") for pid, _ in _zombie_children(os.getpid()) if pid in launched]
         assert zombies == []
     # agents' own children were killed with their process group when the agent exited
-    await until(lambda: not any(processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws) for ws in ids),
-                message="no agent or agent child left")
+    await until(
+        lambda: not any(processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws) for ws in ids),
+        message="no agent or agent child left",
+    )
 
 
 def _zombie_children(pid: int) -> list[tuple[int, str]]:
@@ -78,7 +85,7 @@ def _zombie_children(pid: int) -> list[tuple[int, str]]:
                 stat = (entry / "stat").read_bytes()
             except OSError:
                 continue
-            fields = stat[stat.rfind(b")") + 2:].split()
+            fields = stat[stat.rfind(b")") + 2 :].split()
             if fields[0] == b"Z" and int(fields[1]) == pid:
-                found.append((int(entry.name), stat[stat.find(b"(") + 1:stat.rfind(b")")].decode()))
+                found.append((int(entry.name), stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode()))
     return found

@@ -23,8 +23,14 @@ def _cli_dispatch(task: str, *extra: str, crash_at: str | None = None) -> subpro
     env = dict(os.environ)
     if crash_at:
         env["DISPATCH_RUNNER_TEST_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "dispatch_runner.cli", "dispatch", task, "--json", *extra],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "dispatch_runner.cli", "dispatch", task, "--json", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def _only_workspace(home: Home) -> str:
@@ -39,7 +45,9 @@ async def test_claim_never_spawned_returns_to_the_queue_and_runs_once(home: Home
     runner = Runner(load_config())
     try:
         row = runner.store.get_workspace(ws)
-        assert row is not None and row.state == "running" and runner.store.active_runs()[0].phase == "reserved"
+        assert (
+            row is not None and row.state == "running" and runner.store.active_runs()[0].phase == "reserved"
+        )
     finally:
         runner.close()
     async with serving(home) as runner:
@@ -49,14 +57,17 @@ async def test_claim_never_spawned_returns_to_the_queue_and_runs_once(home: Home
     assert [e["ws"] for e in _log(home) if e["event"] == "start"] == [ws]
 
 
-async def test_shim_dying_after_its_start_record_is_lost_then_retried_once(home: Home,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_shim_dying_after_its_start_record_is_lost_then_retried_once(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISPATCH_RUNNER_TEST_CRASH_AT", "shim-after-start")
     async with serving(home) as runner:
         ws = await dispatch(runner, "hi", agent="agent", max_attempts=2)
         events = runner.bus.subscribe()
-        await until(lambda: runner.store.get_workspace(ws["workspace"]).attempts == 1,  # type: ignore[union-attr]
-                 message="lost run counted as an attempt")
+        await until(
+            lambda: runner.store.get_workspace(ws["workspace"]).attempts == 1,  # type: ignore[union-attr]
+            message="lost run counted as an attempt",
+        )
         monkeypatch.delenv("DISPATCH_RUNNER_TEST_CRASH_AT")
         [row] = await wait_all(runner, [ws["workspace"]], timeout=30)
         seen = []
@@ -70,8 +81,9 @@ async def test_shim_dying_after_its_start_record_is_lost_then_retried_once(home:
     assert [e["ws"] for e in _log(home) if e["event"] == "start"] == [ws["workspace"]]
 
 
-async def test_lost_run_with_no_attempts_left_ends_lost_with_status_json(home: Home,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_lost_run_with_no_attempts_left_ends_lost_with_status_json(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISPATCH_RUNNER_TEST_CRASH_AT", "shim-after-start")
     async with serving(home) as runner:
         ws = await dispatch(runner, "hi", agent="agent", max_attempts=1)
@@ -93,21 +105,26 @@ async def test_changed_config_applies_at_the_next_claim_and_bad_reload_keeps_the
         await until(lambda: runner._config_mtime == home.config.stat().st_mtime_ns, message="reload seen")
         assert runner.config.concurrency["agent"].total == 1  # invalid file: old config kept
         home.write_config("concurrency:\n  agent: 2\n")
-        await until(lambda: runner.store.get_workspace(b["workspace"]).state == "running",  # type: ignore[union-attr]
-                 message="second slot used after the limit was raised")
+        await until(
+            lambda: runner.store.get_workspace(b["workspace"]).state == "running",  # type: ignore[union-attr]
+            message="second slot used after the limit was raised",
+        )
         await runner.bus.invoke("runner.kill", all=True)
     assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", a["workspace"]) == []
 
 
 async def test_shim_dying_before_it_records_its_agent_leaves_no_second_agent(
-        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The agent's pid was never recorded: recovery finds it by its environment and stops it
     before the retry starts, so one workspace never has two agents."""
     monkeypatch.setenv("DISPATCH_RUNNER_TEST_CRASH_AT", "shim-after-spawn")
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
         ws = await dispatch(runner, "@sleep=3", agent="agent", max_attempts=2)
-        await until(lambda: runner.store.get_workspace(ws["workspace"]).attempts == 1,  # type: ignore[union-attr]
-                    message="the lost run counted")
+        await until(
+            lambda: runner.store.get_workspace(ws["workspace"]).attempts == 1,  # type: ignore[union-attr]
+            message="the lost run counted",
+        )
         monkeypatch.delenv("DISPATCH_RUNNER_TEST_CRASH_AT")
         [row] = await wait_all(runner, [ws["workspace"]], timeout=30)
     assert row["state"] == "completed"
@@ -128,8 +145,9 @@ async def test_a_kill_whose_killer_went_away_is_finished_by_recovery(home: Home)
 
 async def test_test_output_mentioning_429_is_a_failure_not_a_rate_limit(home: Home) -> None:
     async with serving(home) as runner:
-        ws = await dispatch(runner, "Ran 1429 tests in test_rate_limit.py: FAILED @exit=1", agent="agent",
-                            max_attempts=1)
+        ws = await dispatch(
+            runner, "Ran 1429 tests in test_rate_limit.py: FAILED @exit=1", agent="agent", max_attempts=1
+        )
         [row] = await wait_all(runner, [ws["workspace"]])
         backoff = runner.store.pool_state("agent").backoff_until
     assert row["state"] == "failed" and backoff is None

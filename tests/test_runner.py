@@ -87,8 +87,7 @@ async def test_plain_agent_summary_is_last_lines_of_stdout(home: Home) -> None:
 
 async def test_pool_limit_caps_overlap_of_running_agents(home: Home) -> None:
     async with serving(home, "concurrency:\n  agent: 2\n") as runner:
-        ids = [(await dispatch(runner, f"job {i} @sleep=0.3", agent="agent"))["workspace"]
-               for i in range(7)]
+        ids = [(await dispatch(runner, f"job {i} @sleep=0.3", agent="agent"))["workspace"] for i in range(7)]
         rows = await wait_all(runner, ids, timeout=60)
     assert {r["state"] for r in rows} == {"completed"}
     assert max_overlap(home.agent_log) == 2
@@ -126,11 +125,19 @@ async def test_four_way_mix_respects_pool_and_model_limits(home: Home) -> None:
 async def test_queued_work_starts_by_priority_then_age(home: Home) -> None:
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
         await runner.bus.invoke("runner.stop")
-        order = [("low", "l1"), ("medium", "m1"), ("critical", "c1"), ("high", "h1"), ("critical", "c2"),
-                 ("low", "l2")]
+        order = [
+            ("low", "l1"),
+            ("medium", "m1"),
+            ("critical", "c1"),
+            ("high", "h1"),
+            ("critical", "c2"),
+            ("low", "l2"),
+        ]
         ids = {}
         for prio, name in order:
-            ids[name] = (await dispatch(runner, f"{name} @sleep=0.05", agent="agent", priority=prio))["workspace"]
+            ids[name] = (await dispatch(runner, f"{name} @sleep=0.05", agent="agent", priority=prio))[
+                "workspace"
+            ]
         assert (await runner.bus.invoke("runner.status"))["frozen"] is True
         assert await runner.bus.invoke("runner.start") == {"frozen": False}
         assert (await runner.bus.invoke("runner.status", workspace=ids["c1"]))["state"] == "running"
@@ -197,8 +204,10 @@ async def test_rate_limited_run_requeues_and_backs_off_the_pool(home: Home) -> N
 async def test_usage_limit_backs_off_until_the_reset_named_by_the_provider(home: Home) -> None:
     async with serving(home) as runner:
         await dispatch(runner, "@fixture=claude-err-usage-limit-oauth-stream-json")
-        state = await until(lambda: runner.store.pool_state("claude").backoff_until and
-                         runner.store.pool_state("claude"), message="backoff")
+        state = await until(
+            lambda: runner.store.pool_state("claude").backoff_until and runner.store.pool_state("claude"),
+            message="backoff",
+        )
     # the transcript's rate_limit_event names resetsAt 1795459087 (in the past here): then the
     # pool falls back to exponential backoff, never to "now"
     assert state.backoff_until > state.last_spawn and state.fail_count == 1
@@ -221,8 +230,10 @@ async def test_kill_terminates_the_agent_group_and_leaves_no_process(home: Home)
         [row] = await wait_all(runner, [ws["workspace"]])
     assert result == {"killed": [ws["workspace"]], "cancelled": []}
     assert row["state"] == "killed"
-    await until(lambda: not processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]),
-             message="no agent process left")
+    await until(
+        lambda: not processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]),
+        message="no agent process left",
+    )
 
 
 async def test_kill_escalates_to_sigkill_after_grace(home: Home) -> None:
@@ -282,8 +293,10 @@ async def test_cwd_dispatch_runs_in_that_directory(home: Home) -> None:
 async def test_repo_dispatch_gets_a_fresh_worktree_on_its_branch(home: Home) -> None:
     repo = home.root / "repo"
     repo.mkdir()
-    for args in (["init", "-q"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q",
-                                   "--allow-empty", "-m", "init"]):
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
+    ):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
     async with serving(home) as runner:
         ws = await dispatch(runner, "@write=made.txt", agent="agent", repo=str(repo))
@@ -292,8 +305,9 @@ async def test_repo_dispatch_gets_a_fresh_worktree_on_its_branch(home: Home) -> 
     assert status["branch"] == f"runner/{ws['workspace']}"
     assert (Path(ws["path"]) / "worktree" / "made.txt").exists()
     assert not (repo / "made.txt").exists()
-    branches = subprocess.run(["git", "-C", str(repo), "branch", "--list", "runner/*"],
-                              capture_output=True, text=True, check=True).stdout
+    branches = subprocess.run(
+        ["git", "-C", str(repo), "branch", "--list", "runner/*"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"runner/{ws['workspace']}" in branches
 
 
@@ -311,8 +325,9 @@ async def test_repo_dispatch_gets_a_fresh_worktree_on_its_branch(home: Home) -> 
         ({"task": "x", "max_attempts": 0}, InvalidArgument, "max_attempts"),
     ],
 )
-async def test_bad_dispatch_is_refused_and_writes_nothing(home: Home, kwargs: dict[str, Any],
-                                                          error: type[Exception], words: str) -> None:
+async def test_bad_dispatch_is_refused_and_writes_nothing(
+    home: Home, kwargs: dict[str, Any], error: type[Exception], words: str
+) -> None:
     kwargs = {k: v.format(root=home.root) if isinstance(v, str) else v for k, v in kwargs.items()}
     runner = Runner(load_config())
     try:
@@ -328,9 +343,11 @@ async def test_bad_dispatch_is_refused_and_writes_nothing(home: Home, kwargs: di
 async def test_unknown_workspace_is_a_clear_error_for_status_kill_and_wait(home: Home) -> None:
     runner = Runner(load_config())
     try:
-        for action, kw in (("runner.status", {"workspace": "ws-nope"}),
-                           ("runner.kill", {"workspace": "ws-nope"}),
-                           ("runner.wait", {"workspaces": ["ws-nope"]})):
+        for action, kw in (
+            ("runner.status", {"workspace": "ws-nope"}),
+            ("runner.kill", {"workspace": "ws-nope"}),
+            ("runner.wait", {"workspaces": ["ws-nope"]}),
+        ):
             with pytest.raises(UnknownWorkspace, match="no workspace 'ws-nope'; run status"):
                 await runner.bus.invoke(action, **kw)
     finally:
@@ -348,8 +365,10 @@ async def test_pacing_spaces_spawns_without_blocking_other_pools(home: Home) -> 
         status = await runner.bus.invoke("runner.status")
         assert status["pools"]["agent"]["next_spawn_at"] is not None
         await wait_all(runner, [a["workspace"], b["workspace"], c["workspace"]])
-        claims = [runner.store.get_run(runner.store.get_workspace(w["workspace"]).current_run)  # type: ignore[union-attr, arg-type]
-                  for w in (a, b)]
+        claims = [
+            runner.store.get_run(runner.store.get_workspace(w["workspace"]).current_run)  # type: ignore[union-attr, arg-type]
+            for w in (a, b)
+        ]
     # the pool's spawn times are its claims (the agent's own start adds interpreter start-up)
     assert claims[0] is not None and claims[1] is not None
     assert claims[1].claimed_at - claims[0].claimed_at >= 1.5
@@ -386,16 +405,23 @@ async def test_pool_state_survives_a_restart(home: Home) -> None:
 
 async def test_exit_is_recorded_after_the_dispatching_peer_is_sigkilled(home: Home) -> None:
     env = {**os.environ}
-    peer = subprocess.Popen([*_cli(), "serve", "--drain"], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = subprocess.Popen(
+        [*_cli(), "serve", "--drain"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         runner = Runner(load_config())
         ws = await dispatch(runner, "@sleep=1", agent="agent")
         await until(lambda: _logged(home, "sleep", ws["workspace"]), message="agent running")
         peer.kill()
         peer.wait(5)
-        await until(lambda: runner.store.get_workspace(ws["workspace"]).state == "completed",  # type: ignore[union-attr]
-                 message="exit recorded by the shim")
+        await until(
+            lambda: runner.store.get_workspace(ws["workspace"]).state == "completed",  # type: ignore[union-attr]
+            message="exit recorded by the shim",
+        )
         runner.close()
     finally:
         peer.kill()
@@ -412,12 +438,15 @@ async def test_shim_killed_mid_run_is_lost_and_its_agent_is_stopped(home: Home) 
         [row] = await wait_all(runner, [ws["workspace"]])
     assert row["state"] == "lost"
     assert json.loads((Path(ws["path"]) / "status.json").read_text())["state"] == "lost"
-    await until(lambda: not processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]),
-             message="orphaned agent stopped")
+    await until(
+        lambda: not processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]),
+        message="orphaned agent stopped",
+    )
 
 
-async def test_exit_written_but_not_recorded_is_recovered_from_the_exit_file(home: Home,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_exit_written_but_not_recorded_is_recovered_from_the_exit_file(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISPATCH_RUNNER_TEST_CRASH_AT", "shim-before-record")
     async with serving(home) as runner:
         ws = await dispatch(runner, "hello")
@@ -429,13 +458,20 @@ async def test_cli_dispatch_alone_drains_the_queue_by_itself(home: Home) -> None
     home.write_config("concurrency:\n  agent: 1\n")
     ids = []
     for i in range(3):
-        out = subprocess.run([*_cli(), "dispatch", f"job {i} @sleep=0.2", "--agent", "agent", "--json"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [*_cli(), "dispatch", f"job {i} @sleep=0.2", "--agent", "agent", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ids.append(json.loads(out.stdout)["workspace"])
     runner = Runner(load_config())
     try:
-        await until(lambda: all(runner.store.get_workspace(i).state == "completed" for i in ids),  # type: ignore[union-attr]
-                 timeout=30, message="queue drained by the on-demand drainer")
+        await until(
+            lambda: all(runner.store.get_workspace(i).state == "completed" for i in ids),  # type: ignore[union-attr]
+            timeout=30,
+            message="queue drained by the on-demand drainer",
+        )
     finally:
         runner.close()
     assert max_overlap(home.agent_log) == 1
@@ -488,8 +524,9 @@ def _drain_types(sub: Any) -> list[str]:
             return seen
 
 
-async def test_wait_reports_progress_periodically_while_nothing_changes(home: Home,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_wait_reports_progress_periodically_while_nothing_changes(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dispatch_runner.runner as runner_module
 
     monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", 0.2)
@@ -500,8 +537,9 @@ async def test_wait_reports_progress_periodically_while_nothing_changes(home: Ho
 
     async with serving(home) as runner:
         ws = await dispatch(runner, "@sleep=30", agent="agent")
-        result = await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]], timeout_s=1.2,
-                                         progress=progress)
+        result = await runner.bus.invoke(
+            "runner.wait", workspaces=[ws["workspace"]], timeout_s=1.2, progress=progress
+        )
         await runner.bus.invoke("runner.kill", all=True)
     assert result["done"] is False
     assert len(seen) >= 3 and all(v == 0.0 and t == 1.0 for v, t, _ in seen)

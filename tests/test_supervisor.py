@@ -16,8 +16,10 @@ from tests.conftest import wait_for
 def test_a_zombie_or_reused_pid_is_not_alive() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     start = supervisor.proc_start(child.pid)
-    wait_for(lambda: supervisor._stat(child.pid) is None or supervisor._stat(child.pid)[0] == "Z",
-             message="the child to exit")
+    wait_for(
+        lambda: supervisor._stat(child.pid) is None or supervisor._stat(child.pid)[0] == "Z",
+        message="the child to exit",
+    )
     assert not supervisor.is_alive(child.pid, start)  # a zombie is dead
     child.wait()
     me = os.getpid()
@@ -35,11 +37,13 @@ def test_terminate_group_escalates_to_sigkill_for_a_process_ignoring_sigterm() -
     proc.stdout.close()
 
 
-def test_a_fork_server_that_stops_reading_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fork_server_that_stops_reading_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(supervisor, "FORKSERVER_STALL_S", 0.3)
     launcher = supervisor.ShimLauncher(forkserver=True, log_dir=tmp_path)
     env = {**os.environ, "PAD": "x" * 8000}  # large requests fill the pipe quickly
-    spec = tmp_path / "missing-spec.json"   # the shim fails on it: only the plumbing matters here
+    spec = tmp_path / "missing-spec.json"  # the shim fails on it: only the plumbing matters here
     try:
         assert launcher.spawn([], env=env, log_path=tmp_path / "shim.log", spec_path=spec) is None
         stuck = launcher._server_pid

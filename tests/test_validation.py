@@ -16,26 +16,41 @@ from tests.conftest import Home
 
 # any text at all, NUL and lone surrogates included: what a client sends is not ours to choose
 text = st.one_of(st.text(max_size=40), st.sampled_from(["a\x00b", "\ud800", "--yolo", "-", "{prompt}"]))
-numbers = st.one_of(st.integers(-3, 5), st.integers(10**6, 10**30), st.just(10**400), st.floats(),
-                    st.booleans(),
-                    st.sampled_from(["5", "1e3", ""]), st.none())
-args = st.fixed_dictionaries({}, optional={
-    "agent": st.one_of(text, st.sampled_from(["agent", "codex:gpt-5.4", "claude:", ":x", "a b",
-                                              "agent:--yolo", "agent:-m", "agent:x\x00"])),
-    "priority": st.one_of(text, st.sampled_from(["critical", "HIGH", "medium", "low", ""])),
-    "cwd": st.one_of(text, st.sampled_from(["/", "/etc", "..", "~", "/tmp/../etc", "/tmp/\x00"])),
-    "template": st.one_of(text, st.sampled_from(["none", "coding"])),
-    "max_attempts": numbers,
-    "timeout_s": numbers,
-    "max_wait_s": numbers,
-    "label": text,
-    "idempotency_key": text,
-})
+numbers = st.one_of(
+    st.integers(-3, 5),
+    st.integers(10**6, 10**30),
+    st.just(10**400),
+    st.floats(),
+    st.booleans(),
+    st.sampled_from(["5", "1e3", ""]),
+    st.none(),
+)
+args = st.fixed_dictionaries(
+    {},
+    optional={
+        "agent": st.one_of(
+            text,
+            st.sampled_from(
+                ["agent", "codex:gpt-5.4", "claude:", ":x", "a b", "agent:--yolo", "agent:-m", "agent:x\x00"]
+            ),
+        ),
+        "priority": st.one_of(text, st.sampled_from(["critical", "HIGH", "medium", "low", ""])),
+        "cwd": st.one_of(text, st.sampled_from(["/", "/etc", "..", "~", "/tmp/../etc", "/tmp/\x00"])),
+        "template": st.one_of(text, st.sampled_from(["none", "coding"])),
+        "max_attempts": numbers,
+        "timeout_s": numbers,
+        "max_wait_s": numbers,
+        "label": text,
+        "idempotency_key": text,
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(task=st.one_of(text, st.just("  ")), extra=args)
-def test_any_dispatch_input_is_accepted_or_refused_cleanly(home: Home, task: str, extra: dict[str, Any]) -> None:
+def test_any_dispatch_input_is_accepted_or_refused_cleanly(
+    home: Home, task: str, extra: dict[str, Any]
+) -> None:
     runner = Runner(load_config())
     try:
         anyio.run(runner.stop)  # frozen: an accepted dispatch queues, nothing is spawned
@@ -59,17 +74,21 @@ def _dirs(home: Home) -> set[Path]:
     return set(root.iterdir()) if root.exists() else set()
 
 
-@pytest.mark.parametrize("call", [
-    {"action": "runner.status", "workspace": "ws-\udcff"},
-    {"action": "runner.status", "agent": "a\x00"},
-    {"action": "runner.kill", "workspace": "ws-\udcff"},
-    {"action": "runner.kill", "agent": "\ud800"},
-    {"action": "runner.wait", "workspaces": ["ws-\x00"]},
-    {"action": "runner.wait", "workspaces": ["x"], "timeout_s": 10**400},
-    {"action": "runner.gc", "older_than_s": float("nan")},
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"action": "runner.status", "workspace": "ws-\udcff"},
+        {"action": "runner.status", "agent": "a\x00"},
+        {"action": "runner.kill", "workspace": "ws-\udcff"},
+        {"action": "runner.kill", "agent": "\ud800"},
+        {"action": "runner.wait", "workspaces": ["ws-\x00"]},
+        {"action": "runner.wait", "workspaces": ["x"], "timeout_s": 10**400},
+        {"action": "runner.gc", "older_than_s": float("nan")},
+    ],
+)
 def test_text_no_os_can_hold_and_impossible_numbers_are_refused_by_every_action(
-        home: Home, call: dict[str, Any]) -> None:
+    home: Home, call: dict[str, Any]
+) -> None:
     runner = Runner(load_config())
     args = dict(call)
     try:

@@ -34,8 +34,7 @@ Element = str | list[Segment]
 
 def unknown_placeholders(element: str) -> list[str]:
     """Names in braces that are not placeholders (a typo such as {promt})."""
-    return [name for name in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", element)
-            if name not in PLACEHOLDERS]
+    return [name for name in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", element) if name not in PLACEHOLDERS]
 
 
 def names(element: str) -> list[str]:
@@ -58,11 +57,12 @@ def options_after_client_text(command: Sequence[str]) -> list[str]:
     first = first_client_index(command)
     if first is None:
         return []
-    return [el for el in command[first + 1:] if el.startswith("-") and el != END_OF_OPTIONS]
+    return [el for el in command[first + 1 :] if el.startswith("-") and el != END_OF_OPTIONS]
 
 
-def compile_argv(command: Sequence[str], values: Mapping[str, str | None], *,
-                 end_of_options: bool = True) -> list[Element]:
+def compile_argv(
+    command: Sequence[str], values: Mapping[str, str | None], *, end_of_options: bool = True
+) -> list[Element]:
     """Fill every placeholder but {prompt} and {task} (kept as references) in one pass.
 
     With no model, an element naming {model} is dropped together with the flag just before it
@@ -99,7 +99,7 @@ def _compile_element(element: str, values: Mapping[str, str | None]) -> Element:
     pos = 0
     for m in PLACEHOLDER_RE.finditer(element):
         if m.start() > pos:
-            segments.append(element[pos:m.start()])
+            segments.append(element[pos : m.start()])
         name = m.group(1)
         if name in CLIENT_TEXT:
             segments.append({"ref": name})
@@ -140,11 +140,15 @@ def argv_problem(argv: Sequence[str], env: Mapping[str, str], *, arg_max: int) -
     biggest = max(argv, key=lambda a: len(a.encode()), default="")
     size = len(biggest.encode())
     if size > MAX_ARG_BYTES:
-        return (f"one command-line argument would be {human_size(size)}, more than the "
-                f"{human_size(MAX_ARG_BYTES + 1)} Linux allows for a single argument")
+        return (
+            f"one command-line argument would be {human_size(size)}, more than the "
+            f"{human_size(MAX_ARG_BYTES + 1)} Linux allows for a single argument"
+        )
     total = sum(len(a.encode()) + 1 + 8 for a in argv)
     total += sum(len(k.encode()) + len(v.encode()) + 2 + 8 for k, v in env.items())
     if total > arg_max:
-        return (f"the command line and environment would be {human_size(total)}, more than the "
-                f"{human_size(arg_max)} this system allows (ARG_MAX)")
+        return (
+            f"the command line and environment would be {human_size(total)}, more than the "
+            f"{human_size(arg_max)} this system allows (ARG_MAX)"
+        )
     return None

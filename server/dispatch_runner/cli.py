@@ -31,82 +31,152 @@ FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the 
 def _parser() -> argparse.ArgumentParser:
     # --config and --home work before or after the command (SUPPRESS: the one given wins)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="agents.yaml to use (default: $DISPATCH_RUNNER_CONFIG, else "
-                             "HOME/agents.yaml)")
-    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
-                        help="where state.db, workspaces/ and agents.yaml live (default: "
-                             "$DISPATCH_RUNNER_HOME, else ~/.dispatch-runner)")
-    p = argparse.ArgumentParser(prog="dispatch-runner", parents=[common], epilog=EXIT_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Run AI coding agents (claude, codex, gemini, opencode, "
-                                            "any command) as supervised background sub-agents: an "
-                                            "MCP server and this CLI over one queue.")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="agents.yaml to use (default: $DISPATCH_RUNNER_CONFIG, else HOME/agents.yaml)",
+    )
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="where state.db, workspaces/ and agents.yaml live (default: "
+        "$DISPATCH_RUNNER_HOME, else ~/.dispatch-runner)",
+    )
+    p = argparse.ArgumentParser(
+        prog="dispatch-runner",
+        parents=[common],
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run AI coding agents (claude, codex, gemini, opencode, "
+        "any command) as supervised background sub-agents: an "
+        "MCP server and this CLI over one queue.",
+    )
     p.add_argument("--version", action="version", version=f"dispatch-runner {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help_: str, *, json_help: str | None = "print the MCP tool's result "
-            "object as JSON, nothing else") -> argparse.ArgumentParser:
-        c = sub.add_parser(name, parents=[common], help=help_, description=help_, epilog=EXIT_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    def cmd(
+        name: str,
+        help_: str,
+        *,
+        json_help: str | None = "print the MCP tool's result object as JSON, nothing else",
+    ) -> argparse.ArgumentParser:
+        c = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=help_,
+            epilog=EXIT_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if json_help:
             c.add_argument("--json", action="store_true", help=json_help)
         return c
 
     s = cmd("serve", "serve MCP (stdio by default) and keep the queue moving", json_help=None)
-    s.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio",
-                   help="stdio (what MCP clients start), sse, or http (streamable HTTP, the "
-                        "always-on daemon); default stdio")
-    s.add_argument("--host", default="127.0.0.1", help="HTTP/SSE bind address (default 127.0.0.1; "
-                   "any other needs --token)")
+    s.add_argument(
+        "--transport",
+        choices=("stdio", "sse", "http"),
+        default="stdio",
+        help="stdio (what MCP clients start), sse, or http (streamable HTTP, the "
+        "always-on daemon); default stdio",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="HTTP/SSE bind address (default 127.0.0.1; any other needs --token)",
+    )
     s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
     s.add_argument("--token", help="bearer token HTTP clients must send (or DISPATCH_RUNNER_TOKEN)")
-    s.add_argument("--drain", action="store_true", help="no MCP: run the queue until it is empty, "
-                   "then exit (what a CLI-only user gets started automatically)")
+    s.add_argument(
+        "--drain",
+        action="store_true",
+        help="no MCP: run the queue until it is empty, "
+        "then exit (what a CLI-only user gets started automatically)",
+    )
 
     d = cmd("dispatch", "start (or queue) a sub-agent on TASK")
-    d.add_argument("task", nargs="?", metavar="TASK", help="what the sub-agent should do; '-' reads "
-                   "it from stdin")
+    d.add_argument(
+        "task", nargs="?", metavar="TASK", help="what the sub-agent should do; '-' reads it from stdin"
+    )
     d.add_argument("--task-file", metavar="FILE", help="read the task from FILE instead")
     d.add_argument("--agent", help="base[:model], e.g. claude, codex:gpt-5.4 (status lists them)")
     where = d.add_mutually_exclusive_group()
     where.add_argument("--cwd", metavar="DIR", help="run in DIR (relative to here)")
-    where.add_argument("--repo", metavar="DIR", help="git repository: run in a fresh worktree on "
-                       "branch runner/<workspace> (relative to here)")
-    d.add_argument("--priority", choices=("critical", "high", "medium", "low"),
-                   help="queue order when the pool is full (default medium)")
+    where.add_argument(
+        "--repo",
+        metavar="DIR",
+        help="git repository: run in a fresh worktree on branch runner/<workspace> (relative to here)",
+    )
+    d.add_argument(
+        "--priority",
+        choices=("critical", "high", "medium", "low"),
+        help="queue order when the pool is full (default medium)",
+    )
     d.add_argument("--label", help="short label shown in status and in the completion event")
     d.add_argument("--template", help="prompt template from agents.yaml (built-ins: coding, none)")
-    d.add_argument("--idempotency-key", metavar="KEY", help="a second dispatch with KEY returns the "
-                   "first workspace instead of a duplicate")
-    d.add_argument("--max-wait", type=float, dest="max_wait_s", metavar=SECONDS,
-                   help="refuse (exit 3) rather than queue longer than this, 0-604800")
-    d.add_argument("--timeout", type=float, dest="timeout_s", metavar=SECONDS,
-                   help="kill the run after this long, up to 604800 (7 days)")
-    d.add_argument("--max-attempts", type=int, metavar="N", help="tries for a failing run, 1-100 "
-                   "(default from agents.yaml, usually 3)")
+    d.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a second dispatch with KEY returns the first workspace instead of a duplicate",
+    )
+    d.add_argument(
+        "--max-wait",
+        type=float,
+        dest="max_wait_s",
+        metavar=SECONDS,
+        help="refuse (exit 3) rather than queue longer than this, 0-604800",
+    )
+    d.add_argument(
+        "--timeout",
+        type=float,
+        dest="timeout_s",
+        metavar=SECONDS,
+        help="kill the run after this long, up to 604800 (7 days)",
+    )
+    d.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="tries for a failing run, 1-100 (default from agents.yaml, usually 3)",
+    )
     then = d.add_mutually_exclusive_group()
-    then.add_argument("--wait", action="store_true", help="wait for the run to end; exit with its "
-                      "outcome (0 completed, 1 failed/killed/lost)")
-    then.add_argument("-f", "--follow", action="store_true", help="like --wait, streaming the "
-                      "agent's output meanwhile")
+    then.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the run to end; exit with its outcome (0 completed, 1 failed/killed/lost)",
+    )
+    then.add_argument(
+        "-f", "--follow", action="store_true", help="like --wait, streaming the agent's output meanwhile"
+    )
 
     st = cmd("status", "overall status (pools, agents, recent workspaces), or one workspace")
     st.add_argument("workspace", nargs="?", metavar="WORKSPACE")
     st.add_argument("--agent", help="only this agent's workspaces (base or base:model)")
-    st.add_argument("--state", choices=("queued", "running", "completed", "failed", "killed", "lost",
-                                        "cancelled"), help="only workspaces in this state")
-    st.add_argument("--limit", type=int, metavar="N", help="at most N workspace rows (1-1000, "
-                    "default 20)")
+    st.add_argument(
+        "--state",
+        choices=("queued", "running", "completed", "failed", "killed", "lost", "cancelled"),
+        help="only workspaces in this state",
+    )
+    st.add_argument("--limit", type=int, metavar="N", help="at most N workspace rows (1-1000, default 20)")
     st.add_argument("-w", "--watch", action="store_true", help="refresh in place until Ctrl-C")
-    st.add_argument("--interval", type=float, default=2.0, metavar=SECONDS,
-                    help="--watch refresh period (default 2)")
+    st.add_argument(
+        "--interval", type=float, default=2.0, metavar=SECONDS, help="--watch refresh period (default 2)"
+    )
 
-    lg = cmd("logs", "print a workspace's agent output (stdout and stderr, stderr marked)",
-             json_help="one JSON object per line: {run, stream, line}")
+    lg = cmd(
+        "logs",
+        "print a workspace's agent output (stdout and stderr, stderr marked)",
+        json_help="one JSON object per line: {run, stream, line}",
+    )
     lg.add_argument("workspace", metavar="WORKSPACE")
-    lg.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows, across "
-                    "retries, until the workspace ends")
+    lg.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing as it grows, across retries, until the workspace ends",
+    )
     which = lg.add_mutually_exclusive_group()
     which.add_argument("--stdout", action="store_true", help="only stdout")
     which.add_argument("--stderr", action="store_true", help="only stderr")
@@ -122,24 +192,45 @@ def _parser() -> argparse.ArgumentParser:
     cmd("poke", "drain the queue now and recover vanished runs")
     w = cmd("wait", "wait for workspaces to finish; exit 0 only if every one completed")
     w.add_argument("workspaces", nargs="+", metavar="WORKSPACE")
-    w.add_argument("--timeout", type=float, default=50.0, dest="timeout_s", metavar=SECONDS,
-                   help="give up after this long, exit 4 (default 50, at most 3600)")
-    w.add_argument("--mode", choices=("all", "any"), default="all",
-                   help="all: until every workspace ends (default); any: until one does")
-    g = cmd("gc", "remove finished workspaces: rows, directories, git worktrees and empty "
-                  "runner/<id> branches")
-    g.add_argument("--older-than", type=float, metavar="DAYS", dest="older_than_days",
-                   help="only workspaces that ended more than DAYS days ago (default: "
-                        "dispatch.retention_days, 14); 0 removes every finished workspace")
+    w.add_argument(
+        "--timeout",
+        type=float,
+        default=50.0,
+        dest="timeout_s",
+        metavar=SECONDS,
+        help="give up after this long, exit 4 (default 50, at most 3600)",
+    )
+    w.add_argument(
+        "--mode",
+        choices=("all", "any"),
+        default="all",
+        help="all: until every workspace ends (default); any: until one does",
+    )
+    g = cmd(
+        "gc", "remove finished workspaces: rows, directories, git worktrees and empty runner/<id> branches"
+    )
+    g.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        dest="older_than_days",
+        help="only workspaces that ended more than DAYS days ago (default: "
+        "dispatch.retention_days, 14); 0 removes every finished workspace",
+    )
     g.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
-    g.add_argument("--force", action="store_true",
-                   help="also remove worktrees that hold uncommitted changes")
-    cmd("doctor", "check the config, the agent CLIs on PATH, the store and the workspace root",
-        json_help="print the checks as JSON: [{check, ok, detail}]")
+    g.add_argument("--force", action="store_true", help="also remove worktrees that hold uncommitted changes")
+    cmd(
+        "doctor",
+        "check the config, the agent CLIs on PATH, the store and the workspace root",
+        json_help="print the checks as JSON: [{check, ok, detail}]",
+    )
     i = cmd("init", "write a commented agents.yaml into the home", json_help=None)
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
-    c = cmd("completion", "print the shell completion script (e.g. eval \"$(dispatch-runner "
-            "completion bash)\" in ~/.bashrc)", json_help=None)
+    c = cmd(
+        "completion",
+        'print the shell completion script (e.g. eval "$(dispatch-runner completion bash)" in ~/.bashrc)',
+        json_help=None,
+    )
     c.add_argument("shell", choices=("bash", "zsh", "fish"))
     return p
 
@@ -184,7 +275,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace) -> int:
     simple: dict[str, Callable[[argparse.Namespace], int]] = {
-        "init": _init, "doctor": _doctor, "serve": _serve, "completion": _completion}
+        "init": _init,
+        "doctor": _doctor,
+        "serve": _serve,
+        "completion": _completion,
+    }
     if args.command in simple:
         return simple[args.command](args)
     return _action(args)
@@ -202,8 +297,12 @@ def _action(args: argparse.Namespace) -> int:
         config_error, config = str(exc), _fallback_config(args)  # status still answers
     runner = Runner(config, kind="cli")
     try:
-        if args.command == "logs" or getattr(args, "watch", False) or getattr(args, "wait", False) \
-                or getattr(args, "follow", False):
+        if (
+            args.command == "logs"
+            or getattr(args, "watch", False)
+            or getattr(args, "wait", False)
+            or getattr(args, "follow", False)
+        ):
             from . import cli_view  # rich: ~30 ms of import, only where people read the output
         if args.command == "logs":
             return cli_view.logs(runner, args)
@@ -254,8 +353,9 @@ def _fallback_config(args: argparse.Namespace) -> Config:
 
 def _task(args: argparse.Namespace) -> str:
     if args.task_file and args.task not in (None, ""):
-        raise InvalidArgument("task", "give the task as an argument, '-' (stdin) or --task-file, "
-                              "not two of them")
+        raise InvalidArgument(
+            "task", "give the task as an argument, '-' (stdin) or --task-file, not two of them"
+        )
     if args.task_file:
         try:
             return Path(args.task_file).read_text(encoding="utf-8")
@@ -266,8 +366,11 @@ def _task(args: argparse.Namespace) -> str:
             print("dispatch-runner: reading the task from stdin (Ctrl-D ends it)", file=sys.stderr)
         return sys.stdin.read()
     if args.task is None:
-        raise InvalidArgument("task", "say what the sub-agent should do: dispatch-runner dispatch "
-                              "TASK (or '-' to read it from stdin, or --task-file FILE)")
+        raise InvalidArgument(
+            "task",
+            "say what the sub-agent should do: dispatch-runner dispatch "
+            "TASK (or '-' to read it from stdin, or --task-file FILE)",
+        )
     return str(args.task)
 
 
@@ -278,22 +381,40 @@ def _here(path: str | None) -> str | None:
 
 def _action_call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "dispatch":
-        keys = ("agent", "priority", "label", "template", "idempotency_key", "max_wait_s",
-                "timeout_s", "max_attempts")
-        return "runner.dispatch", {"task": _task(args), "cwd": _here(args.cwd),
-                                   "repo": _here(args.repo), **{k: getattr(args, k) for k in keys}}
+        keys = (
+            "agent",
+            "priority",
+            "label",
+            "template",
+            "idempotency_key",
+            "max_wait_s",
+            "timeout_s",
+            "max_attempts",
+        )
+        return "runner.dispatch", {
+            "task": _task(args),
+            "cwd": _here(args.cwd),
+            "repo": _here(args.repo),
+            **{k: getattr(args, k) for k in keys},
+        }
     if args.command == "status":
-        return "runner.status", {"workspace": args.workspace, "agent": args.agent, "state": args.state,
-                                 "limit": args.limit}
+        return "runner.status", {
+            "workspace": args.workspace,
+            "agent": args.agent,
+            "state": args.state,
+            "limit": args.limit,
+        }
     if args.command == "kill":
         return "runner.kill", {"workspace": args.workspace, "agent": args.agent, "all": args.all}
     if args.command == "wait":
-        return "runner.wait", {"workspaces": args.workspaces, "timeout_s": args.timeout_s,
-                               "mode": args.mode}
+        return "runner.wait", {"workspaces": args.workspaces, "timeout_s": args.timeout_s, "mode": args.mode}
     if args.command == "gc":
         days = args.older_than_days
-        return "runner.gc", {"older_than_s": None if days is None else days * 86400,
-                             "dry_run": args.dry_run, "force": args.force}
+        return "runner.gc", {
+            "older_than_s": None if days is None else days * 86400,
+            "dry_run": args.dry_run,
+            "force": args.force,
+        }
     return f"runner.{args.command}", {}
 
 
@@ -307,14 +428,18 @@ def _init(args: argparse.Namespace) -> int:
         return USAGE
     home = home_dir()
     text = resources.files("dispatch_runner").joinpath("example_agents.yaml").read_text()
-    text = text.replace("workspace_root: ~/.dispatch-runner/workspaces",
-                        f"workspace_root: {json.dumps(str(home / 'workspaces'))}")  # quoted: any path
+    text = text.replace(
+        "workspace_root: ~/.dispatch-runner/workspaces",
+        f"workspace_root: {json.dumps(str(home / 'workspaces'))}",
+    )  # quoted: any path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except OSError as exc:
-        print(f"dispatch-runner: cannot write {path}: {exc.strerror or exc}; pick another --home "
-              "or --config", file=sys.stderr)
+        print(
+            f"dispatch-runner: cannot write {path}: {exc.strerror or exc}; pick another --home or --config",
+            file=sys.stderr,
+        )
         return USAGE
     print(f"wrote {path}")
     return OK
@@ -347,8 +472,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     # A long-lived peer: its log goes to stderr (never stdout, the protocol stream), and
     # `kill -USR1 <pid>` dumps every thread's stack there when it seems stuck.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     logging.getLogger("dispatch_runner").setLevel(logging.INFO)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = _config(args)

@@ -19,8 +19,15 @@ from rich.text import Text
 from .policy import duration_text
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
-STATE_STYLE = {"completed": "green", "failed": "red", "lost": "red", "killed": "yellow",
-               "cancelled": "yellow", "running": "cyan", "queued": "blue"}
+STATE_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "lost": "red",
+    "killed": "yellow",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+}
 PAGE = 2000
 FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the files
 WAIT_SLICE_S = 3600.0
@@ -86,7 +93,7 @@ def duration(seconds: float | None) -> str:
 
 def one_line(text: str | None, width: int) -> str:
     flat = (text or "").strip().replace("\r", "\\r").replace("\n", "\\n")
-    return flat if len(flat) <= width else flat[:width - 1] + "…"
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _state(state: str) -> Text:
@@ -114,8 +121,13 @@ def dispatch_view(r: dict[str, Any]) -> Text:
     line.append_text(_state(r["status"]))
     line.append(f"  {r['agent']}")
     if r["status"] == "queued" and not r.get("frozen"):
-        eta = f"~{span(r['eta_s'])}" if r["eta_s"] is not None else \
-            "unknown" if r.get("deduplicated") else "unknown (no run of this pool has finished yet)"
+        eta = (
+            f"~{span(r['eta_s'])}"
+            if r["eta_s"] is not None
+            else "unknown"
+            if r.get("deduplicated")
+            else "unknown (no run of this pool has finished yet)"
+        )
         line.append(f"  position {r['position']}, eta {eta}")
     if r.get("frozen"):
         line.append("  (queue frozen: `dispatch-runner start` resumes it)", style="yellow")
@@ -131,8 +143,10 @@ def status_view(r: dict[str, Any]) -> RenderableType:
     if r.get("config_error"):
         parts.append(Text(f"config error (built-in defaults shown): {r['config_error']}", style="bold red"))
     head = Text("queue: ")
-    head.append("FROZEN (dispatch-runner start resumes it)" if r["frozen"] else "running",
-                style="bold yellow" if r["frozen"] else "green")
+    head.append(
+        "FROZEN (dispatch-runner start resumes it)" if r["frozen"] else "running",
+        style="bold yellow" if r["frozen"] else "green",
+    )
     if r["counts"]:
         head.append("   " + "  ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())))
     parts.append(head)
@@ -154,38 +168,73 @@ def _table(*columns: str) -> Table:
 
 
 def _pools(pools: dict[str, Any], now: datetime) -> Table:
-    t = _table("POOL", "RUNNING", "QUEUED", "MODELS", "DAILY", "BACKOFF", "NEXT SPAWN", "OLDEST QUEUED",
-               "DONE/1M")
+    t = _table(
+        "POOL", "RUNNING", "QUEUED", "MODELS", "DAILY", "BACKOFF", "NEXT SPAWN", "OLDEST QUEUED", "DONE/1M"
+    )
     for name, p in pools.items():
         models = ", ".join(f"{m} {v['running']}/{v['limit'] or '∞'}" for m, v in p["models"].items())
         daily = f"{p['daily_used']}/{p['daily_limit']}" if p["daily_limit"] else str(p["daily_used"])
-        t.add_row(name, f"{p['running']}/{p['limit'] or '∞'}", str(p["queued"]), models or "-", daily,
-                  until(p["backoff_until"], now), until(p["next_spawn_at"], now),
-                  ago(p["oldest_queued_at"], now), str(p["throughput_1m"]))
+        t.add_row(
+            name,
+            f"{p['running']}/{p['limit'] or '∞'}",
+            str(p["queued"]),
+            models or "-",
+            daily,
+            until(p["backoff_until"], now),
+            until(p["next_spawn_at"], now),
+            ago(p["oldest_queued_at"], now),
+            str(p["throughput_1m"]),
+        )
     return t
 
 
 def _agents(agents: dict[str, Any]) -> Table:
     t = _table("AGENT", "POOL", "LIMIT", "INSTALLED")
     for name, a in agents.items():
-        t.add_row(name, a["pool"], str(a["limit"] or "∞"),
-                  Text("yes", style="green") if a["available"] else Text("no (not on PATH)", style="red"))
+        t.add_row(
+            name,
+            a["pool"],
+            str(a["limit"] or "∞"),
+            Text("yes", style="green") if a["available"] else Text("no (not on PATH)", style="red"),
+        )
     return t
 
 
 def _workspaces(rows: list[dict[str, Any]], now: datetime) -> Table:
     t = _table("WORKSPACE", "STATE", "AGENT", "PRIORITY", "AGE", "DURATION", "LABEL", "SUMMARY")
     for w in rows:
-        t.add_row(w["workspace"], _state(w["state"]), w["agent"], w["priority"],
-                  ago(w["created_at"], now), duration(w["duration_s"]), one_line(w["label"], 24),
-                  one_line(w.get("summary"), 60))
+        t.add_row(
+            w["workspace"],
+            _state(w["state"]),
+            w["agent"],
+            w["priority"],
+            ago(w["created_at"], now),
+            duration(w["duration_s"]),
+            one_line(w["label"], 24),
+            one_line(w.get("summary"), 60),
+        )
     return t
 
 
 def workspace_view(r: dict[str, Any]) -> RenderableType:
-    keys = ("workspace", "state", "agent", "pid", "runs", "priority", "label", "created_at",
-            "started_at", "ended_at", "exit_code", "reason", "ended_reason", "path", "branch",
-            "parent")
+    keys = (
+        "workspace",
+        "state",
+        "agent",
+        "pid",
+        "runs",
+        "priority",
+        "label",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "exit_code",
+        "reason",
+        "ended_reason",
+        "path",
+        "branch",
+        "parent",
+    )
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold", justify="right")
     t.add_column()
@@ -205,14 +254,16 @@ def _fields(r: dict[str, Any]) -> str:
 
 
 def _kill(r: dict[str, Any]) -> str:
-    return (f"killed: {', '.join(r['killed']) or 'none'}\n"
-            f"cancelled: {', '.join(r['cancelled']) or 'none'}")
+    return f"killed: {', '.join(r['killed']) or 'none'}\ncancelled: {', '.join(r['cancelled']) or 'none'}"
 
 
 def _wait(r: dict[str, Any]) -> str:
     lines = ["done" if r["done"] else "not done yet (timed out): wait again"]
-    lines += [f"{w['workspace']}  {w['state']}  exit {w['exit_code']}  {duration(w['duration_s'])}  "
-              f"{one_line(w['summary'], 100)}" for w in r["workspaces"]]
+    lines += [
+        f"{w['workspace']}  {w['state']}  exit {w['exit_code']}  {duration(w['duration_s'])}  "
+        f"{one_line(w['summary'], 100)}"
+        for w in r["workspaces"]
+    ]
     return "\n".join(lines)
 
 
@@ -225,8 +276,9 @@ def _gc(r: dict[str, Any]) -> str:
     if r.get("busy"):
         return "another gc is running in this home (a serving peer); try again in a moment"
     verb = "would remove" if r["dry_run"] else "removed"
-    lines = [f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"]
-                                                           else "")]
+    lines = [
+        f"{verb} {len(r['removed'])} workspace(s)" + (f": {', '.join(r['removed'])}" if r["removed"] else "")
+    ]
     lines += [f"  {n['workspace']}: {n['note']}" for n in r["notes"]]
     lines += [f"kept {k['workspace']}: {k['note']}" for k in r["kept"]]
     if r["orphans"]:
@@ -237,7 +289,10 @@ def _gc(r: dict[str, Any]) -> str:
 
 
 _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
-    "kill": _kill, "wait": _wait, "poke": _poke, "gc": _gc,
+    "kill": _kill,
+    "wait": _wait,
+    "poke": _poke,
+    "gc": _gc,
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
     "start": lambda r: "queue running: queued work starts as slots allow",
 }
@@ -246,13 +301,19 @@ _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
 # ---- logs, following, waiting, watching ------------------------------------------------------
 
 
-def logs(runner: Any, args: argparse.Namespace, *, workspace: str | None = None,
-         as_json: bool | None = None) -> int:
+def logs(
+    runner: Any, args: argparse.Namespace, *, workspace: str | None = None, as_json: bool | None = None
+) -> int:
     """Print a workspace's output: stdout, then stderr marked (or one of them); with --follow,
     both as they grow, across retries, until the workspace ends. Lines are printed whole."""
     ws = workspace or args.workspace
-    streams = ["stdout"] if getattr(args, "stdout", False) else \
-        ["stderr"] if getattr(args, "stderr", False) else ["stdout", "stderr"]
+    streams = (
+        ["stdout"]
+        if getattr(args, "stdout", False)
+        else ["stderr"]
+        if getattr(args, "stderr", False)
+        else ["stdout", "stderr"]
+    )
     as_json = bool(getattr(args, "json", False)) if as_json is None else as_json
     follow = bool(args.follow)
     out = console()
@@ -269,16 +330,26 @@ def logs(runner: Any, args: argparse.Namespace, *, workspace: str | None = None,
                 out.print(Text(f"── run {run} ──", style="bold"))
 
 
-def _print_run(runner: Any, out: Console, ws: str, run: int, streams: list[str], as_json: bool,
-               follow: bool) -> tuple[str, list[int]]:
+def _print_run(
+    runner: Any, out: Console, ws: str, run: int, streams: list[str], as_json: bool, follow: bool
+) -> tuple[str, list[int]]:
     """One run's lines: everything there is, or (following) until that run is over."""
     where = dict.fromkeys(streams, (0, 0))  # (line offset, byte cursor) per stream
     while True:
         done, full = True, False
         for s in streams:
             offset, cursor = where[s]
-            page = _invoke(runner, "runner.logs", workspace=ws, run=run, stream=s, offset=offset,
-                           cursor=cursor, limit=PAGE, whole_lines=True)
+            page = _invoke(
+                runner,
+                "runner.logs",
+                workspace=ws,
+                run=run,
+                stream=s,
+                offset=offset,
+                cursor=cursor,
+                limit=PAGE,
+                whole_lines=True,
+            )
             for line in page["lines"]:
                 _emit(out, as_json, run, s, line)
             where[s] = (page["next_offset"], page["cursor"])
@@ -327,13 +398,20 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
     from rich.live import Live
 
     def frame() -> RenderableType:
-        r = _invoke(runner, "runner.status", workspace=args.workspace, agent=args.agent,
-                    state=args.state, limit=args.limit)
+        r = _invoke(
+            runner,
+            "runner.status",
+            workspace=args.workspace,
+            agent=args.agent,
+            state=args.state,
+            limit=args.limit,
+        )
         if config_error:
             r = {"config_error": config_error, **r}
         body = status_view(r) if "pools" in r else workspace_view(r)
-        stamp = Text(f"every {args.interval:g}s, {datetime.now().strftime('%H:%M:%S')} (Ctrl-C ends)",
-                     style="dim")
+        stamp = Text(
+            f"every {args.interval:g}s, {datetime.now().strftime('%H:%M:%S')} (Ctrl-C ends)", style="dim"
+        )
         return Group(stamp, body)
 
     out = console()
@@ -341,8 +419,14 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
     try:
         if args.json:  # JSON lines: one status object per refresh
             while True:
-                r = _invoke(runner, "runner.status", workspace=args.workspace, agent=args.agent,
-                            state=args.state, limit=args.limit)
+                r = _invoke(
+                    runner,
+                    "runner.status",
+                    workspace=args.workspace,
+                    agent=args.agent,
+                    state=args.state,
+                    limit=args.limit,
+                )
                 print(json.dumps(r if not config_error else {"config_error": config_error, **r}), flush=True)
                 time.sleep(period)  # a refresh period, not a wait for a condition
         if not sys.stdout.isatty():  # piped: one snapshot after the other

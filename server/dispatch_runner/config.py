@@ -21,7 +21,12 @@ from .policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
 
 OUTPUT_KINDS: Final = ("claude-stream-json", "codex-json", "text")
 DEFAULT_RATE_LIMIT_PATTERNS: Final = (
-    "rate limit", "rate_limit", "usage limit", "usage_limit", "429", "too many requests",
+    "rate limit",
+    "rate_limit",
+    "usage limit",
+    "usage_limit",
+    "429",
+    "too many requests",
     "quota exceeded",
 )
 PLACEHOLDERS: Final = argvlib.PLACEHOLDERS
@@ -40,7 +45,7 @@ class AgentDef:
     model: str | None = None  # default model when the dispatch names none
     max_attempts: int | None = None
     timeout_s: float | None = None
-    stdin: str = "none"          # "prompt": the prompt arrives on the agent's stdin
+    stdin: str = "none"  # "prompt": the prompt arrives on the agent's stdin
     end_of_options: bool = True  # put `--` before the first element that begins with client text
 
 
@@ -50,12 +55,14 @@ BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
     "claude": AgentDef(
         name="claude",
         command=("claude", "-p", "--model", "{model}", "--output-format", "stream-json", "--verbose"),
-        output="claude-stream-json", stdin="prompt",
+        output="claude-stream-json",
+        stdin="prompt",
     ),
     "codex": AgentDef(
         name="codex",
         command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "-"),
-        output="codex-json", stdin="prompt",
+        output="codex-json",
+        stdin="prompt",
     ),
     "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}"), stdin="prompt"),
     "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}"), stdin="prompt"),
@@ -63,7 +70,7 @@ BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
 
 BUILTIN_TEMPLATES: Final[Mapping[str, str]] = {
     "coding": "{task}\n\nWork in {workspace}. When done, write a short summary of what you did "
-              "as your final message.",
+    "as your final message.",
     "none": "{task}",
 }
 
@@ -122,8 +129,9 @@ def load_config(flag: str | None = None, env: Mapping[str, str] | None = None) -
     home = home_dir(env)
     if not path.exists():
         if explicit:
-            raise ConfigError(str(path), None, "file",
-                              "no such file; create it with 'dispatch-runner init' or fix the path")
+            raise ConfigError(
+                str(path), None, "file", "no such file; create it with 'dispatch-runner init' or fix the path"
+            )
         return defaults(home, env, "built-in defaults")
     try:
         text = path.read_text(encoding="utf-8")
@@ -147,6 +155,7 @@ def defaults(home: Path, env: Mapping[str, str], source: str) -> Config:
 
 # ---- strict YAML reading with line numbers -----------------------------------------------------
 
+
 class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -167,12 +176,14 @@ class _Reader:
             out[str(key.value)] = (key, value)
         return out
 
-    def only(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...],
-             fieldname: str) -> None:
+    def only(
+        self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], fieldname: str
+    ) -> None:
         for name, (key, _) in items.items():
             if name not in allowed:
-                raise self.fail(key, f"{fieldname}.{name}".lstrip("."),
-                                f"unknown key; allowed here: {', '.join(allowed)}")
+                raise self.fail(
+                    key, f"{fieldname}.{name}".lstrip("."), f"unknown key; allowed here: {', '.join(allowed)}"
+                )
 
     def scalar(self, node: yaml.Node, fieldname: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
@@ -185,8 +196,9 @@ class _Reader:
             raise self.fail(node, fieldname, "expected a non-empty string")
         return value
 
-    def number(self, node: yaml.Node, fieldname: str, *, integer: bool = False,
-               minimum: float | None = None) -> float:
+    def number(
+        self, node: yaml.Node, fieldname: str, *, integer: bool = False, minimum: float | None = None
+    ) -> float:
         value = self.scalar(node, fieldname)
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok:
@@ -224,11 +236,18 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
     if root is None:
         return config
     top = reader.mapping(root, "(top level)")
-    reader.only(top, ("version", "dispatch", "concurrency", "rates", "agents", "templates", "tools",
-                      "notify"), "")
+    reader.only(
+        top, ("version", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify"), ""
+    )
     sections: dict[str, Callable[[_Reader, yaml.Node, Config], Config]] = {
-        "version": _version, "dispatch": _dispatch, "concurrency": _concurrency, "rates": _rates,
-        "agents": _agents, "templates": _templates, "tools": _tools, "notify": _notify,
+        "version": _version,
+        "dispatch": _dispatch,
+        "concurrency": _concurrency,
+        "rates": _rates,
+        "agents": _agents,
+        "templates": _templates,
+        "tools": _tools,
+        "notify": _notify,
     }
     for name, (_, node) in top.items():
         config = sections[name](reader, node, config)
@@ -237,12 +256,17 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
     except InvalidArgument:
         default_pool = None
     if default_pool not in config.agents:
-        raise reader.fail(top.get("dispatch", (None, None))[1], "dispatch.default_agent",
-                          f"no agent {config.default_agent!r} (known: {', '.join(sorted(config.agents))})")
+        raise reader.fail(
+            top.get("dispatch", (None, None))[1],
+            "dispatch.default_agent",
+            f"no agent {config.default_agent!r} (known: {', '.join(sorted(config.agents))})",
+        )
     if config.default_template not in config.templates:
-        raise reader.fail(top.get("dispatch", (None, None))[1], "dispatch.default_template",
-                          f"no template {config.default_template!r} (known: "
-                          f"{', '.join(sorted(config.templates))})")
+        raise reader.fail(
+            top.get("dispatch", (None, None))[1],
+            "dispatch.default_template",
+            f"no template {config.default_template!r} (known: {', '.join(sorted(config.templates))})",
+        )
     return config
 
 
@@ -252,9 +276,18 @@ def _version(r: _Reader, node: yaml.Node, c: Config) -> Config:
     return c
 
 
-_DISPATCH_KEYS: Final = ("default_agent", "default_template", "workspace_root", "allowed_roots",
-                         "max_attempts", "timeout_s", "kill_grace_s", "reservation_timeout_s",
-                         "retention_days", "max_task_bytes")
+_DISPATCH_KEYS: Final = (
+    "default_agent",
+    "default_template",
+    "workspace_root",
+    "allowed_roots",
+    "max_attempts",
+    "timeout_s",
+    "kill_grace_s",
+    "reservation_timeout_s",
+    "retention_days",
+    "max_task_bytes",
+)
 
 
 def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -299,8 +332,14 @@ def _concurrency(r: _Reader, node: yaml.Node, c: Config) -> Config:
     return replace(c, concurrency=limits)
 
 
-_RATE_KEYS: Final = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window",
-                     "burst_delay")
+_RATE_KEYS: Final = (
+    "reset_utc",
+    "daily_limit",
+    "min_delay",
+    "sustained_delay",
+    "burst_window",
+    "burst_delay",
+)
 _HHMM: Final = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -327,8 +366,17 @@ def _rates(r: _Reader, node: yaml.Node, c: Config) -> Config:
     return replace(c, rates=rates)
 
 
-_AGENT_KEYS: Final = ("command", "output", "rate_limit_patterns", "env", "model", "max_attempts",
-                      "timeout_s", "stdin", "end_of_options")
+_AGENT_KEYS: Final = (
+    "command",
+    "output",
+    "rate_limit_patterns",
+    "env",
+    "model",
+    "max_attempts",
+    "timeout_s",
+    "stdin",
+    "end_of_options",
+)
 
 
 def _agents(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -341,8 +389,11 @@ def _agents(r: _Reader, node: yaml.Node, c: Config) -> Config:
         r.only(items, _AGENT_KEYS, where)
         base = agents.get(name)
         if base is None and "command" not in items:
-            raise r.fail(value, f"{where}.command", "required for a new agent: an argv list, "
-                         'e.g. [sh, -c, \'echo "$1"\', sh, "{prompt}"]')
+            raise r.fail(
+                value,
+                f"{where}.command",
+                'required for a new agent: an argv list, e.g. [sh, -c, \'echo "$1"\', sh, "{prompt}"]',
+            )
         agent = base or AgentDef(name=name, command=("true",))
         agents[name] = _agent_fields(r, items, agent, where)
     return replace(c, agents=agents)
@@ -355,19 +406,25 @@ def _command(r: _Reader, v: yaml.Node, at: str) -> tuple[str, ...]:
     for node, element in zip(v.value, argv, strict=True):
         unknown = argvlib.unknown_placeholders(element)
         if unknown:
-            raise r.fail(node, at, f"unknown placeholder {{{unknown[0]}}}; use "
-                         + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+            raise r.fail(
+                node,
+                at,
+                f"unknown placeholder {{{unknown[0]}}}; use " + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS),
+            )
     if argvlib.names(argv[0]):
-        raise r.fail(v.value[0], at, "the first element is the program to run; it cannot be a "
-                     "placeholder")
+        raise r.fail(v.value[0], at, "the first element is the program to run; it cannot be a placeholder")
     return argv
 
 
 def _model(r: _Reader, v: yaml.Node, at: str) -> str:
     model = r.string(v, at)
     if not MODEL_RE.match(model):
-        raise r.fail(v, at, "a model must start with a letter or digit and hold only letters, digits "
-                     "and . _ / @ : + - (at most 128 characters)")
+        raise r.fail(
+            v,
+            at,
+            "a model must start with a letter or digit and hold only letters, digits "
+            "and . _ / @ : + - (at most 128 characters)",
+        )
     return model
 
 
@@ -405,11 +462,15 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
 }
 
 
-def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef,
-                  where: str) -> AgentDef:
+def _agent_fields(
+    r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef, where: str
+) -> AgentDef:
     changes = {key: _AGENT_FIELDS[key](r, v, f"{where}.{key}") for key, (_, v) in items.items()}
-    if "command" in changes and "stdin" not in changes and any(
-            {"prompt", "prompt_file"} & set(argvlib.names(el)) for el in changes["command"]):
+    if (
+        "command" in changes
+        and "stdin" not in changes
+        and any({"prompt", "prompt_file"} & set(argvlib.names(el)) for el in changes["command"])
+    ):
         changes["stdin"] = "none"  # a command that takes the prompt itself: not on stdin as well
     agent = replace(agent, **changes)
     node = items["command"][1] if "command" in items else None
@@ -417,16 +478,24 @@ def _agent_fields(r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], 
         program = Path(agent.command[0]).name
         reads_client_text = argvlib.first_client_index(agent.command) is not None
         if program in SHELLS and "-c" in agent.command and reads_client_text:
-            raise r.fail(node, f"{where}.command", f"{program} -c reads the elements after its "
-                         "script as $0, $1 ..., never as options, so a '--' before {prompt} would "
-                         "reach the script as $1: add end_of_options: false to this agent (or "
-                         "read the prompt with stdin: prompt)")
+            raise r.fail(
+                node,
+                f"{where}.command",
+                f"{program} -c reads the elements after its "
+                "script as $0, $1 ..., never as options, so a '--' before {prompt} would "
+                "reach the script as $1: add end_of_options: false to this agent (or "
+                "read the prompt with stdin: prompt)",
+            )
     late = argvlib.options_after_client_text(agent.command) if agent.end_of_options else []
     if late:
-        raise r.fail(node, f"{where}.command", f"{late[0]!r} comes after the prompt/task element; "
-                     "the runner puts '--' before that element so that client text is never read "
-                     "as an option, and the CLI would then read every later element as data: move "
-                     "the options before it, or deliver the prompt with stdin: prompt")
+        raise r.fail(
+            node,
+            f"{where}.command",
+            f"{late[0]!r} comes after the prompt/task element; "
+            "the runner puts '--' before that element so that client text is never read "
+            "as an option, and the CLI would then read every later element as data: move "
+            "the options before it, or deliver the prompt with stdin: prompt",
+        )
     return agent
 
 
@@ -447,8 +516,11 @@ def _tools(r: _Reader, node: yaml.Node, c: Config) -> Config:
         return c
     prefix = str(r.scalar(items["prefix"][1], "tools.prefix") or "")
     if prefix and (not re.match(r"^[a-zA-Z0-9_-]{1,40}$", prefix) or "__" in prefix):
-        raise r.fail(items["prefix"][1], "tools.prefix",
-                     "use letters, digits, '_' or '-' (no '__'), at most 40 characters")
+        raise r.fail(
+            items["prefix"][1],
+            "tools.prefix",
+            "use letters, digits, '_' or '-' (no '__'), at most 40 characters",
+        )
     return replace(c, tools_prefix=prefix)
 
 

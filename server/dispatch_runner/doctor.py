@@ -27,14 +27,26 @@ def checks(config_flag: str | None) -> list[dict[str, Any]]:
         config = defaults(home_dir(), os.environ, "built-in defaults")
     out.append(_check("home", True, str(config.home)))
     on_path = shutil.which("dispatch-runner")
-    out.append(_check("dispatch-runner on PATH", True if on_path else None, on_path or
-                      "not found by name: MCP clients that start 'dispatch-runner serve' will not "
-                      "find it; add ~/.local/bin (or the install's bin directory) to PATH"))
+    out.append(
+        _check(
+            "dispatch-runner on PATH",
+            True if on_path else None,
+            on_path
+            or "not found by name: MCP clients that start 'dispatch-runner serve' will not "
+            "find it; add ~/.local/bin (or the install's bin directory) to PATH",
+        )
+    )
     for name, agent in sorted(config.agents.items()):
         found = find_executable(agent.command[0], agent.env)
-        out.append(_check(f"agent {name}", True if found else None,
-                          f"{agent.command[0]} -> {found}" if found else
-                          f"{agent.command[0]} is not on PATH: dispatches to {name} are refused"))
+        out.append(
+            _check(
+                f"agent {name}",
+                True if found else None,
+                f"{agent.command[0]} -> {found}"
+                if found
+                else f"{agent.command[0]} is not on PATH: dispatches to {name} are refused",
+            )
+        )
     out.append(_store(config))
     out.append(_workspace_root(config))
     out.append(_check("allowed roots", True, ", ".join(str(r) for r in config.allowed_roots)))

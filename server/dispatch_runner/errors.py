@@ -1,17 +1,17 @@
 """The DispatchError tree. Every message says what happened and what to do about it.
 
-    DispatchError
-    ├── InvalidArgument      a tool/CLI argument is wrong (which one, and the allowed values)
-    │   ├── UnknownAgent     no such agent configured (lists the known ones)
-    │   ├── PathNotAllowed   cwd/repo outside allowed_roots, missing, or not a git repo
-    │   ├── UnknownWorkspace no workspace with that id
-    │   ├── TaskTooLarge     past dispatch.max_task_bytes, or too big for the agent's argv
-    │   └── AgentUnavailable the agent's executable is not on PATH
-    ├── QueueBusy            the estimated wait exceeds max_wait_s (carries the ETA)
-    ├── WorkspaceUnavailable the workspace's directory or files cannot be made (disk full …)
-    ├── ConfigError          agents.yaml is invalid (file, line, field)
-    ├── InvalidTransition    a state move the transition table forbids (a bug, not user input)
-    └── StoreError           the store failed (driver errors stop here)
+DispatchError
+├── InvalidArgument      a tool/CLI argument is wrong (which one, and the allowed values)
+│   ├── UnknownAgent     no such agent configured (lists the known ones)
+│   ├── PathNotAllowed   cwd/repo outside allowed_roots, missing, or not a git repo
+│   ├── UnknownWorkspace no workspace with that id
+│   ├── TaskTooLarge     past dispatch.max_task_bytes, or too big for the agent's argv
+│   └── AgentUnavailable the agent's executable is not on PATH
+├── QueueBusy            the estimated wait exceeds max_wait_s (carries the ETA)
+├── WorkspaceUnavailable the workspace's directory or files cannot be made (disk full …)
+├── ConfigError          agents.yaml is invalid (file, line, field)
+├── InvalidTransition    a state move the transition table forbids (a bug, not user input)
+└── StoreError           the store failed (driver errors stop here)
 """
 
 from collections.abc import Iterable
@@ -84,9 +84,11 @@ class QueueBusy(DispatchError):
         self.eta_s = eta_s
         self.max_wait_s = max_wait_s
         self.position = position
-        wait = (f"estimated wait {eta_s:.1f}s" if eta_s is not None
-                else "its slots are full and its wait cannot be estimated yet (no run of it has "
-                     "finished)")
+        wait = (
+            f"estimated wait {eta_s:.1f}s"
+            if eta_s is not None
+            else "its slots are full and its wait cannot be estimated yet (no run of it has finished)"
+        )
         super().__init__(
             f"pool {pool!r} is busy at queue position {position}: {wait}, which max_wait_s="
             f"{max_wait_s:g} does not allow; nothing was queued. Retry later, raise max_wait_s "

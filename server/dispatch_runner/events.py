@@ -15,8 +15,17 @@ from .model import EVENT_TYPES, TERMINAL_EVENTS, Event
 
 __all__ = ["ACTIONS", "EVENT_TYPES", "TERMINAL_EVENTS", "Bus", "ChannelEmitter", "Event", "MultiEmitter"]
 
-ACTIONS: Final = ("runner.dispatch", "runner.status", "runner.start", "runner.stop", "runner.kill",
-                  "runner.poke", "runner.wait", "runner.gc", "runner.logs")
+ACTIONS: Final = (
+    "runner.dispatch",
+    "runner.status",
+    "runner.start",
+    "runner.stop",
+    "runner.kill",
+    "runner.poke",
+    "runner.wait",
+    "runner.gc",
+    "runner.logs",
+)
 
 
 class ChannelEmitter:

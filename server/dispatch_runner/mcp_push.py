@@ -29,7 +29,7 @@ log = logging.getLogger("dispatch_runner.mcp")
 CHANNEL_METHOD: Final = "notifications/claude/channel"
 FINISHED_STATES: Final = frozenset({"completed", "failed", "killed", "lost"})
 LOG_LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)
-SEND_TIMEOUT_S: Final = 2.0   # a client that stops reading must not stall pushes to the others
+SEND_TIMEOUT_S: Final = 2.0  # a client that stops reading must not stall pushes to the others
 SUMMARY_LINES: Final = 8
 SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
@@ -41,7 +41,7 @@ class Client:
 
     key: str
     connection: Connection | None
-    everything: bool = False          # status(subscribe=true): every completion, not only its own
+    everything: bool = False  # status(subscribe=true): every completion, not only its own
     log_level: LoggingLevel = "info"
     resources: set[str] = field(default_factory=set)
 
@@ -101,7 +101,7 @@ def _first_lines(text: str | None) -> str:
     lines = [line.rstrip() for line in (text or "").strip("\n").splitlines()]
     kept = "\n".join(lines[:SUMMARY_LINES])
     if len(kept) > SUMMARY_CHARS:
-        kept = kept[:SUMMARY_CHARS - 1] + "…"
+        kept = kept[: SUMMARY_CHARS - 1] + "…"
     elif len(lines) > SUMMARY_LINES:
         kept += f"\n… ({len(lines) - SUMMARY_LINES} more lines)"
     return kept
@@ -193,18 +193,23 @@ class Pusher:
         if not workspace:
             return {}
         try:
-            view: dict[str, Any] = await self.runner.bus.invoke("runner.status", workspace=workspace,
-                                                               log_lines=0)
+            view: dict[str, Any] = await self.runner.bus.invoke(
+                "runner.status", workspace=workspace, log_lines=0
+            )
         except DispatchError:
             return {}
         return view
 
     def wants_channel(self, client: Client, event: Event) -> bool:
-        return (client.everything or self.runner.config.notify == "all"
-                or (event.origin is not None and event.origin == client.key))
+        return (
+            client.everything
+            or self.runner.config.notify == "all"
+            or (event.origin is not None and event.origin == client.key)
+        )
 
-    async def _send(self, client: Client, event: Event, message: tuple[str, dict[str, str]] | None,
-                    uris: set[str]) -> None:
+    async def _send(
+        self, client: Client, event: Event, message: tuple[str, dict[str, str]] | None, uris: set[str]
+    ) -> None:
         connection = client.connection
         if connection is None:
             return

@@ -83,9 +83,14 @@ are sentences that say what to change (an unknown agent lists the configured one
 def build_server(runner: Runner) -> tuple[MCPServer, Clients, Pusher]:
     clients = Clients(runner.peer)
     tools = build_tools(runner, clients)
-    mcp = MCPServer("runner", instructions=INSTRUCTIONS, version=__version__, tools=tools,
-                    log_level="WARNING",
-                    middleware=[_tracker(clients), _announce_channel, argument_checker(tools)])
+    mcp = MCPServer(
+        "runner",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        tools=tools,
+        log_level="WARNING",
+        middleware=[_tracker(clients), _announce_channel, argument_checker(tools)],
+    )
     _add_resources(mcp, runner)
     _add_handlers(mcp, clients)
     return mcp, clients, Pusher(runner, clients)
@@ -117,42 +122,63 @@ def _add_resources(mcp: MCPServer, runner: Runner) -> None:
             raise ResourceNotFoundError(str(exc)) from exc
         return result
 
-    @mcp.resource("runner://status", name="status", mime_type="application/json",
-                  description="The runner's overall status (the status tool without arguments).")
+    @mcp.resource(
+        "runner://status",
+        name="status",
+        mime_type="application/json",
+        description="The runner's overall status (the status tool without arguments).",
+    )
     async def status_resource() -> str:
         return json.dumps(await runner.bus.invoke("runner.status"))
 
-    @mcp.resource("runner://workspaces/{id}", name="workspace", mime_type="application/json",
-                  description="One workspace's status (state, agent, times, result summary, log tail).")
+    @mcp.resource(
+        "runner://workspaces/{id}",
+        name="workspace",
+        mime_type="application/json",
+        description="One workspace's status (state, agent, times, result summary, log tail).",
+    )
     async def workspace_resource(id: str) -> str:
         return json.dumps(await view(id))
 
-    @mcp.resource("runner://workspaces/{id}/log", name="workspace-log", mime_type="text/plain",
-                  description="A workspace's latest run output (stdout), whole up to 2,000 lines; "
-                              "the logs tool pages through longer ones.")
+    @mcp.resource(
+        "runner://workspaces/{id}/log",
+        name="workspace-log",
+        mime_type="text/plain",
+        description="A workspace's latest run output (stdout), whole up to 2,000 lines; "
+        "the logs tool pages through longer ones.",
+    )
     async def workspace_log(id: str) -> str:
         try:
             page = await runner.bus.invoke("runner.logs", workspace=id, limit=2000)
         except UnknownWorkspace as exc:
             raise ResourceNotFoundError(str(exc)) from exc
-        more = "" if page["eof"] else (f"\n… more: the logs tool with workspace={id} "
-                                       f"run={page['run']} offset={page['next_offset']}\n")
+        more = (
+            ""
+            if page["eof"]
+            else (
+                f"\n… more: the logs tool with workspace={id} "
+                f"run={page['run']} offset={page['next_offset']}\n"
+            )
+        )
         return "\n".join(page["lines"]) + more
 
 
 def _add_handlers(mcp: MCPServer, clients: Clients) -> None:
-    async def subscribe(ctx: ServerRequestContext[Any, Any],
-                        params: types.SubscribeRequestParams) -> types.EmptyResult:
+    async def subscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         clients.of(ctx.session).resources.add(str(params.uri))
         return types.EmptyResult()
 
-    async def unsubscribe(ctx: ServerRequestContext[Any, Any],
-                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
         clients.of(ctx.session).resources.discard(str(params.uri))
         return types.EmptyResult()
 
-    async def set_level(ctx: ServerRequestContext[Any, Any],
-                        params: types.SetLevelRequestParams) -> types.EmptyResult:
+    async def set_level(
+        ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
         if params.level in LOG_LEVELS:
             clients.of(ctx.session).log_level = params.level
         return types.EmptyResult()
@@ -167,25 +193,38 @@ def _add_handlers(mcp: MCPServer, clients: Clients) -> None:
 # ---- serving -----------------------------------------------------------------------------------
 
 
-def serve(config: Config, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
-          token: str | None = None) -> int:
+def serve(
+    config: Config,
+    *,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+) -> int:
     """Serve MCP until stdin closes (stdio) or SIGTERM/SIGINT. Returns the exit status."""
     if transport not in ("stdio", "sse", "http"):
         raise InvalidArgument("transport", f"unknown transport {transport!r}; use stdio, sse or http")
     if transport != "stdio":
         check_bind(host, token)
     elif stdin_closed():
-        sys.stderr.write("dispatch-runner: stdin is closed: no MCP client to serve (a client starts "
-                         "'dispatch-runner serve' with a pipe; see the README)\n")
+        sys.stderr.write(
+            "dispatch-runner: stdin is closed: no MCP client to serve (a client starts "
+            "'dispatch-runner serve' with a pipe; see the README)\n"
+        )
         return 0
     # send_log_message is deprecated only for the 2026 era; our clients speak 2025-11-25
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
     runner = Runner(config, kind="stdio" if transport == "stdio" else "http")
-    where = "stdio" if transport == "stdio" else \
-        f"{'streamable HTTP' if transport == 'http' else 'SSE'} at http://{host}:{port}/" \
+    where = (
+        "stdio"
+        if transport == "stdio"
+        else f"{'streamable HTTP' if transport == 'http' else 'SSE'} at http://{host}:{port}/"
         f"{'mcp' if transport == 'http' else 'sse'}"
-    sys.stderr.write(f"dispatch-runner {__version__}: serving MCP server 'runner' over {where}; store "
-                     f"{runner.store.url}; config {config.source}; home {config.home}\n")
+    )
+    sys.stderr.write(
+        f"dispatch-runner {__version__}: serving MCP server 'runner' over {where}; store "
+        f"{runner.store.url}; config {config.source}; home {config.home}\n"
+    )
     sys.stderr.flush()
     try:
         mcp, _, pusher = build_server(runner)
@@ -307,9 +346,12 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
-        raise InvalidArgument("host", f"refusing to serve HTTP on {host!r} without a bearer token: "
-                              "anyone who can reach it could run agents. Pass --token or set "
-                              "DISPATCH_RUNNER_TOKEN, or bind 127.0.0.1")
+        raise InvalidArgument(
+            "host",
+            f"refusing to serve HTTP on {host!r} without a bearer token: "
+            "anyone who can reach it could run agents. Pass --token or set "
+            "DISPATCH_RUNNER_TOKEN, or bind 127.0.0.1",
+        )
 
 
 def transport_security(host: str) -> TransportSecuritySettings:
@@ -325,8 +367,10 @@ def transport_security(host: str) -> TransportSecuritySettings:
     if not is_loopback(host):
         names.append(f"[{host}]" if ":" in host else host)
     return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=[f"{n}:*" for n in names],
-        allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")])
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")],
+    )
 
 
 class BearerAuth:
@@ -351,15 +395,23 @@ class BearerAuth:
 
 async def _unauthorized(send: Any) -> None:
     body = b"missing or wrong bearer token: send Authorization: Bearer <token>\n"
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b"Bearer"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-async def _serve_http(runner: Runner, mcp: MCPServer, pusher: Pusher, transport: str, host: str,
-                      port: int, token: str | None) -> None:
+async def _serve_http(
+    runner: Runner, mcp: MCPServer, pusher: Pusher, transport: str, host: str, port: int, token: str | None
+) -> None:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -374,8 +426,11 @@ async def _serve_http(runner: Runner, mcp: MCPServer, pusher: Pusher, transport:
         app = mcp.streamable_http_app(transport_security=security, host=host)
     else:
         app = mcp.sse_app(transport_security=security, host=host)
-    server = Server(uvicorn.Config(BearerAuth(app, token) if token else app, host=host, port=port,
-                                   log_level="warning", lifespan="on"))
+    server = Server(
+        uvicorn.Config(
+            BearerAuth(app, token) if token else app, host=host, port=port, log_level="warning", lifespan="on"
+        )
+    )
 
     def stop() -> None:
         server.should_exit = True

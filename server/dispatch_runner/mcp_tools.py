@@ -41,45 +41,56 @@ DESCRIPTIONS: Final = {
         "the task is queued (status queued, position, eta_s: null when unknown) and starts by "
         "itself; frozen=true says the queue is stopped. max_wait_s refuses instead of queueing "
         "too long. The configured agents are listed by status. Returns {workspace, status, "
-        "agent, position, eta_s, path, deduplicated, frozen}."),
+        "agent, position, eta_s, path, deduplicated, frozen}."
+    ),
     "status": (
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
         "daily use and next spawn time, whether the queue is frozen, counts per state and the "
         "latest workspaces (filter with agent, state, limit). With workspace: its state, agent, "
         "pid, runs, times, exit code, reason, result summary, log tail, path and branch. Cheap; "
         "call it any time. subscribe=true makes this session receive the completion event of "
-        "every workspace, not only of those it dispatched (false undoes it)."),
+        "every workspace, not only of those it dispatched (false undoes it)."
+    ),
     "kill": (
         "Stop work: one workspace id, every workspace of an agent, or all=true. A running agent "
         "gets SIGTERM on its process group (SIGKILL after a grace period) and ends as killed; a "
-        "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."),
+        "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."
+    ),
     "logs": (
         "Read a workspace's agent output in pages: one run (default the latest), stdout, stderr "
         "or both (stderr follows stdout once the run is over), from line offset. Returns "
         "{lines, next_offset, eof, more, run, runs, state}; call again with the same run and "
         "offset=next_offset until eof is true (a running run grows: eof stays false). Lines "
-        "over 8,000 characters are cut."),
+        "over 8,000 characters are cut."
+    ),
     "poke": (
         "Drain the queue now and recover runs whose process vanished. Normally automatic; use it "
-        "when queued work seems stuck. Returns {spawned: [ids]}."),
+        "when queued work seems stuck. Returns {spawned: [ids]}."
+    ),
     "stop": (
         "Freeze the queue: running agents go on and dispatch still queues, but nothing new starts "
-        "until start is called. Returns {frozen: true}."),
+        "until start is called. Returns {frozen: true}."
+    ),
     "start": "Unfreeze the queue; queued work starts as slots allow. Returns {frozen: false}.",
     "wait": (
         "Wait until the given workspaces finish (mode all) or one of them does (mode any), or "
         "until timeout_s passes (default 50 s, under common 60 s tool timeouts), sending progress "
         "notifications meanwhile. Returns {done, workspaces: [{workspace, state, exit_code, "
         "summary, duration_s}]}. If done is false, call it again. For clients that do not show "
-        "channel events this is how results arrive."),
+        "channel events this is how results arrive."
+    ),
 }
 
 _PHRASES: Final = {
-    "string_type": "must be a string", "int_type": "must be an integer",
-    "int_parsing": "must be an integer", "int_from_float": "must be a whole number",
-    "float_type": "must be a number", "float_parsing": "must be a number",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
     "finite_number": "must be a finite number",
-    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
     "list_type": "must be a list of workspace ids",
 }
 
@@ -87,8 +98,9 @@ _PHRASES: Final = {
 def ok(data: Mapping[str, Any]) -> types.CallToolResult:
     payload = dict(data)
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                structured_content=payload)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=payload
+    )
 
 
 def failed(sentence: str) -> types.CallToolResult:
@@ -103,8 +115,10 @@ async def invoke(runner: Runner, action: str, **kwargs: Any) -> types.CallToolRe
         return failed(str(exc))
     except Exception as exc:  # the tool edge: log it, and give the model more than "Error executing"
         log.exception("%s failed", action)
-        return failed(f"{action} failed unexpectedly ({type(exc).__name__}: {exc}); the server log "
-                      "has the details. Retry, or check status.")
+        return failed(
+            f"{action} failed unexpectedly ({type(exc).__name__}: {exc}); the server log "
+            "has the details. Retry, or check status."
+        )
     return ok(result)
 
 
@@ -113,92 +127,192 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
 
     async def dispatch(
         ctx: Context,
-        task: Annotated[str, Field(description="What the sub-agent should do: a complete, "
-                                   "self-contained instruction (it does not see this conversation).")],
-        agent: Annotated[str | None, Field(description="Which agent runs it, base[:model]: "
-                                           "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
-                                           "configured default agent.")] = None,
-        cwd: Annotated[str | None, Field(description="Directory to run in; must lie inside the "
-                                         "configured allowed roots. Default: a fresh empty "
-                                         "directory.")] = None,
-        repo: Annotated[str | None, Field(description="A git repository instead of cwd: the agent "
-                                          "works in a fresh worktree on branch runner/<workspace>, "
-                                          "leaving the checkout untouched.")] = None,
-        template: Annotated[str | None, Field(description="Prompt template that wraps the task "
-                                              "(agents.yaml templates; built-ins: coding, none).")] = None,
-        priority: Annotated[PriorityName | None, Field(description="Queue order when the pool is "
-                                                       "full. Default medium.")] = None,
-        label: Annotated[str | None, Field(description="Short label shown in status and in the "
-                                           "completion event.")] = None,
-        idempotency_key: Annotated[str | None, Field(description="Dispatching again with the same "
-                                                     "key returns the existing workspace "
-                                                     "(deduplicated: true) instead of a duplicate.")] = None,
-        max_wait_s: Annotated[float | None, Field(description="Refuse, with the estimated wait, "
-                                                  "rather than queue longer than this many "
-                                                  "seconds (0 to 604800).", ge=0,
-                                                  le=MAX_QUEUE_WAIT_S, **STRICT)] = None,
-        timeout_s: Annotated[float | None, Field(description="Kill the run after this many "
-                                                 "seconds (up to 604800, 7 days).", gt=0,
-                                                 le=MAX_TIMEOUT_S, **STRICT)] = None,
-        max_attempts: Annotated[int | None, Field(description="Tries for a failing run, 1 to 100 "
-                                                  "(default from agents.yaml, usually 3).", ge=1,
-                                                  le=MAX_ATTEMPTS_LIMIT, **STRICT)] = None,
+        task: Annotated[
+            str,
+            Field(
+                description="What the sub-agent should do: a complete, "
+                "self-contained instruction (it does not see this conversation)."
+            ),
+        ],
+        agent: Annotated[
+            str | None,
+            Field(
+                description="Which agent runs it, base[:model]: "
+                "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
+                "configured default agent."
+            ),
+        ] = None,
+        cwd: Annotated[
+            str | None,
+            Field(
+                description="Directory to run in; must lie inside the "
+                "configured allowed roots. Default: a fresh empty "
+                "directory."
+            ),
+        ] = None,
+        repo: Annotated[
+            str | None,
+            Field(
+                description="A git repository instead of cwd: the agent "
+                "works in a fresh worktree on branch runner/<workspace>, "
+                "leaving the checkout untouched."
+            ),
+        ] = None,
+        template: Annotated[
+            str | None,
+            Field(
+                description="Prompt template that wraps the task "
+                "(agents.yaml templates; built-ins: coding, none)."
+            ),
+        ] = None,
+        priority: Annotated[
+            PriorityName | None, Field(description="Queue order when the pool is full. Default medium.")
+        ] = None,
+        label: Annotated[
+            str | None, Field(description="Short label shown in status and in the completion event.")
+        ] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Field(
+                description="Dispatching again with the same "
+                "key returns the existing workspace "
+                "(deduplicated: true) instead of a duplicate."
+            ),
+        ] = None,
+        max_wait_s: Annotated[
+            float | None,
+            Field(
+                description="Refuse, with the estimated wait, "
+                "rather than queue longer than this many "
+                "seconds (0 to 604800).",
+                ge=0,
+                le=MAX_QUEUE_WAIT_S,
+                **STRICT,
+            ),
+        ] = None,
+        timeout_s: Annotated[
+            float | None,
+            Field(
+                description="Kill the run after this many seconds (up to 604800, 7 days).",
+                gt=0,
+                le=MAX_TIMEOUT_S,
+                **STRICT,
+            ),
+        ] = None,
+        max_attempts: Annotated[
+            int | None,
+            Field(
+                description="Tries for a failing run, 1 to 100 (default from agents.yaml, usually 3).",
+                ge=1,
+                le=MAX_ATTEMPTS_LIMIT,
+                **STRICT,
+            ),
+        ] = None,
     ) -> types.CallToolResult:
-        return await invoke(runner, "runner.dispatch", task=task, agent=agent, cwd=cwd, repo=repo,
-                            template=template, priority=priority, label=label,
-                            idempotency_key=idempotency_key, max_wait_s=max_wait_s,
-                            timeout_s=timeout_s, max_attempts=max_attempts,
-                            origin=clients.of(ctx.session).key)
+        return await invoke(
+            runner,
+            "runner.dispatch",
+            task=task,
+            agent=agent,
+            cwd=cwd,
+            repo=repo,
+            template=template,
+            priority=priority,
+            label=label,
+            idempotency_key=idempotency_key,
+            max_wait_s=max_wait_s,
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            origin=clients.of(ctx.session).key,
+        )
 
     async def status(
         ctx: Context,
-        workspace: Annotated[str | None, Field(description="A workspace id for its details; omit "
-                                               "for the overview.")] = None,
+        workspace: Annotated[
+            str | None, Field(description="A workspace id for its details; omit for the overview.")
+        ] = None,
         agent: Annotated[str | None, Field(description="Overview: only this agent's workspaces.")] = None,
-        state: Annotated[StateName | None, Field(description="Overview: only workspaces in this "
-                                                 "state.")] = None,
-        limit: Annotated[int | None, Field(description="Overview: at most this many workspace rows "
-                                           "(default 20).", ge=1, le=1000, strict=True)] = None,
-        subscribe: Annotated[bool | None, Field(description="true: this session receives every "
-                                                "workspace's completion event; false: only its "
-                                                "own dispatches'.", strict=True)] = None,
+        state: Annotated[
+            StateName | None, Field(description="Overview: only workspaces in this state.")
+        ] = None,
+        limit: Annotated[
+            int | None,
+            Field(
+                description="Overview: at most this many workspace rows (default 20).",
+                ge=1,
+                le=1000,
+                strict=True,
+            ),
+        ] = None,
+        subscribe: Annotated[
+            bool | None,
+            Field(
+                description="true: this session receives every "
+                "workspace's completion event; false: only its "
+                "own dispatches'.",
+                strict=True,
+            ),
+        ] = None,
     ) -> types.CallToolResult:
         if subscribe is not None:
             clients.of(ctx.session).everything = subscribe
-        return await invoke(runner, "runner.status", workspace=workspace, agent=agent, state=state,
-                            limit=limit)
+        return await invoke(
+            runner, "runner.status", workspace=workspace, agent=agent, state=state, limit=limit
+        )
 
     async def wait(
         ctx: Context,
-        workspaces: Annotated[list[str] | str, Field(description="Workspace ids to wait for (one "
-                                                     "id or a list).")],
-        timeout_s: Annotated[float, Field(description="Return after this many seconds even if not "
-                                          "done (default 50, at most 3600).", ge=0,
-                                          le=MAX_WAIT_TIMEOUT_S, **STRICT)] = 50.0,
-        mode: Annotated[Literal["all", "any"], Field(description="all: until every workspace is "
-                                                     "finished; any: until one is.")] = "all",
+        workspaces: Annotated[
+            list[str] | str, Field(description="Workspace ids to wait for (one id or a list).")
+        ],
+        timeout_s: Annotated[
+            float,
+            Field(
+                description="Return after this many seconds even if not done (default 50, at most 3600).",
+                ge=0,
+                le=MAX_WAIT_TIMEOUT_S,
+                **STRICT,
+            ),
+        ] = 50.0,
+        mode: Annotated[
+            Literal["all", "any"],
+            Field(description="all: until every workspace is finished; any: until one is."),
+        ] = "all",
     ) -> types.CallToolResult:
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(value, total, message)
 
         ids = [workspaces] if isinstance(workspaces, str) else workspaces
-        return await invoke(runner, "runner.wait", workspaces=ids, timeout_s=timeout_s, mode=mode,
-                            progress=progress)
+        return await invoke(
+            runner, "runner.wait", workspaces=ids, timeout_s=timeout_s, mode=mode, progress=progress
+        )
 
     read_only = types.ToolAnnotations(read_only_hint=True)
     annotations: dict[str, types.ToolAnnotations] = {
-        "status": read_only, "wait": read_only, "logs": read_only,
+        "status": read_only,
+        "wait": read_only,
+        "logs": read_only,
         "kill": types.ToolAnnotations(destructive_hint=True),
         # it starts processes that may change files, reach the network and spend money
-        "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True,
-                                          open_world_hint=True),
+        "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
     }
-    fns: dict[str, Callable[..., Any]] = {"dispatch": dispatch, "status": status, "wait": wait,
-                                          **_plain_tools(runner)}
+    fns: dict[str, Callable[..., Any]] = {
+        "dispatch": dispatch,
+        "status": status,
+        "wait": wait,
+        **_plain_tools(runner),
+    }
     prefix = runner.config.tools_prefix
-    return [Tool.from_function(fns[name], name=prefix + name, description=DESCRIPTIONS[name],
-                               annotations=annotations.get(name), structured_output=False)
-            for name in NAMES]
+    return [
+        Tool.from_function(
+            fns[name],
+            name=prefix + name,
+            description=DESCRIPTIONS[name],
+            annotations=annotations.get(name),
+            structured_output=False,
+        )
+        for name in NAMES
+    ]
 
 
 def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
@@ -206,10 +320,12 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
 
     async def kill(
         workspace: Annotated[str | None, Field(description="The workspace id to kill or cancel.")] = None,
-        agent: Annotated[str | None, Field(description="Kill every workspace of this agent "
-                                           "(base or base:model).")] = None,
-        all: Annotated[bool, Field(description="Kill every running and cancel every queued "
-                                   "workspace.", strict=True)] = False,
+        agent: Annotated[
+            str | None, Field(description="Kill every workspace of this agent (base or base:model).")
+        ] = None,
+        all: Annotated[
+            bool, Field(description="Kill every running and cancel every queued workspace.", strict=True)
+        ] = False,
     ) -> types.CallToolResult:
         return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
 
@@ -224,18 +340,42 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
 
     async def logs(
         workspace: Annotated[str, Field(description="The workspace id.")],
-        run: Annotated[int | None, Field(description="Which run (1, 2 ... : retries start new "
-                                         "ones). Default: the latest.", ge=1, strict=True)] = None,
-        stream: Annotated[Literal["stdout", "stderr", "both"], Field(
-            description="stdout (default), stderr, or both (stdout, then stderr lines marked "
-                        "'[stderr] ').")] = "stdout",
-        offset: Annotated[int, Field(description="First line to return, 0-based; pass the "
-                                     "previous page's next_offset.", ge=0, strict=True)] = 0,
-        limit: Annotated[int, Field(description="At most this many lines (1-2000; a page also "
-                                    "stops at 256 KiB).", ge=1, le=2000, strict=True)] = 200,
+        run: Annotated[
+            int | None,
+            Field(
+                description="Which run (1, 2 ... : retries start new ones). Default: the latest.",
+                ge=1,
+                strict=True,
+            ),
+        ] = None,
+        stream: Annotated[
+            Literal["stdout", "stderr", "both"],
+            Field(
+                description="stdout (default), stderr, or both (stdout, then stderr lines marked "
+                "'[stderr] ')."
+            ),
+        ] = "stdout",
+        offset: Annotated[
+            int,
+            Field(
+                description="First line to return, 0-based; pass the previous page's next_offset.",
+                ge=0,
+                strict=True,
+            ),
+        ] = 0,
+        limit: Annotated[
+            int,
+            Field(
+                description="At most this many lines (1-2000; a page also stops at 256 KiB).",
+                ge=1,
+                le=2000,
+                strict=True,
+            ),
+        ] = 200,
     ) -> types.CallToolResult:
-        return await invoke(runner, "runner.logs", workspace=workspace, run=run, stream=stream,
-                            offset=offset, limit=limit)
+        return await invoke(
+            runner, "runner.logs", workspace=workspace, run=run, stream=stream, offset=offset, limit=limit
+        )
 
     return {"logs": logs, "kill": kill, "poke": poke, "stop": stop, "start": start}
 
@@ -248,8 +388,7 @@ def argument_problem(tool: Tool, arguments: Mapping[str, Any]) -> str | None:
     fields = tool.fn_metadata.arg_model.model_fields
     unknown = sorted(set(arguments) - set(fields))
     if unknown:
-        return (f"{tool.name} has no argument {unknown[0]!r}; its arguments are: "
-                f"{', '.join(fields) or 'none'}")
+        return f"{tool.name} has no argument {unknown[0]!r}; its arguments are: {', '.join(fields) or 'none'}"
     try:
         tool.fn_metadata.validate_arguments(dict(arguments))
     except ValidationError as exc:
@@ -272,8 +411,12 @@ def _describe(exc: ValidationError, tool: Tool) -> str:
         return f"{tool.name} needs the argument {name}{hint}"
     if kind == "literal_error":
         return f"{where} must be one of {ctx.get('expected')} (got {got})"
-    bounds = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}",
-              "less_than_equal": "<= {le}", "less_than": "< {lt}"}
+    bounds = {
+        "greater_than_equal": ">= {ge}",
+        "greater_than": "> {gt}",
+        "less_than_equal": "<= {le}",
+        "less_than": "< {lt}",
+    }
     if kind in bounds:
         return f"{where} must be {bounds[kind].format(**ctx)} (got {got})"
     phrase = _PHRASES.get(kind) or str(err["msg"])[:1].lower() + str(err["msg"])[1:]

@@ -141,9 +141,19 @@ class Outcome(StrEnum):
 # ---- lifecycle events (the bus in events.py carries them; the store records them) ----------
 
 EVENT_TYPES: Final = (
-    "AgentQueued", "AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost",
-    "TaskDeadLettered", "QueueFrozen", "QueueUnfrozen", "PoolBackoff", "ChannelPush",
-    "AgentRetrying", "AgentCancelled",
+    "AgentQueued",
+    "AgentStarted",
+    "AgentCompleted",
+    "AgentFailed",
+    "AgentKilled",
+    "AgentLost",
+    "TaskDeadLettered",
+    "QueueFrozen",
+    "QueueUnfrozen",
+    "PoolBackoff",
+    "ChannelPush",
+    "AgentRetrying",
+    "AgentCancelled",
 )
 # Events that end a workspace and are pushed to clients.
 TERMINAL_EVENTS: Final = frozenset(

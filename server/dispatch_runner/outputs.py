@@ -62,8 +62,9 @@ def last_lines(text: str, n: int = 20) -> str:
     return "\n".join(lines[-n:])[-SUMMARY_CHARS:]
 
 
-def parse_output(kind: str, stdout: str, stderr: str, *, exit_code: int | None,
-                 patterns: Iterable[str], now: datetime) -> Parsed:
+def parse_output(
+    kind: str, stdout: str, stderr: str, *, exit_code: int | None, patterns: Iterable[str], now: datetime
+) -> Parsed:
     patterns = tuple(patterns)
     if kind == "claude-stream-json":
         parsed = _claude(stdout, stderr, exit_code, patterns, now)
@@ -77,18 +78,28 @@ def parse_output(kind: str, stdout: str, stderr: str, *, exit_code: int | None,
     # no summary; the last thing it said, if anything, is
     said = _last_assistant_text(stdout)
     fallback = _text("", stderr, exit_code, patterns, now)
-    return Parsed(fallback.outcome, said or (last_lines(stderr) or None), None, fallback.detail,
-                  fallback.retry_at)
+    return Parsed(
+        fallback.outcome, said or (last_lines(stderr) or None), None, fallback.detail, fallback.retry_at
+    )
 
 
-def _failure(text: str, exit_code: int | None, patterns: tuple[str, ...], now: datetime,
-             summary: str | None, session: str | None = None, *, rate_limited: bool = False,
-             resets_at: float | None = None) -> Parsed:
+def _failure(
+    text: str,
+    exit_code: int | None,
+    patterns: tuple[str, ...],
+    now: datetime,
+    summary: str | None,
+    session: str | None = None,
+    *,
+    rate_limited: bool = False,
+    resets_at: float | None = None,
+) -> Parsed:
     detail = (text.strip().splitlines() or [f"exit code {exit_code}"])[-1][:300]
     if rate_limited or matches_rate_limit(text, patterns):
         at = parse_retry_at(text, now, resets_at_epoch=resets_at)
-        return Parsed(Outcome.RATE_LIMITED, summary, session, f"rate limited: {detail}",
-                      at.timestamp() if at else None)
+        return Parsed(
+            Outcome.RATE_LIMITED, summary, session, f"rate limited: {detail}", at.timestamp() if at else None
+        )
     return Parsed(Outcome.FAILED, summary, session, detail or f"exit code {exit_code}")
 
 
@@ -107,8 +118,9 @@ def _last_assistant_text(stdout: str) -> str | None:
     return said[:SUMMARY_CHARS] if said else None
 
 
-def _claude(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...],
-            now: datetime) -> Parsed | None:
+def _claude(
+    stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...], now: datetime
+) -> Parsed | None:
     result: dict[str, Any] | None = None
     resets_at: float | None = None
     session: str | None = None
@@ -129,14 +141,26 @@ def _claude(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str
     session = result.get("session_id") or session
     if exit_code == 0 and not result.get("is_error"):
         return Parsed(Outcome.SUCCEEDED, summary, session)
-    limited = (result.get("api_error_status") == 429 or result.get("api_error") == "usage_limit_reached"
-               or resets_at is not None)
-    return _failure(text or stderr or "", exit_code, patterns, now, summary, session,
-                    rate_limited=limited, resets_at=resets_at)
+    limited = (
+        result.get("api_error_status") == 429
+        or result.get("api_error") == "usage_limit_reached"
+        or resets_at is not None
+    )
+    return _failure(
+        text or stderr or "",
+        exit_code,
+        patterns,
+        now,
+        summary,
+        session,
+        rate_limited=limited,
+        resets_at=resets_at,
+    )
 
 
-def _codex(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...],
-           now: datetime) -> Parsed | None:
+def _codex(
+    stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...], now: datetime
+) -> Parsed | None:
     message: str | None = None
     failed: str | None = None
     thread: str | None = None
@@ -160,8 +184,9 @@ def _codex(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str,
     return _failure(failed or stderr or "", exit_code, patterns, now, summary or failed, thread)
 
 
-def _text(stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...],
-          now: datetime) -> Parsed:
+def _text(
+    stdout: str, stderr: str, exit_code: int | None, patterns: tuple[str, ...], now: datetime
+) -> Parsed:
     summary = last_lines(stdout) or None
     if exit_code == 0:
         return Parsed(Outcome.SUCCEEDED, summary)

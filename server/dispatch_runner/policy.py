@@ -177,8 +177,9 @@ def after_spawn(rate: RateConfig | None, state: PoolState, now: datetime) -> Poo
     )
 
 
-def undo_spawn(state: PoolState, *, marked: float | None, previous: float | None,
-               day: str | None) -> PoolState:
+def undo_spawn(
+    state: PoolState, *, marked: float | None, previous: float | None, day: str | None
+) -> PoolState:
     """Pool state once a claim that never started is given back: its pacing mark and its daily
     slot are returned. `marked` is the last_spawn the claim wrote, `previous` the one before it,
     `day` the day it was counted on; a later claim's mark or an earlier day's count stay."""
@@ -186,12 +187,18 @@ def undo_spawn(state: PoolState, *, marked: float | None, previous: float | None
     count = state.daily_count
     if day is not None and state.daily_day == day and count > 0:
         count -= 1
-    return PoolState(backoff_until=state.backoff_until, fail_count=state.fail_count, last_spawn=last,
-                     daily_count=count, daily_day=state.daily_day)
+    return PoolState(
+        backoff_until=state.backoff_until,
+        fail_count=state.fail_count,
+        last_spawn=last,
+        daily_count=count,
+        daily_day=state.daily_day,
+    )
 
 
-def has_capacity(limit: PoolLimit | None, *, pool_running: int, model: str | None,
-                 model_running: int) -> bool:
+def has_capacity(
+    limit: PoolLimit | None, *, pool_running: int, model: str | None, model_running: int
+) -> bool:
     """Pool total and per-model limit, both counted with reservations."""
     if limit is None:
         return True
@@ -224,8 +231,14 @@ class ExitDecision:
     dead_letter: bool = False
 
 
-def decide_exit(outcome: Outcome, *, attempts_before: int, max_attempts: int,
-                detail: str | None = None, requeues_before: int = 0) -> ExitDecision:
+def decide_exit(
+    outcome: Outcome,
+    *,
+    attempts_before: int,
+    max_attempts: int,
+    detail: str | None = None,
+    requeues_before: int = 0,
+) -> ExitDecision:
     """Turn a run's outcome into the workspace's next state.
 
     `attempts_before` counts failed attempts before this run. Rate limits requeue without counting
@@ -270,8 +283,9 @@ ENDED_REASON: Final[Mapping[Outcome, str | None]] = {
 }
 
 
-def rate_limit_backoff_until(*, now: datetime, retry_at: datetime | None, rate: RateConfig | None,
-                             fail_count: int) -> datetime:
+def rate_limit_backoff_until(
+    *, now: datetime, retry_at: datetime | None, rate: RateConfig | None, fail_count: int
+) -> datetime:
     """When a rate-limited pool may spawn again: the parsed retry time, else the configured
     daily reset, else an exponential backoff on consecutive rate limits."""
     if retry_at is not None and retry_at > now:
@@ -283,17 +297,16 @@ def rate_limit_backoff_until(*, now: datetime, retry_at: datetime | None, rate: 
 
 # ---- output classification -----------------------------------------------------------------
 
-_RETRY_IN = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?)\b",
-                       re.IGNORECASE)
-_RETRY_AT_CLOCK = re.compile(r"(?:try again at|resets)\s+(\d{1,2})(?::(\d{2}))?\s*([ap]m)",
-                             re.IGNORECASE)
+_RETRY_IN = re.compile(
+    r"(?:try again|retry) in (\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?)\b", re.IGNORECASE
+)
+_RETRY_AT_CLOCK = re.compile(r"(?:try again at|resets)\s+(\d{1,2})(?::(\d{2}))?\s*([ap]m)", re.IGNORECASE)
 
 
 def matches_rate_limit(text: str, patterns: Iterable[str]) -> bool:
     """A pattern matches as a whole phrase: "429" in "status 429" but not in "Ran 1429 tests",
     "rate_limit" in "rate_limit_error" is no match either (test names are not rate limits)."""
-    return any(re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", text, re.IGNORECASE)
-               for p in patterns if p)
+    return any(re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", text, re.IGNORECASE) for p in patterns if p)
 
 
 def parse_retry_at(text: str, now: datetime, *, resets_at_epoch: float | None = None) -> datetime | None:
@@ -321,8 +334,9 @@ def parse_retry_at(text: str, now: datetime, *, resets_at_epoch: float | None = 
 # ---- queue estimates -----------------------------------------------------------------------
 
 
-def estimate_wait_s(*, position: int, limit: int | None, runtimes_s: Sequence[float],
-                    gate_wait_s: float = 0.0) -> float | None:
+def estimate_wait_s(
+    *, position: int, limit: int | None, runtimes_s: Sequence[float], gate_wait_s: float = 0.0
+) -> float | None:
     """Estimated seconds before the job at 1-based `position` in the pool queue starts, or None
     when nothing can be said: slots are full and no run of the pool has finished yet.
 
@@ -338,8 +352,9 @@ def estimate_wait_s(*, position: int, limit: int | None, runtimes_s: Sequence[fl
     return max((sum(recent) / len(recent)) * math.ceil(position / slots), gate_wait_s)
 
 
-def exceeds_max_wait(*, eta_s: float | None, position: int, gate_wait_s: float,
-                     max_wait_s: float | None) -> bool:
+def exceeds_max_wait(
+    *, eta_s: float | None, position: int, gate_wait_s: float, max_wait_s: float | None
+) -> bool:
     """Whether a dispatch must be refused rather than wait past max_wait_s. A full pool with an
     unknown ETA cannot promise any bound, so it is refused: the caller asked for one."""
     if max_wait_s is None:

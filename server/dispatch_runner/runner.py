@@ -46,23 +46,23 @@ from .validate import human_size
 
 log = logging.getLogger("dispatch_runner")
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
-WATCH_POLL_S = 0.5         # the poll under the wake-up hints
+WATCH_POLL_S = 0.5  # the poll under the wake-up hints
 SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
 EVENT_BATCH = 500
-KILL_THREADS = 8           # kills wait out a grace period: never let them take every worker thread
-PROGRESS_EVERY_S = 5.0     # wait's progress notifications while nothing changes
+KILL_THREADS = 8  # kills wait out a grace period: never let them take every worker thread
+PROGRESS_EVERY_S = 5.0  # wait's progress notifications while nothing changes
 WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
-TICK_S = 1.0               # recovery, reaping, heartbeat, pacing wake-ups
+TICK_S = 1.0  # recovery, reaping, heartbeat, pacing wake-ups
 HEARTBEAT_S = 2.0
 DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
-PEER_EXPIRY_S = 60.0       # a peer silent this long is gone (its heartbeat is every 2 s)
+PEER_EXPIRY_S = 60.0  # a peer silent this long is gone (its heartbeat is every 2 s)
 GC_EVERY_S = 3600.0
 GC_BATCH = 500
-GC_FIRST_S = 60.0          # a serving peer's first collection, then every GC_EVERY_S
+GC_FIRST_S = 60.0  # a serving peer's first collection, then every GC_EVERY_S
 ID_TRIES = 5
 AVAILABLE_TTL_S = 5.0
 MAX_LOG_LINES = 2000
-ORPHAN_AGE_S = 3600.0      # a workspace directory without a row this old was never stored
+ORPHAN_AGE_S = 3600.0  # a workspace directory without a row this old was never stored
 
 
 def peer_id() -> str:
@@ -75,8 +75,9 @@ class _IdTaken(Exception):
 
 
 class Runner:
-    def __init__(self, config: Config, store: Store | None = None, *, bus: Bus | None = None,
-                 kind: str = "cli") -> None:
+    def __init__(
+        self, config: Config, store: Store | None = None, *, bus: Bus | None = None, kind: str = "cli"
+    ) -> None:
         self.config = config
         self.store = store or open_store(config.store_url)
         self.bus = bus or Bus()
@@ -90,11 +91,17 @@ class Runner:
         self._serving = False
         self._config_mtime = _mtime(config.source)
         self._available: tuple[float, dict[str, bool]] = (-AVAILABLE_TTL_S, {})
-        for name, handler in (("runner.dispatch", self.dispatch), ("runner.status", self.status),
-                              ("runner.start", self.start), ("runner.stop", self.stop),
-                              ("runner.kill", self.kill), ("runner.poke", self.poke),
-                              ("runner.wait", self.wait), ("runner.gc", self.gc),
-                              ("runner.logs", self.logs)):
+        for name, handler in (
+            ("runner.dispatch", self.dispatch),
+            ("runner.status", self.status),
+            ("runner.start", self.start),
+            ("runner.stop", self.stop),
+            ("runner.kill", self.kill),
+            ("runner.poke", self.poke),
+            ("runner.wait", self.wait),
+            ("runner.gc", self.gc),
+            ("runner.logs", self.logs),
+        ):
             self.bus.register(name, handler)
 
     def close(self) -> None:
@@ -111,17 +118,40 @@ class Runner:
 
     # ---- runner.dispatch ----------------------------------------------------------------------
 
-    async def dispatch(self, *, task: str, agent: str | None = None, cwd: str | None = None,
-                       repo: str | None = None, template: str | None = None,
-                       priority: str | None = None, label: str | None = None,
-                       idempotency_key: str | None = None, max_wait_s: float | None = None,
-                       timeout_s: float | None = None, max_attempts: int | None = None,
-                       origin: str | None = None, parent: str | None = None) -> dict[str, Any]:
+    async def dispatch(
+        self,
+        *,
+        task: str,
+        agent: str | None = None,
+        cwd: str | None = None,
+        repo: str | None = None,
+        template: str | None = None,
+        priority: str | None = None,
+        label: str | None = None,
+        idempotency_key: str | None = None,
+        max_wait_s: float | None = None,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        origin: str | None = None,
+        parent: str | None = None,
+    ) -> dict[str, Any]:
         # validation resolves paths and may run git: off the event loop, with the rest
-        checked = partial(self._validate, task=task, agent=agent, cwd=cwd, repo=repo, template=template,
-                          priority=priority, label=label, idempotency_key=idempotency_key,
-                          max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts,
-                          origin=origin, parent=parent)
+        checked = partial(
+            self._validate,
+            task=task,
+            agent=agent,
+            cwd=cwd,
+            repo=repo,
+            template=template,
+            priority=priority,
+            label=label,
+            idempotency_key=idempotency_key,
+            max_wait_s=max_wait_s,
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            origin=origin,
+            parent=parent,
+        )
 
         def attempt() -> dict[str, Any]:
             for _ in range(ID_TRIES):
@@ -163,32 +193,62 @@ class Runner:
             workspaces.write_status(row, now=time.time())
         return self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
 
-    def _validate(self, *, task: str, agent: str | None, cwd: str | None, repo: str | None,
-                  template: str | None, priority: str | None, label: str | None,
-                  idempotency_key: str | None, max_wait_s: float | None, timeout_s: float | None,
-                  max_attempts: int | None, origin: str | None, parent: str | None) -> NewWorkspace:
+    def _validate(
+        self,
+        *,
+        task: str,
+        agent: str | None,
+        cwd: str | None,
+        repo: str | None,
+        template: str | None,
+        priority: str | None,
+        label: str | None,
+        idempotency_key: str | None,
+        max_wait_s: float | None,
+        timeout_s: float | None,
+        max_attempts: int | None,
+        origin: str | None,
+        parent: str | None,
+    ) -> NewWorkspace:
         cfg = self.config
-        _check_dispatch_values(task=task, agent=agent, cwd=cwd, repo=repo, template=template,
-                               priority=priority, label=label, idempotency_key=idempotency_key,
-                               max_wait_s=max_wait_s, timeout_s=timeout_s, max_attempts=max_attempts)
+        _check_dispatch_values(
+            task=task,
+            agent=agent,
+            cwd=cwd,
+            repo=repo,
+            template=template,
+            priority=priority,
+            label=label,
+            idempotency_key=idempotency_key,
+            max_wait_s=max_wait_s,
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+        )
         size = len(task.encode())
         if size > cfg.max_task_bytes:
-            raise TaskTooLarge(f"the task is {human_size(size)} ({size:,} bytes), more than the "
-                               f"{human_size(cfg.max_task_bytes)} dispatch.max_task_bytes allows; "
-                               "shorten it (put long material in a file inside the workspace and "
-                               "refer to it) or raise the limit in agents.yaml; nothing was queued")
+            raise TaskTooLarge(
+                f"the task is {human_size(size)} ({size:,} bytes), more than the "
+                f"{human_size(cfg.max_task_bytes)} dispatch.max_task_bytes allows; "
+                "shorten it (put long material in a file inside the workspace and "
+                "refer to it) or raise the limit in agents.yaml; nothing was queued"
+            )
         ref = AgentRef.parse(agent or cfg.default_agent)
         agent_def = cfg.agent_def(ref)
         model = ref.model or agent_def.model
         prio = Priority.parse(priority)
         template_name = template or cfg.default_template
         if template_name not in cfg.templates:
-            raise InvalidArgument("template", f"no template {template_name!r} (known: "
-                                  f"{', '.join(sorted(cfg.templates))}); add it under templates: "
-                                  "in agents.yaml")
+            raise InvalidArgument(
+                "template",
+                f"no template {template_name!r} (known: "
+                f"{', '.join(sorted(cfg.templates))}); add it under templates: "
+                "in agents.yaml",
+            )
         if cwd and repo:
-            raise InvalidArgument("cwd", "give either cwd (a directory) or repo (a git repository "
-                                  "for a fresh worktree), not both")
+            raise InvalidArgument(
+                "cwd",
+                "give either cwd (a directory) or repo (a git repository for a fresh worktree), not both",
+            )
         cwd_path = workspaces.resolve_inside(cwd, "cwd", cfg.allowed_roots) if cwd else None
         repo_path = workspaces.resolve_inside(repo, "repo", cfg.allowed_roots) if repo else None
         if repo_path is not None:
@@ -201,18 +261,37 @@ class Runner:
         branch = f"runner/{ws_id}" if repo_path else None
         run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
         prompt = argvlib.expand(cfg.templates[template_name], {"task": task, "workspace": str(run_dir)})
-        spec = agent_spec(agent_def, model=model, path=path, run_dir=run_dir, branch=branch,
-                          template_text=cfg.templates[template_name])
+        spec = agent_spec(
+            agent_def,
+            model=model,
+            path=path,
+            run_dir=run_dir,
+            branch=branch,
+            template_text=cfg.templates[template_name],
+        )
         _check_argv_fits(ref, spec["argv"], {"prompt": prompt, "task": task}, env)
         return NewWorkspace(
-            id=ws_id, pool=ref.pool, model=model, agent=f"{ref.pool}:{model}" if model else ref.pool,
-            task=task, prompt=prompt, template=template_name, priority=int(prio), label=label,
-            path=str(path), run_dir=str(run_dir), cwd=str(cwd_path) if cwd_path else None,
-            repo=str(repo_path) if repo_path else None, branch=branch,
+            id=ws_id,
+            pool=ref.pool,
+            model=model,
+            agent=f"{ref.pool}:{model}" if model else ref.pool,
+            task=task,
+            prompt=prompt,
+            template=template_name,
+            priority=int(prio),
+            label=label,
+            path=str(path),
+            run_dir=str(run_dir),
+            cwd=str(cwd_path) if cwd_path else None,
+            repo=str(repo_path) if repo_path else None,
+            branch=branch,
             idempotency_key=idempotency_key,
             max_attempts=max_attempts or cfg.max_attempts_for(ref.pool),
-            timeout_s=timeout_s or agent_def.timeout_s or cfg.timeout_s, origin=origin,
-            parent=parent, spec=spec)
+            timeout_s=timeout_s or agent_def.timeout_s or cfg.timeout_s,
+            origin=origin,
+            parent=parent,
+            spec=spec,
+        )
 
     def _prepare_files(self, new: NewWorkspace) -> NewWorkspace:
         """prompt.md and the worktree in the workspace's fresh directory; nothing is left behind on
@@ -234,16 +313,23 @@ class Runner:
             workspaces.remove_worktree(Path(new.repo), Path(new.run_dir), new.branch, base=None)
         shutil.rmtree(new.path, ignore_errors=True)
 
-    def _dispatch_result(self, row: WorkspaceRow, *, deduplicated: bool,
-                         eta_s: float | None) -> dict[str, Any]:
+    def _dispatch_result(
+        self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float | None
+    ) -> dict[str, Any]:
         """`eta_s` is null when it cannot be known (a full pool that has finished no run yet);
         `frozen` says why nothing starts while the queue is stopped."""
         position = self.store.queue_position(row.id)
         queued = row.state == "queued"
-        return {"workspace": row.id, "status": row.state, "agent": row.agent, "position": position,
-                "eta_s": (round(eta_s, 1) if eta_s is not None else None) if queued else 0.0,
-                "path": row.path, "deduplicated": deduplicated,
-                "frozen": queued and self.store.is_frozen()}
+        return {
+            "workspace": row.id,
+            "status": row.state,
+            "agent": row.agent,
+            "position": position,
+            "eta_s": (round(eta_s, 1) if eta_s is not None else None) if queued else 0.0,
+            "path": row.path,
+            "deduplicated": deduplicated,
+            "frozen": queued and self.store.is_frozen(),
+        }
 
     # ---- the drain ----------------------------------------------------------------------------
 
@@ -270,13 +356,25 @@ class Runner:
         path = Path(ws.path)
         rate = self.config.rates.get(ws.pool)
         spec = {
-            **self._current_spec(ws), "store": self.store.url, "run_id": claim.run_id, "workspace": ws.id,
-            "attempt": ws.runs, "path": ws.path, "cwd": ws.run_dir, "timeout_s": ws.timeout_s,
+            **self._current_spec(ws),
+            "store": self.store.url,
+            "run_id": claim.run_id,
+            "workspace": ws.id,
+            "attempt": ws.runs,
+            "path": ws.path,
+            "cwd": ws.run_dir,
+            "timeout_s": ws.timeout_s,
             "kill_grace_s": self.config.kill_grace_s,
-            "rate": None if rate is None else {
-                "reset_utc": rate.reset_utc.strftime("%H:%M"), "daily_limit": rate.daily_limit,
-                "min_delay": rate.min_delay, "sustained_delay": rate.sustained_delay,
-                "burst_window": rate.burst_window, "burst_delay": rate.burst_delay},
+            "rate": None
+            if rate is None
+            else {
+                "reset_utc": rate.reset_utc.strftime("%H:%M"),
+                "daily_limit": rate.daily_limit,
+                "min_delay": rate.min_delay,
+                "sustained_delay": rate.sustained_delay,
+                "burst_window": rate.burst_window,
+                "burst_delay": rate.burst_delay,
+            },
             "drainer": self.drainer_spec(),
         }
         spec["env"] = {**spec.get("env", {}), **supervisor.run_marker(ws.id, claim.run_id)}
@@ -284,8 +382,12 @@ class Runner:
         supervisor.crash_point("peer-after-claim")
         try:
             workspaces.atomic_write(spec_path, json.dumps(spec))
-            self.launcher.spawn(supervisor.shim_args(spec_path), env=os.environ,
-                                log_path=path / "shim.log", spec_path=spec_path)
+            self.launcher.spawn(
+                supervisor.shim_args(spec_path),
+                env=os.environ,
+                log_path=path / "shim.log",
+                spec_path=spec_path,
+            )
         except OSError as exc:
             # Counted as a failed attempt, with backoff: given back instead, the same head would
             # be claimed again at once, in a loop that stalls the pool and grows the store.
@@ -301,8 +403,14 @@ class Runner:
         agent_def = self.config.agents.get(ws.pool)
         if "stdin" in ws.spec or agent_def is None:
             return ws.spec
-        return agent_spec(agent_def, model=ws.model, path=Path(ws.path), run_dir=Path(ws.run_dir),
-                          branch=ws.branch, template_text=None)
+        return agent_spec(
+            agent_def,
+            model=ws.model,
+            path=Path(ws.path),
+            run_dir=Path(ws.run_dir),
+            branch=ws.branch,
+            template_text=None,
+        )
 
     def _record(self, run_id: int, result: RunExit, *, now: float | None = None) -> WorkspaceRow | None:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
@@ -320,13 +428,16 @@ class Runner:
         if self.config.source != "built-in defaults":
             argv += ["--config", self.config.source]
         argv += ["serve", "--drain"]
-        return {"argv": argv, "env": {"DISPATCH_RUNNER_STORE": self.store.url,
-                                      "DISPATCH_RUNNER_HOME": str(self.config.home)},
-                "log": str(self.config.home / "drainer.log")}
+        return {
+            "argv": argv,
+            "env": {"DISPATCH_RUNNER_STORE": self.store.url, "DISPATCH_RUNNER_HOME": str(self.config.home)},
+            "log": str(self.config.home / "drainer.log"),
+        }
 
     def _schedule(self, wake_at: float | None) -> None:
-        if wake_at is not None and (self._wake_at is None or wake_at < self._wake_at
-                                    or self._wake_at <= time.time()):
+        if wake_at is not None and (
+            self._wake_at is None or wake_at < self._wake_at or self._wake_at <= time.time()
+        ):
             self._wake_at = wake_at
 
     def nudge(self) -> None:
@@ -355,15 +466,24 @@ class Runner:
         no shim came within reservation_timeout_s."""
         age = now - run.claimed_at
         if run.kill_requested:
-            row = await self._db(self._record, run.id, RunExit(outcome=Outcome.KILLED, exit_code=None),
-                                 now=now)
+            row = await self._db(
+                self._record, run.id, RunExit(outcome=Outcome.KILLED, exit_code=None), now=now
+            )
         elif age > DEAD_CLAIMER_GRACE_S and not await self._db(self._claimer_can_start, run):
             row = await self._db(self._give_back, run.id, now)
         elif age > self.config.reservation_timeout_s:
-            row = await self._db(self._record, run.id, RunExit(
-                outcome=Outcome.FAILED, exit_code=None, ended_reason="spawn_failed",
-                detail=f"the run did not start within {self.config.reservation_timeout_s:g}s of its "
-                       "claim (see shim.log in the workspace and forkserver.log in the home)"), now=now)
+            row = await self._db(
+                self._record,
+                run.id,
+                RunExit(
+                    outcome=Outcome.FAILED,
+                    exit_code=None,
+                    ended_reason="spawn_failed",
+                    detail=f"the run did not start within {self.config.reservation_timeout_s:g}s of its "
+                    "claim (see shim.log in the workspace and forkserver.log in the home)",
+                ),
+                now=now,
+            )
         else:
             return
         if row is not None:
@@ -377,9 +497,12 @@ class Runner:
             return False
         row = next((p for p in self.store.peers() if p["id"] == run.claimed_by), None)
         if row is not None and row.get("schema") is None:
-            log.warning("peer %s runs an older dispatch-runner and claimed %s, which it cannot "
-                        "start; restart that peer (its client session) to upgrade it",
-                        run.claimed_by, run.workspace)
+            log.warning(
+                "peer %s runs an older dispatch-runner and claimed %s, which it cannot "
+                "start; restart that peer (its client session) to upgrade it",
+                run.claimed_by,
+                run.workspace,
+            )
             return False
         return True
 
@@ -412,28 +535,42 @@ class Runner:
         else:
             self._stop_agent(run)
             # the agent's pid may never have been recorded, and descendants may have left its group
-            supervisor.terminate_marked(supervisor.run_marker(ws.id, run.id),
-                                        grace_s=self.config.kill_grace_s)
+            supervisor.terminate_marked(
+                supervisor.run_marker(ws.id, run.id), grace_s=self.config.kill_grace_s
+            )
             result, ended = _lost(), time.time()
         return self._record(run.id, result, now=ended) is not None
 
     # ---- runner.status ------------------------------------------------------------------------
 
-    async def status(self, *, workspace: str | None = None, agent: str | None = None,
-                     state: str | None = None, limit: int | None = None,
-                     log_lines: int = 20) -> dict[str, Any]:
+    async def status(
+        self,
+        *,
+        workspace: str | None = None,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        log_lines: int = 20,
+    ) -> dict[str, Any]:
         validate.text("workspace", workspace, max_chars=200)
         validate.text("agent", agent, max_chars=200)
         validate.text("state", state, max_chars=200)
         if workspace:
             return await self._workspace_status(workspace, log_lines)
         if state is not None and state not in {s.value for s in WorkspaceState}:
-            raise InvalidArgument("state", f"unknown state {state!r}; use one of "
-                                  + ", ".join(s.value for s in WorkspaceState))
+            raise InvalidArgument(
+                "state", f"unknown state {state!r}; use one of " + ", ".join(s.value for s in WorkspaceState)
+            )
         if limit is not None and (not isinstance(limit, int) or limit < 1 or limit > 1000):
             raise InvalidArgument("limit", "limit must be an integer between 1 and 1000")
-        snap: dict[str, Any] = await self._db(self.store.snapshot, now=time.time(), limits=self.limits,
-                                              agent=agent, state=state, limit=limit or 20)
+        snap: dict[str, Any] = await self._db(
+            self.store.snapshot,
+            now=time.time(),
+            limits=self.limits,
+            agent=agent,
+            state=state,
+            limit=limit or 20,
+        )
         snap["bus_dropped"] = self.bus.dropped
         snap["agents"] = self._agents()
         return snap
@@ -443,14 +580,22 @@ class Runner:
         (looked up at most every AVAILABLE_TTL_S: status is called often, PATH rarely changes)."""
         now = time.monotonic()
         if now - self._available[0] > AVAILABLE_TTL_S:
-            self._available = (now, {name: supervisor.find_executable(a.command[0], a.env) is not None
-                                     for name, a in self.config.agents.items()})
+            self._available = (
+                now,
+                {
+                    name: supervisor.find_executable(a.command[0], a.env) is not None
+                    for name, a in self.config.agents.items()
+                },
+            )
         out = {}
         for name in sorted(self.config.agents):
             limit = self.config.concurrency.get(name)
-            out[name] = {"pool": name, "limit": limit.total_limit if limit else None,
-                         "models": dict(limit.models) if limit else {},
-                         "available": self._available[1].get(name, False)}
+            out[name] = {
+                "pool": name,
+                "limit": limit.total_limit if limit else None,
+                "models": dict(limit.models) if limit else {},
+                "available": self._available[1].get(name, False),
+            }
         return out
 
     async def _workspace_status(self, workspace_id: str, log_lines: int) -> dict[str, Any]:
@@ -460,22 +605,32 @@ class Runner:
         run = await self._db(self.store.get_run, row.current_run) if row.current_run else None
         out = workspaces.latest_logs(Path(row.path))[0] if log_lines > 0 else None
         tail = await anyio.to_thread.run_sync(_tail_lines, out, log_lines) if out else ""
-        return workspace_view(row, pid=run.agent_pid if run and row.state == "running" else None,
-                              log_tail=tail)
+        return workspace_view(
+            row, pid=run.agent_pid if run and row.state == "running" else None, log_tail=tail
+        )
 
     # ---- runner.logs ---------------------------------------------------------------------------
 
-    async def logs(self, *, workspace: str, run: int | None = None, stream: str = "stdout",
-                   offset: int = 0, limit: int = 200, cursor: int | None = None,
-                   whole_lines: bool = False) -> dict[str, Any]:
+    async def logs(
+        self,
+        *,
+        workspace: str,
+        run: int | None = None,
+        stream: str = "stdout",
+        offset: int = 0,
+        limit: int = 200,
+        cursor: int | None = None,
+        whole_lines: bool = False,
+    ) -> dict[str, Any]:
         """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
         next page, `eof` once the run is over and nothing is left, `more` when the page was
         full. `runs` lists every run with a log (retries start new ones): pass `run` back to
         stay on one. `cursor` (one stream) is where the page ended, to seek there next time."""
         validate.text("workspace", workspace, max_chars=200, required=True)
         if stream not in workspaces.LOG_STREAMS:
-            raise InvalidArgument("stream", f"stream must be one of {', '.join(workspaces.LOG_STREAMS)} "
-                                  f"(got {stream!r})")
+            raise InvalidArgument(
+                "stream", f"stream must be one of {', '.join(workspaces.LOG_STREAMS)} (got {stream!r})"
+            )
         validate.number("offset", offset, minimum=0, maximum=10**12, integer=True)
         validate.number("limit", limit, minimum=1, maximum=MAX_LOG_LINES, integer=True)
         validate.number("run", run, minimum=1, maximum=10**6, integer=True)
@@ -487,20 +642,43 @@ class Runner:
         runs = await anyio.to_thread.run_sync(workspaces.log_runs, path)
         number = run if run is not None else (runs[-1] if runs else 1)
         if run is not None and run > max(row.runs, 1):
-            raise InvalidArgument("run", f"workspace {workspace} has had {row.runs} run(s); runs with "
-                                  f"a log: {', '.join(map(str, runs)) or 'none yet'}")
+            raise InvalidArgument(
+                "run",
+                f"workspace {workspace} has had {row.runs} run(s); runs with "
+                f"a log: {', '.join(map(str, runs)) or 'none yet'}",
+            )
         settled = WorkspaceState(row.state).finished or number < max(runs, default=0)
-        page = await anyio.to_thread.run_sync(partial(
-            workspaces.log_page, path, number, stream, offset=offset, limit=limit, settled=settled,
-            cursor=cursor, whole_lines=whole_lines))
-        return {"workspace": workspace, "run": number, "runs": runs, "stream": stream,
-                "lines": page.lines, "next_offset": page.next_offset, "eof": page.eof,
-                "more": page.more, "cursor": page.cursor, "state": row.state}
+        page = await anyio.to_thread.run_sync(
+            partial(
+                workspaces.log_page,
+                path,
+                number,
+                stream,
+                offset=offset,
+                limit=limit,
+                settled=settled,
+                cursor=cursor,
+                whole_lines=whole_lines,
+            )
+        )
+        return {
+            "workspace": workspace,
+            "run": number,
+            "runs": runs,
+            "stream": stream,
+            "lines": page.lines,
+            "next_offset": page.next_offset,
+            "eof": page.eof,
+            "more": page.more,
+            "cursor": page.cursor,
+            "state": row.state,
+        }
 
     # ---- runner.kill / stop / start / poke ----------------------------------------------------
 
-    async def kill(self, *, workspace: str | Sequence[str] | None = None, agent: str | None = None,
-                   all: bool = False) -> dict[str, Any]:
+    async def kill(
+        self, *, workspace: str | Sequence[str] | None = None, agent: str | None = None, all: bool = False
+    ) -> dict[str, Any]:
         targets = [workspace] if isinstance(workspace, str) else list(workspace or [])
         for ws_id in targets:
             validate.text("workspace", ws_id, max_chars=200)
@@ -510,16 +688,19 @@ class Runner:
         for ws_id in targets:
             if await self._db(self.store.get_workspace, ws_id) is None:
                 raise UnknownWorkspace(ws_id)
-        plan = await self._db(self.store.plan_kill, workspaces=targets, agent=agent, everything=all,
-                              now=time.time())
+        plan = await self._db(
+            self.store.plan_kill, workspaces=targets, agent=agent, everything=all, now=time.time()
+        )
         await anyio.to_thread.run_sync(_write_statuses, plan.cancelled)
         limiter = anyio.CapacityLimiter(KILL_THREADS)
         async with anyio.create_task_group() as tg:
             for run in plan.to_signal:
                 tg.start_soon(partial(anyio.to_thread.run_sync, self._kill_run, run, limiter=limiter))
         await self._publish_new()
-        return {"killed": sorted({r.workspace for r in plan.to_signal}),
-                "cancelled": [r.id for r in plan.cancelled]}
+        return {
+            "killed": sorted({r.workspace for r in plan.to_signal}),
+            "cancelled": [r.id for r in plan.cancelled],
+        }
 
     def _kill_run(self, run: RunRow) -> None:
         """SIGTERM the agent's group, SIGKILL after the grace; wait until the exit is recorded."""
@@ -530,12 +711,12 @@ class Runner:
                 return
             if current.agent_pid and supervisor.is_alive(current.agent_pid, current.agent_start):
                 supervisor.terminate_group(current.agent_pid, grace_s=self.config.kill_grace_s)
-            elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid,
-                                                                        current.shim_start):
+            elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid, current.shim_start):
                 ws = self.store.get_workspace(current.workspace)
                 if ws is not None and current.phase == "running":  # the shim cannot sweep: we do
-                    supervisor.terminate_marked(supervisor.run_marker(ws.id, current.id),
-                                                grace_s=self.config.kill_grace_s)
+                    supervisor.terminate_marked(
+                        supervisor.run_marker(ws.id, current.id), grace_s=self.config.kill_grace_s
+                    )
                 self._record(run.id, RunExit(outcome=Outcome.KILLED, exit_code=None))
                 return
             time.sleep(0.01)  # the shim records the exit within milliseconds of the agent's end
@@ -558,8 +739,14 @@ class Runner:
 
     # ---- runner.wait --------------------------------------------------------------------------
 
-    async def wait(self, *, workspaces: Sequence[str], timeout_s: float | None = 50.0,
-                   mode: str = "all", progress: Progress | None = None) -> dict[str, Any]:
+    async def wait(
+        self,
+        *,
+        workspaces: Sequence[str],
+        timeout_s: float | None = 50.0,
+        mode: str = "all",
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
         ids = list(dict.fromkeys(workspaces or []))
         if not ids:
             raise InvalidArgument("workspaces", "list at least one workspace id to wait for")
@@ -567,8 +754,9 @@ class Runner:
             raise InvalidArgument("mode", "mode must be 'all' or 'any'")
         validate.number("timeout_s", timeout_s, minimum=0, maximum=MAX_WAIT_TIMEOUT_S, unit=" s")
         if len(ids) > 1000:
-            raise InvalidArgument("workspaces", f"{len(ids)} workspaces given; wait for at most 1000 "
-                                  "at a time")
+            raise InvalidArgument(
+                "workspaces", f"{len(ids)} workspaces given; wait for at most 1000 at a time"
+            )
         for ws_id in ids:
             validate.text("workspaces", ws_id, max_chars=200)
         timeout = 50.0 if timeout_s is None else float(timeout_s)
@@ -584,8 +772,9 @@ class Runner:
         done = done_count == len(rows) if mode == "all" else done_count > 0
         return {"done": done, "workspaces": [_wait_row(r) for r in rows]}
 
-    async def _wait_loop(self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None,
-                         events: Any) -> list[WorkspaceRow]:
+    async def _wait_loop(
+        self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None, events: Any
+    ) -> list[WorkspaceRow]:
         started = time.monotonic()
         deadline = started + deadline_s
         last_reported, last_sent = -1, started
@@ -596,8 +785,11 @@ class Runner:
             # on every change, and every few seconds anyway so the client sees the wait is alive
             if progress is not None and (finished != last_reported or now - last_sent >= PROGRESS_EVERY_S):
                 last_reported, last_sent = finished, now
-                await progress(float(finished), float(len(ids)),
-                               f"{finished}/{len(ids)} workspaces finished after {now - started:.0f}s")
+                await progress(
+                    float(finished),
+                    float(len(ids)),
+                    f"{finished}/{len(ids)} workspaces finished after {now - started:.0f}s",
+                )
             if finished == len(ids) or (mode == "any" and finished) or time.monotonic() >= deadline:
                 return rows
             if not self._serving:
@@ -626,8 +818,9 @@ class Runner:
                     break
             return fresh
 
-    async def serve(self, *, drain_only: bool = False,
-                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, drain_only: bool = False, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled (or, with drain_only, until nothing is queued or running)."""
         self._serving = True
         try:
@@ -653,8 +846,11 @@ class Runner:
             try:
                 report = await self.gc()
                 if report["removed"] or report["orphans"]:
-                    log.info("gc: removed %d workspaces and %d orphaned directories",
-                             len(report["removed"]), len(report["orphans"]))
+                    log.info(
+                        "gc: removed %d workspaces and %d orphaned directories",
+                        len(report["removed"]),
+                        len(report["orphans"]),
+                    )
             except Exception:  # a task edge: log, try again at the next round
                 log.exception("garbage collection failed; retrying in an hour")
             await anyio.sleep(GC_EVERY_S)
@@ -739,33 +935,51 @@ class Runner:
 
     async def _heartbeat(self) -> None:
         pid = os.getpid()
-        await self._db(self.store.heartbeat_peer, self.peer, pid=pid, start=supervisor.proc_start(pid) or 0,
-                       boot_id=supervisor.boot_id(), kind=self.kind, now=time.time())
+        await self._db(
+            self.store.heartbeat_peer,
+            self.peer,
+            pid=pid,
+            start=supervisor.proc_start(pid) or 0,
+            boot_id=supervisor.boot_id(),
+            kind=self.kind,
+            now=time.time(),
+        )
         await self._db(self._forget_dead_peers)
 
     def _forget_dead_peers(self) -> int:
         """Rows of peers that died without withdrawing (SIGKILL, a crash): the table stays as
         small as the set of live peers."""
         now = time.time()
-        dead = [p["id"] for p in self.store.peers() if p["id"] != self.peer
-                and (p["heartbeat_at"] < now - PEER_EXPIRY_S or not _peer_alive(p["id"]))]
+        dead = [
+            p["id"]
+            for p in self.store.peers()
+            if p["id"] != self.peer and (p["heartbeat_at"] < now - PEER_EXPIRY_S or not _peer_alive(p["id"]))
+        ]
         return self.store.remove_peers(dead)
 
     # ---- garbage collection -------------------------------------------------------------------
 
-    async def gc(self, *, older_than_s: float | None = None, dry_run: bool = False,
-                 force: bool = False) -> dict[str, Any]:
+    async def gc(
+        self, *, older_than_s: float | None = None, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
         """Remove finished workspaces that ended more than `older_than_s` ago (default
         retention_days): their rows, directories, worktrees and empty runner/<id> branches;
         directories the store does not know; rows of dead peers."""
         validate.number("older_than_s", older_than_s, minimum=0, maximum=100 * 365 * 86400.0, unit=" s")
         age = self.config.retention_days * 86400 if older_than_s is None else float(older_than_s)
-        return await anyio.to_thread.run_sync(partial(self._gc_sync, before=time.time() - age,
-                                                      dry_run=dry_run, force=force))
+        return await anyio.to_thread.run_sync(
+            partial(self._gc_sync, before=time.time() - age, dry_run=dry_run, force=force)
+        )
 
     def _gc_sync(self, *, before: float, dry_run: bool, force: bool) -> dict[str, Any]:
-        report: dict[str, Any] = {"removed": [], "kept": [], "notes": [], "orphans": [],
-                                  "dead_peers": 0, "dry_run": dry_run}
+        report: dict[str, Any] = {
+            "removed": [],
+            "kept": [],
+            "notes": [],
+            "orphans": [],
+            "dead_peers": 0,
+            "dry_run": dry_run,
+        }
         self.config.home.mkdir(parents=True, exist_ok=True)
         with open(self.config.home / "gc.lock", "w") as lock:
             try:  # one collector per home at a time; the others have nothing to add
@@ -828,8 +1042,9 @@ class Runner:
             return
         now = time.time()
         for peer in self.store.peers():
-            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(peer["pid"], peer["start"],
-                                                                      peer["boot_id"]):
+            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(
+                peer["pid"], peer["start"], peer["boot_id"]
+            ):
                 return
         from .shim import spawn_drainer
 
@@ -851,28 +1066,52 @@ def _mtime(path: str) -> int | None:
         return None
 
 
-def agent_spec(agent_def: AgentDef, *, model: str | None, path: Path, run_dir: Path,
-               branch: str | None, template_text: str | None) -> dict[str, Any]:
+def agent_spec(
+    agent_def: AgentDef,
+    *,
+    model: str | None,
+    path: Path,
+    run_dir: Path,
+    branch: str | None,
+    template_text: str | None,
+) -> dict[str, Any]:
     """How a workspace's runs start: the compiled argv (client text kept as references), how
     the prompt is delivered, and the template it is rebuilt from (None: from prompt.md)."""
-    argv = argvlib.compile_argv(agent_def.command, {
-        "model": model, "workspace": str(run_dir), "branch": branch,
-        "prompt_file": str(path / workspaces.PROMPT_FILE)}, end_of_options=agent_def.end_of_options)
-    return {"argv": argv, "stdin": agent_def.stdin, "template_text": template_text,
-            "env": dict(agent_def.env), "output": agent_def.output,
-            "patterns": list(agent_def.rate_limit_patterns)}
+    argv = argvlib.compile_argv(
+        agent_def.command,
+        {
+            "model": model,
+            "workspace": str(run_dir),
+            "branch": branch,
+            "prompt_file": str(path / workspaces.PROMPT_FILE),
+        },
+        end_of_options=agent_def.end_of_options,
+    )
+    return {
+        "argv": argv,
+        "stdin": agent_def.stdin,
+        "template_text": template_text,
+        "env": dict(agent_def.env),
+        "output": agent_def.output,
+        "patterns": list(agent_def.rate_limit_patterns),
+    }
 
 
 def spawn_failure(exc: OSError, *, where: str) -> RunExit:
     """A run that could not start: a failed attempt, with the reason (disk full, directory gone)."""
-    return RunExit(outcome=Outcome.FAILED, exit_code=None,
-                   detail=f"the run could not start: {exc.strerror or exc} ({where})",
-                   ended_reason=spawn_reason(exc), pool_fault=exc.errno in POOL_FAULTS)
+    return RunExit(
+        outcome=Outcome.FAILED,
+        exit_code=None,
+        detail=f"the run could not start: {exc.strerror or exc} ({where})",
+        ended_reason=spawn_reason(exc),
+        pool_fault=exc.errno in POOL_FAULTS,
+    )
 
 
 def _lost() -> RunExit:
-    return RunExit(outcome=Outcome.LOST, exit_code=None,
-                   detail="the run's shim vanished without recording an exit")
+    return RunExit(
+        outcome=Outcome.LOST, exit_code=None, detail="the run's shim vanished without recording an exit"
+    )
 
 
 def _peer_alive(peer: str | None) -> bool:
@@ -888,13 +1127,29 @@ def _peer_alive(peer: str | None) -> bool:
         return False
 
 
-def _check_dispatch_values(*, task: Any, agent: Any, cwd: Any, repo: Any, template: Any,
-                           priority: Any, label: Any, idempotency_key: Any, max_wait_s: Any,
-                           timeout_s: Any, max_attempts: Any) -> None:
+def _check_dispatch_values(
+    *,
+    task: Any,
+    agent: Any,
+    cwd: Any,
+    repo: Any,
+    template: Any,
+    priority: Any,
+    label: Any,
+    idempotency_key: Any,
+    max_wait_s: Any,
+    timeout_s: Any,
+    max_attempts: Any,
+) -> None:
     """Types, characters and bounds of a dispatch's arguments, before anything else reads them."""
     validate.text("task", task, required=True)
-    for field, value in (("agent", agent), ("cwd", cwd), ("repo", repo), ("template", template),
-                         ("priority", priority)):
+    for field, value in (
+        ("agent", agent),
+        ("cwd", cwd),
+        ("repo", repo),
+        ("template", template),
+        ("priority", priority),
+    ):
         validate.text(field, value, max_chars=4096)
     validate.text("label", label, max_chars=200)
     validate.text("idempotency_key", idempotency_key, max_chars=200)
@@ -905,8 +1160,9 @@ def _check_dispatch_values(*, task: Any, agent: Any, cwd: Any, repo: Any, templa
     validate.number("max_attempts", max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
 
 
-def _check_argv_fits(ref: AgentRef, argv: list[argvlib.Element], client: dict[str, str],
-                     agent_env: dict[str, str]) -> None:
+def _check_argv_fits(
+    ref: AgentRef, argv: list[argvlib.Element], client: dict[str, str], agent_env: dict[str, str]
+) -> None:
     """Refuse, at dispatch, a prompt the kernel would refuse to pass (E2BIG) when the run starts."""
     needed = argvlib.refs(argv)
     if not needed:
@@ -914,11 +1170,13 @@ def _check_argv_fits(ref: AgentRef, argv: list[argvlib.Element], client: dict[st
     rendered = argvlib.render(argv, client.__getitem__)
     problem = argvlib.argv_problem(rendered, {**os.environ, **agent_env}, arg_max=_arg_max())
     if problem:
-        raise TaskTooLarge(f"this task cannot be passed to agent {str(ref)!r}: {problem}, because its "
-                           "command in agents.yaml puts the "
-                           f"{' and '.join('{' + n + '}' for n in sorted(needed))} on the command "
-                           "line. Shorten the task, or let the agent read the prompt from stdin "
-                           "(stdin: prompt) or from a file ({prompt_file}); nothing was queued")
+        raise TaskTooLarge(
+            f"this task cannot be passed to agent {str(ref)!r}: {problem}, because its "
+            "command in agents.yaml puts the "
+            f"{' and '.join('{' + n + '}' for n in sorted(needed))} on the command "
+            "line. Shorten the task, or let the agent read the prompt from stdin "
+            "(stdin: prompt) or from a file ({prompt_file}); nothing was queued"
+        )
 
 
 def _arg_max() -> int:
@@ -942,17 +1200,33 @@ def _duration(row: WorkspaceRow) -> float | None:
 
 
 def _wait_row(row: WorkspaceRow) -> dict[str, Any]:
-    return {"workspace": row.id, "state": row.state, "exit_code": row.exit_code,
-            "summary": row.summary, "duration_s": _duration(row)}
+    return {
+        "workspace": row.id,
+        "state": row.state,
+        "exit_code": row.exit_code,
+        "summary": row.summary,
+        "duration_s": _duration(row),
+    }
 
 
 def workspace_view(row: WorkspaceRow, *, pid: int | None, log_tail: str) -> dict[str, Any]:
     return {
-        "workspace": row.id, "state": row.state, "agent": row.agent, "pid": pid, "runs": row.runs,
-        "priority": Priority(row.priority).label, "label": row.label, "created_at": iso(row.created_at),
-        "started_at": iso(row.started_at), "ended_at": iso(row.ended_at), "exit_code": row.exit_code,
-        "reason": row.reason, "ended_reason": row.ended_reason, "summary": row.summary,
-        "log_tail": log_tail, "path": row.path, "branch": row.branch, "parent": row.parent,
+        "workspace": row.id,
+        "state": row.state,
+        "agent": row.agent,
+        "pid": pid,
+        "runs": row.runs,
+        "priority": Priority(row.priority).label,
+        "label": row.label,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "ended_at": iso(row.ended_at),
+        "exit_code": row.exit_code,
+        "reason": row.reason,
+        "ended_reason": row.ended_reason,
+        "summary": row.summary,
+        "log_tail": log_tail,
+        "path": row.path,
+        "branch": row.branch,
+        "parent": row.parent,
     }
-
-

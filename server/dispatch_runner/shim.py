@@ -32,7 +32,7 @@ from .policy import RateConfig
 from .store.base import POOL_FAULTS, RunExit, spawn_reason
 from .workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 
-RECORD_RETRY_S = 600.0       # how long a shim keeps trying to record an exit in an unwritable store
+RECORD_RETRY_S = 600.0  # how long a shim keeps trying to record an exit in an unwritable store
 DISK_FULL_BYTES = 64 * 1024  # less than this left: the disk is full
 
 
@@ -42,9 +42,14 @@ def rate_from(spec: dict[str, Any] | None) -> RateConfig | None:
     from datetime import time as dtime
 
     hh, mm = spec["reset_utc"].split(":")
-    return RateConfig(reset_utc=dtime(int(hh), int(mm)), daily_limit=spec.get("daily_limit"),
-                      min_delay=spec.get("min_delay", 0.0), sustained_delay=spec.get("sustained_delay", 0.0),
-                      burst_window=spec.get("burst_window", 0.0), burst_delay=spec.get("burst_delay", 0.0))
+    return RateConfig(
+        reset_utc=dtime(int(hh), int(mm)),
+        daily_limit=spec.get("daily_limit"),
+        min_delay=spec.get("min_delay", 0.0),
+        sustained_delay=spec.get("sustained_delay", 0.0),
+        burst_window=spec.get("burst_window", 0.0),
+        burst_delay=spec.get("burst_delay", 0.0),
+    )
 
 
 def exit_file(path: Path, run_id: int) -> Path:
@@ -52,10 +57,15 @@ def exit_file(path: Path, run_id: int) -> Path:
 
 
 def result_from_exit_file(data: dict[str, Any]) -> RunExit:
-    return RunExit(outcome=Outcome(data["outcome"]), exit_code=data.get("exit_code"),
-                   summary=data.get("summary"), session_id=data.get("session_id"),
-                   detail=data.get("detail"), retry_at=data.get("retry_at"),
-                   ended_reason=data.get("ended_reason"))
+    return RunExit(
+        outcome=Outcome(data["outcome"]),
+        exit_code=data.get("exit_code"),
+        summary=data.get("summary"),
+        session_id=data.get("session_id"),
+        detail=data.get("detail"),
+        retry_at=data.get("retry_at"),
+        ended_reason=data.get("ended_reason"),
+    )
 
 
 class Shim:
@@ -79,8 +89,13 @@ class Shim:
 
     def run(self) -> int:
         me = os.getpid()
-        if not self.store.start_run(self.run_id, shim_pid=me, shim_start=supervisor.proc_start(me) or 0,
-                                    boot_id=supervisor.boot_id(), now=time.time()):
+        if not self.store.start_run(
+            self.run_id,
+            shim_pid=me,
+            shim_start=supervisor.proc_start(me) or 0,
+            boot_id=supervisor.boot_id(),
+            now=time.time(),
+        ):
             return 0  # the reservation was given back or killed before we started
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -94,8 +109,9 @@ class Shim:
         assert self.agent is not None
         supervisor.crash_point("shim-after-spawn")
         self.agent_start = supervisor.proc_start(self.agent.pid) or 0
-        kill_requested = self.store.record_agent(self.run_id, agent_pid=self.agent.pid,
-                                                 agent_start=self.agent_start, now=time.time())
+        kill_requested = self.store.record_agent(
+            self.run_id, agent_pid=self.agent.pid, agent_start=self.agent_start, now=time.time()
+        )
         if self.terminated or kill_requested:  # a signal or a kill raced the spawn
             self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
@@ -103,20 +119,35 @@ class Shim:
         code = self.agent.returncode
         self._leave_nothing_behind()
         exit_code = code if code >= 0 else 128 - code
-        parsed = parse_output(self.spec.get("output", "text"), read_tail(out_path), read_tail(err_path),
-                              exit_code=exit_code, patterns=self.spec.get("patterns") or (),
-                              now=datetime.now(UTC))
-        result = RunExit(outcome=parsed.outcome, exit_code=exit_code, summary=parsed.summary,
-                         session_id=parsed.session_id, detail=parsed.detail, retry_at=parsed.retry_at)
+        parsed = parse_output(
+            self.spec.get("output", "text"),
+            read_tail(out_path),
+            read_tail(err_path),
+            exit_code=exit_code,
+            patterns=self.spec.get("patterns") or (),
+            now=datetime.now(UTC),
+        )
+        result = RunExit(
+            outcome=parsed.outcome,
+            exit_code=exit_code,
+            summary=parsed.summary,
+            session_id=parsed.session_id,
+            detail=parsed.detail,
+            retry_at=parsed.retry_at,
+        )
         if timed_out:
-            result = replace(result, outcome=Outcome.TIMED_OUT,
-                             detail=f"timed out after {self.spec['timeout_s']:g}s")
+            result = replace(
+                result, outcome=Outcome.TIMED_OUT, detail=f"timed out after {self.spec['timeout_s']:g}s"
+            )
         elif self.terminated:
             result = replace(result, outcome=Outcome.KILLED, detail="killed by a signal to the shim")
         elif result.outcome is Outcome.FAILED and disk_full(self.path):
             # the agent's writes (and its log) failed: say so, rather than "exit code 1"
-            result = replace(result, ended_reason="no_space",
-                             detail=f"no space left on the disk of {self.path} ({result.detail})")
+            result = replace(
+                result,
+                ended_reason="no_space",
+                detail=f"no space left on the disk of {self.path} ({result.detail})",
+            )
         return self._finish(result)
 
     def _start_agent(self, out_path: Path, err_path: Path) -> None:
@@ -135,14 +166,21 @@ class Shim:
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(out_path, "ab"))
             err = files.enter_context(open(err_path, "ab"))
-            self.agent = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
-                                          stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
-                                          start_new_session=True)
+            self.agent = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                start_new_session=True,
+            )
         if feed:
             assert self.agent.stdin is not None
             # a pipe (no disk needed), filled by a thread: a prompt may be larger than its buffer
-            threading.Thread(target=_feed, args=(self.agent.stdin, prompt.encode() + b"\n"),
-                             daemon=True).start()
+            threading.Thread(
+                target=_feed, args=(self.agent.stdin, prompt.encode() + b"\n"), daemon=True
+            ).start()
 
     def _task(self) -> str:
         if self._task_text is None:
@@ -190,9 +228,17 @@ class Shim:
         record the end if this process dies right here), status.json and our own log are best
         effort: on a full disk they fail, and the run must still end with its reason."""
         ended_at = time.time()
-        record = {"run_id": self.run_id, "outcome": result.outcome.value, "exit_code": result.exit_code,
-                  "summary": result.summary, "session_id": result.session_id, "detail": result.detail,
-                  "retry_at": result.retry_at, "ended_reason": result.ended_reason, "ended_at": ended_at}
+        record = {
+            "run_id": self.run_id,
+            "outcome": result.outcome.value,
+            "exit_code": result.exit_code,
+            "summary": result.summary,
+            "session_id": result.session_id,
+            "detail": result.detail,
+            "retry_at": result.retry_at,
+            "ended_reason": result.ended_reason,
+            "ended_at": ended_at,
+        }
         try:
             atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
         except OSError as exc:
@@ -232,8 +278,9 @@ class Shim:
             return
         now = time.time()
         for peer in self.store.peers():
-            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(peer["pid"], peer["start"],
-                                                                      peer["boot_id"]):
+            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(
+                peer["pid"], peer["start"], peer["boot_id"]
+            ):
                 return
         spawn_drainer(self.spec.get("drainer") or {})
 
@@ -241,12 +288,20 @@ class Shim:
 def start_failure(exc: OSError | ValueError, spec: dict[str, Any]) -> RunExit:
     """The agent could not be started (its executable or working directory gone, a full disk)."""
     if not isinstance(exc, OSError):
-        return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason="spawn_failed",
-                       detail=f"the agent could not start: {exc}")
+        return RunExit(
+            outcome=Outcome.FAILED,
+            exit_code=None,
+            ended_reason="spawn_failed",
+            detail=f"the agent could not start: {exc}",
+        )
     where = exc.filename or (spec.get("argv") or ["?"])[0]
-    return RunExit(outcome=Outcome.FAILED, exit_code=None, ended_reason=spawn_reason(exc),
-                   detail=f"the agent could not start: {exc.strerror or exc} ({where})",
-                   pool_fault=exc.errno in POOL_FAULTS)
+    return RunExit(
+        outcome=Outcome.FAILED,
+        exit_code=None,
+        ended_reason=spawn_reason(exc),
+        detail=f"the agent could not start: {exc.strerror or exc} ({where})",
+        pool_fault=exc.errno in POOL_FAULTS,
+    )
 
 
 def _feed(pipe: Any, data: bytes) -> None:
@@ -291,9 +346,11 @@ def spawn_drainer(drainer: dict[str, Any]) -> None:
     env = supervisor.unmarked(os.environ)
     env.update(drainer.get("env") or {})
     log = drainer.get("log") or os.devnull
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-               (os.POSIX_SPAWN_DUP2, 1, 2)]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
     os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
 
 

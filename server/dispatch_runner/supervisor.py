@@ -41,7 +41,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     except (OSError, ValueError):
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
-    fields = raw[raw.rfind(b")") + 2:].split()
+    fields = raw[raw.rfind(b")") + 2 :].split()
     return fields[0].decode(), int(fields[2]), int(fields[19])
 
 
@@ -197,8 +197,9 @@ def _reap_quietly(keep: int | None) -> None:
                     os.waitpid(pid, os.WNOHANG)
 
 
-def terminate_marked(pairs: Mapping[str, str], *, grace_s: float, started_since: int = 0,
-                     rounds: int = 3) -> int:
+def terminate_marked(
+    pairs: Mapping[str, str], *, grace_s: float, started_since: int = 0, rounds: int = 3
+) -> int:
     """SIGTERM every process carrying the run's marker — descendants that left the agent's
     process group or session included — and SIGKILL what is left after grace_s; again for what
     they started meanwhile. Returns how many were found."""
@@ -246,8 +247,9 @@ class ShimLauncher:
     With `forkserver=True` (serving peers) shims are forked from a pre-imported fork server,
     which saves an interpreter start per run; if the server is gone, shims start directly."""
 
-    def __init__(self, python: str | None = None, *, forkserver: bool = False,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self, python: str | None = None, *, forkserver: bool = False, log_dir: Path | None = None
+    ) -> None:
         self.python = python or sys.executable
         self.use_forkserver = forkserver
         self.log_dir = log_dir
@@ -257,13 +259,17 @@ class ShimLauncher:
         # dispatches, the tick's drain and recovery call in from several worker threads
         self._lock = threading.RLock()
 
-    def spawn(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path,
-              spec_path: Path | None = None) -> int | None:
+    def spawn(
+        self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path, spec_path: Path | None = None
+    ) -> int | None:
         """Start a shim; returns its pid when started directly (None via the fork server)."""
         env = unmarked(env)
         with self._lock:
-            if (self.use_forkserver and spec_path is not None
-                    and self._via_forkserver(spec_path, env, log_path)):
+            if (
+                self.use_forkserver
+                and spec_path is not None
+                and self._via_forkserver(spec_path, env, log_path)
+            ):
                 return None
             return self._spawn_direct(args, env=env, log_path=log_path)
 
@@ -273,8 +279,7 @@ class ShimLauncher:
             (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
-        pid = os.posix_spawn(self.python, [self.python, *args], dict(env), file_actions=actions,
-                             setsid=True)
+        pid = os.posix_spawn(self.python, [self.python, *args], dict(env), file_actions=actions, setsid=True)
         self._children.add(pid)
         return pid
 
@@ -306,7 +311,7 @@ class ShimLauncher:
             if not writable:
                 raise TimeoutError("the fork server stopped reading its requests")
             try:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             except BlockingIOError:
                 continue
 
@@ -315,12 +320,21 @@ class ShimLauncher:
         try:
             actions = [
                 (os.POSIX_SPAWN_DUP2, read_end, 0),
-                (os.POSIX_SPAWN_OPEN, 1, str(log_dir / "forkserver.log"),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                (
+                    os.POSIX_SPAWN_OPEN,
+                    1,
+                    str(log_dir / "forkserver.log"),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                    0o644,
+                ),
                 (os.POSIX_SPAWN_DUP2, 1, 2),
             ]
-            pid = os.posix_spawn(self.python, [self.python, "-m", "dispatch_runner.forkserver"],
-                                 dict(env), file_actions=actions)
+            pid = os.posix_spawn(
+                self.python,
+                [self.python, "-m", "dispatch_runner.forkserver"],
+                dict(env),
+                file_actions=actions,
+            )
         except OSError:
             os.close(write_end)
             return False

@@ -20,21 +20,35 @@ def text(field: str, value: Any, *, max_chars: int | None = None, required: bool
     if required and not value.strip():
         raise InvalidArgument(field, f"{field} is empty")
     if "\x00" in value:
-        raise InvalidArgument(field, f"{field} contains a NUL character (\\x00, at offset "
-                              f"{value.index(chr(0))}), which no command-line argument, file name "
-                              "or environment variable can hold; remove it")
+        raise InvalidArgument(
+            field,
+            f"{field} contains a NUL character (\\x00, at offset "
+            f"{value.index(chr(0))}), which no command-line argument, file name "
+            "or environment variable can hold; remove it",
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(field, f"{field} contains a character that is not valid Unicode text "
-                              f"(a lone surrogate at offset {exc.start}); send it as UTF-8 text") from None
+        raise InvalidArgument(
+            field,
+            f"{field} contains a character that is not valid Unicode text "
+            f"(a lone surrogate at offset {exc.start}); send it as UTF-8 text",
+        ) from None
     if max_chars is not None and len(value) > max_chars:
         raise InvalidArgument(field, f"{field} is {len(value)} characters long; the limit is {max_chars}")
     return value
 
 
-def number(field: str, value: Any, *, minimum: float, maximum: float, integer: bool = False,
-           above: bool = False, unit: str = "") -> float | None:
+def number(
+    field: str,
+    value: Any,
+    *,
+    minimum: float,
+    maximum: float,
+    integer: bool = False,
+    above: bool = False,
+    unit: str = "",
+) -> float | None:
     """A finite number (an integer if asked) within [minimum, maximum] ((minimum, maximum] with
     `above`). Text such as "5" and true/false are refused, never converted."""
     if value is None:
@@ -45,8 +59,12 @@ def number(field: str, value: Any, *, minimum: float, maximum: float, integer: b
     if isinstance(value, bool) or not ok_type:
         raise InvalidArgument(field, f"{field} must be {kind} {bound} (got {_shown(value)})")
     # compared before any float conversion: an int such as 10**400 has no float
-    if (isinstance(value, float) and not math.isfinite(value)) or value > maximum or value < minimum \
-            or (above and value == minimum):
+    if (
+        (isinstance(value, float) and not math.isfinite(value))
+        or value > maximum
+        or value < minimum
+        or (above and value == minimum)
+    ):
         raise InvalidArgument(field, f"{field} must be {kind} {bound} (got {_shown(value)})")
     return float(value)
 

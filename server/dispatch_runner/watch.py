@@ -29,8 +29,10 @@ class StoreWatcher:
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 return
-            if libc.inotify_add_watch(fd, str(db_path.parent).encode(),
-                                      IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0:
+            if (
+                libc.inotify_add_watch(fd, str(db_path.parent).encode(), IN_MODIFY | IN_CREATE | IN_MOVED_TO)
+                < 0
+            ):
                 os.close(fd)
                 return
             self.fd = fd
@@ -61,8 +63,11 @@ class StoreWatcher:
             offset = 0
             while offset + _EVENT.size <= len(data):
                 _, _, _, length = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(
-                    errors="replace")
+                name = (
+                    data[offset + _EVENT.size : offset + _EVENT.size + length]
+                    .rstrip(b"\0")
+                    .decode(errors="replace")
+                )
                 hit = hit or name in self.names
                 offset += _EVENT.size + length
 

@@ -57,29 +57,35 @@ def resolve_inside(text: str, field: str, roots: Iterable[Path]) -> Path:
         raise PathNotAllowed(field, f"{field} is empty; give an absolute directory path")
     raw = Path(text).expanduser()
     if ".." in raw.parts:
-        raise PathNotAllowed(field, f"{field} {text!r} contains '..'; give the directory without "
-                             "parent references")
+        raise PathNotAllowed(
+            field, f"{field} {text!r} contains '..'; give the directory without parent references"
+        )
     if not raw.is_absolute():
         raise PathNotAllowed(field, f"{field} {text!r} is relative; give an absolute path")
     try:
         real = raw.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise PathNotAllowed(field, f"{field} {text!r} does not exist; create it or fix the path") \
-            from None
+        raise PathNotAllowed(field, f"{field} {text!r} does not exist; create it or fix the path") from None
     if not real.is_dir():
         raise PathNotAllowed(field, f"{field} {text!r} is not a directory")
     if not any(real == root or real.is_relative_to(root) for root in roots):
-        raise PathNotAllowed(field, f"{field} {str(real)!r} is outside the allowed roots ({names}); "
-                             "use a directory inside one of them or add its root to "
-                             "dispatch.allowed_roots in agents.yaml")
+        raise PathNotAllowed(
+            field,
+            f"{field} {str(real)!r} is outside the allowed roots ({names}); "
+            "use a directory inside one of them or add its root to "
+            "dispatch.allowed_roots in agents.yaml",
+        )
     return real
 
 
 def check_git_repo(repo: Path) -> None:
     probe = _git(repo, "rev-parse", "--is-inside-work-tree")
     if probe.returncode != 0 or probe.stdout.strip() != "true":
-        raise PathNotAllowed("repo", f"repo {str(repo)!r} is not a git repository; use cwd for a "
-                             "plain directory or run 'git init' there")
+        raise PathNotAllowed(
+            "repo",
+            f"repo {str(repo)!r} is not a git repository; use cwd for a "
+            "plain directory or run 'git init' there",
+        )
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -90,14 +96,18 @@ def add_worktree(repo: Path, dest: Path, branch: str) -> str:
     """A fresh worktree on a new branch; returns the commit it starts from (its base)."""
     out = _git(repo, "worktree", "add", "-b", branch, str(dest))
     if out.returncode != 0:
-        raise PathNotAllowed("repo", f"git worktree add failed in {str(repo)!r}: "
-                             f"{out.stderr.strip() or out.stdout.strip()}; does the repo have a "
-                             "commit? (a worktree needs one)")
+        raise PathNotAllowed(
+            "repo",
+            f"git worktree add failed in {str(repo)!r}: "
+            f"{out.stderr.strip() or out.stdout.strip()}; does the repo have a "
+            "commit? (a worktree needs one)",
+        )
     return _git(dest, "rev-parse", "HEAD").stdout.strip()
 
 
-def remove_worktree(repo: Path, dest: Path, branch: str, *, base: str | None,
-                    dry_run: bool = False) -> str | None:
+def remove_worktree(
+    repo: Path, dest: Path, branch: str, *, base: str | None, dry_run: bool = False
+) -> str | None:
     """Remove the worktree at `dest` (uncommitted changes included) and its branch, unless the
     branch has commits beyond `base` (its base commit; None: a branch made a moment ago, always
     removed). Returns why the branch is kept, or None."""
@@ -130,8 +140,10 @@ def worktree_changes(dest: Path) -> str | None:
         return None
     out = _git(dest, "status", "--porcelain")
     if out.returncode != 0:
-        return (f"cannot tell whether {dest} holds uncommitted changes (git status: "
-                f"{(out.stderr.strip().splitlines() or ['failed'])[0]})")
+        return (
+            f"cannot tell whether {dest} holds uncommitted changes (git status: "
+            f"{(out.stderr.strip().splitlines() or ['failed'])[0]})"
+        )
     return f"uncommitted changes in {dest}" if out.stdout.strip() else None
 
 
@@ -139,13 +151,27 @@ def status_document(row: Any, *, now: float, extra: Mapping[str, Any] | None = N
     from .policy import iso
 
     doc = {
-        "workspace": row.id, "state": row.state, "agent": row.agent, "task": row.task,
-        "priority": Priority(row.priority).label, "label": row.label,
-        "runs": row.runs, "attempts": row.attempts, "max_attempts": row.max_attempts,
-        "created_at": iso(row.created_at), "started_at": iso(row.started_at),
-        "ended_at": iso(row.ended_at), "exit_code": row.exit_code, "reason": row.reason,
-        "ended_reason": row.ended_reason, "summary": row.summary, "session_id": row.session_id,
-        "path": row.path, "cwd": row.run_dir, "branch": row.branch, "updated_at": iso(now),
+        "workspace": row.id,
+        "state": row.state,
+        "agent": row.agent,
+        "task": row.task,
+        "priority": Priority(row.priority).label,
+        "label": row.label,
+        "runs": row.runs,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "ended_at": iso(row.ended_at),
+        "exit_code": row.exit_code,
+        "reason": row.reason,
+        "ended_reason": row.ended_reason,
+        "summary": row.summary,
+        "session_id": row.session_id,
+        "path": row.path,
+        "cwd": row.run_dir,
+        "branch": row.branch,
+        "updated_at": iso(now),
     }
     if extra:
         doc.update(extra)
@@ -176,8 +202,7 @@ def write_status(row: Any, *, now: float) -> bool:
         return True
     except OSError as exc:
         with contextlib.suppress(OSError, ValueError):  # our own log may be on that disk too
-            sys.stderr.write(f"dispatch-runner: cannot write {path / STATUS_FILE}: "
-                             f"{exc.strerror or exc}\n")
+            sys.stderr.write(f"dispatch-runner: cannot write {path / STATUS_FILE}: {exc.strerror or exc}\n")
         return False
     finally:
         os.close(fd)  # releases the lock
@@ -219,11 +244,13 @@ def remove_workspace(row: Any, *, force: bool = False, dry_run: bool = False) ->
         worktree = Path(row.run_dir)
         risk = None if force else worktree_changes(worktree)
         if risk:
-            return Removal(False, f"kept: {risk}; commit them, or run 'dispatch-runner gc --force' "
-                           "to discard them")
+            return Removal(
+                False, f"kept: {risk}; commit them, or run 'dispatch-runner gc --force' to discard them"
+            )
         # "" (not None): a workspace from before base commits were recorded keeps its branch
-        note = remove_worktree(Path(row.repo), worktree, row.branch, base=row.base_commit or "",
-                               dry_run=dry_run)
+        note = remove_worktree(
+            Path(row.repo), worktree, row.branch, base=row.base_commit or "", dry_run=dry_run
+        )
     if dry_run:
         return Removal(True, note)
     shutil.rmtree(path, ignore_errors=True)
@@ -236,8 +263,10 @@ def orphan_risk(path: Path) -> str | None:
     """Why an orphaned workspace directory should stay: a worktree in it may hold work."""
     worktree = path / "worktree"
     if worktree.is_dir() and any(worktree.iterdir()):
-        return (f"kept: {worktree} is a worktree no workspace owns; look at it, then run "
-                "'dispatch-runner gc --force' to remove it")
+        return (
+            f"kept: {worktree} is a worktree no workspace owns; look at it, then run "
+            "'dispatch-runner gc --force' to remove it"
+        )
     return None
 
 
@@ -260,8 +289,8 @@ def remove_orphan(path: Path) -> None:
 # ---- logs, in pages ---------------------------------------------------------------------------
 
 LOG_STREAMS = ("stdout", "stderr", "both")
-MAX_LINE_CHARS = 8000          # a stream-json line can be megabytes: a page shows its start
-MAX_PAGE_BYTES = 256 * 1024    # and a page stays small enough for a model's context
+MAX_LINE_CHARS = 8000  # a stream-json line can be megabytes: a page shows its start
+MAX_PAGE_BYTES = 256 * 1024  # and a page stays small enough for a model's context
 
 
 def log_runs(path: Path) -> list[int]:
@@ -277,14 +306,23 @@ def log_runs(path: Path) -> list[int]:
 @dataclass(frozen=True, slots=True)
 class LogPage:
     lines: list[str]
-    next_offset: int       # the line to ask for next
-    eof: bool              # the run is over and nothing is left
-    more: bool             # lines are left right now (the page was full)
-    cursor: int | None     # byte position after the last line (one stream only): a seek, not a scan
+    next_offset: int  # the line to ask for next
+    eof: bool  # the run is over and nothing is left
+    more: bool  # lines are left right now (the page was full)
+    cursor: int | None  # byte position after the last line (one stream only): a seek, not a scan
 
 
-def log_page(path: Path, run: int, stream: str, *, offset: int, limit: int, settled: bool,
-             cursor: int | None = None, whole_lines: bool = False) -> LogPage:
+def log_page(
+    path: Path,
+    run: int,
+    stream: str,
+    *,
+    offset: int,
+    limit: int,
+    settled: bool,
+    cursor: int | None = None,
+    whole_lines: bool = False,
+) -> LogPage:
     """Lines [offset, offset + limit) of a run's output. With "both", stdout comes first, then
     stderr with each line marked "[stderr] " — once the run is over: while it runs, stdout alone
     (stderr lines would shift as stdout grows). A last line without its newline is left for the
@@ -313,8 +351,13 @@ def log_page(path: Path, run: int, stream: str, *, offset: int, limit: int, sett
         if more:
             break
     single = stream != "both"
-    return LogPage(lines, offset + len(lines), settled and not more, more,
-                   (position if position is not None else (cursor or 0)) if single else None)
+    return LogPage(
+        lines,
+        offset + len(lines),
+        settled and not more,
+        more,
+        (position if position is not None else (cursor or 0)) if single else None,
+    )
 
 
 def _file_lines(file: Path, *, partial: bool, start: int = 0) -> Iterator[tuple[str, int]]:

@@ -384,8 +384,12 @@ def main(name: str, parse_args, build_output) -> None:  # type: ignore[no-untype
     fake = Fake(name)
     try:
         prompt, ctx = parse_args(sys.argv[1:])
-        fake.log("parsed", options=sorted(ctx.get("options", {})), prompt=prompt[:2000],
-                 prompt_bytes=len(prompt.encode()))
+        fake.log(
+            "parsed",
+            options=sorted(ctx.get("options", {})),
+            prompt=prompt[:2000],
+            prompt_bytes=len(prompt.encode()),
+        )
         d = parse_directives(prompt + "\n" + os.environ.get("FAKE_AGENT_DIRECTIVES", ""))
         fake.setup(d)
         attempt = bump_counter(d.counter) if d.counter else None

@@ -37,8 +37,11 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
     piped = piped_stdin()
     prompt = f"{piped}\n\n{asked}" if piped and asked else (piped or asked)
     if not prompt:
-        raise CliExit(42, stderr=b"No input provided via stdin. Input can be provided by piping "
-                                 b"data into gemini or using the --prompt option.\n")
+        raise CliExit(
+            42,
+            stderr=b"No input provided via stdin. Input can be provided by piping "
+            b"data into gemini or using the --prompt option.\n",
+        )
     fmt = opts.get("-o") or opts.get("--output-format") or "text"
     return prompt, {"options": opts, "format": fmt}
 

@@ -78,27 +78,55 @@ def store(backend: Backend) -> Store:
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def new_ws(wid: str, agent: str = "claude", *, priority: Priority = Priority.MEDIUM,
-           key: str | None = None, max_attempts: int = 3, label: str | None = None,
-           origin: str | None = None) -> NewWorkspace:
+def new_ws(
+    wid: str,
+    agent: str = "claude",
+    *,
+    priority: Priority = Priority.MEDIUM,
+    key: str | None = None,
+    max_attempts: int = 3,
+    label: str | None = None,
+    origin: str | None = None,
+) -> NewWorkspace:
     ref = AgentRef.parse(agent)
     return NewWorkspace(
-        id=wid, pool=ref.pool, model=ref.model, agent=agent, task=f"task {wid}",
-        prompt=f"prompt {wid}", template="none", priority=int(priority), label=label,
-        path=f"/ws/{wid}", run_dir=f"/ws/{wid}/run", cwd=None, repo=None, branch=None,
-        idempotency_key=key, max_attempts=max_attempts, timeout_s=None, origin=origin,
-        parent=None, spec={"argv": ["true"], "output": "text"},
+        id=wid,
+        pool=ref.pool,
+        model=ref.model,
+        agent=agent,
+        task=f"task {wid}",
+        prompt=f"prompt {wid}",
+        template="none",
+        priority=int(priority),
+        label=label,
+        path=f"/ws/{wid}",
+        run_dir=f"/ws/{wid}/run",
+        cwd=None,
+        repo=None,
+        branch=None,
+        idempotency_key=key,
+        max_attempts=max_attempts,
+        timeout_s=None,
+        origin=origin,
+        parent=None,
+        spec={"argv": ["true"], "output": "text"},
     )
 
 
-def enqueue(store: Store, wid: str, agent: str = "claude", *, now: float = T0,
-            limits: Limits = NO_LIMITS, max_wait_s: float | None = None,
-            **kw: Any) -> EnqueueResult:
+def enqueue(
+    store: Store,
+    wid: str,
+    agent: str = "claude",
+    *,
+    now: float = T0,
+    limits: Limits = NO_LIMITS,
+    max_wait_s: float | None = None,
+    **kw: Any,
+) -> EnqueueResult:
     return store.enqueue(new_ws(wid, agent, **kw), now=now, max_wait_s=max_wait_s, limits=limits)
 
 
-def claim(store: Store, now: float = T0, limits: Limits = NO_LIMITS,
-          peer: str = "peer-a") -> Claim | None:
+def claim(store: Store, now: float = T0, limits: Limits = NO_LIMITS, peer: str = "peer-a") -> Claim | None:
     return store.claim_next(now=now, limits=limits, peer=peer).claim
 
 
@@ -120,11 +148,17 @@ def start(store: Store, run_id: int, now: float = T0) -> bool:
     return store.start_run(run_id, shim_pid=4242, shim_start=99, boot_id="boot-1", now=now)
 
 
-def finish(store: Store, run_id: int, now: float, outcome: Outcome = Outcome.SUCCEEDED, *,
-           exit_code: int | None = 0, rate: RateConfig | None = None,
-           **kw: Any) -> WorkspaceRow | None:
-    return store.record_exit(run_id, RunExit(outcome=outcome, exit_code=exit_code, **kw), now=now,
-                             rate=rate)
+def finish(
+    store: Store,
+    run_id: int,
+    now: float,
+    outcome: Outcome = Outcome.SUCCEEDED,
+    *,
+    exit_code: int | None = 0,
+    rate: RateConfig | None = None,
+    **kw: Any,
+) -> WorkspaceRow | None:
+    return store.record_exit(run_id, RunExit(outcome=outcome, exit_code=exit_code, **kw), now=now, rate=rate)
 
 
 def ws(store: Store, wid: str) -> WorkspaceRow:
@@ -142,8 +176,9 @@ def types(events: Sequence[Event]) -> list[str]:
 
 
 def limited(**totals: int | PoolLimit) -> Limits:
-    return Limits(concurrency={p: v if isinstance(v, PoolLimit) else PoolLimit(total=v)
-                               for p, v in totals.items()})
+    return Limits(
+        concurrency={p: v if isinstance(v, PoolLimit) else PoolLimit(total=v) for p, v in totals.items()}
+    )
 
 
 # ---- the gate: order and capacity -------------------------------------------------------------
@@ -157,24 +192,55 @@ def test_claims_run_priority_first_then_oldest(store: Store) -> None:
     enqueue(store, "high", "gemini", now=T0 + 4, priority=Priority.HIGH)
     enqueue(store, "med-new", now=T0 + 5)
     enqueue(store, "med-same-time", now=T0 + 5)
-    assert claim_ids(store, T0 + 10) == ["crit-old", "crit-new", "high", "med-old", "med-new",
-                                         "med-same-time", "low"]
+    assert claim_ids(store, T0 + 10) == [
+        "crit-old",
+        "crit-new",
+        "high",
+        "med-old",
+        "med-new",
+        "med-same-time",
+        "low",
+    ]
 
 
 def test_a_claim_moves_the_workspace_to_running_with_a_reserved_run(store: Store) -> None:
     enqueue(store, "a", "codex:gpt-5.4", now=T0, label="lbl", origin="session-1")
     got = must_claim(store, T0 + 1)
     row = got.workspace
-    assert (row.id, row.pool, row.model, row.agent, row.state) == ("a", "codex", "gpt-5.4",
-                                                                  "codex:gpt-5.4", "running")
+    assert (row.id, row.pool, row.model, row.agent, row.state) == (
+        "a",
+        "codex",
+        "gpt-5.4",
+        "codex:gpt-5.4",
+        "running",
+    )
     # started_at is the agent's start: none yet for a reservation
     assert (row.runs, row.attempts, row.current_run, row.started_at) == (1, 0, got.run_id, None)
     assert (row.label, row.origin, row.max_attempts, dict(row.spec)) == (
-        "lbl", "session-1", 3, {"argv": ["true"], "output": "text"})
-    assert store.active_runs() == [RunRow(
-        id=got.run_id, workspace="a", pool="codex", attempt=1, phase="reserved",
-        claimed_by="peer-a", claimed_at=T0 + 1, shim_pid=None, shim_start=None, agent_pid=None,
-        agent_start=None, boot_id=None, started_at=None, ended_at=None, kill_requested=False)]
+        "lbl",
+        "session-1",
+        3,
+        {"argv": ["true"], "output": "text"},
+    )
+    assert store.active_runs() == [
+        RunRow(
+            id=got.run_id,
+            workspace="a",
+            pool="codex",
+            attempt=1,
+            phase="reserved",
+            claimed_by="peer-a",
+            claimed_at=T0 + 1,
+            shim_pid=None,
+            shim_start=None,
+            agent_pid=None,
+            agent_start=None,
+            boot_id=None,
+            started_at=None,
+            ended_at=None,
+            kill_requested=False,
+        )
+    ]
 
 
 def test_a_saturated_model_at_the_head_does_not_block_other_models_or_pools(store: Store) -> None:
@@ -230,19 +296,22 @@ def test_frozen_store_claims_nothing_but_enqueue_still_works(store: Store) -> No
     assert store.set_frozen(False, now=T0 + 5) is False
     assert not store.is_frozen()
     assert claim_ids(store, T0 + 6) == ["before", "during"]
-    assert types(events_since(store, cursor))[:3] == ["QueueFrozen", "AgentQueued",
-                                                      "QueueUnfrozen"]
+    assert types(events_since(store, cursor))[:3] == ["QueueFrozen", "AgentQueued", "QueueUnfrozen"]
 
 
 # ---- the gate: time (pacing, daily limit, backoff, retries) -----------------------------------
 
 
-@pytest.mark.parametrize(("rate", "wake_after_s"), [
-    (RateConfig(min_delay=10, sustained_delay=120), 120),
-    (RateConfig(min_delay=30, sustained_delay=5), 30),
-])
+@pytest.mark.parametrize(
+    ("rate", "wake_after_s"),
+    [
+        (RateConfig(min_delay=10, sustained_delay=120), 120),
+        (RateConfig(min_delay=30, sustained_delay=5), 30),
+    ],
+)
 def test_pacing_returns_wake_at_and_no_claim_without_blocking_other_pools(
-        store: Store, rate: RateConfig, wake_after_s: float) -> None:
+    store: Store, rate: RateConfig, wake_after_s: float
+) -> None:
     limits = Limits(rates={"gemini": rate})
     enqueue(store, "g1", "gemini", now=T0)
     enqueue(store, "g2", "gemini", now=T0 + 1)
@@ -273,23 +342,31 @@ def test_daily_limit_closes_the_pool_until_the_next_reset(store: Store) -> None:
 
 
 def test_rate_limited_exit_requeues_without_an_attempt_and_backs_off_the_pool(
-        backend: Backend, store: Store) -> None:
+    backend: Backend, store: Store
+) -> None:
     enqueue(store, "a", now=T0)
     enqueue(store, "b", now=T0 + 1)
     first = must_claim(store, T0 + 2)
     assert start(store, first.run_id, T0 + 2)
     cursor = store.last_event_id()
-    row = finish(store, first.run_id, T0 + 5, Outcome.RATE_LIMITED, exit_code=1,
-                 detail="usage limit")
+    row = finish(store, first.run_id, T0 + 5, Outcome.RATE_LIMITED, exit_code=1, detail="usage limit")
     assert row is not None
     assert (row.state, row.attempts, row.runs, row.reason, row.not_before) == (
-        "queued", 0, 1, "usage limit", T0 + 5)
+        "queued",
+        0,
+        1,
+        "usage limit",
+        T0 + 5,
+    )
     fresh = events_since(store, cursor)
     assert sorted(types(fresh)) == ["AgentRetrying", "PoolBackoff"]
     (backoff,) = [e for e in fresh if e.type == "PoolBackoff"]
     assert backoff.workspace == "a"
     assert (backoff.data["pool"], backoff.data["until"], backoff.data["fail_count"]) == (
-        "claude", T0 + 65, 1)  # no retry time, no rates: 60 s
+        "claude",
+        T0 + 65,
+        1,
+    )  # no retry time, no rates: 60 s
     result = store.claim_next(now=T0 + 6, limits=NO_LIMITS, peer="peer-a")
     assert (result.claim, result.wake_at) == (None, T0 + 65)
     snap = store.snapshot(now=T0 + 6, limits=NO_LIMITS)["pools"]["claude"]
@@ -304,8 +381,7 @@ def test_rate_limited_exit_requeues_without_an_attempt_and_backs_off_the_pool(
     assert (again.workspace.id, again.workspace.runs, again.workspace.attempts) == ("a", 2, 0)
 
 
-def test_rate_limit_backoff_honours_a_provider_retry_time_and_the_daily_reset(
-        store: Store) -> None:
+def test_rate_limit_backoff_honours_a_provider_retry_time_and_the_daily_reset(store: Store) -> None:
     enqueue(store, "a", "claude", now=T0)
     enqueue(store, "g", "gemini", now=T0)
     run_a = must_claim(store, T0).run_id
@@ -316,14 +392,15 @@ def test_rate_limit_backoff_honours_a_provider_retry_time_and_the_daily_reset(
     assert store.pool_state("gemini").backoff_until == NEXT_RESET
 
 
-def test_consecutive_rate_limits_double_the_backoff_and_a_success_resets_the_count(
-        store: Store) -> None:
+def test_consecutive_rate_limits_double_the_backoff_and_a_success_resets_the_count(store: Store) -> None:
     enqueue(store, "a", now=T0)
     finish(store, must_claim(store, T0).run_id, T0 + 1, Outcome.RATE_LIMITED)
     assert store.pool_state("claude").backoff_until == T0 + 61
     finish(store, must_claim(store, T0 + 61).run_id, T0 + 62, Outcome.RATE_LIMITED)
     assert (store.pool_state("claude").backoff_until, store.pool_state("claude").fail_count) == (
-        T0 + 62 + 120, 2)
+        T0 + 62 + 120,
+        2,
+    )
     finish(store, must_claim(store, T0 + 182).run_id, T0 + 190)
     assert store.pool_state("claude").fail_count == 0
     assert ws(store, "a").state == "completed"
@@ -335,7 +412,12 @@ def test_failed_exits_retry_after_5_then_10_s_then_dead_letter(store: Store) -> 
     row = finish(store, run1, T0 + 1, Outcome.FAILED, exit_code=1)
     assert row is not None
     assert (row.state, row.attempts, row.not_before, row.exit_code, row.ended_at) == (
-        "queued", 1, T0 + 6, 1, None)
+        "queued",
+        1,
+        T0 + 6,
+        1,
+        None,
+    )
     result = store.claim_next(now=T0 + 5.5, limits=NO_LIMITS, peer="peer-a")
     assert (result.claim, result.wake_at) == (None, T0 + 6)
 
@@ -352,7 +434,12 @@ def test_failed_exits_retry_after_5_then_10_s_then_dead_letter(store: Store) -> 
     row = finish(store, run3, T0 + 18, Outcome.FAILED, exit_code=1)
     assert row is not None
     assert (row.state, row.reason, row.attempts, row.ended_at, row.exit_code) == (
-        "failed", "max retries exceeded", 3, T0 + 18, 1)
+        "failed",
+        "max retries exceeded",
+        3,
+        T0 + 18,
+        1,
+    )
     fresh = events_since(store, cursor)
     assert sorted(types(fresh)) == ["AgentFailed", "TaskDeadLettered"]
     (dead,) = [e for e in fresh if e.type == "TaskDeadLettered"]
@@ -361,10 +448,8 @@ def test_failed_exits_retry_after_5_then_10_s_then_dead_letter(store: Store) -> 
     assert not store.has_work()
 
 
-@pytest.mark.parametrize(("outcome", "final"), [(Outcome.LOST, "lost"),
-                                                (Outcome.TIMED_OUT, "failed")])
-def test_lost_and_timed_out_runs_retry_like_failures(store: Store, outcome: Outcome,
-                                                     final: str) -> None:
+@pytest.mark.parametrize(("outcome", "final"), [(Outcome.LOST, "lost"), (Outcome.TIMED_OUT, "failed")])
+def test_lost_and_timed_out_runs_retry_like_failures(store: Store, outcome: Outcome, final: str) -> None:
     enqueue(store, "a", now=T0, max_attempts=2)
     row = finish(store, must_claim(store, T0).run_id, T0 + 1, outcome, exit_code=None)
     assert row is not None
@@ -386,12 +471,25 @@ def test_run_lifecycle_is_recorded(store: Store) -> None:
     store.record_agent(run, agent_pid=5151, agent_start=77, now=T0 + 1)
     got = store.get_run(run)
     assert got is not None
-    assert (got.phase, got.shim_pid, got.shim_start, got.boot_id, got.agent_pid, got.agent_start,
-            got.started_at) == ("running", 4242, 99, "boot-1", 5151, 77, T0 + 1)
+    assert (
+        got.phase,
+        got.shim_pid,
+        got.shim_start,
+        got.boot_id,
+        got.agent_pid,
+        got.agent_start,
+        got.started_at,
+    ) == ("running", 4242, 99, "boot-1", 5151, 77, T0 + 1)
     row = finish(store, run, T0 + 12, summary="did it", session_id="sess-1")
     assert row is not None
     assert (row.state, row.exit_code, row.summary, row.session_id, row.ended_at, row.reason) == (
-        "completed", 0, "did it", "sess-1", T0 + 12, None)
+        "completed",
+        0,
+        "did it",
+        "sess-1",
+        T0 + 12,
+        None,
+    )
     ended = store.get_run(run)
     assert ended is not None and (ended.phase, ended.ended_at) == ("exited", T0 + 12)
     assert store.active_runs() == []
@@ -410,7 +508,10 @@ def test_record_exit_is_compare_and_set(store: Store) -> None:
         assert finish(store, run, T0 + 4, outcome, exit_code=9) is None
     assert store.last_event_id() == cursor
     assert (ws(store, "a").state, ws(store, "a").exit_code, ws(store, "a").ended_at) == (
-        "completed", 0, T0 + 3)
+        "completed",
+        0,
+        T0 + 3,
+    )
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))
@@ -462,7 +563,10 @@ def test_plan_kill_cancels_queued_workspaces_and_marks_running_ones(store: Store
     plan = store.plan_kill(agent="codex", now=T0 + 4)
     assert ([r.id for r in plan.cancelled], plan.to_signal) == (["q2"], [])
     assert (ws(store, "q2").state, ws(store, "q2").reason, ws(store, "q2").ended_at) == (
-        "cancelled", "cancelled on request", T0 + 4)
+        "cancelled",
+        "cancelled on request",
+        T0 + 4,
+    )
     plan = store.plan_kill(everything=True, now=T0 + 5)
     assert sorted(r.id for r in plan.cancelled) == ["q1", "q3"]
     assert [r.id for r in plan.to_signal] == [run]
@@ -486,8 +590,7 @@ def test_idempotency_key_is_unique(store: Store) -> None:
     # still deduplicated once the first one finished
     finish(store, must_claim(store, T0 + 2).run_id, T0 + 3)
     third = enqueue(store, "c", now=T0 + 4, key="k-1")
-    assert (third.deduplicated, third.workspace.id, third.workspace.state) == (True, "a",
-                                                                              "completed")
+    assert (third.deduplicated, third.workspace.id, third.workspace.state) == (True, "a", "completed")
 
 
 def test_queue_position_counts_priority_then_age_within_the_pool(store: Store) -> None:
@@ -517,7 +620,8 @@ def test_max_wait_refusal_raises_queue_busy_with_eta_and_writes_nothing(store: S
     assert store.get_workspace("b") is None
     assert store.find_by_idempotency_key("k-b") is None
     assert {k: v for k, v in store.snapshot(now=T0 + 1, limits=limits)["counts"].items() if v} == {
-        "running": 1}
+        "running": 1
+    }
     accepted = enqueue(store, "b", now=T0 + 2, limits=limits, key="k-b")
     assert (accepted.deduplicated, accepted.position, accepted.eta_s) == (False, 1, None)
 
@@ -551,17 +655,35 @@ def test_max_wait_counts_a_saturated_model_limit(store: Store) -> None:
 # ---- reading: snapshot, events, runtimes, peers -----------------------------------------------
 
 
-POOL_KEYS = {"running", "queued", "limit", "models", "backoff_until", "daily_used", "daily_limit",
-             "next_spawn_at", "oldest_queued_at", "throughput_1m"}
+POOL_KEYS = {
+    "running",
+    "queued",
+    "limit",
+    "models",
+    "backoff_until",
+    "daily_used",
+    "daily_limit",
+    "next_spawn_at",
+    "oldest_queued_at",
+    "throughput_1m",
+}
 
 
 def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
-    limits = Limits(concurrency={"claude": PoolLimit(total=2),
-                                 "codex": PoolLimit(total=5, models={"gpt-5.4": 1})},
-                    rates={"gemini": RateConfig(daily_limit=10, sustained_delay=60)})
-    for n, (wid, agent) in enumerate([("w1", "claude:opus"), ("w2", "codex:gpt-5.4"),
-                                      ("w3", "codex:gpt-5.4"), ("w4", "gemini"), ("w5", "gemini"),
-                                      ("w6", "claude")]):
+    limits = Limits(
+        concurrency={"claude": PoolLimit(total=2), "codex": PoolLimit(total=5, models={"gpt-5.4": 1})},
+        rates={"gemini": RateConfig(daily_limit=10, sustained_delay=60)},
+    )
+    for n, (wid, agent) in enumerate(
+        [
+            ("w1", "claude:opus"),
+            ("w2", "codex:gpt-5.4"),
+            ("w3", "codex:gpt-5.4"),
+            ("w4", "gemini"),
+            ("w5", "gemini"),
+            ("w6", "claude"),
+        ]
+    ):
         enqueue(store, wid, agent, now=T0 + n, limits=limits)
     claims = {}
     while (got := claim(store, T0 + 10, limits)) is not None:
@@ -574,8 +696,7 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
     assert {"frozen", "pools", "counts", "workspaces"} <= set(snap)
     assert set(snap) - {"frozen", "pools", "counts", "workspaces"} <= {"bus_dropped"}
     assert snap["frozen"] is False
-    assert {k: v for k, v in snap["counts"].items() if v} == {"running": 3, "queued": 2,
-                                                               "completed": 1}
+    assert {k: v for k, v in snap["counts"].items() if v} == {"running": 3, "queued": 2, "completed": 1}
     pools = snap["pools"]
     assert set(pools) == {"claude", "codex", "gemini"}
     for entry in pools.values():
@@ -584,23 +705,49 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
     assert pools["claude"].pop("daily_used") in (0, 2)
     assert pools["codex"].pop("daily_used") in (0, 1)
     assert pools["claude"] == {
-        "running": 1, "queued": 0, "limit": 2, "models": {"opus": {"running": 1, "limit": None}},
-        "backoff_until": None, "daily_limit": None, "next_spawn_at": None,
-        "oldest_queued_at": None, "throughput_1m": 1}
+        "running": 1,
+        "queued": 0,
+        "limit": 2,
+        "models": {"opus": {"running": 1, "limit": None}},
+        "backoff_until": None,
+        "daily_limit": None,
+        "next_spawn_at": None,
+        "oldest_queued_at": None,
+        "throughput_1m": 1,
+    }
     assert pools["codex"] == {
-        "running": 1, "queued": 1, "limit": 5, "models": {"gpt-5.4": {"running": 1, "limit": 1}},
-        "backoff_until": None, "daily_limit": None, "next_spawn_at": None,
-        "oldest_queued_at": "2027-01-15T08:00:02.000Z", "throughput_1m": 0}
+        "running": 1,
+        "queued": 1,
+        "limit": 5,
+        "models": {"gpt-5.4": {"running": 1, "limit": 1}},
+        "backoff_until": None,
+        "daily_limit": None,
+        "next_spawn_at": None,
+        "oldest_queued_at": "2027-01-15T08:00:02.000Z",
+        "throughput_1m": 0,
+    }
     assert pools["gemini"] == {
-        "running": 1, "queued": 1, "limit": None, "models": {}, "backoff_until": None,
-        "daily_used": 1, "daily_limit": 10, "next_spawn_at": "2027-01-15T08:01:10.000Z",
-        "oldest_queued_at": "2027-01-15T08:00:04.000Z", "throughput_1m": 0}
+        "running": 1,
+        "queued": 1,
+        "limit": None,
+        "models": {},
+        "backoff_until": None,
+        "daily_used": 1,
+        "daily_limit": 10,
+        "next_spawn_at": "2027-01-15T08:01:10.000Z",
+        "oldest_queued_at": "2027-01-15T08:00:04.000Z",
+        "throughput_1m": 0,
+    }
 
     rows = snap["workspaces"]
     assert [(r["workspace"], r["state"], r["agent"]) for r in rows] == [
-        ("w4", "running", "gemini"), ("w2", "running", "codex:gpt-5.4"),
-        ("w1", "running", "claude:opus"), ("w6", "completed", "claude"),
-        ("w5", "queued", "gemini"), ("w3", "queued", "codex:gpt-5.4")]
+        ("w4", "running", "gemini"),
+        ("w2", "running", "codex:gpt-5.4"),
+        ("w1", "running", "claude:opus"),
+        ("w6", "completed", "claude"),
+        ("w5", "queued", "gemini"),
+        ("w3", "queued", "codex:gpt-5.4"),
+    ]
     short = store.snapshot(now=T0 + 30, limits=limits, limit=4)["workspaces"]
     assert [r["workspace"] for r in short] == ["w4", "w2", "w1", "w6"]
     only_running = store.snapshot(now=T0 + 30, limits=limits, limit=2)["workspaces"]
@@ -626,7 +773,8 @@ def test_events_after_reads_from_a_cursor(store: Store) -> None:
         enqueue(store, f"w{n}", now=T0 + n, origin="session-1")
     events = store.events_after(0)
     assert [(e.type, e.workspace, e.at, e.origin) for e in events] == [
-        ("AgentQueued", f"w{n}", T0 + n, "session-1") for n in range(3)]
+        ("AgentQueued", f"w{n}", T0 + n, "session-1") for n in range(3)
+    ]
     ids = [e.id for e in events]
     assert ids == sorted(ids) and len(set(ids)) == 3 and ids[0] > 0
     assert store.last_event_id() == ids[-1]
@@ -637,7 +785,8 @@ def test_events_after_reads_from_a_cursor(store: Store) -> None:
     assert store.events_after(ids[-1]) == []  # a reservation is not a start
     start(store, run, T0 + 6)
     assert [(e.type, e.workspace, e.at) for e in store.events_after(ids[-1])] == [
-        ("AgentStarted", "w0", T0 + 6)]
+        ("AgentStarted", "w0", T0 + 6)
+    ]
 
 
 def test_a_completed_run_emits_started_then_completed(store: Store) -> None:
@@ -676,29 +825,34 @@ def test_peers_heartbeat_list_newest_first_and_remove(store: Store) -> None:
     store.heartbeat_peer("p2", pid=11, start=21, boot_id="boot", kind="http", now=T0 + 1)
     store.heartbeat_peer("p1", pid=10, start=20, boot_id="boot", kind="stdio", now=T0 + 2)
     peers = store.peers()
-    assert [(p["id"], p["pid"], p["start"], p["boot_id"], p["kind"], p["heartbeat_at"])
-            for p in peers] == [("p1", 10, 20, "boot", "stdio", T0 + 2),
-                                ("p2", 11, 21, "boot", "http", T0 + 1)]
+    assert [(p["id"], p["pid"], p["start"], p["boot_id"], p["kind"], p["heartbeat_at"]) for p in peers] == [
+        ("p1", 10, 20, "boot", "stdio", T0 + 2),
+        ("p2", 11, 21, "boot", "http", T0 + 1),
+    ]
     assert store.remove_peers(["p1"]) == 1
     assert store.remove_peers(["p1", "nobody"]) == 0
     assert store.remove_peers([]) == 0
     assert [p["id"] for p in store.peers()] == ["p2"]
 
 
-@pytest.mark.parametrize("call", [
-    pytest.param(lambda s: s.get_workspace("a"), id="get_workspace"),
-    pytest.param(lambda s: s.claim_next(now=T0, limits=NO_LIMITS, peer="p"), id="claim_next"),
-    pytest.param(lambda s: s.set_frozen(True, now=T0), id="set_frozen"),
-    pytest.param(lambda s: s.events_after(0), id="events_after"),
-    pytest.param(lambda s: s.has_work(), id="has_work"),
-    pytest.param(lambda s: s.is_frozen(), id="is_frozen"),
-    pytest.param(lambda s: s.pool_state("claude"), id="pool_state"),
-    pytest.param(lambda s: s.queue_position("a"), id="queue_position"),
-    pytest.param(lambda s: s.recent_runtimes("claude"), id="recent_runtimes"),
-    pytest.param(lambda s: s.snapshot(now=T0, limits=NO_LIMITS), id="snapshot"),
-])
-def test_driver_errors_stop_at_the_store_as_store_error(backend: Backend,
-                                                        call: Callable[[Store], object]) -> None:
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda s: s.get_workspace("a"), id="get_workspace"),
+        pytest.param(lambda s: s.claim_next(now=T0, limits=NO_LIMITS, peer="p"), id="claim_next"),
+        pytest.param(lambda s: s.set_frozen(True, now=T0), id="set_frozen"),
+        pytest.param(lambda s: s.events_after(0), id="events_after"),
+        pytest.param(lambda s: s.has_work(), id="has_work"),
+        pytest.param(lambda s: s.is_frozen(), id="is_frozen"),
+        pytest.param(lambda s: s.pool_state("claude"), id="pool_state"),
+        pytest.param(lambda s: s.queue_position("a"), id="queue_position"),
+        pytest.param(lambda s: s.recent_runtimes("claude"), id="recent_runtimes"),
+        pytest.param(lambda s: s.snapshot(now=T0, limits=NO_LIMITS), id="snapshot"),
+    ],
+)
+def test_driver_errors_stop_at_the_store_as_store_error(
+    backend: Backend, call: Callable[[Store], object]
+) -> None:
     closed = backend.open()
     backend.close(closed)
     with pytest.raises(StoreError):
@@ -739,8 +893,13 @@ def test_pool_state_survives_reopening_the_store(backend: Backend, store: Store)
     start(store, run, T0 + 1)
     finish(store, run, T0 + 2, Outcome.RATE_LIMITED, rate=rate)
     before = store.pool_state("claude")
-    assert before == PoolState(backoff_until=NEXT_RESET, fail_count=1, last_spawn=T0 + 1,
-                               daily_count=2, daily_day=day_key(rate, to_dt(T0)))
+    assert before == PoolState(
+        backoff_until=NEXT_RESET,
+        fail_count=1,
+        last_spawn=T0 + 1,
+        daily_count=2,
+        daily_day=day_key(rate, to_dt(T0)),
+    )
     store.set_frozen(True, now=T0 + 3)
     backend.close(store)
 

@@ -26,12 +26,21 @@ def open_store(url: str) -> Store:
     from ..errors import ConfigError
 
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("DISPATCH_RUNNER_STORE", None, "store", "this dispatch-runner has no "
-                          "PostgreSQL store yet (it comes with the multi-host release); use the "
-                          "embedded store: unset DISPATCH_RUNNER_STORE or set it to "
-                          "sqlite:///path/to/state.db")
-    raise ConfigError("DISPATCH_RUNNER_STORE", None, "store",
-                      f"unsupported store URL {url!r}; use sqlite:///path/to/state.db")
+        raise ConfigError(
+            "DISPATCH_RUNNER_STORE",
+            None,
+            "store",
+            "this dispatch-runner has no "
+            "PostgreSQL store yet (it comes with the multi-host release); use the "
+            "embedded store: unset DISPATCH_RUNNER_STORE or set it to "
+            "sqlite:///path/to/state.db",
+        )
+    raise ConfigError(
+        "DISPATCH_RUNNER_STORE",
+        None,
+        "store",
+        f"unsupported store URL {url!r}; use sqlite:///path/to/state.db",
+    )
 
 
 __all__ = [

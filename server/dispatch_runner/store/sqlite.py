@@ -67,19 +67,24 @@ class SQLiteStore:
             self._db = self._connect()
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the store at {self.path}: {exc}; check the directory "
-                             "exists and is writable, or set DISPATCH_RUNNER_STORE") from exc
+            raise StoreError(
+                f"cannot open the store at {self.path}: {exc}; check the directory "
+                "exists and is writable, or set DISPATCH_RUNNER_STORE"
+            ) from exc
         if str(mode).lower() != "wal":
             # without WAL a reader blocks a writer's COMMIT and peers stall each other
             self._db.close()
-            raise StoreError(f"the store at {self.path} cannot use SQLite's WAL journal (it stays "
-                             f"in {mode!r} mode; WAL needs a local file system with shared memory "
-                             "and write access): put it on a local disk or set DISPATCH_RUNNER_STORE")
+            raise StoreError(
+                f"the store at {self.path} cannot use SQLite's WAL journal (it stays "
+                f"in {mode!r} mode; WAL needs a local file system with shared memory "
+                "and write access): put it on a local disk or set DISPATCH_RUNNER_STORE"
+            )
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
         db.execute("PRAGMA synchronous = NORMAL")
@@ -169,8 +174,10 @@ class SQLiteStore:
     def _migrate(self) -> None:
         version = self._read("PRAGMA user_version")[0][0]
         if version > len(MIGRATIONS):
-            raise StoreError(f"the store {self.path} has schema version {version}, newer than this "
-                             f"dispatch-runner knows ({len(MIGRATIONS)}); upgrade dispatch-runner")
+            raise StoreError(
+                f"the store {self.path} has schema version {version}, newer than this "
+                f"dispatch-runner knows ({len(MIGRATIONS)}); upgrade dispatch-runner"
+            )
         if version == len(MIGRATIONS):
             return  # the common case (every shim opens the store): no write transaction
 
@@ -205,15 +212,32 @@ class SQLiteStore:
     # ---- events -----------------------------------------------------------------------------
 
     @staticmethod
-    def _event(db: sqlite3.Connection, type_: str, now: float, ws: str | None = None,
-               origin: str | None = None, **data: Any) -> None:
-        db.execute("INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
-                   (now, type_, ws, origin, json.dumps(data, separators=(",", ":"))))
+    def _event(
+        db: sqlite3.Connection,
+        type_: str,
+        now: float,
+        ws: str | None = None,
+        origin: str | None = None,
+        **data: Any,
+    ) -> None:
+        db.execute(
+            "INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
+            (now, type_, ws, origin, json.dumps(data, separators=(",", ":"))),
+        )
 
     def events_after(self, cursor: int, limit: int = 500) -> list[Event]:
         rows = self._read("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit))
-        return [Event(type=r["type"], workspace=r["workspace"], at=r["at"], origin=r["origin"],
-                      data=json.loads(r["data"]), id=r["id"]) for r in rows]
+        return [
+            Event(
+                type=r["type"],
+                workspace=r["workspace"],
+                at=r["at"],
+                origin=r["origin"],
+                data=json.loads(r["data"]),
+                id=r["id"],
+            )
+            for r in rows
+        ]
 
     def last_event_id(self) -> int:
         return int(self._read("SELECT coalesce(max(id), 0) FROM events")[0][0])
@@ -224,18 +248,21 @@ class SQLiteStore:
         rows = self._read("SELECT * FROM workspaces WHERE idempotency_key = ?", (key,))
         return _ws(rows[0]) if rows else None
 
-    def enqueue(self, ws: NewWorkspace, *, now: float, max_wait_s: float | None,
-                limits: Limits) -> EnqueueResult:
+    def enqueue(
+        self, ws: NewWorkspace, *, now: float, max_wait_s: float | None, limits: Limits
+    ) -> EnqueueResult:
         def tx(db: sqlite3.Connection) -> EnqueueResult:
             if ws.idempotency_key:
-                row = db.execute("SELECT * FROM workspaces WHERE idempotency_key = ?",
-                                 (ws.idempotency_key,)).fetchone()
+                row = db.execute(
+                    "SELECT * FROM workspaces WHERE idempotency_key = ?", (ws.idempotency_key,)
+                ).fetchone()
                 if row is not None:
                     existing = _ws(row)
                     return EnqueueResult(existing, True, self._position(db, existing), 0.0)
             position, eta, gate_wait = self._estimate(db, ws.pool, ws.model, ws.priority, now, limits)
-            if policy.exceeds_max_wait(eta_s=eta, position=position, gate_wait_s=gate_wait,
-                                       max_wait_s=max_wait_s):
+            if policy.exceeds_max_wait(
+                eta_s=eta, position=position, gate_wait_s=gate_wait, max_wait_s=max_wait_s
+            ):
                 raise QueueBusy(ws.pool, eta, max_wait_s or 0.0, position)
             db.execute(
                 """INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
@@ -243,20 +270,41 @@ class SQLiteStore:
                    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
                    origin, parent, spec, rev)
                    VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1)""",
-                (ws.id, ws.pool, ws.model, lane_of(ws.pool, ws.model), ws.agent, ws.task,
-                 ws.template, ws.priority, ws.label, ws.path, ws.run_dir, ws.cwd, ws.repo,
-                 ws.branch, ws.base_commit, ws.idempotency_key, ws.max_attempts, ws.timeout_s, now,
-                 now, ws.origin, ws.parent, json.dumps(ws.spec)),
+                (
+                    ws.id,
+                    ws.pool,
+                    ws.model,
+                    lane_of(ws.pool, ws.model),
+                    ws.agent,
+                    ws.task,
+                    ws.template,
+                    ws.priority,
+                    ws.label,
+                    ws.path,
+                    ws.run_dir,
+                    ws.cwd,
+                    ws.repo,
+                    ws.branch,
+                    ws.base_commit,
+                    ws.idempotency_key,
+                    ws.max_attempts,
+                    ws.timeout_s,
+                    now,
+                    now,
+                    ws.origin,
+                    ws.parent,
+                    json.dumps(ws.spec),
+                ),
             )
-            self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent,
-                        priority=ws.priority)
+            self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority)
             row = db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone()
             return EnqueueResult(_ws(row), False, position, eta)
 
         return self._write(tx)
 
-    def _estimate(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int,
-                  now: float, limits: Limits) -> tuple[int, float | None, float]:
+    def _estimate(
+        self, db: sqlite3.Connection, pool: str, model: str | None, priority: int, now: float, limits: Limits
+    ) -> tuple[int, float | None, float]:
         """(1-based position a new dispatch would take in its pool queue, estimated wait or None
         when unknown, the pool's time gate alone)."""
         state = self._pool_state(db, pool)
@@ -270,31 +318,43 @@ class SQLiteStore:
         if model_cap is not None and (total is None or model_cap < total):
             # the model's own limit is the tighter gate: count its lane only
             total = model_cap
-            running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ? "
-                                 "AND model = ?", (pool, model)).fetchone()[0]
-            ahead_sql = ("SELECT count(*) FROM workspaces INDEXED BY workspaces_queue "
-                         "WHERE state = 'queued' AND lane = ? AND priority <= ?")
+            running = db.execute(
+                "SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ? AND model = ?",
+                (pool, model),
+            ).fetchone()[0]
+            ahead_sql = (
+                "SELECT count(*) FROM workspaces INDEXED BY workspaces_queue "
+                "WHERE state = 'queued' AND lane = ? AND priority <= ?"
+            )
             args: tuple[Any, ...] = (lane_of(pool, model), priority)
         else:
-            running = db.execute("SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?",
-                                 (pool,)).fetchone()[0]
-            ahead_sql = ("SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool "
-                         "WHERE state = 'queued' AND pool = ? AND priority <= ?")
+            running = db.execute(
+                "SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?", (pool,)
+            ).fetchone()[0]
+            ahead_sql = (
+                "SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool "
+                "WHERE state = 'queued' AND pool = ? AND priority <= ?"
+            )
             args = (pool, priority)
         assert total is not None
         ahead = db.execute(ahead_sql, args).fetchone()[0]
         if running + ahead < total:
             return 0, gate_wait, gate_wait
         position = ahead + 1 - max(total - running, 0)
-        return position, policy.estimate_wait_s(position=position, limit=total,
-                                                runtimes_s=self._runtimes(db, pool),
-                                                gate_wait_s=gate_wait), gate_wait
+        return (
+            position,
+            policy.estimate_wait_s(
+                position=position, limit=total, runtimes_s=self._runtimes(db, pool), gate_wait_s=gate_wait
+            ),
+            gate_wait,
+        )
 
     def _runtimes(self, db: sqlite3.Connection, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
         rows = db.execute(
             """SELECT ended_at - coalesce(agent_started_at, started_at) FROM runs WHERE pool = ?
                AND ended_at IS NOT NULL AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?""",
-            (pool, limit)).fetchall()
+            (pool, limit),
+        ).fetchall()
         return [float(r[0]) for r in reversed(rows)]
 
     def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
@@ -311,11 +371,14 @@ class SQLiteStore:
     def _position(db: sqlite3.Connection, ws: WorkspaceRow) -> int:
         if ws.state != WorkspaceState.QUEUED:
             return 0
-        return int(db.execute(
-            """SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
+        return int(
+            db.execute(
+                """SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
                WHERE state = 'queued' AND pool = ? AND
                (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))))""",
-            (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq)).fetchone()[0])
+                (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq),
+            ).fetchone()[0]
+        )
 
     def get_workspace(self, workspace_id: str) -> WorkspaceRow | None:
         rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
@@ -332,8 +395,11 @@ class SQLiteStore:
         if self._frozen(db):
             return ClaimResult(None, None)
         best, wake = self._pick(db, now, limits)
-        later = db.execute("SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before "
-                           "WHERE state = 'queued' AND not_before > ?", (now,)).fetchone()[0]
+        later = db.execute(
+            "SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before "
+            "WHERE state = 'queued' AND not_before > ?",
+            (now,),
+        ).fetchone()[0]
         if later is not None:
             wake.append(float(later))
         wake_at = min(wake) if wake else None
@@ -341,8 +407,9 @@ class SQLiteStore:
             return ClaimResult(None, wake_at)
         return ClaimResult(self._take(db, _ws(best), now, limits, peer), wake_at)
 
-    def _pick(self, db: sqlite3.Connection, now: float,
-              limits: Limits) -> tuple[sqlite3.Row | None, list[float]]:
+    def _pick(
+        self, db: sqlite3.Connection, now: float, limits: Limits
+    ) -> tuple[sqlite3.Row | None, list[float]]:
         """Capacity-first: the best head among lanes whose pool gate is open and that have room.
         Returns it and the times at which a time-gated pool opens."""
         running_pool, running_model = _running_counts(db)
@@ -359,20 +426,24 @@ class SQLiteStore:
                 if gate.wake_at is not None:
                     wake.append(gate.wake_at.timestamp())
                 continue
-            if not policy.has_capacity(limits.concurrency.get(pool),
-                                       pool_running=running_pool.get(pool, 0), model=model,
-                                       model_running=running_model.get((pool, model), 0)):
+            if not policy.has_capacity(
+                limits.concurrency.get(pool),
+                pool_running=running_pool.get(pool, 0),
+                model=model,
+                model_running=running_model.get((pool, model), 0),
+            ):
                 continue  # a slot frees on a completion event, not at a time
             head = db.execute(
                 """SELECT * FROM workspaces INDEXED BY workspaces_queue
                    WHERE state = 'queued' AND lane = ? AND not_before <= ?
-                   ORDER BY priority, created_at, seq LIMIT 1""", (lane, now)).fetchone()
+                   ORDER BY priority, created_at, seq LIMIT 1""",
+                (lane, now),
+            ).fetchone()
             if head is not None and (best is None or _order(head) < _order(best)):
                 best = head
         return best, wake
 
-    def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits,
-              peer: str) -> Claim:
+    def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> Claim:
         """Reserve the workspace's next run (counts as running until the shim starts it, and only
         then is it AgentStarted). The run remembers the pacing mark and daily slot it took, to
         give them back if it never starts."""
@@ -382,14 +453,15 @@ class SQLiteStore:
         cur = db.execute(
             "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark, "
             "prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?)",
-            (ws.id, ws.pool, ws.runs + 1, peer, now, after.last_spawn, before.last_spawn,
-             after.daily_day))
+            (ws.id, ws.pool, ws.runs + 1, peer, now, after.last_spawn, before.last_spawn, after.daily_day),
+        )
         run_id = int(cur.lastrowid or 0)
         db.execute(
             """UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
                started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
                updated_at = ?, rev = rev + 1 WHERE id = ?""",
-            (run_id, now, ws.id))
+            (run_id, now, ws.id),
+        )
         self._save_pool_state(db, ws.pool, after)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
         return Claim(claimed, run_id)
@@ -401,9 +473,13 @@ class SQLiteStore:
         row = db.execute("SELECT * FROM pool_state WHERE pool = ?", (pool,)).fetchone()
         if row is None:
             return PoolState()
-        return PoolState(backoff_until=row["backoff_until"], fail_count=row["fail_count"],
-                         last_spawn=row["last_spawn"], daily_count=row["daily_count"],
-                         daily_day=row["daily_day"])
+        return PoolState(
+            backoff_until=row["backoff_until"],
+            fail_count=row["fail_count"],
+            last_spawn=row["last_spawn"],
+            daily_count=row["daily_count"],
+            daily_day=row["daily_day"],
+        )
 
     @staticmethod
     def _save_pool_state(db: sqlite3.Connection, pool: str, s: PoolState) -> None:
@@ -413,27 +489,40 @@ class SQLiteStore:
                backoff_until = excluded.backoff_until, fail_count = excluded.fail_count,
                last_spawn = excluded.last_spawn, daily_count = excluded.daily_count,
                daily_day = excluded.daily_day""",
-            (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day))
+            (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day),
+        )
 
     def pool_state(self, pool: str) -> PoolState:
         return self._reading(lambda db: self._pool_state(db, pool))
 
     # ---- runs -------------------------------------------------------------------------------
 
-    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str,
-                  now: float) -> bool:
+    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str, now: float) -> bool:
         """Compare-and-set reserved -> running; False when the reservation was given back."""
+
         def tx(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 """UPDATE runs SET phase = 'running', shim_pid = ?, shim_start = ?, boot_id = ?,
                    started_at = ? WHERE id = ? AND phase = 'reserved' AND kill_requested = 0""",
-                (shim_pid, shim_start, boot_id, now, run_id))
+                (shim_pid, shim_start, boot_id, now, run_id),
+            )
             if cur.rowcount != 1:
                 return False
-            run = db.execute("SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w "
-                             "ON w.id = r.workspace WHERE r.id = ?", (run_id,)).fetchone()
-            self._event(db, "AgentStarted", now, run["id"], run["origin"], agent=run["agent"],
-                        run=run_id, attempt=run["attempt"])
+            run = db.execute(
+                "SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w "
+                "ON w.id = r.workspace WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            self._event(
+                db,
+                "AgentStarted",
+                now,
+                run["id"],
+                run["origin"],
+                agent=run["agent"],
+                run=run_id,
+                attempt=run["attempt"],
+            )
             return True
 
         return self._write(tx)
@@ -441,9 +530,13 @@ class SQLiteStore:
     def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> bool:
         """Record the agent's identity; True when a kill was requested meanwhile (the shim then
         stops its agent itself: the killer may have gone before the pid was known)."""
+
         def tx(db: sqlite3.Connection) -> bool:
-            cur = db.execute("UPDATE runs SET agent_pid = ?, agent_start = ?, agent_started_at = ? "
-                             "WHERE id = ? AND phase = 'running'", (agent_pid, agent_start, now, run_id))
+            cur = db.execute(
+                "UPDATE runs SET agent_pid = ?, agent_start = ?, agent_started_at = ? "
+                "WHERE id = ? AND phase = 'running'",
+                (agent_pid, agent_start, now, run_id),
+            )
             if cur.rowcount:  # the workspace's times are the agent's: its wall time is the duration
                 db.execute("UPDATE workspaces SET started_at = ? WHERE current_run = ?", (now, run_id))
             row = db.execute("SELECT kill_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -456,19 +549,23 @@ class SQLiteStore:
         return _run(rows[0]) if rows else None
 
     def active_runs(self) -> list[RunRow]:
-        return [_run(r) for r in self._read(
-            "SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id")]
+        return [
+            _run(r)
+            for r in self._read("SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id")
+        ]
 
-    def record_exit(self, run_id: int, result: RunExit, *, now: float,
-                    rate: RateConfig | None) -> WorkspaceRow | None:
+    def record_exit(
+        self, run_id: int, result: RunExit, *, now: float, rate: RateConfig | None
+    ) -> WorkspaceRow | None:
         """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
 
         Returns the updated workspace, or None when the exit was already recorded (by the shim or
         by recovery, whichever came first)."""
         return self._write(lambda db: self._record_exit(db, run_id, result, now, rate))
 
-    def _record_exit(self, db: sqlite3.Connection, run_id: int, result: RunExit, now: float,
-                     rate: RateConfig | None) -> WorkspaceRow | None:
+    def _record_exit(
+        self, db: sqlite3.Connection, run_id: int, result: RunExit, now: float, rate: RateConfig | None
+    ) -> WorkspaceRow | None:
         run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
@@ -476,18 +573,28 @@ class SQLiteStore:
         killed = bool(run["kill_requested"])
         outcome = Outcome.KILLED if killed else result.outcome
         detail = result.detail if outcome is result.outcome else "killed on request"
-        ended_reason = (result.ended_reason if outcome is result.outcome else None) \
-            or policy.ENDED_REASON[outcome]
-        requeues = db.execute("SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?",
-                              (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
-        decision = policy.decide_exit(outcome, attempts_before=ws.attempts,
-                                      max_attempts=ws.max_attempts, detail=detail,
-                                      requeues_before=requeues)
+        ended_reason = (result.ended_reason if outcome is result.outcome else None) or policy.ENDED_REASON[
+            outcome
+        ]
+        requeues = db.execute(
+            "SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?",
+            (ws.id, Outcome.RATE_LIMITED.value),
+        ).fetchone()[0]
+        decision = policy.decide_exit(
+            outcome,
+            attempts_before=ws.attempts,
+            max_attempts=ws.max_attempts,
+            detail=detail,
+            requeues_before=requeues,
+        )
         check_transition(WorkspaceState(ws.state), decision.state)
-        db.execute("UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? "
-                   "WHERE id = ?", (now, result.exit_code, outcome.value, run_id))
-        attempts = ws.attempts + (1 if decision.counts_attempt and outcome not in
-                                  (Outcome.SUCCEEDED, Outcome.KILLED) else 0)
+        db.execute(
+            "UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? WHERE id = ?",
+            (now, result.exit_code, outcome.value, run_id),
+        )
+        attempts = ws.attempts + (
+            1 if decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED) else 0
+        )
         finished = decision.state is not WorkspaceState.QUEUED
         db.execute(
             """UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
@@ -495,42 +602,92 @@ class SQLiteStore:
                ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END,
                ended_reason = ?, rev = rev + 1
                WHERE id = ?""",
-            (decision.state.value, decision.reason, attempts, now + decision.not_before_delay_s,
-             result.exit_code, result.summary, result.session_id, now if finished else None, now,
-             finished, ended_reason, ws.id))
+            (
+                decision.state.value,
+                decision.reason,
+                attempts,
+                now + decision.not_before_delay_s,
+                result.exit_code,
+                result.summary,
+                result.session_id,
+                now if finished else None,
+                now,
+                finished,
+                ended_reason,
+                ws.id,
+            ),
+        )
         if run["phase"] == "reserved":  # it never started: nothing reached the provider
             self._give_back_spawn(db, run)
         self._after_exit_pool_state(db, ws, outcome, result, now, rate)
-        common = {"agent": ws.agent, "exit_code": result.exit_code, "run": run_id,
-                  "duration_s": round(now - (run["agent_started_at"] or run["started_at"]
-                                             or run["claimed_at"]), 3),
-                  "reason": decision.reason, "dead_letter": decision.dead_letter,
-                  "ended_reason": ended_reason}
+        common = {
+            "agent": ws.agent,
+            "exit_code": result.exit_code,
+            "run": run_id,
+            "duration_s": round(now - (run["agent_started_at"] or run["started_at"] or run["claimed_at"]), 3),
+            "reason": decision.reason,
+            "dead_letter": decision.dead_letter,
+            "ended_reason": ended_reason,
+        }
         self._exit_events(db, ws, outcome, decision, now, common)
         return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
 
-    def _exit_events(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
-                     decision: policy.ExitDecision, now: float, common: dict[str, Any]) -> None:
+    def _exit_events(
+        self,
+        db: sqlite3.Connection,
+        ws: WorkspaceRow,
+        outcome: Outcome,
+        decision: policy.ExitDecision,
+        now: float,
+        common: dict[str, Any],
+    ) -> None:
         if outcome is Outcome.LOST:
             self._event(db, "AgentLost", now, ws.id, ws.origin, state=decision.state.value, **common)
         if decision.state in _EVENT_FOR_STATE and outcome is not Outcome.LOST:
-            self._event(db, _EVENT_FOR_STATE[decision.state], now, ws.id, ws.origin,
-                        state=decision.state.value, **common)
+            self._event(
+                db,
+                _EVENT_FOR_STATE[decision.state],
+                now,
+                ws.id,
+                ws.origin,
+                state=decision.state.value,
+                **common,
+            )
         if decision.state is WorkspaceState.QUEUED:
-            self._event(db, "AgentRetrying", now, ws.id, ws.origin, state="queued",
-                        outcome=outcome.value, not_before=now + decision.not_before_delay_s, **common)
+            self._event(
+                db,
+                "AgentRetrying",
+                now,
+                ws.id,
+                ws.origin,
+                state="queued",
+                outcome=outcome.value,
+                not_before=now + decision.not_before_delay_s,
+                **common,
+            )
         if decision.dead_letter:
-            self._event(db, "TaskDeadLettered", now, ws.id, ws.origin, state=decision.state.value,
-                        **common)
+            self._event(db, "TaskDeadLettered", now, ws.id, ws.origin, state=decision.state.value, **common)
 
     def _give_back_spawn(self, db: sqlite3.Connection, run: sqlite3.Row) -> None:
         """A claim that never started returns its pacing mark and daily slot."""
         state = self._pool_state(db, run["pool"])
-        self._save_pool_state(db, run["pool"], policy.undo_spawn(
-            state, marked=run["spawn_mark"], previous=run["prev_last_spawn"], day=run["counted_day"]))
+        self._save_pool_state(
+            db,
+            run["pool"],
+            policy.undo_spawn(
+                state, marked=run["spawn_mark"], previous=run["prev_last_spawn"], day=run["counted_day"]
+            ),
+        )
 
-    def _after_exit_pool_state(self, db: sqlite3.Connection, ws: WorkspaceRow, outcome: Outcome,
-                               result: RunExit, now: float, rate: RateConfig | None) -> None:
+    def _after_exit_pool_state(
+        self,
+        db: sqlite3.Connection,
+        ws: WorkspaceRow,
+        outcome: Outcome,
+        result: RunExit,
+        now: float,
+        rate: RateConfig | None,
+    ) -> None:
         state = self._pool_state(db, ws.pool)
         if outcome is Outcome.RATE_LIMITED or result.pool_fault:
             fails = state.fail_count + 1
@@ -538,36 +695,79 @@ class SQLiteStore:
                 until = now + policy.fault_backoff_s(fails)
             else:
                 until = policy.rate_limit_backoff_until(
-                    now=_dt(now), retry_at=_dt(result.retry_at) if result.retry_at else None,
-                    rate=rate, fail_count=fails).timestamp()
+                    now=_dt(now),
+                    retry_at=_dt(result.retry_at) if result.retry_at else None,
+                    rate=rate,
+                    fail_count=fails,
+                ).timestamp()
             until = max(until, state.backoff_until or 0.0)
-            self._save_pool_state(db, ws.pool, PoolState(
-                backoff_until=until, fail_count=fails, last_spawn=state.last_spawn,
-                daily_count=state.daily_count, daily_day=state.daily_day))
-            self._event(db, "PoolBackoff", now, ws.id, ws.origin, pool=ws.pool, until=until,
-                        fail_count=fails, reason=result.detail)
+            self._save_pool_state(
+                db,
+                ws.pool,
+                PoolState(
+                    backoff_until=until,
+                    fail_count=fails,
+                    last_spawn=state.last_spawn,
+                    daily_count=state.daily_count,
+                    daily_day=state.daily_day,
+                ),
+            )
+            self._event(
+                db,
+                "PoolBackoff",
+                now,
+                ws.id,
+                ws.origin,
+                pool=ws.pool,
+                until=until,
+                fail_count=fails,
+                reason=result.detail,
+            )
         elif outcome is Outcome.SUCCEEDED and state.fail_count:
-            self._save_pool_state(db, ws.pool, PoolState(
-                backoff_until=state.backoff_until, fail_count=0, last_spawn=state.last_spawn,
-                daily_count=state.daily_count, daily_day=state.daily_day))
+            self._save_pool_state(
+                db,
+                ws.pool,
+                PoolState(
+                    backoff_until=state.backoff_until,
+                    fail_count=0,
+                    last_spawn=state.last_spawn,
+                    daily_count=state.daily_count,
+                    daily_day=state.daily_day,
+                ),
+            )
 
     def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None:
         """A claim that was never spawned goes back to the queue (not an attempt)."""
+
         def tx(db: sqlite3.Connection) -> WorkspaceRow | None:
-            cur = db.execute("UPDATE runs SET phase = 'abandoned', ended_at = ? WHERE id = ? "
-                             "AND phase = 'reserved'", (now, run_id))
+            cur = db.execute(
+                "UPDATE runs SET phase = 'abandoned', ended_at = ? WHERE id = ? AND phase = 'reserved'",
+                (now, run_id),
+            )
             if cur.rowcount != 1:
                 return None
             run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             ws_id = run["workspace"]
-            db.execute("""UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
+            db.execute(
+                """UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
                           started_at = NULL, updated_at = ?, rev = rev + 1
-                          WHERE id = ? AND state = 'running'""", (now, ws_id))
+                          WHERE id = ? AND state = 'running'""",
+                (now, ws_id),
+            )
             self._give_back_spawn(db, run)
             ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws_id,)).fetchone())
-            self._event(db, "AgentRetrying", now, ws.id, ws.origin, agent=ws.agent, run=run_id,
-                        state="queued", outcome="reservation_returned",
-                        reason="the claiming peer never started the run")
+            self._event(
+                db,
+                "AgentRetrying",
+                now,
+                ws.id,
+                ws.origin,
+                agent=ws.agent,
+                run=run_id,
+                state="queued",
+                outcome="reservation_returned",
+                reason="the claiming peer never started the run",
+            )
             return ws
 
         return self._write(tx)
@@ -585,18 +785,27 @@ class SQLiteStore:
     def set_frozen(self, frozen: bool, *, now: float) -> bool:
         def tx(db: sqlite3.Connection) -> bool:
             was = self._frozen(db)
-            db.execute("INSERT INTO settings (key, value) VALUES ('frozen', ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                       ("1" if frozen else "0",))
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES ('frozen', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                ("1" if frozen else "0",),
+            )
             if was != frozen:
                 self._event(db, "QueueFrozen" if frozen else "QueueUnfrozen", now)
             return frozen
 
         return self._write(tx)
 
-    def plan_kill(self, *, workspaces: Sequence[str] = (), agent: str | None = None,
-                  everything: bool = False, now: float) -> KillPlan:
+    def plan_kill(
+        self,
+        *,
+        workspaces: Sequence[str] = (),
+        agent: str | None = None,
+        everything: bool = False,
+        now: float,
+    ) -> KillPlan:
         """Cancel the queued targets; mark running ones kill_requested and return them to signal."""
+
         def tx(db: sqlite3.Connection) -> KillPlan:
             if everything:
                 where, args = "state IN ('queued', 'running')", []
@@ -612,17 +821,23 @@ class SQLiteStore:
             for ws in rows:
                 if ws.state == WorkspaceState.QUEUED:
                     check_transition(WorkspaceState.QUEUED, WorkspaceState.CANCELLED)
-                    db.execute("UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on "
-                               "request', ended_reason = 'cancelled', ended_at = ?, updated_at = ?, "
-                               "rev = rev + 1 WHERE id = ?", (now, now, ws.id))
-                    self._event(db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent,
-                                state="cancelled")
-                    cancelled.append(_ws(db.execute("SELECT * FROM workspaces WHERE id = ?",
-                                                    (ws.id,)).fetchone()))
+                    db.execute(
+                        "UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on "
+                        "request', ended_reason = 'cancelled', ended_at = ?, updated_at = ?, "
+                        "rev = rev + 1 WHERE id = ?",
+                        (now, now, ws.id),
+                    )
+                    self._event(
+                        db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent, state="cancelled"
+                    )
+                    cancelled.append(
+                        _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
+                    )
                 elif ws.current_run is not None:
                     db.execute("UPDATE runs SET kill_requested = 1 WHERE id = ?", (ws.current_run,))
-                    signal.append(_run(db.execute("SELECT * FROM runs WHERE id = ?",
-                                                  (ws.current_run,)).fetchone()))
+                    signal.append(
+                        _run(db.execute("SELECT * FROM runs WHERE id = ?", (ws.current_run,)).fetchone())
+                    )
             return KillPlan(cancelled, signal)
 
         return self._write(tx)
@@ -630,25 +845,45 @@ class SQLiteStore:
     # ---- reading ----------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._read("SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN "
-                               "('queued', 'running'))")[0][0])
+        return bool(
+            self._read("SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'))")[0][0]
+        )
 
-    def snapshot(self, *, now: float, limits: Limits, agent: str | None = None,
-                 state: str | None = None, limit: int = 20) -> dict[str, Any]:
-        return self._reading(lambda db: snapshot(db, now=now, limits=limits, agent=agent, state=state,
-                                                 limit=limit, pool_state=self._pool_state,
-                                                 frozen=self._frozen(db), to_row=_ws))
+    def snapshot(
+        self,
+        *,
+        now: float,
+        limits: Limits,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        return self._reading(
+            lambda db: snapshot(
+                db,
+                now=now,
+                limits=limits,
+                agent=agent,
+                state=state,
+                limit=limit,
+                pool_state=self._pool_state,
+                frozen=self._frozen(db),
+                to_row=_ws,
+            )
+        )
 
     # ---- peers and housekeeping -------------------------------------------------------------
 
-    def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str,
-                       now: float) -> None:
-        self._write(lambda db: db.execute(
-            """INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
+    def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str, now: float) -> None:
+        self._write(
+            lambda db: db.execute(
+                """INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
                VALUES (?,?,?,?,?,?,?)
                ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
                schema = excluded.schema""",
-            (peer, pid, start, boot_id, kind, now, len(MIGRATIONS))))
+                (peer, pid, start, boot_id, kind, now, len(MIGRATIONS)),
+            )
+        )
 
     def peers(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._read("SELECT * FROM peers ORDER BY heartbeat_at DESC")]
@@ -657,30 +892,40 @@ class SQLiteStore:
         if not peers:
             return 0
         marks = ",".join("?" * len(peers))
-        return self._write(lambda db: db.execute(f"DELETE FROM peers WHERE id IN ({marks})",
-                                                 list(peers)).rowcount)
+        return self._write(
+            lambda db: db.execute(f"DELETE FROM peers WHERE id IN ({marks})", list(peers)).rowcount
+        )
 
-    def finished_before(self, before: float, *, after: tuple[float, str] | None = None,
-                        limit: int = 500) -> list[WorkspaceRow]:
+    def finished_before(
+        self, before: float, *, after: tuple[float, str] | None = None, limit: int = 500
+    ) -> list[WorkspaceRow]:
         """Finished workspaces that ended before `before`, oldest first, from past the
         (ended_at, id) cursor `after` (garbage collection pages through them)."""
         since, last = after if after is not None else (float("-inf"), "")
-        return [_ws(r) for r in self._read(
-            "SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
-            "('queued', 'running') AND (ended_at > ? OR (ended_at = ? AND id > ?)) "
-            "ORDER BY ended_at, id LIMIT ?", (before, since, since, last, limit))]
+        return [
+            _ws(r)
+            for r in self._read(
+                "SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
+                "('queued', 'running') AND (ended_at > ? OR (ended_at = ? AND id > ?)) "
+                "ORDER BY ended_at, id LIMIT ?",
+                (before, since, since, last, limit),
+            )
+        ]
 
     def forget(self, workspaces: Sequence[str], *, events_before: float) -> int:
         """Delete these finished workspaces with their runs, and every event older than
         `events_before`. Their files are removed by the caller first."""
+
         def tx(db: sqlite3.Connection) -> int:
             gone = 0
             for chunk in range(0, len(workspaces), 500):
-                part = list(workspaces[chunk:chunk + 500])
+                part = list(workspaces[chunk : chunk + 500])
                 marks = ",".join("?" * len(part))
                 db.execute(f"DELETE FROM runs WHERE workspace IN ({marks})", part)
-                gone += db.execute(f"DELETE FROM workspaces WHERE id IN ({marks}) AND state NOT IN "
-                                   "('queued', 'running')", part).rowcount
+                gone += db.execute(
+                    f"DELETE FROM workspaces WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
+                    part,
+                ).rowcount
             db.execute("DELETE FROM events WHERE at < ?", (events_before,))
             return gone
 
@@ -705,8 +950,9 @@ def _running_counts(db: sqlite3.Connection) -> tuple[dict[str, int], dict[tuple[
     """Running (and reserved) runs per pool and per (pool, model)."""
     pools: dict[str, int] = {}
     models: dict[tuple[str, str | None], int] = {}
-    for r in db.execute("SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' "
-                        "GROUP BY pool, model"):
+    for r in db.execute(
+        "SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' GROUP BY pool, model"
+    ):
         pools[r["pool"]] = pools.get(r["pool"], 0) + r["n"]
         models[(r["pool"], r["model"])] = r["n"]
     return pools, models
@@ -725,32 +971,68 @@ def _lanes(db: sqlite3.Connection) -> list[str]:
              SELECT (SELECT min(lane) FROM workspaces INDEXED BY workspaces_queue
                      WHERE state = 'queued' AND lane > l.lane)
              FROM l WHERE l.lane IS NOT NULL)
-           SELECT lane FROM l WHERE lane IS NOT NULL""").fetchall()
+           SELECT lane FROM l WHERE lane IS NOT NULL"""
+    ).fetchall()
     return [r[0] for r in rows]
 
 
 def _ws(row: sqlite3.Row) -> WorkspaceRow:
     return WorkspaceRow(
-        id=row["id"], seq=row["seq"], pool=row["pool"], model=row["model"], agent=row["agent"],
-        task=row["task"], template=row["template"], priority=row["priority"], label=row["label"],
-        state=row["state"], reason=row["reason"], path=row["path"], run_dir=row["run_dir"],
-        cwd=row["cwd"], repo=row["repo"], branch=row["branch"],
-        idempotency_key=row["idempotency_key"], base_commit=row["base_commit"], runs=row["runs"],
-        attempts=row["attempts"], ended_reason=row["ended_reason"], rev=row["rev"],
-        max_attempts=row["max_attempts"], timeout_s=row["timeout_s"], not_before=row["not_before"],
-        created_at=row["created_at"], updated_at=row["updated_at"], started_at=row["started_at"],
+        id=row["id"],
+        seq=row["seq"],
+        pool=row["pool"],
+        model=row["model"],
+        agent=row["agent"],
+        task=row["task"],
+        template=row["template"],
+        priority=row["priority"],
+        label=row["label"],
+        state=row["state"],
+        reason=row["reason"],
+        path=row["path"],
+        run_dir=row["run_dir"],
+        cwd=row["cwd"],
+        repo=row["repo"],
+        branch=row["branch"],
+        idempotency_key=row["idempotency_key"],
+        base_commit=row["base_commit"],
+        runs=row["runs"],
+        attempts=row["attempts"],
+        ended_reason=row["ended_reason"],
+        rev=row["rev"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
         ended_at=row["ended_at"],
-        exit_code=row["exit_code"], summary=row["summary"], session_id=row["session_id"],
-        origin=row["origin"], parent=row["parent"], current_run=row["current_run"], pid=None,
+        exit_code=row["exit_code"],
+        summary=row["summary"],
+        session_id=row["session_id"],
+        origin=row["origin"],
+        parent=row["parent"],
+        current_run=row["current_run"],
+        pid=None,
         spec=json.loads(row["spec"]),
     )
 
 
 def _run(row: sqlite3.Row) -> RunRow:
     return RunRow(
-        id=row["id"], workspace=row["workspace"], pool=row["pool"], attempt=row["attempt"],
-        phase=row["phase"], claimed_by=row["claimed_by"], claimed_at=row["claimed_at"],
-        shim_pid=row["shim_pid"], shim_start=row["shim_start"], agent_pid=row["agent_pid"],
-        agent_start=row["agent_start"], boot_id=row["boot_id"], started_at=row["started_at"],
-        ended_at=row["ended_at"], kill_requested=bool(row["kill_requested"]),
+        id=row["id"],
+        workspace=row["workspace"],
+        pool=row["pool"],
+        attempt=row["attempt"],
+        phase=row["phase"],
+        claimed_by=row["claimed_by"],
+        claimed_at=row["claimed_at"],
+        shim_pid=row["shim_pid"],
+        shim_start=row["shim_start"],
+        agent_pid=row["agent_pid"],
+        agent_start=row["agent_start"],
+        boot_id=row["boot_id"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        kill_requested=bool(row["kill_requested"]),
     )

@@ -17,14 +17,27 @@ from .base import Limits, WorkspaceRow
 PoolStateReader = Callable[[sqlite3.Connection, str], PoolState]
 
 
-def snapshot(db: sqlite3.Connection, *, now: float, limits: Limits, agent: str | None,
-             state: str | None, limit: int, pool_state: PoolStateReader,
-             frozen: bool, to_row: Callable[[sqlite3.Row], WorkspaceRow]) -> dict[str, Any]:
+def snapshot(
+    db: sqlite3.Connection,
+    *,
+    now: float,
+    limits: Limits,
+    agent: str | None,
+    state: str | None,
+    limit: int,
+    pool_state: PoolStateReader,
+    frozen: bool,
+    to_row: Callable[[sqlite3.Row], WorkspaceRow],
+) -> dict[str, Any]:
     counts = {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM workspaces GROUP BY state")}
     pools = _pool_counts(db, limits)
     _pool_times(db, pools, now=now, limits=limits, pool_state=pool_state)
-    return {"frozen": frozen, "pools": dict(sorted(pools.items())), "counts": counts,
-            "workspaces": [_short(to_row(r), now) for r in _recent(db, agent, state, limit)]}
+    return {
+        "frozen": frozen,
+        "pools": dict(sorted(pools.items())),
+        "counts": counts,
+        "workspaces": [_short(to_row(r), now) for r in _recent(db, agent, state, limit)],
+    }
 
 
 def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, Any]]:
@@ -33,16 +46,24 @@ def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, 
     def entry(name: str) -> dict[str, Any]:
         if name not in pools:
             lim = limits.concurrency.get(name)
-            pools[name] = {"running": 0, "queued": 0, "limit": lim.total_limit if lim else None,
-                           "models": {m: {"running": 0, "limit": n if n > 0 else None}
-                                      for m, n in (lim.models.items() if lim else ())},
-                           "_oldest": None}
+            pools[name] = {
+                "running": 0,
+                "queued": 0,
+                "limit": lim.total_limit if lim else None,
+                "models": {
+                    m: {"running": 0, "limit": n if n > 0 else None}
+                    for m, n in (lim.models.items() if lim else ())
+                },
+                "_oldest": None,
+            }
         return pools[name]
 
     for name in limits.concurrency:
         entry(name)
-    for r in db.execute("SELECT pool, model, state, count(*) n, min(created_at) oldest FROM "
-                        "workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state"):
+    for r in db.execute(
+        "SELECT pool, model, state, count(*) n, min(created_at) oldest FROM "
+        "workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state"
+    ):
         e = entry(r["pool"])
         e[r["state"]] += r["n"]
         if r["state"] == "queued":
@@ -54,11 +75,21 @@ def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, 
     return pools
 
 
-def _pool_times(db: sqlite3.Connection, pools: dict[str, dict[str, Any]], *, now: float,
-                limits: Limits, pool_state: PoolStateReader) -> None:
-    thr = {r[0]: r[1] for r in db.execute(
-        "SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL "
-        "GROUP BY pool", (now - 60,))}
+def _pool_times(
+    db: sqlite3.Connection,
+    pools: dict[str, dict[str, Any]],
+    *,
+    now: float,
+    limits: Limits,
+    pool_state: PoolStateReader,
+) -> None:
+    thr = {
+        r[0]: r[1]
+        for r in db.execute(
+            "SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL GROUP BY pool",
+            (now - 60,),
+        )
+    }
     nowdt = datetime.fromtimestamp(now, UTC)
     for name, e in pools.items():
         ps = pool_state(db, name)
@@ -83,18 +114,28 @@ def _recent(db: sqlite3.Connection, agent: str | None, state: str | None, limit:
         filters.append("state = ?")
         args.append(state)
     where = " AND ".join(filters) if filters else "1"
-    rows = db.execute(f"SELECT * FROM workspaces WHERE state = 'running' AND {where} "
-                      "ORDER BY created_at DESC LIMIT ?", [*args, limit]).fetchall()
+    rows = db.execute(
+        f"SELECT * FROM workspaces WHERE state = 'running' AND {where} ORDER BY created_at DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()
     if len(rows) < limit:
-        rows += db.execute(f"SELECT * FROM workspaces WHERE state != 'running' AND {where} "
-                           "ORDER BY created_at DESC LIMIT ?", [*args, limit - len(rows)]).fetchall()
+        rows += db.execute(
+            f"SELECT * FROM workspaces WHERE state != 'running' AND {where} ORDER BY created_at DESC LIMIT ?",
+            [*args, limit - len(rows)],
+        ).fetchall()
     return rows
 
 
 def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
     end = ws.ended_at if ws.ended_at is not None else (now if ws.state == "running" else None)
     duration = None if ws.started_at is None or end is None else round(end - ws.started_at, 3)
-    return {"workspace": ws.id, "state": ws.state, "agent": ws.agent,
-            "priority": Priority(ws.priority).label, "label": ws.label,
-            "created_at": policy.iso(ws.created_at), "duration_s": duration,
-            "summary": (ws.summary or "")[:200] or None}
+    return {
+        "workspace": ws.id,
+        "state": ws.state,
+        "agent": ws.agent,
+        "priority": Priority(ws.priority).label,
+        "label": ws.label,
+        "created_at": policy.iso(ws.created_at),
+        "duration_s": duration,
+        "summary": (ws.summary or "")[:200] or None,
+    }
