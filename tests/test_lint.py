@@ -21,8 +21,13 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_the_tree_is_formatted_by_ruff_format() -> None:
-    out = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "."], cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, "run `ruff format .`:\n" + out.stdout + out.stderr
 
 
