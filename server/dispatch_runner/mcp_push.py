@@ -21,6 +21,7 @@ from mcp_types import LoggingLevel
 
 from .errors import DispatchError
 from .events import TERMINAL_EVENTS, Event
+from .mcp_private import connection_of
 from .policy import duration_text
 from .runner import Runner
 
@@ -44,12 +45,6 @@ class Client:
     everything: bool = False  # status(subscribe=true): every completion, not only its own
     log_level: LoggingLevel = "info"
     resources: set[str] = field(default_factory=set)
-
-
-def connection_of(session: ServerSession) -> Connection:
-    # ServerSession is rebuilt for every request; the Connection lives as long as the client.
-    # mcp 2.3 has no public accessor on ServerSession (its extension Context reads the same field).
-    return session._connection
 
 
 class Clients:

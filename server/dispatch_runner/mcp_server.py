@@ -39,6 +39,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from . import __version__
 from .config import Config
 from .errors import InvalidArgument, UnknownWorkspace
+from .mcp_private import lowlevel
 from .mcp_push import LOG_LEVELS, Clients, Pusher
 from .mcp_tools import argument_checker, build_tools
 from .runner import Runner
@@ -184,7 +185,7 @@ def _add_handlers(mcp: MCPServer, clients: Clients) -> None:
         return types.EmptyResult()
 
     # MCPServer registers none of these; the low-level server is where spec handlers live.
-    low = mcp._lowlevel_server
+    low = lowlevel(mcp)
     low.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     low.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
     low.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
@@ -241,7 +242,7 @@ def serve(
 
 
 async def _serve_stdio(runner: Runner, mcp: MCPServer, pusher: Pusher) -> None:
-    low = mcp._lowlevel_server
+    low = lowlevel(mcp)
     # capabilities are read from the handlers registered by now (subscribe, setLevel)
     options = low.create_initialization_options(experimental_capabilities={CHANNEL_CAPABILITY: {}})
     # The task group's scope covers stdio_server too: its exit waits for the stdin reader.
