@@ -54,8 +54,9 @@ class Observer:
             self.updated.append(str(message.params.uri))
             self._touch()
 
-    async def on_progress(self, value: float, total: float | None, message: str | None) -> None:
-        self.progress.append((value, total, message))
+    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        # the parameter names are those of mcp's ProgressFnT protocol
+        self.progress.append((progress, total, message))
         self._touch()
 
     def extension(self) -> ClientExtension:

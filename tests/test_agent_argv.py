@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_runner import argv as argvlib
+import dispatch_runner.argv as argvlib
 from dispatch_runner.config import BUILTIN_AGENTS, load_config
 from dispatch_runner.errors import TaskTooLarge
 from dispatch_runner.runner import Runner

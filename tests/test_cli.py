@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch_runner import cli
+import dispatch_runner.cli as cli
 from dispatch_runner.config import load_config
 from dispatch_runner.store import open_store
 from tests.conftest import Home, wait_for

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch_runner import cli
+import dispatch_runner.cli as cli
 from tests.conftest import Home, wait_for
 from tests.test_cli import run_cli, state_of
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psutil
@@ -24,7 +25,7 @@ FAKE_OPENCODE = FAKES / "fake_opencode.py"
 CLAUDE_STREAM = ["-p", "--output-format", "stream-json", "--verbose"]
 
 
-def _load_overlap():  # by path: independent of how pytest puts tests/ on sys.path
+def _load_overlap() -> ModuleType:  # by path: independent of how pytest puts tests/ on sys.path
     spec = importlib.util.spec_from_file_location("_fakes_overlap_under_test", FAKES / "overlap.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -46,14 +47,15 @@ def fixture(name: str) -> tuple[bytes, bytes, int]:
 def run(
     script: Path,
     *args: str,
-    env=None,
-    cwd=None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
     input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    # stdin is the input (run() makes it a pipe) or else /dev/null
     return subprocess.run(
         [sys.executable, str(script), *args],
-        capture_output=True, env=env, cwd=cwd, timeout=30, **stdin,
+        capture_output=True, env=env, cwd=cwd, timeout=30,
+        input=input, stdin=subprocess.DEVNULL if input is None else None,
     )  # fmt: skip
 
 
@@ -61,11 +63,15 @@ def log_env(log: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "FAKE_AGENT_LOG": str(log), **extra}
 
 
-def wait_for_event(proc: subprocess.Popen, log: Path, event: str, timeout: float = 15) -> dict:
+def wait_for_event(
+    proc: subprocess.Popen[bytes], log: Path, event: str, timeout: float = 15
+) -> dict[str, Any]:
     """Poll the log (with proc.wait as the pause) until proc has logged ``event``."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [e for e in overlap.events(log) if e["event"] == event and e["pid"] == proc.pid]
+        found: list[dict[str, Any]] = [
+            e for e in overlap.events(log) if e["event"] == event and e["pid"] == proc.pid
+        ]
         if found:
             return found[-1]
         if proc.poll() is not None:
@@ -100,7 +106,9 @@ def wait_gone(pid: int, timeout: float = 10) -> bool:
 class Spawned:
     """Popen with stdout/stderr in files; always killed (group) and waited on exit."""
 
-    def __init__(self, tmp_path: Path, script: Path, *args: str, env=None, group=False) -> None:
+    def __init__(
+        self, tmp_path: Path, script: Path, *args: str, env: dict[str, str] | None = None, group: bool = False
+    ) -> None:
         self.out_path, self.err_path = tmp_path / "out", tmp_path / "err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
@@ -109,7 +117,7 @@ class Spawned:
             )  # fmt: skip
         self.group = group
 
-    def __enter__(self) -> subprocess.Popen:
+    def __enter__(self) -> subprocess.Popen[bytes]:
         return self.proc
 
     def __exit__(self, *exc: object) -> None:
@@ -337,7 +345,8 @@ def test_max_overlap_hand_written_log(tmp_path: Path) -> None:
 
 
 def parsed_event(log: Path) -> dict[str, Any]:
-    [event] = [e for e in overlap.events(log) if e["event"] == "parsed"]
+    events: list[dict[str, Any]] = [e for e in overlap.events(log) if e["event"] == "parsed"]
+    [event] = events
     return event
 
 

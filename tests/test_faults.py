@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from dispatch_runner import workspaces
+import dispatch_runner.workspaces as workspaces
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import StoreError
 from dispatch_runner.runner import Runner
@@ -287,7 +288,7 @@ async def test_rows_of_peers_that_were_killed_are_removed(home: Home) -> None:
     try:
         wait_for(lambda: len(store.peers()) == 3, timeout=30, message="three serving peers")
         for port, proc in procs:
-            wait_for(lambda port=port: listening(port), timeout=30, message="the peer listening")
+            wait_for(partial(listening, port), timeout=30, message="the peer listening")
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         assert len(store.peers()) == 3  # nobody withdrew them
@@ -395,7 +396,7 @@ async def test_a_full_disk_at_spawn_backs_the_pool_off_instead_of_spending_every
             lambda: runner.store.pool_state("agent").backoff_until, message="the pool backing off"
         )
         rows = [runner.store.get_workspace(i) for i in ids]
-    assert backoff > time.time() + 20
+    assert backoff is not None and backoff > time.time() + 20
     charged = [r for r in rows if r is not None and r.attempts]
     assert len(charged) == 1 and charged[0].ended_reason == "no_space"
     assert [r.state for r in rows if r is not None and not r.attempts] == ["queued"] * 4

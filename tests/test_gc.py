@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from dispatch_runner import cli
+import dispatch_runner.cli as cli
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import PathNotAllowed
 from dispatch_runner.runner import Runner
@@ -95,7 +95,10 @@ def test_gc_removes_directories_worktrees_and_empty_branches_and_keeps_work(
             {"task": "x", "agent": "true", "cwd": str(own_dir)},
         ],
     )
-    branches = lambda: set(git(repo, "branch", "--format=%(refname:short)").split())  # noqa: E731
+
+    def branches() -> set[str]:
+        return set(git(repo, "branch", "--format=%(refname:short)").split())
+
     assert {f"runner/{w['workspace']}" for w in (empty, committed, dirty)} <= branches()
 
     preview = gc(capsys, "--older-than", "0", "--dry-run")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import ReadResourceResult, TextResourceContents
 
 from tests.conftest import Home, wait_for
 from tests.mcp_helpers import SERVE, connect, error, ok, server_env
@@ -29,6 +30,13 @@ META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _text(resource: ReadResourceResult) -> str:
+    """The text of a resource's first contents (the runner's resources are all text)."""
+    contents = resource.contents[0]
+    assert isinstance(contents, TextResourceContents), contents
+    return contents.text
+
+
 async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(home: Home) -> None:
     async with connect(home.path) as (client, _):
         assert client.protocol_version == "2025-11-25"
@@ -36,7 +44,7 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
         assert caps.experimental == {"claude/channel": {}}
         assert caps.resources is not None and caps.resources.subscribe is True
         assert caps.logging is not None
-        assert client.server_info.name == "runner"
+        assert client.server_info is not None and client.server_info.name == "runner"
         assert client.instructions and len(client.instructions) <= 2048
         assert '<channel source="runner"' in client.instructions
         tools = {t.name: t for t in (await client.list_tools()).tools}
@@ -147,8 +155,9 @@ async def test_wait_sends_progress_and_returns_each_workspace_result(home: Home)
         assert row["workspace"] == ws and row["state"] == "completed" and row["exit_code"] == 0
         assert row["summary"] and row["duration_s"] >= 0.5
         assert seen.progress[0][:2] == (0.0, 1.0) and seen.progress[-1][:2] == (1.0, 1.0)
-        assert seen.progress[0][2].startswith("0/1 workspaces finished after ")
-        assert seen.progress[-1][2].startswith("1/1 workspaces finished after ")
+        first, last = seen.progress[0][2], seen.progress[-1][2]
+        assert first is not None and first.startswith("0/1 workspaces finished after ")
+        assert last is not None and last.startswith("1/1 workspaces finished after ")
         # one id instead of a list, and a timeout that ends the wait before the run does
         slow = ok(await client.call_tool("dispatch", {"task": "@sleep=30"}))["workspace"]
         early = ok(await client.call_tool("wait", {"workspaces": slow, "timeout_s": 0.2}))
@@ -190,17 +199,17 @@ async def test_status_shows_the_overview_and_one_workspace(home: Home) -> None:
         filtered = ok(await client.call_tool("status", {"state": "running"}))
         assert filtered["workspaces"] == []
         resource = await client.read_resource(f"runner://workspaces/{ws}")
-        assert json.loads(resource.contents[0].text)["state"] == "completed"
+        assert json.loads(_text(resource))["state"] == "completed"
         log = await client.read_resource(f"runner://workspaces/{ws}/log")
-        assert log.contents[0].text.endswith(one["log_tail"])
+        assert _text(log).endswith(one["log_tail"])
         page = ok(await client.call_tool("logs", {"workspace": ws, "limit": 1}))
         assert page["run"] == 1 and page["runs"] == [1] and page["next_offset"] == 1
-        assert page["lines"] == [log.contents[0].text.splitlines()[0]] and page["eof"] is False
+        assert page["lines"] == [_text(log).splitlines()[0]] and page["eof"] is False
         rest = ok(await client.call_tool("logs", {"workspace": ws, "offset": 1, "limit": 2000}))
-        assert rest["eof"] is True and "\n".join(page["lines"] + rest["lines"]) == log.contents[0].text
+        assert rest["eof"] is True and "\n".join(page["lines"] + rest["lines"]) == _text(log)
         assert set(overall["agents"]["claude"]) == {"pool", "limit", "models", "available"}
         assert overall["agents"]["claude"]["available"] is True
-        assert json.loads((await client.read_resource("runner://status")).contents[0].text)["frozen"] is False
+        assert json.loads(_text(await client.read_resource("runner://status")))["frozen"] is False
         with pytest.raises(MCPError, match="no workspace 'ws-nope'"):
             await client.read_resource("runner://workspaces/ws-nope")
 
@@ -380,7 +389,8 @@ def _handshake(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     proc.stdin.write(json.dumps(init).encode() + b"\n")
     proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
     proc.stdin.flush()
-    return json.loads(proc.stdout.readline())
+    response: dict[str, Any] = json.loads(proc.stdout.readline())
+    return response
 
 
 @contextmanager

@@ -5,7 +5,7 @@ name, before it fails in a client session."""
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from dispatch_runner import mcp_private
+import dispatch_runner.mcp_private as mcp_private
 from tests.conftest import Home
 from tests.mcp_helpers import connect
 
@@ -25,5 +25,5 @@ async def test_a_session_still_reaches_its_connection(home: Home) -> None:
     async with connect(home.path) as (client, seen):
         result = await client.call_tool("dispatch", {"task": "hi"})
         assert not result.is_error
-        ws = result.structured_content["workspace"]  # type: ignore[index]
+        ws = result.structured_content["workspace"]
         await seen.until(lambda: seen.channel_for(ws), what="a channel event (needs the connection)")

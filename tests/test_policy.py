@@ -44,8 +44,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agent-transcripts"
 DAY = timedelta(days=1)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 # ---- strategies -----------------------------------------------------------------------------

@@ -205,11 +205,14 @@ async def test_usage_limit_backs_off_until_the_reset_named_by_the_provider(home:
     async with serving(home) as runner:
         await dispatch(runner, "@fixture=claude-err-usage-limit-oauth-stream-json")
         state = await until(
-            lambda: runner.store.pool_state("claude").backoff_until and runner.store.pool_state("claude"),
+            lambda: (
+                runner.store.pool_state("claude") if runner.store.pool_state("claude").backoff_until else None
+            ),
             message="backoff",
         )
     # the transcript's rate_limit_event names resetsAt 1795459087 (in the past here): then the
     # pool falls back to exponential backoff, never to "now"
+    assert state is not None and state.backoff_until is not None and state.last_spawn is not None
     assert state.backoff_until > state.last_spawn and state.fail_count == 1
 
 
@@ -497,7 +500,8 @@ def _starts(home: Home) -> list[dict[str, Any]]:
 
 
 def _end_of(home: Home, ws: str) -> float:
-    return max(e["t"] for e in _log(home) if e["event"] == "end" and e["ws"] == ws)
+    ends: list[float] = [e["t"] for e in _log(home) if e["event"] == "end" and e["ws"] == ws]
+    return max(ends)
 
 
 def _logged(home: Home, event: str, ws: str) -> bool:

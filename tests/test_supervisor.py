@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch_runner import supervisor
+import dispatch_runner.supervisor as supervisor
 from tests.conftest import wait_for
 
 
@@ -17,7 +17,7 @@ def test_a_zombie_or_reused_pid_is_not_alive() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     start = supervisor.proc_start(child.pid)
     wait_for(
-        lambda: supervisor._stat(child.pid) is None or supervisor._stat(child.pid)[0] == "Z",
+        lambda: (stat := supervisor._stat(child.pid)) is None or stat[0] == "Z",
         message="the child to exit",
     )
     assert not supervisor.is_alive(child.pid, start)  # a zombie is dead

@@ -6,6 +6,7 @@ dropped and counted (reference 001's ChannelEmitter + MultiEmitter).
 """
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -26,6 +27,15 @@ ACTIONS: Final = (
     "runner.gc",
     "runner.logs",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    """A snapshot of the bus (anyio's `statistics()` style): read by status and by tests."""
+
+    subscribers: int  # event subscribers now
+    published: int  # events published since the bus was made
+    dropped: int  # events a full subscriber could not take (its reader was too slow)
 
 
 class ChannelEmitter:
@@ -62,6 +72,7 @@ class MultiEmitter:
     def __init__(self) -> None:
         self._subscribers: list[ChannelEmitter] = []
         self._closed_drops = 0
+        self.published = 0
 
     def subscribe(self, max_buffer: int = 256) -> ChannelEmitter:
         emitter = ChannelEmitter(max_buffer)
@@ -75,12 +86,17 @@ class MultiEmitter:
             emitter.close()
 
     def emit(self, event: Event) -> None:
+        self.published += 1
         for emitter in list(self._subscribers):
             emitter.emit(event)
 
     @property
     def dropped(self) -> int:
         return self._closed_drops + sum(e.dropped for e in self._subscribers)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
 
     def close(self) -> None:
         for emitter in list(self._subscribers):
@@ -129,6 +145,11 @@ class Bus:
     @property
     def dropped(self) -> int:
         return self.events.dropped
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            subscribers=self.events.subscribers, published=self.events.published, dropped=self.events.dropped
+        )
 
     def close(self) -> None:
         """Close every subscriber's stream (their readers see end-of-stream)."""

@@ -139,6 +139,13 @@ def _one_line(text: object) -> str:
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
+@dataclass(frozen=True, slots=True)
+class PusherStatistics:
+    clients: int  # connected sessions that can receive pushes
+    pushed: int  # channel notifications sent
+    failed: int  # sends that failed (a broken connection)
+
+
 class Pusher:
     """Reads the runner's bus and sends each event's notifications to the right clients."""
 
@@ -146,6 +153,7 @@ class Pusher:
         self.runner = runner
         self.clients = clients
         self.pushed = 0
+        self.failed = 0
         self._seen: OrderedDict[int, None] = OrderedDict()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -157,6 +165,9 @@ class Pusher:
                     await self.handle(event)
         finally:
             self.runner.bus.unsubscribe(sub)
+
+    def statistics(self) -> "PusherStatistics":
+        return PusherStatistics(clients=len(self.clients), pushed=self.pushed, failed=self.failed)
 
     def _first_time(self, event: Event) -> bool:
         # The runner may publish one stored event twice when two readers race on its cursor;
@@ -182,6 +193,7 @@ class Pusher:
                 try:
                     await self._send(client, event, message, uris)
                 except Exception:  # one broken connection must not end pushes for the others
+                    self.failed += 1
                     log.exception("push to client %s failed", client.key)
 
     async def _view(self, workspace: str | None) -> dict[str, Any]:

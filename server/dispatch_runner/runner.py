@@ -10,8 +10,9 @@ import shutil
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .errors import (
     UnknownWorkspace,
     WorkspaceUnavailable,
 )
-from .events import TERMINAL_EVENTS, Bus, Event
+from .events import TERMINAL_EVENTS, Bus, BusStatistics, Event
 from .model import AgentRef, Outcome, Priority, WorkspaceState
 from .policy import (
     MAX_ATTEMPTS_LIMIT,
@@ -70,6 +71,19 @@ def peer_id() -> str:
     return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerStatistics:
+    """What this peer did since it started (anyio's `statistics()` style), and its bus."""
+
+    dispatched: int  # workspaces this peer stored
+    spawned: int  # runs it started
+    spawn_failures: int  # runs that could not start (counted as failed attempts)
+    lost: int  # runs it found with their shim gone and no exit
+    reservations_returned: int  # claims of dead peers it gave back
+    gc_removed: int  # finished workspaces it removed
+    bus: BusStatistics
+
+
 class _IdTaken(Exception):
     """The drawn workspace id names an existing directory."""
 
@@ -91,6 +105,7 @@ class Runner:
         self._serving = False
         self._config_mtime = _mtime(config.source)
         self._available: tuple[float, dict[str, bool]] = (-AVAILABLE_TTL_S, {})
+        self._counts: Counter[str] = Counter()
         for name, handler in (
             ("runner.dispatch", self.dispatch),
             ("runner.status", self.status),
@@ -103,6 +118,18 @@ class Runner:
             ("runner.logs", self.logs),
         ):
             self.bus.register(name, handler)
+
+    def statistics(self) -> RunnerStatistics:
+        c = self._counts
+        return RunnerStatistics(
+            dispatched=c["dispatched"],
+            spawned=c["spawned"],
+            spawn_failures=c["spawn_failures"],
+            lost=c["lost"],
+            reservations_returned=c["reservations_returned"],
+            gc_removed=c["gc_removed"],
+            bus=self.bus.statistics(),
+        )
 
     def close(self) -> None:
         self.launcher.close()
@@ -186,6 +213,7 @@ class Runner:
         if result.deduplicated:
             self._discard_files(new)
             return self._dispatch_result(result.workspace, deduplicated=True, eta_s=None)
+        self._counts["dispatched"] += 1
         self._drain_sync()
         row = self.store.get_workspace(new.id)
         assert row is not None
@@ -392,8 +420,10 @@ class Runner:
             # Counted as a failed attempt, with backoff: given back instead, the same head would
             # be claimed again at once, in a loop that stalls the pool and grows the store.
             log.error("cannot start the run of %s: %s", ws.id, exc)
+            self._counts["spawn_failures"] += 1
             self._record(claim.run_id, spawn_failure(exc, where=str(path)))
             return False
+        self._counts["spawned"] += 1
         workspaces.write_status(ws, now=time.time())
         return True
 
@@ -509,6 +539,7 @@ class Runner:
     def _give_back(self, run_id: int, now: float) -> WorkspaceRow | None:
         row = self.store.return_reservation(run_id, now=now)
         if row is not None:
+            self._counts["reservations_returned"] += 1
             workspaces.write_status(row, now=time.time())
         return row
 
@@ -539,6 +570,7 @@ class Runner:
                 supervisor.run_marker(ws.id, run.id), grace_s=self.config.kill_grace_s
             )
             result, ended = _lost(), time.time()
+            self._counts["lost"] += 1
         return self._record(run.id, result, now=ended) is not None
 
     # ---- runner.status ------------------------------------------------------------------------
@@ -571,7 +603,7 @@ class Runner:
             state=state,
             limit=limit or 20,
         )
-        snap["bus_dropped"] = self.bus.dropped
+        snap["bus_dropped"] = self.bus.statistics().dropped
         snap["agents"] = self._agents()
         return snap
 
@@ -1005,6 +1037,7 @@ class Runner:
                     report["kept"].append({"workspace": row.id, "note": outcome.note or "kept"})
             if not dry_run and removed:
                 self.store.forget(removed, events_before=before)
+                self._counts["gc_removed"] += len(removed)
             report["removed"] += removed
         for path in self._orphans():
             risk = None if force else workspaces.orphan_risk(path)

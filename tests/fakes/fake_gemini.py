@@ -11,12 +11,18 @@ provided via stdin"). Unknown options are accepted as switches (the fake logs th
 Prints a short text answer. Directives in the prompt: see _fakecommon.py.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _fakecommon import CliExit, Directives, Output, UsageError, main, piped_stdin, replay, split_args
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms at each start)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "fake_gemini"
 VALUE_FLAGS = {
@@ -27,7 +33,7 @@ VALUE_FLAGS = {
 ANSWER = b"Hello! The answer is 42.\n"
 
 
-def parse_args(argv: list[str]) -> tuple[str, dict]:
+def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
     words = [a for a in argv if a != "--"]  # no populate--: the words are parsed again
     opts, query = split_args(words, VALUE_FLAGS)
     flag = opts.get("-p") or opts.get("--prompt")
@@ -46,7 +52,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
     return prompt, {"options": opts, "format": fmt}
 
 
-def build_output(ctx: dict, d: Directives, failing: bool, attempt: int | None) -> Output:
+def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int | None) -> Output:
     if failing or (d.ratelimit and d.fail_until is None):
         msg = b"Error: [API Error: got status: 429 Too Many Requests. Quota exceeded]\n"
         return Output(post_err=msg, code=1)

@@ -10,12 +10,18 @@ error (exit 1). Unknown options are accepted as switches (the fake logs them as 
 a short text answer. Directives in the prompt: see _fakecommon.py.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _fakecommon import CliExit, Directives, Output, UsageError, main, piped_stdin, replay, split_args
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms at each start)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "fake_opencode"
 VALUE_FLAGS = {
@@ -25,7 +31,7 @@ VALUE_FLAGS = {
 ANSWER = b"Hello! The answer is 42.\n"
 
 
-def parse_args(argv: list[str]) -> tuple[str, dict]:
+def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
     if not argv or argv[0] != "run":
         raise UsageError(f"only `opencode run` is faked, got {argv[:1]!r}")
     opts, words = split_args(argv[1:], VALUE_FLAGS)
@@ -37,7 +43,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict]:
     return prompt, {"options": opts}
 
 
-def build_output(ctx: dict, d: Directives, failing: bool, attempt: int | None) -> Output:
+def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int | None) -> Output:
     if failing or (d.ratelimit and d.fail_until is None):
         return Output(post_err=b"Error: AI_APICallError: Rate limit exceeded (429)\n", code=1)
     if d.fixture:

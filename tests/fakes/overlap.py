@@ -48,6 +48,7 @@ def intervals(log_path: str | os.PathLike[str]) -> list[tuple[int, float, float]
     for e in events(log_path):
         kind, pid = e.get("event"), e.get("pid")
         if kind == "start":
+            assert pid is not None, e  # every line the fakes log has a pid
             if pid in running:
                 out.append((pid, running.pop(pid), e["t"]))
             running[pid] = e["t"]

@@ -62,6 +62,9 @@ class SQLiteStore:
         self._watch: sqlite3.Connection | None = None
         self._busy_timeout_s = busy_timeout_s
         self._broken = False
+        self._read_lock = threading.Lock()
+        self._rdb: sqlite3.Connection | None = None  # made at the first read
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -96,6 +99,11 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            self._closed = True
+            if self._rdb is not None:
+                self._rdb.close()
+                self._rdb = None
         with self._watch_lock:
             if self._watch is not None:
                 self._watch.close()
@@ -164,10 +172,17 @@ class SQLiteStore:
         return self._reading(lambda db: db.execute(sql, args).fetchall())
 
     def _reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A read on the main connection; driver errors stop here."""
-        with self._lock:
+        """A read on the read connection: in WAL it never waits behind this store's (or any
+        peer's) write transaction, so `status` and `wait` answer while a claim commits. Driver
+        errors stop here."""
+        with self._read_lock:
             try:
-                return fn(self._conn())
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the store is closed")
+                if self._rdb is None:
+                    self._rdb = self._connect()
+                    self._rdb.execute("PRAGMA query_only = ON")
+                return fn(self._rdb)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
