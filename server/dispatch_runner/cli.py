@@ -308,8 +308,9 @@ def _action(args: argparse.Namespace) -> int:
             return cli_view.logs(runner, args)
         if args.command == "status" and args.watch:
             return cli_view.watch(runner, args, config_error)
-        name, kwargs = _action_call(args)
-        result = _invoke(runner, name, **kwargs)
+        req = request_of(args)
+        method = getattr(runner, args.command)
+        result = _run_action(method(req) if req is not None else method())
         if args.command in ("dispatch", "start", "poke", "kill"):
             runner.ensure_progress()
         if args.command == "dispatch" and (args.wait or args.follow):
@@ -327,10 +328,14 @@ def _action(args: argparse.Namespace) -> int:
     return _exit_code(args, result)
 
 
-def _invoke(runner: Any, name: str, **kwargs: Any) -> Any:
+def _run_action(call: Any) -> Any:
+    """Await one runner action from synchronous code."""
     import anyio
 
-    return anyio.run(lambda: runner.bus.invoke(name, **kwargs))
+    async def run() -> Any:
+        return await call
+
+    return anyio.run(run)
 
 
 def _exit_code(args: argparse.Namespace, result: dict[str, Any]) -> int:
@@ -379,43 +384,27 @@ def _here(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().absolute())
 
 
-def _action_call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def request_of(args: argparse.Namespace) -> Any:
+    """The typed request of a data command (actions.py), from its command line."""
+    from . import actions
+
     if args.command == "dispatch":
-        keys = (
-            "agent",
-            "priority",
-            "label",
-            "template",
-            "idempotency_key",
-            "max_wait_s",
-            "timeout_s",
-            "max_attempts",
-        )
-        return "runner.dispatch", {
-            "task": _task(args),
-            "cwd": _here(args.cwd),
-            "repo": _here(args.repo),
-            **{k: getattr(args, k) for k in keys},
-        }
+        given = {f: getattr(args, f) for f in actions.DISPATCH_FIELDS if f not in ("task", "cwd", "repo")}
+        return actions.DispatchRequest(task=_task(args), cwd=_here(args.cwd), repo=_here(args.repo), **given)
     if args.command == "status":
-        return "runner.status", {
-            "workspace": args.workspace,
-            "agent": args.agent,
-            "state": args.state,
-            "limit": args.limit,
-        }
+        return actions.StatusRequest(
+            workspace=args.workspace, agent=args.agent, state=args.state, limit=args.limit
+        )
     if args.command == "kill":
-        return "runner.kill", {"workspace": args.workspace, "agent": args.agent, "all": args.all}
+        return actions.KillRequest(workspace=args.workspace, agent=args.agent, all=args.all)
     if args.command == "wait":
-        return "runner.wait", {"workspaces": args.workspaces, "timeout_s": args.timeout_s, "mode": args.mode}
+        return actions.WaitRequest(workspaces=args.workspaces, timeout_s=args.timeout_s, mode=args.mode)
     if args.command == "gc":
         days = args.older_than_days
-        return "runner.gc", {
-            "older_than_s": None if days is None else days * 86400,
-            "dry_run": args.dry_run,
-            "force": args.force,
-        }
-    return f"runner.{args.command}", {}
+        return actions.GcRequest(
+            older_than_s=None if days is None else days * 86400, dry_run=args.dry_run, force=args.force
+        )
+    return None  # stop, start, poke take none
 
 
 # ---- init, doctor, completion, serve -------------------------------------------------------------

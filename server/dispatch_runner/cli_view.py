@@ -16,6 +16,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .actions import LogsRequest, StatusRequest, WaitRequest
 from .policy import duration_text
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
@@ -48,10 +49,14 @@ def console() -> Console:
     return _Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 1000)
 
 
-def _invoke(runner: Any, name: str, **kwargs: Any) -> Any:
+def _run(call: Any) -> Any:
+    """Await one runner action from synchronous code."""
     import anyio
 
-    return anyio.run(lambda: runner.bus.invoke(name, **kwargs))
+    async def run() -> Any:
+        return await call
+
+    return anyio.run(run)
 
 
 # ---- times, as people read them -------------------------------------------------------------
@@ -317,7 +322,7 @@ def logs(
     as_json = bool(getattr(args, "json", False)) if as_json is None else as_json
     follow = bool(args.follow)
     out = console()
-    run = getattr(args, "run", None) or _invoke(runner, "runner.logs", workspace=ws, limit=1)["run"]
+    run = getattr(args, "run", None) or _run(runner.logs(LogsRequest(workspace=ws, limit=1)))["run"]
     while True:
         state, runs = _print_run(runner, out, ws, run, streams, as_json, follow)
         if state in FINISHED and run >= max(runs, default=run):
@@ -339,17 +344,10 @@ def _print_run(
         done, full = True, False
         for s in streams:
             offset, cursor = where[s]
-            page = _invoke(
-                runner,
-                "runner.logs",
-                workspace=ws,
-                run=run,
-                stream=s,
-                offset=offset,
-                cursor=cursor,
-                limit=PAGE,
-                whole_lines=True,
+            req = LogsRequest(
+                workspace=ws, run=run, stream=s, offset=offset, cursor=cursor, limit=PAGE, whole_lines=True
             )
+            page = _run(runner.logs(req))
             for line in page["lines"]:
                 _emit(out, as_json, run, s, line)
             where[s] = (page["next_offset"], page["cursor"])
@@ -377,7 +375,7 @@ def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]
         if args.follow:
             logs(runner, args, workspace=ws, as_json=False)
     while True:
-        result = _invoke(runner, "runner.wait", workspaces=[ws], timeout_s=WAIT_SLICE_S)
+        result = _run(runner.wait(WaitRequest(workspaces=[ws], timeout_s=WAIT_SLICE_S)))
         if result["done"]:
             break
     [row] = result["workspaces"]
@@ -397,15 +395,10 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
     """status --watch: the overview, refreshed in place until Ctrl-C."""
     from rich.live import Live
 
+    request = StatusRequest(workspace=args.workspace, agent=args.agent, state=args.state, limit=args.limit)
+
     def frame() -> RenderableType:
-        r = _invoke(
-            runner,
-            "runner.status",
-            workspace=args.workspace,
-            agent=args.agent,
-            state=args.state,
-            limit=args.limit,
-        )
+        r = _run(runner.status(request))
         if config_error:
             r = {"config_error": config_error, **r}
         body = status_view(r) if "pools" in r else workspace_view(r)
@@ -419,14 +412,7 @@ def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> in
     try:
         if args.json:  # JSON lines: one status object per refresh
             while True:
-                r = _invoke(
-                    runner,
-                    "runner.status",
-                    workspace=args.workspace,
-                    agent=args.agent,
-                    state=args.state,
-                    limit=args.limit,
-                )
+                r = _run(runner.status(request))
                 print(json.dumps(r if not config_error else {"config_error": config_error, **r}), flush=True)
                 time.sleep(period)  # a refresh period, not a wait for a condition
         if not sys.stdout.isatty():  # piped: one snapshot after the other

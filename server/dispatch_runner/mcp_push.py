@@ -19,6 +19,7 @@ from mcp.server.connection import Connection
 from mcp.server.session import ServerSession
 from mcp_types import LoggingLevel
 
+from .actions import StatusRequest
 from .errors import DispatchError
 from .events import TERMINAL_EVENTS, Event
 from .mcp_private import connection_of
@@ -200,9 +201,7 @@ class Pusher:
         if not workspace:
             return {}
         try:
-            view: dict[str, Any] = await self.runner.bus.invoke(
-                "runner.status", workspace=workspace, log_lines=0
-            )
+            view: dict[str, Any] = await self.runner.status(StatusRequest(workspace=workspace, log_lines=0))
         except DispatchError:
             return {}
         return view

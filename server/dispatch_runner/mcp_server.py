@@ -37,6 +37,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from . import __version__
+from .actions import LogsRequest, StatusRequest
 from .config import Config
 from .errors import InvalidArgument, UnknownWorkspace
 from .mcp_private import lowlevel
@@ -118,7 +119,7 @@ async def _announce_channel(ctx: ServerRequestContext[Any, Any], call_next: Call
 def _add_resources(mcp: MCPServer, runner: Runner) -> None:
     async def view(workspace: str) -> dict[str, Any]:
         try:
-            result: dict[str, Any] = await runner.bus.invoke("runner.status", workspace=workspace)
+            result: dict[str, Any] = await runner.status(StatusRequest(workspace=workspace))
         except UnknownWorkspace as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         return result
@@ -130,7 +131,7 @@ def _add_resources(mcp: MCPServer, runner: Runner) -> None:
         description="The runner's overall status (the status tool without arguments).",
     )
     async def status_resource() -> str:
-        return json.dumps(await runner.bus.invoke("runner.status"))
+        return json.dumps(await runner.status(StatusRequest()))
 
     @mcp.resource(
         "runner://workspaces/{id}",
@@ -150,7 +151,7 @@ def _add_resources(mcp: MCPServer, runner: Runner) -> None:
     )
     async def workspace_log(id: str) -> str:
         try:
-            page = await runner.bus.invoke("runner.logs", workspace=id, limit=2000)
+            page = await runner.logs(LogsRequest(workspace=id, limit=2000))
         except UnknownWorkspace as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         more = (

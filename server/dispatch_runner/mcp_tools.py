@@ -1,6 +1,6 @@
 """The MCP tools: dispatch, status, kill, poke, stop, start, wait.
 
-Each tool parses its arguments, invokes one runner action through the bus and returns the
+Each tool parses its arguments, builds one typed request (actions.py) for the runner and returns the
 action's object as structured content plus the same JSON as text. A DispatchError becomes a tool
 error whose text is exactly its sentence; an argument that breaks the schema becomes a tool error
 naming the argument and what it must be (the SDK's own message is a pydantic dump).
@@ -9,7 +9,7 @@ naming the argument and what it must be (the SDK's own message is a pydantic dum
 # No `from __future__ import annotations`: the SDK reads these signatures at registration.
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import mcp_types as types
@@ -19,6 +19,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field, ValidationError
 
+from .actions import DispatchRequest, KillRequest, LogsRequest, StatusRequest, WaitRequest
 from .errors import DispatchError
 from .mcp_push import Clients
 from .policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
@@ -107,10 +108,10 @@ def failed(sentence: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=sentence)], is_error=True)
 
 
-async def invoke(runner: Runner, action: str, **kwargs: Any) -> types.CallToolResult:
+async def invoke(action: str, call: Awaitable[dict[str, Any]]) -> types.CallToolResult:
     """One runner action; its DispatchError is the tool error, its sentence unchanged."""
     try:
-        result = await runner.bus.invoke(action, **kwargs)
+        result = await call
     except DispatchError as exc:
         return failed(str(exc))
     except Exception as exc:  # the tool edge: log it, and give the model more than "Error executing"
@@ -209,9 +210,7 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
             ),
         ] = None,
     ) -> types.CallToolResult:
-        return await invoke(
-            runner,
-            "runner.dispatch",
+        req = DispatchRequest(
             task=task,
             agent=agent,
             cwd=cwd,
@@ -223,8 +222,8 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
             max_wait_s=max_wait_s,
             timeout_s=timeout_s,
             max_attempts=max_attempts,
-            origin=clients.of(ctx.session).key,
         )
+        return await invoke("dispatch", runner.dispatch(req, origin=clients.of(ctx.session).key))
 
     async def status(
         ctx: Context,
@@ -256,9 +255,8 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
     ) -> types.CallToolResult:
         if subscribe is not None:
             clients.of(ctx.session).everything = subscribe
-        return await invoke(
-            runner, "runner.status", workspace=workspace, agent=agent, state=state, limit=limit
-        )
+        req = StatusRequest(workspace=workspace, agent=agent, state=state, limit=limit)
+        return await invoke("status", runner.status(req))
 
     async def wait(
         ctx: Context,
@@ -283,9 +281,8 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
             await ctx.report_progress(value, total, message)
 
         ids = [workspaces] if isinstance(workspaces, str) else workspaces
-        return await invoke(
-            runner, "runner.wait", workspaces=ids, timeout_s=timeout_s, mode=mode, progress=progress
-        )
+        req = WaitRequest(workspaces=ids, timeout_s=timeout_s, mode=mode)
+        return await invoke("wait", runner.wait(req, progress=progress))
 
     read_only = types.ToolAnnotations(read_only_hint=True)
     annotations: dict[str, types.ToolAnnotations] = {
@@ -327,16 +324,16 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
             bool, Field(description="Kill every running and cancel every queued workspace.", strict=True)
         ] = False,
     ) -> types.CallToolResult:
-        return await invoke(runner, "runner.kill", workspace=workspace, agent=agent, all=all)
+        return await invoke("kill", runner.kill(KillRequest(workspace=workspace, agent=agent, all=all)))
 
     async def poke() -> types.CallToolResult:
-        return await invoke(runner, "runner.poke")
+        return await invoke("poke", runner.poke())
 
     async def stop() -> types.CallToolResult:
-        return await invoke(runner, "runner.stop")
+        return await invoke("stop", runner.stop())
 
     async def start() -> types.CallToolResult:
-        return await invoke(runner, "runner.start")
+        return await invoke("start", runner.start())
 
     async def logs(
         workspace: Annotated[str, Field(description="The workspace id.")],
@@ -373,9 +370,8 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
             ),
         ] = 200,
     ) -> types.CallToolResult:
-        return await invoke(
-            runner, "runner.logs", workspace=workspace, run=run, stream=stream, offset=offset, limit=limit
-        )
+        req = LogsRequest(workspace=workspace, run=run, stream=stream, offset=offset, limit=limit)
+        return await invoke("logs", runner.logs(req))
 
     return {"logs": logs, "kill": kill, "poke": poke, "stop": stop, "start": start}
 

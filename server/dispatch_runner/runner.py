@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,15 @@ import anyio.to_thread
 
 from . import argv as argvlib
 from . import supervisor, validate, workspaces
+from .actions import (
+    DispatchRequest,
+    GcRequest,
+    KillRequest,
+    LogsRequest,
+    Progress,
+    StatusRequest,
+    WaitRequest,
+)
 from .config import AgentDef, Config, load_config
 from .errors import (
     AgentUnavailable,
@@ -46,7 +55,6 @@ from .store.base import POOL_FAULTS, spawn_reason
 from .validate import human_size
 
 log = logging.getLogger("dispatch_runner")
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WATCH_POLL_S = 0.5  # the poll under the wake-up hints
 SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
 EVENT_BATCH = 500
@@ -106,18 +114,7 @@ class Runner:
         self._config_mtime = _mtime(config.source)
         self._available: tuple[float, dict[str, bool]] = (-AVAILABLE_TTL_S, {})
         self._counts: Counter[str] = Counter()
-        for name, handler in (
-            ("runner.dispatch", self.dispatch),
-            ("runner.status", self.status),
-            ("runner.start", self.start),
-            ("runner.stop", self.stop),
-            ("runner.kill", self.kill),
-            ("runner.poke", self.poke),
-            ("runner.wait", self.wait),
-            ("runner.gc", self.gc),
-            ("runner.logs", self.logs),
-        ):
-            self.bus.register(name, handler)
+        _register_actions(self)
 
     def statistics(self) -> RunnerStatistics:
         c = self._counts
@@ -146,44 +143,15 @@ class Runner:
     # ---- runner.dispatch ----------------------------------------------------------------------
 
     async def dispatch(
-        self,
-        *,
-        task: str,
-        agent: str | None = None,
-        cwd: str | None = None,
-        repo: str | None = None,
-        template: str | None = None,
-        priority: str | None = None,
-        label: str | None = None,
-        idempotency_key: str | None = None,
-        max_wait_s: float | None = None,
-        timeout_s: float | None = None,
-        max_attempts: int | None = None,
-        origin: str | None = None,
-        parent: str | None = None,
+        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
     ) -> dict[str, Any]:
         # validation resolves paths and may run git: off the event loop, with the rest
-        checked = partial(
-            self._validate,
-            task=task,
-            agent=agent,
-            cwd=cwd,
-            repo=repo,
-            template=template,
-            priority=priority,
-            label=label,
-            idempotency_key=idempotency_key,
-            max_wait_s=max_wait_s,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            origin=origin,
-            parent=parent,
-        )
+        checked = partial(self._validate, **_request_fields(req), origin=origin, parent=parent)
 
         def attempt() -> dict[str, Any]:
             for _ in range(ID_TRIES):
                 try:
-                    return self._dispatch_sync(checked(), max_wait_s)
+                    return self._dispatch_sync(checked(), req.max_wait_s)
                 except _IdTaken:
                     continue  # another dispatch drew the same id this second: draw again
             raise WorkspaceUnavailable(str(self.config.workspace_root), "no free workspace id")
@@ -575,20 +543,13 @@ class Runner:
 
     # ---- runner.status ------------------------------------------------------------------------
 
-    async def status(
-        self,
-        *,
-        workspace: str | None = None,
-        agent: str | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        log_lines: int = 20,
-    ) -> dict[str, Any]:
+    async def status(self, req: StatusRequest) -> dict[str, Any]:
+        workspace, agent, state, limit = req.workspace, req.agent, req.state, req.limit
         validate.text("workspace", workspace, max_chars=200)
         validate.text("agent", agent, max_chars=200)
         validate.text("state", state, max_chars=200)
         if workspace:
-            return await self._workspace_status(workspace, log_lines)
+            return await self._workspace_status(workspace, req.log_lines)
         if state is not None and state not in {s.value for s in WorkspaceState}:
             raise InvalidArgument(
                 "state", f"unknown state {state!r}; use one of " + ", ".join(s.value for s in WorkspaceState)
@@ -643,21 +604,13 @@ class Runner:
 
     # ---- runner.logs ---------------------------------------------------------------------------
 
-    async def logs(
-        self,
-        *,
-        workspace: str,
-        run: int | None = None,
-        stream: str = "stdout",
-        offset: int = 0,
-        limit: int = 200,
-        cursor: int | None = None,
-        whole_lines: bool = False,
-    ) -> dict[str, Any]:
+    async def logs(self, req: LogsRequest) -> dict[str, Any]:
         """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
         next page, `eof` once the run is over and nothing is left, `more` when the page was
         full. `runs` lists every run with a log (retries start new ones): pass `run` back to
         stay on one. `cursor` (one stream) is where the page ended, to seek there next time."""
+        workspace, run, stream, offset, limit = req.workspace, req.run, req.stream, req.offset, req.limit
+        cursor, whole_lines = req.cursor, req.whole_lines
         validate.text("workspace", workspace, max_chars=200, required=True)
         if stream not in workspaces.LOG_STREAMS:
             raise InvalidArgument(
@@ -708,20 +661,19 @@ class Runner:
 
     # ---- runner.kill / stop / start / poke ----------------------------------------------------
 
-    async def kill(
-        self, *, workspace: str | Sequence[str] | None = None, agent: str | None = None, all: bool = False
-    ) -> dict[str, Any]:
+    async def kill(self, req: KillRequest) -> dict[str, Any]:
+        workspace, agent, everything = req.workspace, req.agent, req.all
         targets = [workspace] if isinstance(workspace, str) else list(workspace or [])
         for ws_id in targets:
             validate.text("workspace", ws_id, max_chars=200)
         validate.text("agent", agent, max_chars=200)
-        if not targets and agent is None and not all:
+        if not targets and agent is None and not everything:
             raise InvalidArgument("workspace", "say what to kill: a workspace id, an agent, or all")
         for ws_id in targets:
             if await self._db(self.store.get_workspace, ws_id) is None:
                 raise UnknownWorkspace(ws_id)
         plan = await self._db(
-            self.store.plan_kill, workspaces=targets, agent=agent, everything=all, now=time.time()
+            self.store.plan_kill, workspaces=targets, agent=agent, everything=everything, now=time.time()
         )
         await anyio.to_thread.run_sync(_write_statuses, plan.cancelled)
         limiter = anyio.CapacityLimiter(KILL_THREADS)
@@ -771,14 +723,8 @@ class Runner:
 
     # ---- runner.wait --------------------------------------------------------------------------
 
-    async def wait(
-        self,
-        *,
-        workspaces: Sequence[str],
-        timeout_s: float | None = 50.0,
-        mode: str = "all",
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
+    async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
+        workspaces, timeout_s, mode = req.workspaces, req.timeout_s, req.mode
         ids = list(dict.fromkeys(workspaces or []))
         if not ids:
             raise InvalidArgument("workspaces", "list at least one workspace id to wait for")
@@ -991,12 +937,12 @@ class Runner:
 
     # ---- garbage collection -------------------------------------------------------------------
 
-    async def gc(
-        self, *, older_than_s: float | None = None, dry_run: bool = False, force: bool = False
-    ) -> dict[str, Any]:
+    async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
         """Remove finished workspaces that ended more than `older_than_s` ago (default
         retention_days): their rows, directories, worktrees and empty runner/<id> branches;
         directories the store does not know; rows of dead peers."""
+        req = req or GcRequest()
+        older_than_s, dry_run, force = req.older_than_s, req.dry_run, req.force
         validate.number("older_than_s", older_than_s, minimum=0, maximum=100 * 365 * 86400.0, unit=" s")
         age = self.config.retention_days * 86400 if older_than_s is None else float(older_than_s)
         return await anyio.to_thread.run_sync(
@@ -1128,6 +1074,40 @@ def agent_spec(
         "output": agent_def.output,
         "patterns": list(agent_def.rate_limit_patterns),
     }
+
+
+def _request_fields(req: Any) -> dict[str, Any]:
+    return {f.name: getattr(req, f.name) for f in fields(req)}
+
+
+def _register_actions(runner: "Runner") -> None:
+    """`runner.<action>` on the bus, taking keyword arguments: what older callers use."""
+    requests: dict[str, type] = {
+        "status": StatusRequest,
+        "logs": LogsRequest,
+        "kill": KillRequest,
+        "wait": WaitRequest,
+        "gc": GcRequest,
+    }
+
+    def adapter(name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(runner, name)
+
+        async def call(**kwargs: Any) -> Any:
+            if name == "dispatch":
+                extra = {k: kwargs.pop(k) for k in ("origin", "parent") if k in kwargs}
+                return await method(DispatchRequest(**kwargs), **extra)
+            if name == "wait":
+                progress = kwargs.pop("progress", None)
+                return await method(WaitRequest(**kwargs), progress=progress)
+            if name in requests:
+                return await method(requests[name](**kwargs))
+            return await method(**kwargs)
+
+        return call
+
+    for name in ("dispatch", "status", "logs", "kill", "wait", "gc", "stop", "start", "poke"):
+        runner.bus.register(f"runner.{name}", adapter(name))
 
 
 def spawn_failure(exc: OSError, *, where: str) -> RunExit:
