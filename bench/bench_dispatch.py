@@ -35,6 +35,7 @@ FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
 
 
 def bench_runner(n: int) -> dict[str, list[float]]:
+    from dispatch_runner.actions import DispatchRequest
     from dispatch_runner.config import load_config
     from dispatch_runner.runner import Runner
 
@@ -43,7 +44,7 @@ def bench_runner(n: int) -> dict[str, list[float]]:
 
     async def one(i: int) -> None:
         t0 = time.time()
-        res = await runner.bus.invoke("runner.dispatch", task=f"bench {i}", agent="rec")
+        res = await runner.dispatch(DispatchRequest(task=f"bench {i}", agent="rec"))
         t_ret = time.time()
         if res["status"] != "running":
             raise RuntimeError(f"dispatch {i} did not start at once: {res}")

@@ -5,7 +5,7 @@ spread over the past three days so it looks like history, not a burst). The queu
 by direct SQL into the same schema (the very INSERTs `enqueue` makes), because `enqueue` itself
 costs O(queue depth) and filling 10,000 through it takes ~30 s; `--fill api` uses the API for
 everything. Then:
-- `runner.status` overall and for one workspace, through the bus of an in-process Runner;
+- `runner.status` overall and for one workspace, through `Runner.status` of an in-process Runner;
 - `dispatch-runner status` (CLI, table output) wall time;
 - `claim_next` when the head of the queue is a saturated model: N queued `codex:gpt-5.4` (model
   limit 1, one already running) and one `codex:other` at the back. Capacity-first must skip the
@@ -186,19 +186,21 @@ def populate(store, home: Path, n_finished: int, n_queued: int, limits, fill: st
 
 
 def bench_status_calls(runner, calls: int, one_id: str) -> tuple[list[float], list[float], dict]:
+    from dispatch_runner.actions import StatusRequest
+
     overall, single = [], []
     last: dict = {}
 
     async def main() -> None:
         nonlocal last
-        await runner.bus.invoke("runner.status")  # warm-up: worker thread, first-call paths
+        await runner.status(StatusRequest())  # warm-up: worker thread, first-call paths
         for _ in range(calls):
             t0 = time.perf_counter()
-            last = await runner.bus.invoke("runner.status")
+            last = await runner.status(StatusRequest())
             overall.append(time.perf_counter() - t0)
         for _ in range(calls):
             t0 = time.perf_counter()
-            await runner.bus.invoke("runner.status", workspace=one_id)
+            await runner.status(StatusRequest(workspace=one_id))
             single.append(time.perf_counter() - t0)
 
     anyio.run(main)

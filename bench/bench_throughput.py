@@ -41,6 +41,7 @@ def cpu_s(who: int) -> float:
 
 
 def bench_runner(n: int, home: Path) -> dict[str, float]:
+    from dispatch_runner.actions import DispatchRequest
     from dispatch_runner.config import load_config
     from dispatch_runner.events import TERMINAL_EVENTS
     from dispatch_runner.runner import Runner
@@ -69,14 +70,14 @@ def bench_runner(n: int, home: Path) -> dict[str, float]:
         sub = runner.bus.subscribe(10 * n + 100)
         async with anyio.create_task_group() as tg:
             await tg.start(runner.serve)
-            warm = await runner.bus.invoke("runner.dispatch", task="warm-up", agent="tp")
+            warm = await runner.dispatch(DispatchRequest(task="warm-up", agent="tp"))
             await wait_done(sub, {warm["workspace"]}, 30)  # bytecode cache, thread pool
             runner.launcher.reap()
             cpu_self, cpu_children = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
             ids = []
             out["t_first"] = time.time()
             for i in range(n):
-                res = await runner.bus.invoke("runner.dispatch", task=f"tp {i}", agent="tp")
+                res = await runner.dispatch(DispatchRequest(task=f"tp {i}", agent="tp"))
                 ids.append(res["workspace"])
             out["t_dispatched"] = time.time()
             await wait_done(sub, set(ids), 60 + n)

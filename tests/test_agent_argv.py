@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dispatch_runner.argv as argvlib
+from dispatch_runner.actions import DispatchRequest, WaitRequest
 from dispatch_runner.config import BUILTIN_AGENTS, load_config
 from dispatch_runner.errors import TaskTooLarge
 from dispatch_runner.runner import Runner
@@ -121,7 +122,7 @@ def test_the_store_keeps_one_copy_of_the_task(home: Home) -> None:
     runner = Runner(load_config())
     try:
         anyio.run(runner.stop)
-        ws = anyio.run(lambda: runner.bus.invoke("runner.dispatch", task=task, agent="agent"))
+        ws = anyio.run(runner.dispatch, DispatchRequest(task=task, agent="agent"))
     finally:
         runner.close()
     db = sqlite3.connect(home.path / "state.db")
@@ -150,8 +151,8 @@ def run_to_end(**dispatch: Any) -> dict[str, Any]:
     try:
 
         async def go() -> dict[str, Any]:
-            ws = await runner.bus.invoke("runner.dispatch", **dispatch)
-            done = await runner.bus.invoke("runner.wait", workspaces=[ws["workspace"]], timeout_s=60)
+            ws = await runner.dispatch(DispatchRequest(**dispatch))
+            done = await runner.wait(WaitRequest(workspaces=[ws["workspace"]], timeout_s=60))
             assert done["done"], done
             return dict(done["workspaces"][0])
 
@@ -178,14 +179,12 @@ def test_no_client_text_is_ever_read_as_an_option_by_a_builtin_agent(home: Home,
 
         async def go() -> list[dict[str, Any]]:
             ids = [
-                (
-                    await runner.bus.invoke(
-                        "runner.dispatch", task=task, agent=f"{name}:model-1", template="none"
-                    )
-                )["workspace"]
+                (await runner.dispatch(DispatchRequest(task=task, agent=f"{name}:model-1", template="none")))[
+                    "workspace"
+                ]
                 for task in HOSTILE_TASKS
             ]
-            done = await runner.bus.invoke("runner.wait", workspaces=ids, timeout_s=60)
+            done = await runner.wait(WaitRequest(workspaces=ids, timeout_s=60))
             assert done["done"], done
             return list(done["workspaces"])
 
@@ -255,9 +254,7 @@ def test_a_task_too_big_for_an_argv_agent_is_refused_at_dispatch_naming_size_lim
     try:
         with pytest.raises(TaskTooLarge) as info:
             anyio.run(
-                lambda: runner.bus.invoke(
-                    "runner.dispatch", task="y" * (200 * 1024), agent="agent", template="none"
-                )
+                runner.dispatch, DispatchRequest(task="y" * (200 * 1024), agent="agent", template="none")
             )
         assert runner.store.last_event_id() == 0
     finally:
@@ -286,6 +283,6 @@ def test_a_task_past_max_task_bytes_is_refused(home: Home) -> None:
             match=r"^the task is 1001 bytes \(1,001 bytes\), more than the "
             r"1000 bytes dispatch.max_task_bytes allows",
         ):
-            anyio.run(lambda: runner.bus.invoke("runner.dispatch", task="é" * 500 + "x"))
+            anyio.run(runner.dispatch, DispatchRequest(task="é" * 500 + "x"))
     finally:
         runner.close()

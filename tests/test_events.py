@@ -1,20 +1,17 @@
-"""Typed events and the bus: bounded non-blocking emitters, fan-out, actions (DESIGN §2)."""
+"""Typed events and the bus: bounded non-blocking emitters, fan-out (DESIGN §2)."""
 
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import pytest
 
 from dispatch_runner.events import (
-    ACTIONS,
     EVENT_TYPES,
     TERMINAL_EVENTS,
     Bus,
     ChannelEmitter,
     Event,
     MultiEmitter,
-    UnknownAction,
 )
 
 
@@ -153,58 +150,6 @@ def test_unsubscribed_emitter_gets_nothing_and_its_drops_stay_counted(closing: l
 
 
 # ---- Bus --------------------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_bus_invokes_a_registered_action_with_keyword_arguments() -> None:
-    bus = Bus()
-    calls: list[dict[str, Any]] = []
-
-    async def dispatch(**kwargs: Any) -> dict[str, Any]:
-        calls.append(kwargs)
-        return {"workspace": "w1", "status": "queued"}
-
-    bus.register("runner.dispatch", dispatch)
-    result = await bus.invoke("runner.dispatch", task="fix it", agent="claude", priority="high")
-    assert result == {"workspace": "w1", "status": "queued"}
-    assert calls == [{"task": "fix it", "agent": "claude", "priority": "high"}]
-    assert bus.actions == ("runner.dispatch",)
-
-
-@pytest.mark.anyio
-async def test_bus_unknown_action_raises() -> None:
-    bus = Bus()
-    with pytest.raises(UnknownAction) as info:
-        await bus.invoke("runner.nope")
-    assert str(info.value) == "no action 'runner.nope' registered"
-    assert issubclass(UnknownAction, LookupError)
-
-
-def test_bus_refuses_a_second_registration_of_an_action() -> None:
-    bus = Bus()
-
-    async def first() -> None:
-        return None
-
-    async def second() -> None:
-        return None
-
-    bus.register("runner.poke", first)
-    with pytest.raises(ValueError, match="already registered"):
-        bus.register("runner.poke", second)
-
-
-@pytest.mark.anyio
-async def test_bus_actions_list_every_registered_name_sorted() -> None:
-    bus = Bus()
-
-    async def handler(**kwargs: Any) -> str:
-        return "ok"
-
-    for name in reversed(ACTIONS):
-        bus.register(name, handler)
-    assert bus.actions == tuple(sorted(ACTIONS))
-    assert await bus.invoke("runner.status") == "ok"
 
 
 def test_bus_publishes_to_every_subscriber_and_sums_their_drops(closing: list[ChannelEmitter]) -> None:

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 import dispatch_runner.workspaces as workspaces
+from dispatch_runner.actions import KillRequest, StatusRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import StoreError
 from dispatch_runner.runner import Runner
@@ -39,17 +40,17 @@ async def test_a_run_whose_workspace_vanished_fails_as_an_attempt_and_the_pool_k
     home: Home,
 ) -> None:
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         doomed = await dispatch(runner, "@sleep=0", agent="agent", max_attempts=2)
         fine = await dispatch(runner, "@sleep=0", agent="agent")
         shutil.rmtree(doomed["path"])  # the directory is gone before the run can start
-        await runner.bus.invoke("runner.start")
+        await runner.start()
         [row] = await wait_all(runner, [fine["workspace"]])
         assert row["state"] == "completed"
         first = runner.store.get_workspace(doomed["workspace"])
         assert first is not None and first.attempts >= 1
         [final] = await wait_all(runner, [doomed["workspace"]], timeout=30)
-        status = await runner.bus.invoke("runner.status", workspace=doomed["workspace"])
+        status = await runner.status(StatusRequest(workspace=doomed["workspace"]))
     assert final["state"] == "failed"
     assert status["ended_reason"] == "spawn_failed"
     assert status["reason"].startswith("max retries exceeded: the run could not start: No such file")
@@ -69,7 +70,7 @@ async def test_a_reservation_whose_peer_lives_but_never_spawns_fails_after_the_t
     )
     runner = Runner(load_config())
     try:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         ws = await dispatch(runner, "x", agent="t")
         runner.store.set_frozen(False, now=time.time())
         # claimed by a live peer (this one) that never starts a shim for it
@@ -123,7 +124,7 @@ async def test_a_full_disk_while_the_agent_writes_ends_failed_with_no_space_not_
     async with serving(home) as runner:
         ws = await dispatch(runner, "fill the disk", agent="filler")
         [row] = await wait_all(runner, [ws["workspace"]])
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
     assert row["state"] == "failed", status
     assert status["ended_reason"] == "no_space"
     assert "no space left on the disk of" in status["reason"]
@@ -321,7 +322,7 @@ async def test_kill_stops_a_descendant_that_left_the_process_group(home: Home) -
         ws = (await dispatch(runner, "@escape @sleep=60", agent="agent"))["workspace"]
         pid = await until(lambda: _escaped(home, ws), message="the escaped child")
         assert os.getsid(pid) == pid  # its own session: a group kill cannot reach it
-        await runner.bus.invoke("runner.kill", workspace=ws)
+        await runner.kill(KillRequest(workspace=ws))
         [row] = await wait_all(runner, [ws])
         await until(lambda: not _alive(pid), message="the escaped child gone")
     assert row["state"] == "killed"
@@ -357,7 +358,7 @@ async def test_a_workspace_id_drawn_twice_never_discards_the_other_workspace(
     home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serving(home) as runner:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         first = await dispatch(runner, "first", agent="agent")
         ids = iter([first["workspace"], first["workspace"]])
         real = workspaces.new_id
@@ -369,10 +370,10 @@ async def test_a_workspace_id_drawn_twice_never_discards_the_other_workspace(
 
 async def test_a_spoilt_prompt_md_does_not_change_what_the_run_is_asked(home: Home) -> None:
     async with serving(home) as runner:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         ws = await dispatch(runner, "the real task", agent="agent")
         (Path(ws["path"]) / "prompt.md").write_bytes(b"\xff\xfe spoilt")  # not even UTF-8
-        await runner.bus.invoke("runner.start")
+        await runner.start()
         [row] = await wait_all(runner, [ws["workspace"]])
     assert row["state"] == "completed"
     [parsed] = [e for e in _log(home) if e["event"] == "parsed" and e["ws"] == ws["workspace"]]
@@ -385,13 +386,13 @@ async def test_a_full_disk_at_spawn_backs_the_pool_off_instead_of_spending_every
 ) -> None:
     _config_on(home, tiny_disk)
     async with serving(home) as runner:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         ids = [(await dispatch(runner, f"task {n}", agent="agent"))["workspace"] for n in range(5)]
         with open(tiny_disk / "ballast", "wb") as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        await runner.bus.invoke("runner.start")
+        await runner.start()
         backoff = await until(
             lambda: runner.store.pool_state("agent").backoff_until, message="the pool backing off"
         )
@@ -410,7 +411,7 @@ async def test_a_claim_by_a_peer_of_an_older_version_goes_back_to_the_queue(home
             from dispatch_runner import supervisor
 
             peer = f"{os.uname().nodename}:{old.pid}:{supervisor.proc_start(old.pid)}"
-            await runner.bus.invoke("runner.stop")
+            await runner.stop()
             ws = await dispatch(runner, "x", agent="agent")
             runner.store.set_frozen(False, now=time.time())
             db = sqlite3.connect(home.path / "state.db", isolation_level=None)

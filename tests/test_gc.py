@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import dispatch_runner.cli as cli
+from dispatch_runner.actions import DispatchRequest, WaitRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import PathNotAllowed
 from dispatch_runner.runner import Runner
@@ -61,10 +62,8 @@ def run_all(home: Home, dispatches: list[dict[str, Any]]) -> list[dict[str, Any]
     try:
 
         async def go() -> list[dict[str, Any]]:
-            made = [await runner.bus.invoke("runner.dispatch", **d) for d in dispatches]
-            done = await runner.bus.invoke(
-                "runner.wait", workspaces=[m["workspace"] for m in made], timeout_s=60
-            )
+            made = [await runner.dispatch(DispatchRequest(**d)) for d in dispatches]
+            done = await runner.wait(WaitRequest(workspaces=[m["workspace"] for m in made], timeout_s=60))
             assert done["done"], done
             return made
 
@@ -163,9 +162,7 @@ def test_a_dispatch_that_fails_before_it_is_stored_leaves_no_directory(home: Hom
     runner = Runner(load_config())
     try:
         with pytest.raises(PathNotAllowed, match="git worktree add failed"):
-            anyio.run(
-                lambda: runner.bus.invoke("runner.dispatch", task="x", agent="true", repo=str(empty_repo))
-            )
+            anyio.run(runner.dispatch, DispatchRequest(task="x", agent="true", repo=str(empty_repo)))
     finally:
         runner.close()
     root = home.path / "workspaces"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch_runner.actions import StatusRequest
 from tests.conftest import Home, processes_with_env, until
 from tests.test_runner import dispatch, serving, wait_all
 
@@ -34,7 +35,7 @@ async def test_daily_limit_counts_spawns_of_every_peer(home: Home) -> None:
         third = cli("dispatch", "one too many", "--agent", "agent")
         assert (second["status"], third["status"]) == ("running", "queued")
         await wait_all(runner, [str(first["workspace"]), second["workspace"]])
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
     assert status["pools"]["agent"]["daily_used"] == 2 and status["pools"]["agent"]["queued"] == 1
 
 
@@ -42,7 +43,7 @@ async def test_pacing_counts_spawns_of_every_peer(home: Home) -> None:
     async with serving(home, "rates:\n  agent: {sustained_delay: 600}\n") as runner:
         first = cli("dispatch", "cli spawn", "--agent", "agent")
         second = await dispatch(runner, "server spawn", agent="agent")
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
     assert first["status"] == "running" and second["status"] == "queued"
     assert second["eta_s"] > 500
     assert status["pools"]["agent"]["next_spawn_at"] is not None
@@ -56,7 +57,8 @@ async def test_a_completion_recorded_while_its_peer_is_dead_wakes_the_live_peer(
         assert queued["status"] == "queued"
         [row] = await wait_all(runner, [queued["workspace"]])
         assert row["state"] == "completed"
-        first = await runner.bus.invoke("runner.status", workspace=a["workspace"])
+        assert isinstance(a["workspace"], str)
+        first = await runner.status(StatusRequest(workspace=a["workspace"]))
     assert first["state"] == "completed"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from dispatch_runner.actions import KillRequest, StatusRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.runner import Runner
 from tests.conftest import Home, processes_with_env, until
@@ -52,7 +53,7 @@ async def test_claim_never_spawned_returns_to_the_queue_and_runs_once(home: Home
         runner.close()
     async with serving(home) as runner:
         [done] = await wait_all(runner, [ws])
-        status = await runner.bus.invoke("runner.status", workspace=ws)
+        status = await runner.status(StatusRequest(workspace=ws))
     assert done["state"] == "completed" and status["runs"] == 1
     assert [e["ws"] for e in _log(home) if e["event"] == "start"] == [ws]
 
@@ -109,7 +110,7 @@ async def test_changed_config_applies_at_the_next_claim_and_bad_reload_keeps_the
             lambda: runner.store.get_workspace(b["workspace"]).state == "running",  # type: ignore[union-attr]
             message="second slot used after the limit was raised",
         )
-        await runner.bus.invoke("runner.kill", all=True)
+        await runner.kill(KillRequest(all=True))
     assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", a["workspace"]) == []
 
 

@@ -1,10 +1,10 @@
-"""The runner core end to end: real fake-agent processes, a real SQLite file, the bus actions."""
+"""The runner core end to end: real fake-agent processes, a real SQLite file, the typed actions."""
 
 import json
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from dispatch_runner.actions import DispatchRequest, KillRequest, StatusRequest, WaitRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import (
     InvalidArgument,
@@ -43,12 +44,12 @@ async def serving(home: Home, extra: str = "") -> AsyncIterator[Runner]:
 
 
 async def dispatch(runner: Runner, task: str, **kw: Any) -> dict[str, Any]:
-    result: dict[str, Any] = await runner.bus.invoke("runner.dispatch", task=task, **kw)
-    return result
+    origin, parent = kw.pop("origin", None), kw.pop("parent", None)  # the call's, not the request's
+    return await runner.dispatch(DispatchRequest(task=task, **kw), origin=origin, parent=parent)
 
 
 async def wait_all(runner: Runner, ids: list[str], timeout: float = 30) -> list[dict[str, Any]]:
-    result = await runner.bus.invoke("runner.wait", workspaces=ids, timeout_s=timeout)
+    result = await runner.wait(WaitRequest(workspaces=ids, timeout_s=timeout))
     assert result["done"], result
     rows: list[dict[str, Any]] = result["workspaces"]
     return rows
@@ -59,7 +60,7 @@ async def test_claude_run_records_result_text_and_session_id(home: Home) -> None
         ws = await dispatch(runner, "say hello")
         assert ws["status"] == "running" and ws["deduplicated"] is False
         [row] = await wait_all(runner, [ws["workspace"]])
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
         db_row = runner.store.get_workspace(ws["workspace"])
     assert row["state"] == "completed" and row["exit_code"] == 0
     assert row["summary"] == "Hello! The answer is 42."
@@ -124,7 +125,7 @@ async def test_four_way_mix_respects_pool_and_model_limits(home: Home) -> None:
 
 async def test_queued_work_starts_by_priority_then_age(home: Home) -> None:
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         order = [
             ("low", "l1"),
             ("medium", "m1"),
@@ -138,9 +139,9 @@ async def test_queued_work_starts_by_priority_then_age(home: Home) -> None:
             ids[name] = (await dispatch(runner, f"{name} @sleep=0.05", agent="agent", priority=prio))[
                 "workspace"
             ]
-        assert (await runner.bus.invoke("runner.status"))["frozen"] is True
-        assert await runner.bus.invoke("runner.start") == {"frozen": False}
-        assert (await runner.bus.invoke("runner.status", workspace=ids["c1"]))["state"] == "running"
+        assert (await runner.status(StatusRequest()))["frozen"] is True
+        assert await runner.start() == {"frozen": False}
+        assert (await runner.status(StatusRequest(workspace=ids["c1"])))["state"] == "running"
         await wait_all(runner, list(ids.values()))
     started = [s["ws"] for s in _starts(home)]
     assert started == [ids[n] for n in ("c1", "c2", "h1", "m1", "l1", "l2")]
@@ -148,11 +149,11 @@ async def test_queued_work_starts_by_priority_then_age(home: Home) -> None:
 
 async def test_frozen_queue_still_accepts_dispatches_and_runs_nothing(home: Home) -> None:
     async with serving(home) as runner:
-        assert await runner.bus.invoke("runner.stop") == {"frozen": True}
+        assert await runner.stop() == {"frozen": True}
         ws = await dispatch(runner, "later", agent="agent")
         assert ws["status"] == "queued"
-        assert await runner.bus.invoke("runner.poke") == {"spawned": [], "frozen": True}
-        await runner.bus.invoke("runner.start")
+        assert await runner.poke() == {"spawned": [], "frozen": True}
+        await runner.start()
         [row] = await wait_all(runner, [ws["workspace"]])
     assert row["state"] == "completed"
 
@@ -162,7 +163,7 @@ async def test_failed_run_retries_with_backoff_then_completes(home: Home) -> Non
     async with serving(home) as runner:
         ws = await dispatch(runner, f"@fail-until=2 @counter={counter}", agent="agent", max_attempts=3)
         [row] = await wait_all(runner, [ws["workspace"]], timeout=30)
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
     assert row["state"] == "completed" and status["runs"] == 2
     first, second = _starts(home)
     assert second["t"] - first["t"] >= 5.0  # 5 s * 2^(1-1) before the first retry
@@ -173,7 +174,7 @@ async def test_dead_letter_after_max_attempts(home: Home) -> None:
         events = runner.bus.subscribe()
         ws = await dispatch(runner, "@exit=3", agent="agent", max_attempts=1)
         [row] = await wait_all(runner, [ws["workspace"]])
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
         seen = _drain_types(events)
     assert row["state"] == "failed" and row["exit_code"] == 3
     assert status["reason"].startswith("max retries exceeded")
@@ -195,7 +196,7 @@ async def test_rate_limited_run_requeues_and_backs_off_the_pool(home: Home) -> N
         ws = await dispatch(runner, "@fixture=claude-err-429-stream-json")
         await until(lambda: runner.store.pool_state("claude").backoff_until, message="pool backoff")
         row = runner.store.get_workspace(ws["workspace"])
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
     assert row is not None and row.state == "queued" and row.attempts == 0 and row.runs == 1
     pool = status["pools"]["claude"]
     assert pool["backoff_until"] is not None and pool["queued"] == 1 and pool["running"] == 0
@@ -220,7 +221,7 @@ async def test_timeout_kills_the_run_and_counts_as_a_failure(home: Home) -> None
     async with serving(home) as runner:
         ws = await dispatch(runner, "@sleep=30", agent="agent", timeout_s=0.5, max_attempts=1)
         [row] = await wait_all(runner, [ws["workspace"]])
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
     assert row["state"] == "failed" and "timed out after 0.5s" in status["reason"]
     assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]) == []
 
@@ -229,7 +230,7 @@ async def test_kill_terminates_the_agent_group_and_leaves_no_process(home: Home)
     async with serving(home) as runner:
         ws = await dispatch(runner, "@child @sleep=60", agent="agent")
         await until(lambda: _logged(home, "child", ws["workspace"]), message="agent child started")
-        result = await runner.bus.invoke("runner.kill", workspace=ws["workspace"])
+        result = await runner.kill(KillRequest(workspace=ws["workspace"]))
         [row] = await wait_all(runner, [ws["workspace"]])
     assert result == {"killed": [ws["workspace"]], "cancelled": []}
     assert row["state"] == "killed"
@@ -243,7 +244,7 @@ async def test_kill_escalates_to_sigkill_after_grace(home: Home) -> None:
     async with serving(home) as runner:
         ws = await dispatch(runner, "@ignore-term @sleep=60", agent="agent")
         await until(lambda: _logged(home, "sleep", ws["workspace"]), message="agent sleeping")
-        await runner.bus.invoke("runner.kill", workspace=ws["workspace"])
+        await runner.kill(KillRequest(workspace=ws["workspace"]))
         [row] = await wait_all(runner, [ws["workspace"]])
     assert row["state"] == "killed"
     assert processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws["workspace"]) == []
@@ -254,9 +255,9 @@ async def test_kill_cancels_queued_and_kills_running_by_agent_and_all(home: Home
         a = await dispatch(runner, "@sleep=60", agent="agent")
         b = await dispatch(runner, "@sleep=60", agent="agent")
         c = await dispatch(runner, "@sleep=60", agent="codex")
-        by_agent = await runner.bus.invoke("runner.kill", agent="agent")
+        by_agent = await runner.kill(KillRequest(agent="agent"))
         assert by_agent == {"killed": [a["workspace"]], "cancelled": [b["workspace"]]}
-        everything = await runner.bus.invoke("runner.kill", all=True)
+        everything = await runner.kill(KillRequest(all=True))
         assert everything["killed"] == [c["workspace"]]
         rows = await wait_all(runner, [a["workspace"], b["workspace"], c["workspace"]])
     assert [r["state"] for r in rows] == ["killed", "cancelled", "killed"]
@@ -274,11 +275,11 @@ async def test_max_wait_refuses_with_eta_and_queues_nothing(home: Home) -> None:
     async with serving(home, "concurrency:\n  agent: 1\n") as runner:
         await dispatch(runner, "@sleep=30", agent="agent")
         await dispatch(runner, "@sleep=30", agent="agent")
-        before = (await runner.bus.invoke("runner.status"))["counts"]
+        before = (await runner.status(StatusRequest()))["counts"]
         with pytest.raises(QueueBusy) as err:
             await dispatch(runner, "x", agent="agent", max_wait_s=0.5)
-        after = (await runner.bus.invoke("runner.status"))["counts"]
-        await runner.bus.invoke("runner.kill", all=True)
+        after = (await runner.status(StatusRequest()))["counts"]
+        await runner.kill(KillRequest(all=True))
     assert "cannot be estimated yet" in str(err.value) and err.value.eta_s is None
     assert err.value.position == 2
     assert before == after
@@ -304,7 +305,7 @@ async def test_repo_dispatch_gets_a_fresh_worktree_on_its_branch(home: Home) -> 
     async with serving(home) as runner:
         ws = await dispatch(runner, "@write=made.txt", agent="agent", repo=str(repo))
         await wait_all(runner, [ws["workspace"]])
-        status = await runner.bus.invoke("runner.status", workspace=ws["workspace"])
+        status = await runner.status(StatusRequest(workspace=ws["workspace"]))
     assert status["branch"] == f"runner/{ws['workspace']}"
     assert (Path(ws["path"]) / "worktree" / "made.txt").exists()
     assert not (repo / "made.txt").exists()
@@ -335,7 +336,7 @@ async def test_bad_dispatch_is_refused_and_writes_nothing(
     runner = Runner(load_config())
     try:
         with pytest.raises(error) as err:
-            await runner.bus.invoke("runner.dispatch", **kwargs)
+            await runner.dispatch(DispatchRequest(**kwargs))
         assert words in str(err.value)
         assert runner.store.last_event_id() == 0
         assert not (home.path / "workspaces").exists() or not any((home.path / "workspaces").iterdir())
@@ -346,13 +347,14 @@ async def test_bad_dispatch_is_refused_and_writes_nothing(
 async def test_unknown_workspace_is_a_clear_error_for_status_kill_and_wait(home: Home) -> None:
     runner = Runner(load_config())
     try:
-        for action, kw in (
-            ("runner.status", {"workspace": "ws-nope"}),
-            ("runner.kill", {"workspace": "ws-nope"}),
-            ("runner.wait", {"workspaces": ["ws-nope"]}),
-        ):
+        calls: tuple[Callable[[], Awaitable[dict[str, Any]]], ...] = (
+            lambda: runner.status(StatusRequest(workspace="ws-nope")),
+            lambda: runner.kill(KillRequest(workspace="ws-nope")),
+            lambda: runner.wait(WaitRequest(workspaces=["ws-nope"])),
+        )
+        for call in calls:
             with pytest.raises(UnknownWorkspace, match="no workspace 'ws-nope'; run status"):
-                await runner.bus.invoke(action, **kw)
+                await call()
     finally:
         runner.close()
 
@@ -365,7 +367,7 @@ async def test_pacing_spaces_spawns_without_blocking_other_pools(home: Home) -> 
         c = await dispatch(runner, "c", agent="codex")
         assert (a["status"], b["status"], c["status"]) == ("running", "queued", "running")
         assert b["eta_s"] >= 1.0
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
         assert status["pools"]["agent"]["next_spawn_at"] is not None
         await wait_all(runner, [a["workspace"], b["workspace"], c["workspace"]])
         claims = [
@@ -381,7 +383,7 @@ async def test_daily_limit_stops_spawns_until_the_reset(home: Home) -> None:
     async with serving(home, "rates:\n  agent: {daily_limit: 2}\n") as runner:
         ids = [(await dispatch(runner, f"{i}", agent="agent"))["workspace"] for i in range(3)]
         await wait_all(runner, ids[:2])
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
     pool = status["pools"]["agent"]
     assert (pool["daily_used"], pool["daily_limit"], pool["queued"]) == (2, 2, 1)
     assert pool["next_spawn_at"] is not None
@@ -394,9 +396,9 @@ async def test_pool_state_survives_a_restart(home: Home) -> None:
         await until(lambda: runner.store.pool_state("claude").backoff_until, message="backoff")
         first = await dispatch(runner, "one", agent="agent")
         await wait_all(runner, [first["workspace"]])
-        before = (await runner.bus.invoke("runner.status"))["pools"]
+        before = (await runner.status(StatusRequest()))["pools"]
     async with serving(home, extra) as again:
-        after = (await again.bus.invoke("runner.status"))["pools"]
+        after = (await again.status(StatusRequest()))["pools"]
         second = await dispatch(again, "two", agent="agent")
         fail_count = again.store.pool_state("claude").fail_count
     assert after["claude"]["backoff_until"] == before["claude"]["backoff_until"] is not None
@@ -541,10 +543,10 @@ async def test_wait_reports_progress_periodically_while_nothing_changes(
 
     async with serving(home) as runner:
         ws = await dispatch(runner, "@sleep=30", agent="agent")
-        result = await runner.bus.invoke(
-            "runner.wait", workspaces=[ws["workspace"]], timeout_s=1.2, progress=progress
+        result = await runner.wait(
+            WaitRequest(workspaces=[ws["workspace"]], timeout_s=1.2), progress=progress
         )
-        await runner.bus.invoke("runner.kill", all=True)
+        await runner.kill(KillRequest(all=True))
     assert result["done"] is False
     assert len(seen) >= 3 and all(v == 0.0 and t == 1.0 for v, t, _ in seen)
 
@@ -554,7 +556,7 @@ async def test_durations_agree_everywhere_and_are_the_agents_wall_time(home: Hom
         events = runner.bus.subscribe()
         ws = (await dispatch(runner, "@sleep=0.3", agent="agent"))["workspace"]
         [waited] = await wait_all(runner, [ws])
-        overview = await runner.bus.invoke("runner.status")
+        overview = await runner.status(StatusRequest())
         pushed = None
         with anyio.fail_after(10):
             while pushed is None:

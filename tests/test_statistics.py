@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from dispatch_runner.actions import StatusRequest
 from dispatch_runner.events import BusStatistics
 from dispatch_runner.runner import RunnerStatistics
 from tests.conftest import Home
@@ -18,13 +19,13 @@ async def test_the_runner_counts_what_it_did_and_status_shows_the_bus(home: Home
         before = runner.statistics()
         assert isinstance(before, RunnerStatistics) and isinstance(before.bus, BusStatistics)
         ok = await dispatch(runner, "x", agent="agent")
-        await runner.bus.invoke("runner.stop")
+        await runner.stop()
         doomed = await dispatch(runner, "y", agent="agent", max_attempts=1)
         shutil.rmtree(doomed["path"])
-        await runner.bus.invoke("runner.start")
+        await runner.start()
         await wait_all(runner, [ok["workspace"], doomed["workspace"]])
         stats = runner.statistics()
-        status = await runner.bus.invoke("runner.status")
+        status = await runner.status(StatusRequest())
     assert (stats.dispatched, stats.spawned, stats.spawn_failures) == (2, 1, 1)
     assert stats.bus.published > before.bus.published and stats.bus.subscribers >= 0
     assert status["bus_dropped"] == stats.bus.dropped == 0

@@ -9,6 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatch_runner.actions import (
+    DispatchRequest,
+    GcRequest,
+    KillRequest,
+    Result,
+    StatusRequest,
+    WaitRequest,
+)
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import DispatchError
 from dispatch_runner.runner import Runner
@@ -57,7 +65,7 @@ def test_any_dispatch_input_is_accepted_or_refused_cleanly(
         before_events = runner.store.last_event_id()
         before_dirs = _dirs(home)
         try:
-            result = anyio.run(lambda: runner.bus.invoke("runner.dispatch", task=task, **extra))
+            result = anyio.run(runner.dispatch, DispatchRequest(task=task, **extra))
         except DispatchError as exc:
             assert str(exc) and str(exc)[0].isalpha() and "unexpectedly" not in str(exc)
             assert runner.store.last_event_id() == before_events
@@ -74,26 +82,39 @@ def _dirs(home: Home) -> set[Path]:
     return set(root.iterdir()) if root.exists() else set()
 
 
+Request = StatusRequest | KillRequest | WaitRequest | GcRequest
+
+
+async def act(runner: Runner, req: Request) -> Result:
+    """The runner's action for this request: the one the MCP tool or the CLI command calls."""
+    if isinstance(req, StatusRequest):
+        return await runner.status(req)
+    if isinstance(req, KillRequest):
+        return await runner.kill(req)
+    if isinstance(req, WaitRequest):
+        return await runner.wait(req)
+    return await runner.gc(req)
+
+
 @pytest.mark.parametrize(
-    "call",
+    "req",
     [
-        {"action": "runner.status", "workspace": "ws-\udcff"},
-        {"action": "runner.status", "agent": "a\x00"},
-        {"action": "runner.kill", "workspace": "ws-\udcff"},
-        {"action": "runner.kill", "agent": "\ud800"},
-        {"action": "runner.wait", "workspaces": ["ws-\x00"]},
-        {"action": "runner.wait", "workspaces": ["x"], "timeout_s": 10**400},
-        {"action": "runner.gc", "older_than_s": float("nan")},
+        StatusRequest(workspace="ws-\udcff"),
+        StatusRequest(agent="a\x00"),
+        KillRequest(workspace="ws-\udcff"),
+        KillRequest(agent="\ud800"),
+        WaitRequest(workspaces=["ws-\x00"]),
+        WaitRequest(workspaces=["x"], timeout_s=10**400),
+        GcRequest(older_than_s=float("nan")),
     ],
 )
 def test_text_no_os_can_hold_and_impossible_numbers_are_refused_by_every_action(
-    home: Home, call: dict[str, Any]
+    home: Home, req: Request
 ) -> None:
     runner = Runner(load_config())
-    args = dict(call)
     try:
         with pytest.raises(DispatchError) as info:
-            anyio.run(lambda: runner.bus.invoke(args.pop("action"), **args))
+            anyio.run(act, runner, req)
     finally:
         runner.close()
     assert str(info.value)[0].isalpha()

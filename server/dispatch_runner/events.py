@@ -1,32 +1,18 @@
-"""Typed events and the bus: actions (`runner.*`) and bounded, non-blocking fan-out emitters.
+"""Typed events and the bus that carries them: bounded, non-blocking fan-out emitters.
 
-Surfaces (MCP, CLI) invoke actions by name and subscribe to events; they never reach into the
+The bus carries events only; actions are typed requests (actions.py) a surface hands to the
 runner. Publishing never blocks: each subscriber has a bounded buffer, and what does not fit is
 dropped and counted (reference 001's ChannelEmitter + MultiEmitter).
 """
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .model import EVENT_TYPES, TERMINAL_EVENTS, Event
 
-__all__ = ["ACTIONS", "EVENT_TYPES", "TERMINAL_EVENTS", "Bus", "ChannelEmitter", "Event", "MultiEmitter"]
-
-ACTIONS: Final = (
-    "runner.dispatch",
-    "runner.status",
-    "runner.start",
-    "runner.stop",
-    "runner.kill",
-    "runner.poke",
-    "runner.wait",
-    "runner.gc",
-    "runner.logs",
-)
+__all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Bus", "ChannelEmitter", "Event", "MultiEmitter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,35 +89,11 @@ class MultiEmitter:
             self.unsubscribe(emitter)
 
 
-Handler = Callable[..., Awaitable[Any]]
-
-
-class UnknownAction(LookupError):
-    pass
-
-
 class Bus:
-    """Actions by name, and events fanned out to bounded subscribers."""
+    """Events fanned out to bounded subscribers."""
 
     def __init__(self) -> None:
-        self._actions: dict[str, Handler] = {}
         self.events = MultiEmitter()
-
-    def register(self, name: str, handler: Handler) -> None:
-        if name in self._actions:
-            raise ValueError(f"action {name!r} is already registered")
-        self._actions[name] = handler
-
-    async def invoke(self, name: str, /, **kwargs: Any) -> Any:
-        try:
-            handler = self._actions[name]
-        except KeyError:
-            raise UnknownAction(f"no action {name!r} registered") from None
-        return await handler(**kwargs)
-
-    @property
-    def actions(self) -> tuple[str, ...]:
-        return tuple(sorted(self._actions))
 
     def publish(self, event: Event) -> None:
         self.events.emit(event)

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -114,7 +114,6 @@ class Runner:
         self._config_mtime = _mtime(config.source)
         self._available: tuple[float, dict[str, bool]] = (-AVAILABLE_TTL_S, {})
         self._counts: Counter[str] = Counter()
-        _register_actions(self)
 
     def statistics(self) -> RunnerStatistics:
         c = self._counts
@@ -1078,36 +1077,6 @@ def agent_spec(
 
 def _request_fields(req: Any) -> dict[str, Any]:
     return {f.name: getattr(req, f.name) for f in fields(req)}
-
-
-def _register_actions(runner: "Runner") -> None:
-    """`runner.<action>` on the bus, taking keyword arguments: what older callers use."""
-    requests: dict[str, type] = {
-        "status": StatusRequest,
-        "logs": LogsRequest,
-        "kill": KillRequest,
-        "wait": WaitRequest,
-        "gc": GcRequest,
-    }
-
-    def adapter(name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(runner, name)
-
-        async def call(**kwargs: Any) -> Any:
-            if name == "dispatch":
-                extra = {k: kwargs.pop(k) for k in ("origin", "parent") if k in kwargs}
-                return await method(DispatchRequest(**kwargs), **extra)
-            if name == "wait":
-                progress = kwargs.pop("progress", None)
-                return await method(WaitRequest(**kwargs), progress=progress)
-            if name in requests:
-                return await method(requests[name](**kwargs))
-            return await method(**kwargs)
-
-        return call
-
-    for name in ("dispatch", "status", "logs", "kill", "wait", "gc", "stop", "start", "poke"):
-        runner.bus.register(f"runner.{name}", adapter(name))
 
 
 def spawn_failure(exc: OSError, *, where: str) -> RunExit:

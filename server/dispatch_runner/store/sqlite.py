@@ -20,6 +20,7 @@ from .. import policy
 from ..errors import QueueBusy, StoreError
 from ..model import Event, Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
+from . import lifecycle
 from .base import (
     Claim,
     ClaimResult,
@@ -37,12 +38,6 @@ from .sqlite_snapshot import snapshot
 T = TypeVar("T")
 LANE_SEP = "\x1f"
 LOCK_RETRIES = 5
-_EVENT_FOR_STATE = {
-    WorkspaceState.COMPLETED: "AgentCompleted",
-    WorkspaceState.FAILED: "AgentFailed",
-    WorkspaceState.KILLED: "AgentKilled",
-    WorkspaceState.LOST: "AgentLost",
-}
 
 
 def lane_of(pool: str, model: str | None) -> str:
@@ -585,32 +580,26 @@ class SQLiteStore:
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
         ws = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (run["workspace"],)).fetchone())
-        killed = bool(run["kill_requested"])
-        outcome = Outcome.KILLED if killed else result.outcome
-        detail = result.detail if outcome is result.outcome else "killed on request"
-        ended_reason = (result.ended_reason if outcome is result.outcome else None) or policy.ENDED_REASON[
-            outcome
-        ]
         requeues = db.execute(
             "SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?",
             (ws.id, Outcome.RATE_LIMITED.value),
         ).fetchone()[0]
-        decision = policy.decide_exit(
-            outcome,
-            attempts_before=ws.attempts,
-            max_attempts=ws.max_attempts,
-            detail=detail,
+        pool = self._pool_state(db, ws.pool)
+        plan = lifecycle.plan_exit(
+            ws,
+            _spawn_mark(run),
+            result,
+            pool,
+            kill_requested=bool(run["kill_requested"]),
             requeues_before=requeues,
+            now=now,
+            rate=rate,
+            run_id=run_id,
         )
-        check_transition(WorkspaceState(ws.state), decision.state)
         db.execute(
             "UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? WHERE id = ?",
-            (now, result.exit_code, outcome.value, run_id),
+            (now, result.exit_code, plan.outcome.value, run_id),
         )
-        attempts = ws.attempts + (
-            1 if decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED) else 0
-        )
-        finished = decision.state is not WorkspaceState.QUEUED
         db.execute(
             """UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
                exit_code = ?, summary = coalesce(?, summary), session_id = coalesce(?, session_id),
@@ -618,138 +607,30 @@ class SQLiteStore:
                ended_reason = ?, rev = rev + 1
                WHERE id = ?""",
             (
-                decision.state.value,
-                decision.reason,
-                attempts,
-                now + decision.not_before_delay_s,
+                plan.state.value,
+                plan.reason,
+                plan.attempts,
+                plan.not_before,
                 result.exit_code,
                 result.summary,
                 result.session_id,
-                now if finished else None,
+                now if plan.finished else None,
                 now,
-                finished,
-                ended_reason,
+                plan.finished,
+                plan.ended_reason,
                 ws.id,
             ),
         )
-        if run["phase"] == "reserved":  # it never started: nothing reached the provider
-            self._give_back_spawn(db, run)
-        self._after_exit_pool_state(db, ws, outcome, result, now, rate)
-        common = {
-            "agent": ws.agent,
-            "exit_code": result.exit_code,
-            "run": run_id,
-            "duration_s": round(now - (run["agent_started_at"] or run["started_at"] or run["claimed_at"]), 3),
-            "reason": decision.reason,
-            "dead_letter": decision.dead_letter,
-            "ended_reason": ended_reason,
-        }
-        self._exit_events(db, ws, outcome, decision, now, common)
+        if plan.pool is not None:
+            self._save_pool_state(db, ws.pool, plan.pool)
+        for event in plan.events:
+            self._event(db, event.type, now, ws.id, ws.origin, **event.data)
         return _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
-
-    def _exit_events(
-        self,
-        db: sqlite3.Connection,
-        ws: WorkspaceRow,
-        outcome: Outcome,
-        decision: policy.ExitDecision,
-        now: float,
-        common: dict[str, Any],
-    ) -> None:
-        if outcome is Outcome.LOST:
-            self._event(db, "AgentLost", now, ws.id, ws.origin, state=decision.state.value, **common)
-        if decision.state in _EVENT_FOR_STATE and outcome is not Outcome.LOST:
-            self._event(
-                db,
-                _EVENT_FOR_STATE[decision.state],
-                now,
-                ws.id,
-                ws.origin,
-                state=decision.state.value,
-                **common,
-            )
-        if decision.state is WorkspaceState.QUEUED:
-            self._event(
-                db,
-                "AgentRetrying",
-                now,
-                ws.id,
-                ws.origin,
-                state="queued",
-                outcome=outcome.value,
-                not_before=now + decision.not_before_delay_s,
-                **common,
-            )
-        if decision.dead_letter:
-            self._event(db, "TaskDeadLettered", now, ws.id, ws.origin, state=decision.state.value, **common)
 
     def _give_back_spawn(self, db: sqlite3.Connection, run: sqlite3.Row) -> None:
         """A claim that never started returns its pacing mark and daily slot."""
-        state = self._pool_state(db, run["pool"])
-        self._save_pool_state(
-            db,
-            run["pool"],
-            policy.undo_spawn(
-                state, marked=run["spawn_mark"], previous=run["prev_last_spawn"], day=run["counted_day"]
-            ),
-        )
-
-    def _after_exit_pool_state(
-        self,
-        db: sqlite3.Connection,
-        ws: WorkspaceRow,
-        outcome: Outcome,
-        result: RunExit,
-        now: float,
-        rate: RateConfig | None,
-    ) -> None:
-        state = self._pool_state(db, ws.pool)
-        if outcome is Outcome.RATE_LIMITED or result.pool_fault:
-            fails = state.fail_count + 1
-            if result.pool_fault:
-                until = now + policy.fault_backoff_s(fails)
-            else:
-                until = policy.rate_limit_backoff_until(
-                    now=_dt(now),
-                    retry_at=_dt(result.retry_at) if result.retry_at else None,
-                    rate=rate,
-                    fail_count=fails,
-                ).timestamp()
-            until = max(until, state.backoff_until or 0.0)
-            self._save_pool_state(
-                db,
-                ws.pool,
-                PoolState(
-                    backoff_until=until,
-                    fail_count=fails,
-                    last_spawn=state.last_spawn,
-                    daily_count=state.daily_count,
-                    daily_day=state.daily_day,
-                ),
-            )
-            self._event(
-                db,
-                "PoolBackoff",
-                now,
-                ws.id,
-                ws.origin,
-                pool=ws.pool,
-                until=until,
-                fail_count=fails,
-                reason=result.detail,
-            )
-        elif outcome is Outcome.SUCCEEDED and state.fail_count:
-            self._save_pool_state(
-                db,
-                ws.pool,
-                PoolState(
-                    backoff_until=state.backoff_until,
-                    fail_count=0,
-                    last_spawn=state.last_spawn,
-                    daily_count=state.daily_count,
-                    daily_day=state.daily_day,
-                ),
-            )
+        pool = self._pool_state(db, run["pool"])
+        self._save_pool_state(db, run["pool"], lifecycle.plan_give_back(_spawn_mark(run), pool))
 
     def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None:
         """A claim that was never spawned goes back to the queue (not an attempt)."""
@@ -989,6 +870,17 @@ def _lanes(db: sqlite3.Connection) -> list[str]:
            SELECT lane FROM l WHERE lane IS NOT NULL"""
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def _spawn_mark(run: sqlite3.Row) -> lifecycle.SpawnMark:
+    return lifecycle.SpawnMark(
+        reserved=run["phase"] == "reserved",
+        spawn_mark=run["spawn_mark"],
+        prev_last_spawn=run["prev_last_spawn"],
+        counted_day=run["counted_day"],
+        started_at=run["agent_started_at"] or run["started_at"],
+        claimed_at=run["claimed_at"],
+    )
 
 
 def _ws(row: sqlite3.Row) -> WorkspaceRow:
