@@ -3,13 +3,23 @@ the pool's state, a plan moves the workspace along the transition table, counts 
 dead-letters as policy says, emits exactly the events of its transition, and backs a pool off
 only for a rate limit or a machine-wide fault. Every backend applies these plans."""
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatch_runner.model import NEXT, Outcome, WorkspaceState
-from dispatch_runner.policy import MAX_RATE_LIMIT_REQUEUES, PoolState
-from dispatch_runner.store.base import RunExit, WorkspaceRow
-from dispatch_runner.store.lifecycle import SpawnMark, plan_exit, plan_give_back
+from dispatch_runner.policy import MAX_RATE_LIMIT_REQUEUES, PoolLimit, PoolState, RateConfig
+from dispatch_runner.store.base import Limits, RunExit, WorkspaceRow
+from dispatch_runner.store.lifecycle import (
+    Lane,
+    SpawnMark,
+    best_head,
+    open_lanes,
+    plan_exit,
+    plan_give_back,
+    plan_take,
+)
 
 NOW = 1_800_000_000.0
 TERMINAL = {"AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost"}
@@ -141,3 +151,77 @@ def test_a_claim_given_back_returns_its_daily_slot_and_never_goes_below_zero(
     else:
         assert after.daily_count == pool.daily_count
     assert after.daily_count >= 0 and after.backoff_until == pool.backoff_until
+
+
+# ---- claims ----------------------------------------------------------------------------------
+
+
+@given(
+    running=st.integers(0, 4),
+    model_running=st.integers(0, 3),
+    total=st.integers(1, 4),
+    model_cap=st.integers(1, 3),
+    backoff=st.booleans(),
+)
+def test_a_lane_opens_only_with_an_open_gate_and_room_in_pool_and_model(
+    running: int, model_running: int, total: int, model_cap: int, backoff: bool
+) -> None:
+    limits = Limits(concurrency={"p": PoolLimit(total=total, models={"m": model_cap})})
+    pool = PoolState(backoff_until=NOW + 30 if backoff else None)
+    taken, wake = open_lanes(
+        [Lane("p", "m")],
+        pools={"p": pool},
+        running_pool={"p": running},
+        running_model={("p", "m"): model_running},
+        limits=limits,
+        now=NOW,
+    )
+    room = running < total and model_running < model_cap
+    assert (taken == [Lane("p", "m")]) is (room and not backoff)
+    assert wake == ([NOW + 30] if backoff else [])
+
+
+def test_pacing_closes_a_lane_until_its_time() -> None:
+    limits = Limits(rates={"p": RateConfig(sustained_delay=60)})
+    taken, wake = open_lanes(
+        [Lane("p", None)],
+        pools={"p": PoolState(last_spawn=NOW - 10)},
+        running_pool={},
+        running_model={},
+        limits=limits,
+        now=NOW,
+    )
+    assert taken == [] and wake == [NOW + 50]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 100), st.integers(1, 1000)), max_size=8))
+def test_the_best_head_is_the_highest_priority_then_the_oldest(rows: list[tuple[int, float, int]]) -> None:
+    heads = [_head(p, c, q) for p, c, q in rows]
+    best = best_head(heads)
+    assert best == (min(heads, key=lambda h: (h.priority, h.created_at, h.seq)) if heads else None)
+
+
+def _head(priority: int, created_at: float, seq: int) -> WorkspaceRow:
+    return replace(workspace(0, 3), state="queued", priority=priority, created_at=created_at, seq=seq)
+
+
+@given(pool=pools)
+def test_taking_a_run_spends_a_pacing_mark_and_a_daily_slot_it_remembers(pool: PoolState) -> None:
+    ws = _head(2, NOW, 1)
+    plan = plan_take(ws, pool, rate=None, now=NOW)
+    assert plan.pool.last_spawn == plan.spawn_mark == NOW and plan.prev_last_spawn == pool.last_spawn
+    assert plan.counted_day == plan.pool.daily_day
+    # given back at once, the pool is as it was (its mark and its count)
+    back = plan_give_back(
+        SpawnMark(
+            reserved=True,
+            spawn_mark=plan.spawn_mark,
+            prev_last_spawn=plan.prev_last_spawn,
+            counted_day=plan.counted_day,
+            started_at=None,
+            claimed_at=NOW,
+        ),
+        plan.pool,
+    )
+    assert back.last_spawn == pool.last_spawn
+    assert back.daily_count == (pool.daily_count if pool.daily_day == plan.counted_day else 0)

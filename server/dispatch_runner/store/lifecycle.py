@@ -6,15 +6,15 @@ backs a pool off, gives a never-started claim's pacing mark back and emits exact
 events (the same property tests cover the plans for all of them).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 from .. import policy
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
-from .base import RunExit, WorkspaceRow
+from .base import Limits, RunExit, WorkspaceRow
 
 _EVENT_FOR_STATE: Final = {
     WorkspaceState.COMPLETED: "AgentCompleted",
@@ -192,3 +192,85 @@ def _exit_events(
 def plan_give_back(run: SpawnMark, pool: PoolState) -> PoolState:
     """A claim that never started (its peer died first) returns its pacing mark and daily slot."""
     return policy.undo_spawn(pool, marked=run.spawn_mark, previous=run.prev_last_spawn, day=run.counted_day)
+
+
+# ---- claims -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One gate lane: a pool and a model variant (None: the pool's default)."""
+
+    pool: str
+    model: str | None
+
+
+def open_lanes(
+    lanes: Sequence[Lane],
+    *,
+    pools: Mapping[str, PoolState],
+    running_pool: Mapping[str, int],
+    running_model: Mapping[tuple[str, str | None], int],
+    limits: Limits,
+    now: float,
+) -> tuple[list[Lane], list[float]]:
+    """Capacity-first: the lanes a claim may take from now — the pool's time gate (backoff, daily
+    limit, pacing) is open and the pool and the model have room — and the times at which a
+    time-gated pool opens (a full lane opens on a completion, not at a time)."""
+    taken: list[Lane] = []
+    wake: list[float] = []
+    gates: dict[str, policy.PoolGate] = {}
+    for lane in lanes:
+        if lane.pool not in gates:
+            gates[lane.pool] = policy.pool_gate(
+                limits.rates.get(lane.pool), pools.get(lane.pool, PoolState()), _dt(now)
+            )
+        gate = gates[lane.pool]
+        if not gate.open:
+            if gate.wake_at is not None:
+                wake.append(gate.wake_at.timestamp())
+            continue
+        if policy.has_capacity(
+            limits.concurrency.get(lane.pool),
+            pool_running=running_pool.get(lane.pool, 0),
+            model=lane.model,
+            model_running=running_model.get((lane.pool, lane.model), 0),
+        ):
+            taken.append(lane)
+    return taken, wake
+
+
+class Ordered(Protocol):
+    @property
+    def priority(self) -> int: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def seq(self) -> int: ...
+
+
+H = TypeVar("H", bound=Ordered)
+
+
+def best_head(heads: Iterable[H]) -> H | None:
+    """The head a claim takes: priority first (critical = 0), then the oldest."""
+    return min(heads, key=lambda h: policy.order_key(h.priority, h.created_at, h.seq), default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TakePlan:
+    pool: PoolState  # the pool after this spawn (pacing mark, daily count)
+    spawn_mark: float | None  # kept on the run, to give back if it never starts
+    prev_last_spawn: float | None
+    counted_day: str | None
+
+
+def plan_take(ws: WorkspaceRow, pool: PoolState, *, rate: RateConfig | None, now: float) -> TakePlan:
+    """Reserve the workspace's next run: the pool spends a pacing mark and a daily slot now (so
+    no other peer spawns in the same window); the run remembers them, to give them back if it
+    never starts. It counts as running, but is AgentStarted only when its shim starts it."""
+    check_transition(WorkspaceState(ws.state), WorkspaceState.RUNNING)
+    after = policy.after_spawn(rate, pool, _dt(now))
+    return TakePlan(
+        pool=after, spawn_mark=after.last_spawn, prev_last_spawn=pool.last_spawn, counted_day=after.daily_day
+    )

@@ -415,55 +415,40 @@ class SQLiteStore:
         wake_at = min(wake) if wake else None
         if best is None:
             return ClaimResult(None, wake_at)
-        return ClaimResult(self._take(db, _ws(best), now, limits, peer), wake_at)
+        return ClaimResult(self._take(db, best, now, limits, peer), wake_at)
 
     def _pick(
         self, db: sqlite3.Connection, now: float, limits: Limits
-    ) -> tuple[sqlite3.Row | None, list[float]]:
-        """Capacity-first: the best head among lanes whose pool gate is open and that have room.
-        Returns it and the times at which a time-gated pool opens."""
+    ) -> tuple[WorkspaceRow | None, list[float]]:
+        """The best head among the lanes the lifecycle opens, one index probe per open lane;
+        and the times at which a time-gated pool opens."""
         running_pool, running_model = _running_counts(db)
-        best: sqlite3.Row | None = None
-        wake: list[float] = []
-        gates: dict[str, policy.PoolGate] = {}
-        for lane in _lanes(db):
-            pool, _, model_text = lane.partition(LANE_SEP)
-            model = model_text or None
-            if pool not in gates:
-                gates[pool] = policy.pool_gate(limits.rates.get(pool), self._pool_state(db, pool), _dt(now))
-            gate = gates[pool]
-            if not gate.open:
-                if gate.wake_at is not None:
-                    wake.append(gate.wake_at.timestamp())
-                continue
-            if not policy.has_capacity(
-                limits.concurrency.get(pool),
-                pool_running=running_pool.get(pool, 0),
-                model=model,
-                model_running=running_model.get((pool, model), 0),
-            ):
-                continue  # a slot frees on a completion event, not at a time
-            head = db.execute(
+        lanes = [
+            lifecycle.Lane(pool, model or None)
+            for pool, _, model in (lane.partition(LANE_SEP) for lane in _lanes(db))
+        ]
+        pools = {pool: self._pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
+        taken, wake = lifecycle.open_lanes(
+            lanes, pools=pools, running_pool=running_pool, running_model=running_model, limits=limits, now=now
+        )
+        heads = [
+            db.execute(
                 """SELECT * FROM workspaces INDEXED BY workspaces_queue
                    WHERE state = 'queued' AND lane = ? AND not_before <= ?
                    ORDER BY priority, created_at, seq LIMIT 1""",
-                (lane, now),
+                (lane_of(lane.pool, lane.model), now),
             ).fetchone()
-            if head is not None and (best is None or _order(head) < _order(best)):
-                best = head
-        return best, wake
+            for lane in taken
+        ]
+        return lifecycle.best_head(_ws(h) for h in heads if h is not None), wake
 
     def _take(self, db: sqlite3.Connection, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> Claim:
-        """Reserve the workspace's next run (counts as running until the shim starts it, and only
-        then is it AgentStarted). The run remembers the pacing mark and daily slot it took, to
-        give them back if it never starts."""
-        check_transition(WorkspaceState(ws.state), WorkspaceState.RUNNING)
-        before = self._pool_state(db, ws.pool)
-        after = policy.after_spawn(limits.rates.get(ws.pool), before, _dt(now))
+        """Reserve the workspace's next run as the lifecycle plans it."""
+        plan = lifecycle.plan_take(ws, self._pool_state(db, ws.pool), rate=limits.rates.get(ws.pool), now=now)
         cur = db.execute(
             "INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark, "
             "prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?)",
-            (ws.id, ws.pool, ws.runs + 1, peer, now, after.last_spawn, before.last_spawn, after.daily_day),
+            (ws.id, ws.pool, ws.runs + 1, peer, now, plan.spawn_mark, plan.prev_last_spawn, plan.counted_day),
         )
         run_id = int(cur.lastrowid or 0)
         db.execute(
@@ -472,7 +457,7 @@ class SQLiteStore:
                updated_at = ?, rev = rev + 1 WHERE id = ?""",
             (run_id, now, ws.id),
         )
-        self._save_pool_state(db, ws.pool, after)
+        self._save_pool_state(db, ws.pool, plan.pool)
         claimed = _ws(db.execute("SELECT * FROM workspaces WHERE id = ?", (ws.id,)).fetchone())
         return Claim(claimed, run_id)
 
@@ -852,10 +837,6 @@ def _running_counts(db: sqlite3.Connection) -> tuple[dict[str, int], dict[tuple[
         pools[r["pool"]] = pools.get(r["pool"], 0) + r["n"]
         models[(r["pool"], r["model"])] = r["n"]
     return pools, models
-
-
-def _order(row: sqlite3.Row) -> tuple[int, float, int]:
-    return policy.order_key(row["priority"], row["created_at"], row["seq"])
 
 
 def _lanes(db: sqlite3.Connection) -> list[str]:
