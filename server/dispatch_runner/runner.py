@@ -49,7 +49,7 @@ from .policy import (
     MAX_WAIT_TIMEOUT_S,
     iso,
 )
-from .shim import exit_file, result_from_exit_file
+from .shim import ensure_drainer, exit_file, result_from_exit_file
 from .store import Claim, Limits, NewWorkspace, RunExit, RunRow, Store, WorkspaceRow, open_store
 from .store.base import POOL_FAULTS, spawn_reason
 from .validate import human_size
@@ -1015,18 +1015,8 @@ class Runner:
         return out
 
     def ensure_progress(self) -> None:
-        """After a one-shot command: if work is left and no live peer drains, start the drainer."""
-        if not self.store.has_work():
-            return
-        now = time.time()
-        for peer in self.store.peers():
-            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(
-                peer["pid"], peer["start"], peer["boot_id"]
-            ):
-                return
-        from .shim import spawn_drainer
-
-        spawn_drainer(self.drainer_spec())
+        """After a one-shot command: the queue must keep moving without it."""
+        ensure_drainer(self.store, self.drainer_spec())
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -273,16 +273,27 @@ class Shim:
                 delay = min(delay * 2, 10.0)
 
     def _ensure_drainer(self) -> None:
-        """A slot freed: if work is queued and no live peer drains, start the on-demand drainer."""
-        if not self.store.has_work():
-            return
-        now = time.time()
-        for peer in self.store.peers():
-            if peer["heartbeat_at"] > now - 10 and supervisor.is_alive(
-                peer["pid"], peer["start"], peer["boot_id"]
-            ):
-                return
-        spawn_drainer(self.spec.get("drainer") or {})
+        """A slot freed: the queue must keep moving (see ensure_drainer)."""
+        ensure_drainer(self.store, self.spec.get("drainer") or {})
+
+
+LIVE_PEER_S = 10.0  # a peer that heartbeat this recently (every 2 s) drains the queue
+
+
+def ensure_drainer(store: Any, drainer: dict[str, Any]) -> bool:
+    """If work is queued or running and no live peer drains the queue, start the on-demand
+    drainer (`serve --drain`; it takes a lock, so at most one runs). The one place that decides
+    it, for a shim whose run freed a slot and for a one-shot CLI command. True if started."""
+    if not store.has_work():
+        return False
+    now = time.time()
+    for peer in store.peers():
+        if peer["heartbeat_at"] > now - LIVE_PEER_S and supervisor.is_alive(
+            peer["pid"], peer["start"], peer["boot_id"]
+        ):
+            return False
+    spawn_drainer(drainer)
+    return True
 
 
 def start_failure(exc: OSError | ValueError, spec: dict[str, Any]) -> RunExit:
