@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from . import shim
+from .store import sqlite as _sqlite  # noqa: F401 - loaded once here, not in every forked shim
 
 
 def _run_shim(request: dict[str, Any]) -> int:

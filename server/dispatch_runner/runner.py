@@ -756,7 +756,8 @@ class Runner:
         deadline = started + deadline_s
         last_reported, last_sent = -1, started
         while True:
-            rows = [await self._db(self.store.get_workspace, i) for i in ids]
+            found = await self._db(self.store.workspaces, ids)
+            rows = [r for r in found if r is not None]  # ids were checked; a pruned one drops out
             finished = sum(1 for r in rows if WorkspaceState(r.state).finished)
             now = time.monotonic()
             # on every change, and every few seconds anyway so the client sees the wait is alive

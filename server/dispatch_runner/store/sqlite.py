@@ -166,10 +166,16 @@ class SQLiteStore:
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self._reading(lambda db: db.execute(sql, args).fetchall())
 
-    def _reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A read on the read connection: in WAL it never waits behind this store's (or any
-        peer's) write transaction, so `status` and `wait` answer while a claim commits. Driver
-        errors stop here."""
+    def _reading(self, fn: Callable[[sqlite3.Connection], T], *, separate: bool = False) -> T:
+        """A read; driver errors stop here. The runner's own reads share the main connection
+        (its page cache stays warm across its writes); `separate` reads (status, wait) go to a
+        read connection of their own, which in WAL never waits behind a write transaction."""
+        if not separate:
+            with self._lock:
+                try:
+                    return fn(self._conn())
+                except sqlite3.Error as exc:
+                    raise StoreError(f"store read failed: {exc}") from exc
         with self._read_lock:
             try:
                 if self._closed:
@@ -389,6 +395,19 @@ class SQLiteStore:
                 (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq),
             ).fetchone()[0]
         )
+
+    def workspaces(self, ids: Sequence[str]) -> list[WorkspaceRow | None]:
+        """These workspaces, in this order (None for an unknown id), in one read that never waits
+        behind a write (what `wait` polls)."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._reading(
+            lambda db: db.execute(f"SELECT * FROM workspaces WHERE id IN ({marks})", list(ids)).fetchall(),
+            separate=True,
+        )
+        found = {r["id"]: _ws(r) for r in rows}
+        return [found.get(i) for i in ids]
 
     def get_workspace(self, workspace_id: str) -> WorkspaceRow | None:
         rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
@@ -740,7 +759,8 @@ class SQLiteStore:
         limit: int = 20,
     ) -> dict[str, Any]:
         return self._reading(
-            lambda db: snapshot(
+            separate=True,
+            fn=lambda db: snapshot(
                 db,
                 now=now,
                 limits=limits,
@@ -750,7 +770,7 @@ class SQLiteStore:
                 pool_state=self._pool_state,
                 frozen=self._frozen(db),
                 to_row=_ws,
-            )
+            ),
         )
 
     # ---- peers and housekeeping -------------------------------------------------------------
