@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ class Runner:
         self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
     ) -> dict[str, Any]:
         # validation resolves paths and may run git: off the event loop, with the rest
-        checked = partial(self._validate, **_request_fields(req), origin=origin, parent=parent)
+        checked = partial(self._validate, req, origin=origin, parent=parent)
 
         def attempt() -> dict[str, Any]:
             for _ in range(ID_TRIES):
@@ -188,37 +188,12 @@ class Runner:
             workspaces.write_status(row, now=time.time())
         return self._dispatch_result(row, deduplicated=False, eta_s=result.eta_s)
 
-    def _validate(
-        self,
-        *,
-        task: str,
-        agent: str | None,
-        cwd: str | None,
-        repo: str | None,
-        template: str | None,
-        priority: str | None,
-        label: str | None,
-        idempotency_key: str | None,
-        max_wait_s: float | None,
-        timeout_s: float | None,
-        max_attempts: int | None,
-        origin: str | None,
-        parent: str | None,
-    ) -> NewWorkspace:
+    def _validate(self, req: DispatchRequest, *, origin: str | None, parent: str | None) -> NewWorkspace:
         cfg = self.config
-        _check_dispatch_values(
-            task=task,
-            agent=agent,
-            cwd=cwd,
-            repo=repo,
-            template=template,
-            priority=priority,
-            label=label,
-            idempotency_key=idempotency_key,
-            max_wait_s=max_wait_s,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-        )
+        _check_dispatch_values(req)
+        task, agent, cwd, repo, template = req.task, req.agent, req.cwd, req.repo, req.template
+        priority, label, idempotency_key = req.priority, req.label, req.idempotency_key
+        timeout_s, max_attempts = req.timeout_s, req.max_attempts
         size = len(task.encode())
         if size > cfg.max_task_bytes:
             raise TaskTooLarge(
@@ -1066,10 +1041,6 @@ def agent_spec(
     }
 
 
-def _request_fields(req: Any) -> dict[str, Any]:
-    return {f.name: getattr(req, f.name) for f in fields(req)}
-
-
 def spawn_failure(exc: OSError, *, where: str) -> RunExit:
     """A run that could not start: a failed attempt, with the reason (disk full, directory gone)."""
     return RunExit(
@@ -1100,37 +1071,18 @@ def _peer_alive(peer: str | None) -> bool:
         return False
 
 
-def _check_dispatch_values(
-    *,
-    task: Any,
-    agent: Any,
-    cwd: Any,
-    repo: Any,
-    template: Any,
-    priority: Any,
-    label: Any,
-    idempotency_key: Any,
-    max_wait_s: Any,
-    timeout_s: Any,
-    max_attempts: Any,
-) -> None:
+def _check_dispatch_values(req: DispatchRequest) -> None:
     """Types, characters and bounds of a dispatch's arguments, before anything else reads them."""
-    validate.text("task", task, required=True)
-    for field, value in (
-        ("agent", agent),
-        ("cwd", cwd),
-        ("repo", repo),
-        ("template", template),
-        ("priority", priority),
-    ):
-        validate.text(field, value, max_chars=4096)
-    validate.text("label", label, max_chars=200)
-    validate.text("idempotency_key", idempotency_key, max_chars=200)
-    if idempotency_key is not None and not idempotency_key:
+    validate.text("task", req.task, required=True)
+    for field in ("agent", "cwd", "repo", "template", "priority"):
+        validate.text(field, getattr(req, field), max_chars=4096)
+    validate.text("label", req.label, max_chars=200)
+    validate.text("idempotency_key", req.idempotency_key, max_chars=200)
+    if req.idempotency_key is not None and not req.idempotency_key:
         raise InvalidArgument("idempotency_key", "idempotency_key is empty; give 1-200 characters")
-    validate.number("max_wait_s", max_wait_s, minimum=0, maximum=MAX_QUEUE_WAIT_S, unit=" s")
-    validate.number("timeout_s", timeout_s, minimum=0, maximum=MAX_TIMEOUT_S, above=True, unit=" s")
-    validate.number("max_attempts", max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
+    validate.number("max_wait_s", req.max_wait_s, minimum=0, maximum=MAX_QUEUE_WAIT_S, unit=" s")
+    validate.number("timeout_s", req.timeout_s, minimum=0, maximum=MAX_TIMEOUT_S, above=True, unit=" s")
+    validate.number("max_attempts", req.max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
 
 
 def _check_argv_fits(

@@ -145,16 +145,21 @@ def become_subreaper() -> bool:
         return False
 
 
-def children_of(pid: int) -> list[int]:
-    """Live children of `pid` (every thread's), zombies excluded."""
+def _children_pids(pid: int) -> list[int]:
+    """Every child of `pid` (each of its threads' children), zombies included."""
     found: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
                 found += [int(x) for x in f.read().split()]
     except (OSError, ValueError):
-        return []
-    return [c for c in found if is_alive(c, None)]
+        return found
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Live children of `pid` (every thread's), zombies excluded."""
+    return [c for c in _children_pids(pid) if is_alive(c, None)]
 
 
 def stop_children(*, keep: int | None, grace_s: float, rounds: int = 5) -> int:
@@ -180,21 +185,10 @@ def stop_children(*, keep: int | None, grace_s: float, rounds: int = 5) -> int:
 
 def _reap_quietly(keep: int | None) -> None:
     """Collect exited children but `keep` (zombies of orphans we inherited)."""
-    me = os.getpid()
-    try:
-        tasks = os.listdir(f"/proc/{me}/task")
-    except OSError:
-        return
-    for task in tasks:
-        try:
-            with open(f"/proc/{me}/task/{task}/children", "rb") as f:
-                pids = [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
-            continue
-        for pid in pids:
-            if pid != keep:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)
+    for pid in _children_pids(os.getpid()):
+        if pid != keep:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def terminate_marked(
