@@ -150,7 +150,7 @@ def main() -> int:
         base, base_ret = bench_popen(args.n, home)
         cli_wall, cli_running = bench_cli(args.cli_n, home)
         py_pass = b.run_cmd_times([b.PYTHON, "-c", "pass"], max(args.cli_n, 20))
-        shim_import = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.shim"], 21)[1:]
+        shim_import = b.run_cmd_times([b.PYTHON, "-c", "import dispatch_runner.launch.shim"], 21)[1:]
         rows = [
             b.latency_row(
                 "dispatch -> agent running (in-process)",
@@ -173,7 +173,7 @@ def main() -> int:
             b.latency_row(
                 "claim -> shim's start_run (shim start-up)",
                 res["shim"],
-                "python -c 'import dispatch_runner.shim'",
+                "python -c 'import dispatch_runner.launch.shim'",
                 shim_import,
             ),
             b.latency_row("", [], "python -c pass", py_pass),

@@ -15,7 +15,7 @@ through a ClientExtension and stamps each one with its receive time.
 - RSS (/proc/<pid>/status VmRSS) of the server after connecting and 2 s idle, and after the
   runs; of the fork server; of a shim caught while its agent (`sleep`) runs, with its private
   memory (smaps_rollup). Baselines: sleeping `python -c 'import mcp.server.mcpserver'`, sleeping
-  `python -c 'import dispatch_runner.shim'` (a directly started shim), sleeping bare python.
+  `python -c 'import dispatch_runner.launch.shim'` (a directly started shim), sleeping bare python.
 
     .venv/bin/python bench/bench_mcp.py [--n 100] [--sleepers 3]
 """
@@ -222,7 +222,7 @@ async def phase_memory(
     out["shim_rss"] = [v for v in map(rss_mb, shims) if v is not None]
     out["shim_private"] = [v for v in map(private_mb, shims) if v is not None]
     out["shim_pss"] = [v for v in map(pss_mb, shims) if v is not None]
-    forkservers = find_pids(argv=b"dispatch_runner.forkserver", parent=server)
+    forkservers = find_pids(argv=b"dispatch_runner.launch.forkserver", parent=server)
     out["fork_rss"] = [v for v in map(rss_mb, forkservers) if v is not None]
     out["fork_private"] = [v for v in map(private_mb, forkservers) if v is not None]
     killed = structured(await client.call_tool("kill", {"agent": "sleeper"}))
@@ -305,8 +305,8 @@ def main() -> int:
             [
                 b.PYTHON,
                 "-c",
-                "import dispatch_runner.mcp_server, dispatch_runner.shim,"
-                " dispatch_runner.forkserver, dispatch_runner.cli",
+                "import dispatch_runner.mcp.server, dispatch_runner.launch.shim,"
+                " dispatch_runner.launch.forkserver, dispatch_runner.cli",
             ],
             1,
         )[0]
@@ -314,7 +314,7 @@ def main() -> int:
         parts = store_breakdown(home, res["ended"])
         base_popen = popen_wait(REC_ARGV, args.n, home)
         rss_mcp = sleeping_python_rss("import mcp.server.mcpserver", 2)
-        rss_shim = sleeping_python_rss("import dispatch_runner.shim")
+        rss_shim = sleeping_python_rss("import dispatch_runner.launch.shim")
         rss_bare = sleeping_python_rss("pass")
         print(
             f"bytecode cache filled in {warm:.1f} s; server connected in {res['connect_s']:.2f} s "
@@ -383,7 +383,7 @@ def main() -> int:
                 mb(shim),
                 mb(mb_med(res["shim_private"])),
                 mb(mb_med(res["shim_pss"])),
-                "python -c 'import dispatch_runner.shim'",
+                "python -c 'import dispatch_runner.launch.shim'",
                 mb(mb_med(rss_shim)),
                 b.ratio(shim or 0, mb_med(rss_shim) or 0),
                 "<= 12 MB",

@@ -223,7 +223,9 @@ async def bench_peers(home: Path, n: int, peers: int, idle_s: float) -> dict[str
         # the load: all peers at once; poll the store read-only for the completed count
         db = ro(home)
         forkservers = [
-            pid for pid in children_of(set(servers.values())) if b"dispatch_runner.forkserver" in cmdline(pid)
+            pid
+            for pid in children_of(set(servers.values()))
+            if b"dispatch_runner.launch.forkserver" in cmdline(pid)
         ]
         load_pids = {"peers": list(servers.values()), "fork servers": forkservers}
         cpu_before = {k: [cpu_ticks(p) for p in v] for k, v in load_pids.items()}
@@ -388,8 +390,8 @@ def main() -> int:
             [
                 b.PYTHON,
                 "-c",
-                "import dispatch_runner.mcp_server, dispatch_runner.shim,"
-                " dispatch_runner.forkserver, dispatch_runner.cli",
+                "import dispatch_runner.mcp.server, dispatch_runner.launch.shim,"
+                " dispatch_runner.launch.forkserver, dispatch_runner.cli",
             ],
             1,
         )[0]

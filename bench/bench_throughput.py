@@ -7,7 +7,7 @@ from the first dispatch to the last recorded exit (the store's `ended_at`). CPU 
 from getrusage (the shims are this process's children; the agents are the shims').
 
 Baselines, same run, sequential: bare `Popen`+wait of `/bin/true`; of `python -c 'import sqlite3,
-json'` (what a stdlib-only shim would at least cost); of `python -c 'import dispatch_runner.shim'`
+json'` (what a stdlib-only shim would at least cost); of `python -c 'import dispatch_runner.launch.shim'`
 (what the shim costs before doing anything).
 
     .venv/bin/python bench/bench_throughput.py [--n 300] [--concurrency 8]
@@ -174,7 +174,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     rate = n / elapsed
     true_rate, _ = sequential_rate(["/bin/true"], n)
     sj_rate, _ = sequential_rate([b.PYTHON, "-c", "import sqlite3, json"], args.import_n)
-    shim_rate, shim_times = sequential_rate([b.PYTHON, "-c", "import dispatch_runner.shim"], args.import_n)
+    shim_rate, shim_times = sequential_rate(
+        [b.PYTHON, "-c", "import dispatch_runner.launch.shim"], args.import_n
+    )
     pass_rate, _ = sequential_rate([b.PYTHON, "-c", "pass"], args.import_n)
 
     print(
@@ -206,7 +208,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             "",
             "",
             "",
-            "Popen+wait python -c 'import dispatch_runner.shim'",
+            "Popen+wait python -c 'import dispatch_runner.launch.shim'",
             f"{shim_rate:.1f}",
             f"{1000 / shim_rate:.2f}",
             b.ratio(shim_rate, rate),
@@ -256,7 +258,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         ["CPU budget per run at 50 runs/s on 2 cores", b.ms(2 / 50)],
         ["claim -> shim's start_run, p50", b.ms(b.p50(fig["claim_to_shim"]))],
         ["shim's start_run -> exit recorded, p50", b.ms(b.p50(fig["shim_to_end"]))],
-        ["python -c 'import dispatch_runner.shim' wall, p50", b.ms(b.p50(shim_times))],
+        ["python -c 'import dispatch_runner.launch.shim' wall, p50", b.ms(b.p50(shim_times))],
     ]
     print(b.table(cpu_rows, ("what", "ms")))
     print()

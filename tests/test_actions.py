@@ -5,11 +5,11 @@ place and cannot go missing from a surface."""
 import argparse
 from dataclasses import fields
 
-import dispatch_runner.cli as cli
 from dispatch_runner import actions
+from dispatch_runner.cli.parser import build_parser
 from dispatch_runner.config import load_config
-from dispatch_runner.mcp_push import Clients
-from dispatch_runner.mcp_tools import build_tools
+from dispatch_runner.mcp.push import Clients
+from dispatch_runner.mcp.tools import build_tools
 from dispatch_runner.runner import Runner
 from tests.conftest import Home
 
@@ -28,7 +28,7 @@ def test_the_dispatch_tool_takes_exactly_the_declared_fields(home: Home) -> None
 
 
 def test_the_dispatch_command_has_an_option_for_each_declared_field() -> None:
-    parser = cli._parser()
+    parser = build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     dests = {a.dest for a in commands.choices["dispatch"]._actions}
     assert set(actions.DISPATCH_FIELDS) <= dests

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import dispatch_runner.cli as cli
+from dispatch_runner.cli.parser import build_parser
 from tests.conftest import Home, wait_for
 from tests.test_cli import run_cli, state_of
 
@@ -226,7 +227,7 @@ def test_status_watch_refreshes_until_ctrl_c(home: Home) -> None:
 def test_every_option_of_every_command_is_documented() -> None:
     import argparse
 
-    parser = cli._parser()
+    parser = build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
         for action in sub._actions:

@@ -408,7 +408,7 @@ async def test_a_claim_by_a_peer_of_an_older_version_goes_back_to_the_queue(home
     try:
         runner = Runner(load_config())
         try:
-            from dispatch_runner import supervisor
+            from dispatch_runner.launch import supervisor
 
             peer = f"{os.uname().nodename}:{old.pid}:{supervisor.proc_start(old.pid)}"
             await runner.stop()

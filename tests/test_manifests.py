@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from dispatch_runner.config import parse_config
-from dispatch_runner.mcp_push import channel_message
+from dispatch_runner.mcp.push import channel_message
 from dispatch_runner.model import Event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,11 @@
-"""The SDK's private attributes we rely on (all read in dispatch_runner/mcp_private.py) still
+"""The SDK's private attributes we rely on (all read in dispatch_runner/mcp/private.py) still
 exist in the installed mcp release, on real objects: an upgrade that moves one fails here, by
 name, before it fails in a client session."""
 
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-import dispatch_runner.mcp_private as mcp_private
+import dispatch_runner.mcp.private as mcp_private
 from tests.conftest import Home
 from tests.mcp_helpers import connect
 

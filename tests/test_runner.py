@@ -533,9 +533,9 @@ def _drain_types(sub: Any) -> list[str]:
 async def test_wait_reports_progress_periodically_while_nothing_changes(
     home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dispatch_runner.runner as runner_module
+    import dispatch_runner.runner.queries as queries_module
 
-    monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setattr(queries_module, "PROGRESS_EVERY_S", 0.2)
     seen: list[tuple[float, float | None, str | None]] = []
 
     async def progress(value: float, total: float | None, message: str | None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import dispatch_runner.supervisor as supervisor
+import dispatch_runner.launch.supervisor as supervisor
 from tests.conftest import wait_for
 
 

@@ -8,9 +8,9 @@ import shutil
 import time
 from typing import Any
 
-from .config import Config, defaults, home_dir, load_config
-from .errors import ConfigError, DispatchError
-from .supervisor import find_executable
+from ..config import Config, defaults, home_dir, load_config
+from ..errors import ConfigError, DispatchError
+from ..launch.supervisor import find_executable
 
 
 def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def checks(config_flag: str | None) -> list[dict[str, Any]]:
 
 
 def _store(config: Config) -> dict[str, Any]:
-    from .store import open_store
+    from ..store import open_store
 
     try:
         store = open_store(config.store_url)

@@ -1,4 +1,4 @@
-"""A per-peer fork server: `python -m dispatch_runner.forkserver`, fed one JSON line per run.
+"""A per-peer fork server: `python -m dispatch_runner.launch.forkserver`, fed one JSON line per run.
 
 Starting a fresh interpreter per shim costs ~60 ms of imports; a serving peer instead keeps one
 single-threaded process that has imported the shim already and forks each run's shim from it.
@@ -13,8 +13,8 @@ import sys
 import traceback
 from typing import Any
 
+from ..store import sqlite as _sqlite  # noqa: F401 - loaded once here, not in every forked shim
 from . import shim
-from .store import sqlite as _sqlite  # noqa: F401 - loaded once here, not in every forked shim
 
 
 def _run_shim(request: dict[str, Any]) -> int:

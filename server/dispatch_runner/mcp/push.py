@@ -19,12 +19,12 @@ from mcp.server.connection import Connection
 from mcp.server.session import ServerSession
 from mcp_types import LoggingLevel
 
-from .actions import StatusRequest
-from .errors import DispatchError
-from .events import TERMINAL_EVENTS, Event
-from .mcp_private import connection_of
-from .policy import duration_text
-from .runner import Runner
+from ..actions import StatusRequest
+from ..errors import DispatchError
+from ..events import TERMINAL_EVENTS, Event
+from ..policy import duration_text
+from ..runner import Runner
+from .private import connection_of
 
 log = logging.getLogger("dispatch_runner.mcp")
 

@@ -1,4 +1,4 @@
-"""The detached per-run shim: `python -m dispatch_runner.shim SPEC.json`.
+"""The detached per-run shim: `python -m dispatch_runner.launch.shim SPEC.json`.
 
 It claims its reservation (compare-and-set reserved -> running, so a reservation that was given
 back never starts a second agent), starts the agent in its own session and process group with
@@ -10,7 +10,6 @@ Imports stay light (stdlib + our stdlib-only modules): this runs once per agent.
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -23,54 +22,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import argv as argvlib
+from .. import argv as argvlib
+from ..errors import StoreError
+from ..model import Outcome
+from ..outputs import parse_output, read_tail
+from ..store.base import RunExit
+from ..workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 from . import supervisor
-from .errors import StoreError
-from .model import Outcome
-from .outputs import parse_output, read_tail
-from .policy import RateConfig
-from .store.base import POOL_FAULTS, RunExit, spawn_reason
-from .workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
+from .runfiles import ensure_drainer, rate_from_spec, read_spec, start_failure, write_exit_file
 
 RECORD_RETRY_S = 600.0  # how long a shim keeps trying to record an exit in an unwritable store
 DISK_FULL_BYTES = 64 * 1024  # less than this left: the disk is full
 
 
-def rate_from(spec: dict[str, Any] | None) -> RateConfig | None:
-    if not spec:
-        return None
-    from datetime import time as dtime
-
-    hh, mm = spec["reset_utc"].split(":")
-    return RateConfig(
-        reset_utc=dtime(int(hh), int(mm)),
-        daily_limit=spec.get("daily_limit"),
-        min_delay=spec.get("min_delay", 0.0),
-        sustained_delay=spec.get("sustained_delay", 0.0),
-        burst_window=spec.get("burst_window", 0.0),
-        burst_delay=spec.get("burst_delay", 0.0),
-    )
-
-
-def exit_file(path: Path, run_id: int) -> Path:
-    return path / f"exit-{run_id}.json"
-
-
-def result_from_exit_file(data: dict[str, Any]) -> RunExit:
-    return RunExit(
-        outcome=Outcome(data["outcome"]),
-        exit_code=data.get("exit_code"),
-        summary=data.get("summary"),
-        session_id=data.get("session_id"),
-        detail=data.get("detail"),
-        retry_at=data.get("retry_at"),
-        ended_reason=data.get("ended_reason"),
-    )
-
-
 class Shim:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from .store import open_store
+        from ..store import open_store
 
         self.spec = spec
         self.run_id = int(spec["run_id"])
@@ -105,7 +72,8 @@ class Shim:
         try:
             self._start_agent(out_path, err_path)
         except (OSError, ValueError) as exc:  # ValueError: an undecodable legacy prompt.md
-            return self._finish(start_failure(exc, self.spec))
+            where = getattr(exc, "filename", None) or (self.spec.get("argv") or ["?"])[0]
+            return self._finish(start_failure(exc, where=str(where), what="agent"))
         assert self.agent is not None
         supervisor.crash_point("shim-after-spawn")
         self.agent_start = supervisor.proc_start(self.agent.pid) or 0
@@ -228,19 +196,8 @@ class Shim:
         record the end if this process dies right here), status.json and our own log are best
         effort: on a full disk they fail, and the run must still end with its reason."""
         ended_at = time.time()
-        record = {
-            "run_id": self.run_id,
-            "outcome": result.outcome.value,
-            "exit_code": result.exit_code,
-            "summary": result.summary,
-            "session_id": result.session_id,
-            "detail": result.detail,
-            "retry_at": result.retry_at,
-            "ended_reason": result.ended_reason,
-            "ended_at": ended_at,
-        }
         try:
-            atomic_write(exit_file(self.path, self.run_id), json.dumps(record))
+            write_exit_file(self.path, self.run_id, result, ended_at=ended_at)
         except OSError as exc:
             say(f"cannot write the exit file: {exc}")
         supervisor.crash_point("shim-before-record")
@@ -248,7 +205,7 @@ class Shim:
         if row is not None:
             write_status(row, now=time.time())
         try:
-            self._ensure_drainer()
+            ensure_drainer(self.store, self.spec.get("drainer") or {})  # a slot freed
         except (OSError, StoreError) as exc:
             say(f"cannot start a drainer: {exc}")
         self.store.close()
@@ -258,7 +215,7 @@ class Shim:
         """record_exit, retried while the store cannot be written (a full disk under it): while
         this process lives the run is not taken for lost, and the end is recorded once space
         frees."""
-        rate = rate_from(self.spec.get("rate"))
+        rate = rate_from_spec(self.spec.get("rate"))
         deadline = time.monotonic() + RECORD_RETRY_S
         delay = 0.5
         while True:
@@ -271,48 +228,6 @@ class Shim:
                 say(f"cannot record the exit yet, retrying: {exc}")
                 time.sleep(delay)  # waiting for the store to become writable again: nothing to wait on
                 delay = min(delay * 2, 10.0)
-
-    def _ensure_drainer(self) -> None:
-        """A slot freed: the queue must keep moving (see ensure_drainer)."""
-        ensure_drainer(self.store, self.spec.get("drainer") or {})
-
-
-LIVE_PEER_S = 10.0  # a peer that heartbeat this recently (every 2 s) drains the queue
-
-
-def ensure_drainer(store: Any, drainer: dict[str, Any]) -> bool:
-    """If work is queued or running and no live peer drains the queue, start the on-demand
-    drainer (`serve --drain`; it takes a lock, so at most one runs). The one place that decides
-    it, for a shim whose run freed a slot and for a one-shot CLI command. True if started."""
-    if not store.has_work():
-        return False
-    now = time.time()
-    for peer in store.peers():
-        if peer["heartbeat_at"] > now - LIVE_PEER_S and supervisor.is_alive(
-            peer["pid"], peer["start"], peer["boot_id"]
-        ):
-            return False
-    spawn_drainer(drainer)
-    return True
-
-
-def start_failure(exc: OSError | ValueError, spec: dict[str, Any]) -> RunExit:
-    """The agent could not be started (its executable or working directory gone, a full disk)."""
-    if not isinstance(exc, OSError):
-        return RunExit(
-            outcome=Outcome.FAILED,
-            exit_code=None,
-            ended_reason="spawn_failed",
-            detail=f"the agent could not start: {exc}",
-        )
-    where = exc.filename or (spec.get("argv") or ["?"])[0]
-    return RunExit(
-        outcome=Outcome.FAILED,
-        exit_code=None,
-        ended_reason=spawn_reason(exc),
-        detail=f"the agent could not start: {exc.strerror or exc} ({where})",
-        pool_fault=exc.errno in POOL_FAULTS,
-    )
 
 
 def _feed(pipe: Any, data: bytes) -> None:
@@ -350,27 +265,12 @@ def say(message: str) -> None:
         print(f"shim: {message}", file=sys.stderr, flush=True)
 
 
-def spawn_drainer(drainer: dict[str, Any]) -> None:
-    argv = drainer.get("argv")
-    if not argv:
-        return
-    env = supervisor.unmarked(os.environ)
-    env.update(drainer.get("env") or {})
-    log = drainer.get("log") or os.devnull
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
-    os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m dispatch_runner.shim SPEC.json", file=sys.stderr)
+        print("usage: python -m dispatch_runner.launch.shim SPEC.json", file=sys.stderr)
         return 2
-    spec = json.loads(Path(args[0]).read_text())
+    spec = read_spec(Path(args[0]))
     return Shim(spec).run()
 
 

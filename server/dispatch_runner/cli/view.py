@@ -16,8 +16,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .actions import LogsRequest, StatusRequest, WaitRequest
-from .policy import duration_text
+from ..actions import LogsRequest, StatusRequest, WaitRequest
+from ..policy import duration_text
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
 STATE_STYLE = {

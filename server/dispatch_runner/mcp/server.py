@@ -36,14 +36,14 @@ from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from . import __version__
-from .actions import LogsRequest, StatusRequest
-from .config import Config
-from .errors import InvalidArgument, UnknownWorkspace
-from .mcp_private import lowlevel
-from .mcp_push import LOG_LEVELS, Clients, Pusher
-from .mcp_tools import argument_checker, build_tools
-from .runner import Runner
+from .. import __version__
+from ..actions import LogsRequest, StatusRequest
+from ..config import Config
+from ..errors import InvalidArgument, UnknownWorkspace
+from ..runner import Runner
+from .private import lowlevel
+from .push import LOG_LEVELS, Clients, Pusher
+from .tools import argument_checker, build_tools
 
 log = logging.getLogger("dispatch_runner.mcp")
 

@@ -1,6 +1,6 @@
 """Start, watch and stop agent processes.
 
-Every agent starts through a detached per-run shim (`python -m dispatch_runner.shim SPEC`) in its
+Every agent starts through a detached per-run shim (`python -m dispatch_runner.launch.shim SPEC`) in its
 own session; the shim starts the agent in a new session and process group and records the exit.
 A PID is an identity only together with its start time and the boot id: orphans stay zombies for
 ~2 s on these machines, so `kill(pid, 0)` alone lies; we read /proc state instead.
@@ -325,7 +325,7 @@ class ShimLauncher:
             ]
             pid = os.posix_spawn(
                 self.python,
-                [self.python, "-m", "dispatch_runner.forkserver"],
+                [self.python, "-m", "dispatch_runner.launch.forkserver"],
                 dict(env),
                 file_actions=actions,
             )
@@ -396,4 +396,4 @@ def crash_point(name: str) -> None:
 
 
 def shim_args(spec_path: Path) -> list[str]:
-    return ["-m", "dispatch_runner.shim", str(spec_path)]
+    return ["-m", "dispatch_runner.launch.shim", str(spec_path)]

@@ -19,11 +19,11 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field, ValidationError
 
-from .actions import DispatchRequest, KillRequest, LogsRequest, StatusRequest, WaitRequest
-from .errors import DispatchError
-from .mcp_push import Clients
-from .policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
-from .runner import Runner
+from ..actions import DispatchRequest, KillRequest, LogsRequest, StatusRequest, WaitRequest
+from ..errors import DispatchError
+from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
+from ..runner import Runner
+from .push import Clients
 
 log = logging.getLogger("dispatch_runner.mcp")
 

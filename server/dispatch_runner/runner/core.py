@@ -1,0 +1,116 @@
+"""What every part of one peer's runner shares: the config in force, the store, the bus, the
+launcher, this peer's identity and counters, the wake-up of the background loop, and the
+publishing of committed events onto the bus."""
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .. import workspaces
+from ..config import Config
+from ..events import Bus, Event
+from ..launch import runfiles, supervisor
+from ..model import Outcome
+from ..store import Limits, RunExit, Store, WorkspaceRow
+
+log = logging.getLogger("dispatch_runner")
+EVENT_BATCH = 500
+
+
+def peer_id() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
+
+
+def peer_alive(peer: str | None) -> bool:
+    """A peer id names a live process of this host (another host's peers are judged by their
+    heartbeat, not by our process table)."""
+    if not peer:
+        return False
+    host, _, rest = peer.partition(":")
+    pid_text, _, start_text = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        return supervisor.is_alive(int(pid_text), int(start_text) or None)
+    except ValueError:
+        return False
+
+
+class Core:
+    def __init__(self, config: Config, store: Store, bus: Bus, *, kind: str) -> None:
+        self.config = config  # replaced as a whole when agents.yaml changes
+        self.store = store
+        self.bus = bus
+        self.kind = kind
+        self.peer = peer_id()
+        self.launcher = supervisor.ShimLauncher(forkserver=kind != "cli", log_dir=config.home)
+        self.counts: Counter[str] = Counter()
+        self.serving = False  # the background loop runs (else waits recover and publish themselves)
+        self.wake = anyio.Event()
+        self.wake_at: float | None = None
+        self._cursor = store.last_event_id()
+        self._publish_lock = anyio.Lock()
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(concurrency=self.config.concurrency, rates=self.config.rates)
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A store call in a worker thread (every store call blocks)."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    def record(self, run_id: int, result: RunExit, *, now: float | None = None) -> WorkspaceRow | None:
+        """Record a run's end found by this peer (not by its shim); refresh status.json."""
+        rate = None
+        if result.outcome is Outcome.RATE_LIMITED:
+            run = self.store.get_run(run_id)
+            rate = self.config.rates.get(run.pool) if run else None
+        row = self.store.record_exit(run_id, result, now=time.time() if now is None else now, rate=rate)
+        if row is not None:
+            self.record_status(row)
+        return row
+
+    @staticmethod
+    def record_status(row: WorkspaceRow) -> None:
+        """status.json in the workspace, for people and agents that read files."""
+        workspaces.write_status(row, now=time.time())
+
+    def drainer_spec(self) -> dict[str, Any]:
+        return runfiles.drainer_spec(
+            config_source=self.config.source, store_url=self.store.url, home=self.config.home
+        )
+
+    def nudge(self) -> None:
+        """Wake the background loop now (a slot may have freed, a config changed)."""
+        self.wake.set()
+
+    def schedule(self, wake_at: float | None) -> None:
+        """Wake the background loop by `wake_at` too (a pacing gate opens then)."""
+        if wake_at is not None and (
+            self.wake_at is None or wake_at < self.wake_at or self.wake_at <= time.time()
+        ):
+            self.wake_at = wake_at
+
+    async def publish_new(self) -> list[Event]:
+        """Read events committed since the cursor (any peer's) and publish them on the bus, once
+        each and in order. The read runs in a worker thread; publishing stays on the event loop
+        (the bus's memory streams are not thread-safe)."""
+        async with self._publish_lock:
+            fresh: list[Event] = []
+            while True:
+                batch: list[Event] = await self.db(self.store.events_after, self._cursor, EVENT_BATCH)
+                for event in batch:
+                    self._cursor = event.id
+                    self.bus.publish(event)
+                fresh += batch
+                if len(batch) < EVENT_BATCH:
+                    break
+            return fresh

@@ -1,0 +1,115 @@
+"""runner.dispatch: a valid dispatch becomes a workspace directory, its prompt and worktree, a
+row in the store (or the existing one, for a repeated idempotency key), and a first drain."""
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from .. import workspaces
+from ..actions import DispatchRequest
+from ..errors import WorkspaceUnavailable
+from ..store import NewWorkspace, WorkspaceRow
+from .core import Core
+from .draining import Drainer
+from .validation import new_workspace
+
+ID_TRIES = 5
+
+
+class _IdTaken(Exception):
+    """The drawn workspace id names an existing directory."""
+
+
+class Dispatcher:
+    def __init__(self, core: Core, drainer: Drainer) -> None:
+        self.core = core
+        self.drainer = drainer
+
+    async def dispatch(
+        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
+    ) -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
+            # validation resolves paths and may run git: off the event loop, with the rest
+            for _ in range(ID_TRIES):
+                new = new_workspace(self.core.config, req, origin=origin, parent=parent)
+                try:
+                    return self._dispatch_sync(new, req.max_wait_s)
+                except _IdTaken:
+                    continue  # another dispatch drew the same id this second: draw again
+            raise WorkspaceUnavailable(str(self.core.config.workspace_root), "no free workspace id")
+
+        result = await anyio.to_thread.run_sync(attempt)
+        await self.core.publish_new()
+        return result
+
+    def _dispatch_sync(self, new: NewWorkspace, max_wait_s: float | None) -> dict[str, Any]:
+        """Files, the enqueue transaction and the first drain in one worker-thread hop."""
+        store = self.core.store
+        if new.idempotency_key:
+            existing = store.find_by_idempotency_key(new.idempotency_key)
+            if existing is not None:
+                return self._result(existing, deduplicated=True, eta_s=None)
+        try:
+            Path(new.path).mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise _IdTaken from None  # not ours: never discard it
+        except OSError as exc:
+            raise WorkspaceUnavailable(new.path, exc.strerror or str(exc)) from exc
+        try:
+            new = _prepare_files(new)
+            result = store.enqueue(new, now=time.time(), max_wait_s=max_wait_s, limits=self.core.limits)
+        except BaseException:
+            _discard_files(new)
+            raise
+        if result.deduplicated:
+            _discard_files(new)
+            return self._result(result.workspace, deduplicated=True, eta_s=None)
+        self.core.counts["dispatched"] += 1
+        self.drainer.drain_sync()
+        row = store.get_workspace(new.id)
+        assert row is not None
+        if row.state == "queued":  # a claimed one got its status.json from the spawn
+            workspaces.write_status(row, now=time.time())
+        return self._result(row, deduplicated=False, eta_s=result.eta_s)
+
+    def _result(self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float | None) -> dict[str, Any]:
+        """`eta_s` is null when it cannot be known (a full pool that has finished no run yet);
+        `frozen` says why nothing starts while the queue is stopped."""
+        store = self.core.store
+        queued = row.state == "queued"
+        return {
+            "workspace": row.id,
+            "status": row.state,
+            "agent": row.agent,
+            "position": store.queue_position(row.id),
+            "eta_s": (round(eta_s, 1) if eta_s is not None else None) if queued else 0.0,
+            "path": row.path,
+            "deduplicated": deduplicated,
+            "frozen": queued and store.is_frozen(),
+        }
+
+
+def _prepare_files(new: NewWorkspace) -> NewWorkspace:
+    """prompt.md and the worktree in the workspace's fresh directory; nothing is left behind on
+    failure (the caller discards), and a failure is a sentence, not an OSError."""
+    path = Path(new.path)
+    try:
+        (path / workspaces.PROMPT_FILE).write_text(new.prompt + "\n", encoding="utf-8")
+        if new.repo and new.branch:
+            base = workspaces.add_worktree(Path(new.repo), Path(new.run_dir), new.branch)
+            return replace(new, base_commit=base)
+        if not new.cwd:
+            Path(new.run_dir).mkdir()
+    except OSError as exc:
+        raise WorkspaceUnavailable(new.path, exc.strerror or str(exc)) from exc
+    return new
+
+
+def _discard_files(new: NewWorkspace) -> None:
+    if new.repo and new.branch:
+        workspaces.remove_worktree(Path(new.repo), Path(new.run_dir), new.branch, base=None)
+    shutil.rmtree(new.path, ignore_errors=True)

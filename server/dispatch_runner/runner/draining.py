@@ -1,0 +1,89 @@
+"""The drain: claim what the gates allow and start each claim's shim, until the store says no."""
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import workspaces
+from ..launch import runfiles, supervisor
+from ..store import Claim, WorkspaceRow
+from .core import Core
+
+log = logging.getLogger("dispatch_runner")
+
+
+class Drainer:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def drain_sync(self) -> list[str]:
+        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools.
+        Returns the workspaces started."""
+        spawned: list[str] = []
+        while True:
+            result = self.core.store.claim_next(now=None, limits=self.core.limits, peer=self.core.peer)
+            self.core.schedule(result.wake_at)
+            if result.claim is None:
+                return spawned
+            if self._spawn(result.claim):
+                spawned.append(result.claim.workspace.id)
+
+    def _spawn(self, claim: Claim) -> bool:
+        ws = claim.workspace
+        path = Path(ws.path)
+        config = self.core.config
+        spec = {
+            **self._current_spec(ws),
+            "store": self.core.store.url,
+            "run_id": claim.run_id,
+            "workspace": ws.id,
+            "attempt": ws.runs,
+            "path": ws.path,
+            "cwd": ws.run_dir,
+            "timeout_s": ws.timeout_s,
+            "kill_grace_s": config.kill_grace_s,
+            "rate": runfiles.rate_to_spec(config.rates.get(ws.pool)),
+            "drainer": self.core.drainer_spec(),
+        }
+        spec["env"] = {**spec.get("env", {}), **supervisor.run_marker(ws.id, claim.run_id)}
+        supervisor.crash_point("peer-after-claim")
+        try:
+            spec_path = runfiles.write_spec(path, ws.runs, spec)
+            self.core.launcher.spawn(
+                supervisor.shim_args(spec_path),
+                env=os.environ,
+                log_path=path / "shim.log",
+                spec_path=spec_path,
+            )
+        except OSError as exc:
+            # Counted as a failed attempt, with backoff: given back instead, the same head would
+            # be claimed again at once, in a loop that stalls the pool and grows the store.
+            log.error("cannot start the run of %s: %s", ws.id, exc)
+            self.core.counts["spawn_failures"] += 1
+            self.core.record(claim.run_id, runfiles.start_failure(exc, where=str(path)))
+            return False
+        self.core.counts["spawned"] += 1
+        workspaces.write_status(ws, now=time.time())
+        return True
+
+    def _current_spec(self, ws: WorkspaceRow) -> Mapping[str, Any]:
+        """The stored spec; one queued before argv was compiled (a rendered argv, the prompt in
+        it, no `--`) is compiled again from the current agents.yaml."""
+        agent_def = self.core.config.agents.get(ws.pool)
+        if "stdin" in ws.spec or agent_def is None:
+            return ws.spec
+        return runfiles.agent_spec(
+            agent_def,
+            model=ws.model,
+            path=Path(ws.path),
+            run_dir=Path(ws.run_dir),
+            branch=ws.branch,
+            template_text=None,
+        )
+
+    def ensure_progress(self) -> None:
+        """After a one-shot command: the queue must keep moving without it."""
+        runfiles.ensure_drainer(self.core.store, self.core.drainer_spec())

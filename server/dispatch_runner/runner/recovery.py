@@ -1,0 +1,126 @@
+"""Recovery: what a peer does about runs nobody is watching any more. Reservations whose shim
+never started are given back or failed; runs whose shim died are recorded from their exit file
+or as lost (their agent stopped first); a kill whose killer went away is finished; peers that
+died without withdrawing are forgotten."""
+
+import logging
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from ..launch import runfiles, supervisor
+from ..model import Outcome
+from ..store import RunExit, RunRow, WorkspaceRow
+from .core import Core, peer_alive
+
+log = logging.getLogger("dispatch_runner")
+DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
+PEER_EXPIRY_S = 60.0  # a peer silent this long is gone (its heartbeat is every 2 s)
+
+
+class Recovery:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def recover(self) -> None:
+        """Return stale reservations; record exits whose shim died; mark vanished runs lost."""
+        core = self.core
+        core.launcher.reap()
+        runs = await core.db(core.store.active_runs)
+        now = time.time()
+        for run in runs:
+            if run.phase == "reserved":
+                await self._recover_reservation(run, now)
+            elif not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
+                if await anyio.to_thread.run_sync(self._recover_dead_shim, run.id):
+                    core.nudge()
+            elif run.kill_requested and run.agent_pid and now - run.claimed_at > core.config.kill_grace_s:
+                # the killer went away before the agent ended (e.g. a CLI interrupted): finish it
+                await anyio.to_thread.run_sync(self.stop_agent, run)
+
+    async def _recover_reservation(self, run: RunRow, now: float) -> None:
+        """A claim whose shim never started: killed if asked; given back (not an attempt, no
+        pacing or daily slot used) when its peer died; a failed spawn when its peer lives on but
+        no shim came within reservation_timeout_s."""
+        core = self.core
+        age = now - run.claimed_at
+        timeout_s = core.config.reservation_timeout_s
+        if run.kill_requested:
+            row = await core.db(core.record, run.id, RunExit(outcome=Outcome.KILLED, exit_code=None), now=now)
+        elif age > DEAD_CLAIMER_GRACE_S and not await core.db(self._claimer_can_start, run):
+            row = await core.db(self._give_back, run.id, now)
+        elif age > timeout_s:
+            late = RunExit(
+                outcome=Outcome.FAILED,
+                exit_code=None,
+                ended_reason="spawn_failed",
+                detail=f"the run did not start within {timeout_s:g}s of its claim "
+                "(see shim.log in the workspace and forkserver.log in the home)",
+            )
+            row = await core.db(core.record, run.id, late, now=now)
+        else:
+            return
+        if row is not None:
+            core.nudge()
+
+    def _claimer_can_start(self, run: RunRow) -> bool:
+        """The claiming peer is alive and knows this store's schema. A peer of an older
+        dispatch-runner, still running after an upgrade, claims work its shims cannot start:
+        that is not the run's failure."""
+        if not peer_alive(run.claimed_by):
+            return False
+        row = next((p for p in self.core.store.peers() if p["id"] == run.claimed_by), None)
+        if row is not None and row.get("schema") is None:
+            log.warning(
+                "peer %s runs an older dispatch-runner and claimed %s, which it cannot "
+                "start; restart that peer (its client session) to upgrade it",
+                run.claimed_by,
+                run.workspace,
+            )
+            return False
+        return True
+
+    def _give_back(self, run_id: int, now: float) -> WorkspaceRow | None:
+        row = self.core.store.return_reservation(run_id, now=now)
+        if row is not None:
+            self.core.counts["reservations_returned"] += 1
+            self.core.record_status(row)
+        return row
+
+    def stop_agent(self, run: RunRow) -> None:
+        if supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
+            supervisor.terminate_group(run.agent_pid or 0, grace_s=self.core.config.kill_grace_s)
+
+    def _recover_dead_shim(self, run_id: int) -> bool:
+        """Record the exit of a run whose shim is gone: from its exit file, else as lost (its agent,
+        found by pid or by the run id in its environment, is stopped first). True if recorded."""
+        store = self.core.store
+        run = store.get_run(run_id)  # fresh: the shim may have recorded it meanwhile
+        ws = store.get_workspace(run.workspace) if run and run.phase == "running" else None
+        if run is None or ws is None:
+            return False
+        found = runfiles.read_exit_file(Path(ws.path), run.id)
+        if found is None:
+            self.stop_agent(run)
+            # the agent's pid may never have been recorded, and descendants may have left its group
+            supervisor.terminate_marked(
+                supervisor.run_marker(ws.id, run.id), grace_s=self.core.config.kill_grace_s
+            )
+            found = runfiles.lost(), time.time()
+            self.core.counts["lost"] += 1
+        result, ended = found
+        return self.core.record(run.id, result, now=ended) is not None
+
+    def forget_dead_peers(self) -> int:
+        """Rows of peers that died without withdrawing (SIGKILL, a crash): the table stays as
+        small as the set of live peers."""
+        now = time.time()
+        dead = [
+            p["id"]
+            for p in self.core.store.peers()
+            if p["id"] != self.core.peer
+            and (p["heartbeat_at"] < now - PEER_EXPIRY_S or not peer_alive(p["id"]))
+        ]
+        return self.core.store.remove_peers(dead)

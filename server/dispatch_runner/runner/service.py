@@ -1,0 +1,351 @@
+"""The service: one `Runner` per peer. It implements the actions (`dispatch_runner.actions`) by
+handing each to the part that owns it, and runs the background loop that keeps the queue
+moving: wake-ups from the store, recovery, heartbeats, config reloads, the drain and the
+collection of old workspaces.
+
+    Runner ── Dispatcher (validation) ── Drainer ── launch (shims)
+       │   ── Queries (status, logs, wait)   ── Killer   ── Collector (gc)
+       │   ── Recovery
+       └── Core: config, store, bus, launcher, counters, wake-ups, event publishing
+"""
+
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ..actions import (
+    DispatchRequest,
+    GcRequest,
+    KillRequest,
+    LogsRequest,
+    Progress,
+    StatusRequest,
+    WaitRequest,
+)
+from ..config import Config, load_config
+from ..errors import DispatchError
+from ..events import TERMINAL_EVENTS, Bus, BusStatistics
+from ..launch import supervisor
+from ..store import Limits, Store, open_store
+from .collector import Collector
+from .control import Killer
+from .core import Core, peer_id
+from .dispatching import Dispatcher
+from .draining import Drainer
+from .queries import Queries
+from .recovery import Recovery
+
+log = logging.getLogger("dispatch_runner")
+WATCH_POLL_S = 0.5  # the poll under the wake-up hints
+SETTLE_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0)
+WAKING_EVENTS = TERMINAL_EVENTS | {"AgentRetrying", "AgentCancelled", "QueueUnfrozen"}
+TICK_S = 1.0  # recovery, reaping, heartbeat, pacing wake-ups
+HEARTBEAT_S = 2.0
+GC_EVERY_S = 3600.0
+GC_FIRST_S = 60.0  # a serving peer's first collection, then every GC_EVERY_S
+DRAINER_LOCK_WAIT_S = 5.0
+
+__all__ = ["Runner", "RunnerStatistics", "peer_id", "run_drainer"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatistics:
+    """What this peer did since it started (anyio's `statistics()` style), and its bus."""
+
+    dispatched: int  # workspaces this peer stored
+    spawned: int  # runs it started
+    spawn_failures: int  # runs that could not start (counted as failed attempts)
+    lost: int  # runs it found with their shim gone and no exit
+    reservations_returned: int  # claims of dead peers it gave back
+    gc_removed: int  # finished workspaces it removed
+    bus: BusStatistics
+
+
+class Runner:
+    """The actions and the background loop of one peer. Surfaces use only this class's public
+    methods and properties."""
+
+    def __init__(
+        self, config: Config, store: Store | None = None, *, bus: Bus | None = None, kind: str = "cli"
+    ) -> None:
+        self.core = Core(config, store or open_store(config.store_url), bus or Bus(), kind=kind)
+        self.recovery = Recovery(self.core)
+        self.drainer = Drainer(self.core)
+        self.dispatcher = Dispatcher(self.core, self.drainer)
+        self.queries = Queries(self.core, self.recover)
+        self.killer = Killer(self.core)
+        self.collector = Collector(self.core, self.recovery.forget_dead_peers)
+        self._config_mtime = _mtime(config.source)
+
+    # ---- the public face ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The config in force (replaced when agents.yaml changes and still parses)."""
+        return self.core.config
+
+    @property
+    def store(self) -> Store:
+        return self.core.store
+
+    @property
+    def bus(self) -> Bus:
+        return self.core.bus
+
+    @property
+    def peer(self) -> str:
+        return self.core.peer
+
+    @property
+    def launcher(self) -> supervisor.ShimLauncher:
+        return self.core.launcher
+
+    @property
+    def limits(self) -> Limits:
+        return self.core.limits
+
+    def statistics(self) -> RunnerStatistics:
+        c = self.core.counts
+        return RunnerStatistics(
+            dispatched=c["dispatched"],
+            spawned=c["spawned"],
+            spawn_failures=c["spawn_failures"],
+            lost=c["lost"],
+            reservations_returned=c["reservations_returned"],
+            gc_removed=c["gc_removed"],
+            bus=self.core.bus.statistics(),
+        )
+
+    def close(self) -> None:
+        self.core.launcher.close()
+        self.core.bus.close()
+        self.core.store.close()
+
+    async def dispatch(
+        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
+    ) -> dict[str, Any]:
+        return await self.dispatcher.dispatch(req, origin=origin, parent=parent)
+
+    async def status(self, req: StatusRequest) -> dict[str, Any]:
+        return await self.queries.status(req)
+
+    async def logs(self, req: LogsRequest) -> dict[str, Any]:
+        return await self.queries.logs(req)
+
+    async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
+        return await self.queries.wait(req, progress=progress)
+
+    async def kill(self, req: KillRequest) -> dict[str, Any]:
+        return await self.killer.kill(req)
+
+    async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
+        return await self.collector.gc(req)
+
+    async def stop(self) -> dict[str, Any]:
+        frozen = await self.core.db(self.core.store.set_frozen, True, now=time.time())
+        await self.core.publish_new()
+        return {"frozen": frozen}
+
+    async def start(self) -> dict[str, Any]:
+        frozen = await self.core.db(self.core.store.set_frozen, False, now=time.time())
+        await self.core.publish_new()
+        await self.drain()
+        return {"frozen": frozen}
+
+    async def poke(self) -> dict[str, Any]:
+        await self.recover()
+        spawned = await self.drain()
+        return {"spawned": spawned, "frozen": await self.core.db(self.core.store.is_frozen)}
+
+    async def drain(self) -> list[str]:
+        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
+        spawned = await anyio.to_thread.run_sync(self.drainer.drain_sync)
+        if spawned:
+            await self.core.publish_new()
+        return spawned
+
+    async def recover(self) -> None:
+        await self.recovery.recover()
+
+    def nudge(self) -> None:
+        self.core.nudge()
+
+    def ensure_progress(self) -> None:
+        """After a one-shot command: the queue must keep moving without it."""
+        self.drainer.ensure_progress()
+
+    def has_work(self) -> bool:
+        return self.core.store.has_work()
+
+    # ---- the background loop ------------------------------------------------------------------
+
+    async def serve(
+        self, *, drain_only: bool = False, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled (or, with drain_only, until nothing is queued or running)."""
+        self.core.serving = True
+        try:
+            await self._heartbeat()
+            await self.recover()
+            await self.drain()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch)
+                tg.start_soon(self._collect_garbage)
+                task_status.started()
+                await self._tick(drain_only)
+                tg.cancel_scope.cancel()
+        finally:
+            self.core.serving = False
+            with anyio.CancelScope(shield=True):
+                await self.core.db(self.core.store.remove_peers, [self.core.peer])
+
+    async def _collect_garbage(self) -> None:
+        """Finished workspaces past retention_days go, a minute after start and then hourly, in
+        a task of their own: git and rmtree never hold up recovery, heartbeats or the drain."""
+        await anyio.sleep(GC_FIRST_S)  # a schedule, not a wait for a condition
+        while True:
+            try:
+                report = await self.gc()
+                if report["removed"] or report["orphans"]:
+                    log.info(
+                        "gc: removed %d workspaces and %d orphaned directories",
+                        len(report["removed"]),
+                        len(report["orphans"]),
+                    )
+            except Exception:  # a task edge: log, try again at the next round
+                log.exception("garbage collection failed; retrying in an hour")
+            await anyio.sleep(GC_EVERY_S)
+
+    async def _watch(self) -> None:
+        """Completions reach this peer: a wake-up hint from the store (inotify on SQLite), then
+        `data_version` says whether anyone committed; the poll underneath is the guarantee.
+        A terminal event frees a slot, so drain."""
+        watcher = self.core.store.watcher()
+        version, hinted = -1, True
+        try:
+            while True:
+                try:
+                    version = await self._settle(version, SETTLE_DELAYS_S if hinted else (0,))
+                except Exception:  # a task edge: log and keep watching
+                    log.exception("watching the store failed; retrying")
+                hinted = await watcher.changed(WATCH_POLL_S)
+        finally:
+            watcher.close()
+
+    async def _settle(self, version: int, delays: tuple[float, ...]) -> int:
+        """After a wake-up hint: a commit's inotify event on the WAL can precede its visibility in
+        data_version by a moment, so look again briefly before going back to sleep."""
+        for delay in delays:
+            current = self.core.store.data_version()
+            if current != version:
+                fresh = await self.core.publish_new()
+                if any(e.type in WAKING_EVENTS for e in fresh):
+                    self.core.nudge()
+                return current
+            await anyio.sleep(delay)
+        return version
+
+    async def _tick(self, drain_only: bool) -> None:
+        core = self.core
+        last = {"recover": 0.0, "beat": 0.0}
+        while True:
+            timeout = TICK_S
+            if core.wake_at is not None:
+                timeout = min(timeout, max(core.wake_at - time.time(), 0.0))
+            with anyio.move_on_after(timeout):
+                await core.wake.wait()
+            core.wake = anyio.Event()
+            try:
+                await self._housekeeping(last)
+                await self.drain()
+                if drain_only and not await core.db(core.store.has_work):
+                    return
+            except Exception:  # a task edge: log, keep the queue moving on the next tick
+                log.exception("background tick failed; retrying on the next tick")
+
+    async def _housekeeping(self, last: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - last["recover"] >= TICK_S:
+            last["recover"] = now
+            await self.recover()
+        if now - last["beat"] >= HEARTBEAT_S:
+            last["beat"] = now
+            await self._heartbeat()
+        self._maybe_reload()
+        if self.core.wake_at is not None and self.core.wake_at <= time.time():
+            self.core.wake_at = None
+
+    def _maybe_reload(self) -> None:
+        """A changed agents.yaml applies at the next claim; a reload that fails keeps the old one."""
+        source = Path(self.core.config.source)
+        try:
+            mtime = source.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            fresh = load_config(str(source))
+        except DispatchError as exc:
+            log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
+            return
+        self.core.config = fresh
+        log.info("reloaded %s", source)
+        self.core.nudge()
+
+    async def _heartbeat(self) -> None:
+        pid = os.getpid()
+        await self.core.db(
+            self.core.store.heartbeat_peer,
+            self.core.peer,
+            pid=pid,
+            start=supervisor.proc_start(pid) or 0,
+            boot_id=supervisor.boot_id(),
+            kind=self.core.kind,
+            now=time.time(),
+        )
+        await self.core.db(self.recovery.forget_dead_peers)
+
+
+def run_drainer(config: Config) -> None:
+    """The on-demand drainer (`serve --drain`): at most one per home (flock); it exits once
+    nothing is queued or running."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    with open(config.home / "drainer.lock", "w") as lock:
+        # a drainer that is just finishing still holds the lock: wait a little for it
+        deadline = time.monotonic() + DRAINER_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return  # another drainer is at work
+                time.sleep(0.05)  # flock has no timeout; poll the lock with a deadline
+        runner = Runner(config, kind="drainer")
+        try:
+            # serve() exits when nothing is left and has withdrawn this peer by then; work that
+            # arrived meanwhile (its dispatcher saw this peer alive and started no drainer) is
+            # picked up by going round again
+            while True:
+                anyio.run(lambda: runner.serve(drain_only=True))
+                if not runner.has_work():
+                    break
+        finally:
+            runner.close()
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return None

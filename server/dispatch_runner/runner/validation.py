@@ -1,0 +1,145 @@
+"""A dispatch's arguments checked and resolved into the workspace to store: types and bounds,
+the agent and its executable, the template, the directory or repository (inside the allowed
+roots), and whether the prompt can reach the agent. Nothing is written here; a refusal is a
+sentence a model or a person can act on."""
+
+import os
+from pathlib import Path
+
+from .. import argv as argvlib
+from .. import validate, workspaces
+from ..actions import DispatchRequest
+from ..config import Config
+from ..errors import AgentUnavailable, InvalidArgument, TaskTooLarge
+from ..launch import runfiles, supervisor
+from ..model import AgentRef, Priority
+from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S
+from ..store import NewWorkspace
+from ..validate import human_size
+
+
+def new_workspace(
+    cfg: Config, req: DispatchRequest, *, origin: str | None, parent: str | None
+) -> NewWorkspace:
+    """The workspace a valid dispatch stores; raises a DispatchError for an invalid one. May run
+    git and resolve paths: call it off the event loop."""
+    check_dispatch_values(req)
+    _check_size(cfg, req.task)
+    ref = AgentRef.parse(req.agent or cfg.default_agent)
+    agent_def = cfg.agent_def(ref)
+    model = ref.model or agent_def.model
+    priority = Priority.parse(req.priority)
+    template_name = _template(cfg, req.template)
+    cwd_path, repo_path = _places(cfg, req.cwd, req.repo)
+    if supervisor.find_executable(agent_def.command[0], agent_def.env) is None:
+        raise AgentUnavailable(str(ref), agent_def.command[0])
+    ws_id = workspaces.new_id()
+    path = cfg.workspace_root / ws_id
+    branch = f"runner/{ws_id}" if repo_path else None
+    run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
+    template_text = cfg.templates[template_name]
+    prompt = argvlib.expand(template_text, {"task": req.task, "workspace": str(run_dir)})
+    spec = runfiles.agent_spec(
+        agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
+    )
+    env = {**agent_def.env, **supervisor.run_marker(ws_id, 2**63)}
+    check_argv_fits(ref, spec["argv"], {"prompt": prompt, "task": req.task}, env)
+    return NewWorkspace(
+        id=ws_id,
+        pool=ref.pool,
+        model=model,
+        agent=f"{ref.pool}:{model}" if model else ref.pool,
+        task=req.task,
+        prompt=prompt,
+        template=template_name,
+        priority=int(priority),
+        label=req.label,
+        path=str(path),
+        run_dir=str(run_dir),
+        cwd=str(cwd_path) if cwd_path else None,
+        repo=str(repo_path) if repo_path else None,
+        branch=branch,
+        idempotency_key=req.idempotency_key,
+        max_attempts=req.max_attempts or cfg.max_attempts_for(ref.pool),
+        timeout_s=req.timeout_s or agent_def.timeout_s or cfg.timeout_s,
+        origin=origin,
+        parent=parent,
+        spec=spec,
+    )
+
+
+def check_dispatch_values(req: DispatchRequest) -> None:
+    """Types, characters and bounds of a dispatch's arguments, before anything else reads them."""
+    validate.text("task", req.task, required=True)
+    for field in ("agent", "cwd", "repo", "template", "priority"):
+        validate.text(field, getattr(req, field), max_chars=4096)
+    validate.text("label", req.label, max_chars=200)
+    validate.text("idempotency_key", req.idempotency_key, max_chars=200)
+    if req.idempotency_key is not None and not req.idempotency_key:
+        raise InvalidArgument("idempotency_key", "idempotency_key is empty; give 1-200 characters")
+    validate.number("max_wait_s", req.max_wait_s, minimum=0, maximum=MAX_QUEUE_WAIT_S, unit=" s")
+    validate.number("timeout_s", req.timeout_s, minimum=0, maximum=MAX_TIMEOUT_S, above=True, unit=" s")
+    validate.number("max_attempts", req.max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
+
+
+def _check_size(cfg: Config, task: str) -> None:
+    size = len(task.encode())
+    if size > cfg.max_task_bytes:
+        raise TaskTooLarge(
+            f"the task is {human_size(size)} ({size:,} bytes), more than the "
+            f"{human_size(cfg.max_task_bytes)} dispatch.max_task_bytes allows; "
+            "shorten it (put long material in a file inside the workspace and "
+            "refer to it) or raise the limit in agents.yaml; nothing was queued"
+        )
+
+
+def _template(cfg: Config, name: str | None) -> str:
+    template_name = name or cfg.default_template
+    if template_name not in cfg.templates:
+        raise InvalidArgument(
+            "template",
+            f"no template {template_name!r} (known: "
+            f"{', '.join(sorted(cfg.templates))}); add it under templates: "
+            "in agents.yaml",
+        )
+    return template_name
+
+
+def _places(cfg: Config, cwd: str | None, repo: str | None) -> tuple[Path | None, Path | None]:
+    """The directory to run in, or the repository to make a worktree of, inside the allowed roots."""
+    if cwd and repo:
+        raise InvalidArgument(
+            "cwd",
+            "give either cwd (a directory) or repo (a git repository for a fresh worktree), not both",
+        )
+    cwd_path = workspaces.resolve_inside(cwd, "cwd", cfg.allowed_roots) if cwd else None
+    repo_path = workspaces.resolve_inside(repo, "repo", cfg.allowed_roots) if repo else None
+    if repo_path is not None:
+        workspaces.check_git_repo(repo_path)
+    return cwd_path, repo_path
+
+
+def check_argv_fits(
+    ref: AgentRef, argv: list[argvlib.Element], client: dict[str, str], agent_env: dict[str, str]
+) -> None:
+    """Refuse, at dispatch, a prompt the kernel would refuse to pass (E2BIG) when the run starts."""
+    needed = argvlib.refs(argv)
+    if not needed:
+        return
+    rendered = argvlib.render(argv, client.__getitem__)
+    problem = argvlib.argv_problem(rendered, {**os.environ, **agent_env}, arg_max=_arg_max())
+    if problem:
+        raise TaskTooLarge(
+            f"this task cannot be passed to agent {str(ref)!r}: {problem}, because its "
+            "command in agents.yaml puts the "
+            f"{' and '.join('{' + n + '}' for n in sorted(needed))} on the command "
+            "line. Shorten the task, or let the agent read the prompt from stdin "
+            "(stdin: prompt) or from a file ({prompt_file}); nothing was queued"
+        )
+
+
+def _arg_max() -> int:
+    try:
+        return int(os.sysconf("SC_ARG_MAX"))
+    except (ValueError, OSError):
+        return 2 * 1024 * 1024

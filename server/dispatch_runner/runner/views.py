@@ -1,0 +1,57 @@
+"""How a workspace row reads in the actions' results (status of one workspace, wait)."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..model import Priority
+from ..outputs import last_lines, read_tail
+from ..policy import iso
+from ..store import WorkspaceRow
+
+TAIL_BYTES = 64 * 1024
+
+
+def tail_lines(path: Path, n: int) -> str:
+    return last_lines(read_tail(path, TAIL_BYTES), n)
+
+
+def duration_s(row: WorkspaceRow) -> float | None:
+    """The agent's wall time so far (or in all)."""
+    if row.started_at is None:
+        return None
+    end = row.ended_at if row.ended_at is not None else time.time()
+    return round(end - row.started_at, 3)
+
+
+def wait_row(row: WorkspaceRow) -> dict[str, Any]:
+    return {
+        "workspace": row.id,
+        "state": row.state,
+        "exit_code": row.exit_code,
+        "summary": row.summary,
+        "duration_s": duration_s(row),
+    }
+
+
+def workspace_view(row: WorkspaceRow, *, pid: int | None, log_tail: str) -> dict[str, Any]:
+    return {
+        "workspace": row.id,
+        "state": row.state,
+        "agent": row.agent,
+        "pid": pid,
+        "runs": row.runs,
+        "priority": Priority(row.priority).label,
+        "label": row.label,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "ended_at": iso(row.ended_at),
+        "exit_code": row.exit_code,
+        "reason": row.reason,
+        "ended_reason": row.ended_reason,
+        "summary": row.summary,
+        "log_tail": log_tail,
+        "path": row.path,
+        "branch": row.branch,
+        "parent": row.parent,
+    }
