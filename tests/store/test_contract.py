@@ -966,14 +966,14 @@ def test_two_stores_on_one_database_never_exceed_a_pool_limit_of_3(backend: Back
 def test_a_store_made_by_each_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     import sqlite3
 
-    from dispatch_runner.store.sqlite import SQLiteStore, _statements
-    from dispatch_runner.store.sqlite_schema import MIGRATIONS
+    from dispatch_runner.store.sqlite import SQLiteStore
+    from dispatch_runner.store.sqlite.sql import MIGRATIONS, statements
 
     for version in range(1, len(MIGRATIONS)):
         path = tmp_path / f"v{version}.db"
         db = sqlite3.connect(path, isolation_level=None)
         for number, script in enumerate(MIGRATIONS[:version], start=1):
-            for statement in _statements(script):
+            for statement in statements(script):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
         db.close()

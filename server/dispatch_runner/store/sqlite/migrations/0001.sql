@@ -1,10 +1,5 @@
-"""Numbered migrations of the SQLite store. Append only: never edit a released step."""
+-- 1: workspaces, runs, events, pool state, idempotency keys, peers, settings
 
-from typing import Final
-
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # 1: workspaces, runs, events, pool state, idempotency keys, peers, settings
-    """
     CREATE TABLE workspaces (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
@@ -103,31 +98,4 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         kind TEXT NOT NULL,
         heartbeat_at REAL NOT NULL
     );
-    """,
-    # 2: index-only counts for queue positions and status; O(log n) lane scans
-    """
-    CREATE INDEX workspaces_queue_pool ON workspaces (pool, priority, created_at, seq)
-        WHERE state = 'queued';
-    DROP INDEX workspaces_state;
-    CREATE INDEX workspaces_state_cover ON workspaces (state, pool, model, created_at);
-    """,
-    # 3: the task is stored once (the prompt lives in prompt.md, the spec refers to it);
-    #    ended_reason; a revision per workspace (status.json never goes back); base commit of a
-    #    worktree (gc keeps a branch with commits beyond it); the pool state a claim changed, so
-    #    a claim that never started gives its pacing mark and daily slot back; the schema a peer
-    #    knows (an older peer's claims cannot start: they go back to the queue)
-    """
-    ALTER TABLE workspaces DROP COLUMN prompt;
-    ALTER TABLE workspaces ADD COLUMN ended_reason TEXT;
-    ALTER TABLE workspaces ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE workspaces ADD COLUMN base_commit TEXT;
-    ALTER TABLE runs ADD COLUMN spawn_mark REAL;
-    ALTER TABLE runs ADD COLUMN prev_last_spawn REAL;
-    ALTER TABLE runs ADD COLUMN counted_day TEXT;
-    ALTER TABLE peers ADD COLUMN schema INTEGER;  -- NULL: a peer from before this step
-    """,
-    # 4: when the agent itself started: durations are the agent's wall time
-    """
-    ALTER TABLE runs ADD COLUMN agent_started_at REAL;
-    """,
-)
+    

@@ -5,16 +5,14 @@ so status stays fast with tens of thousands of workspaces.
 """
 
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import policy
-from ..model import Priority
-from ..policy import PoolState
-from .base import Limits, WorkspaceRow
-
-PoolStateReader = Callable[[sqlite3.Connection, str], PoolState]
+from ... import policy
+from ...model import Priority
+from ..base import Limits, WorkspaceRow
+from .rows import read_pool_state, workspace_row
+from .sql import Q
 
 
 def snapshot(
@@ -25,18 +23,16 @@ def snapshot(
     agent: str | None,
     state: str | None,
     limit: int,
-    pool_state: PoolStateReader,
     frozen: bool,
-    to_row: Callable[[sqlite3.Row], WorkspaceRow],
 ) -> dict[str, Any]:
-    counts = {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM workspaces GROUP BY state")}
+    counts = {r[0]: r[1] for r in db.execute(Q.count_by_state)}
     pools = _pool_counts(db, limits)
-    _pool_times(db, pools, now=now, limits=limits, pool_state=pool_state)
+    _pool_times(db, pools, now=now, limits=limits)
     return {
         "frozen": frozen,
         "pools": dict(sorted(pools.items())),
         "counts": counts,
-        "workspaces": [_short(to_row(r), now) for r in _recent(db, agent, state, limit)],
+        "workspaces": [_short(workspace_row(r), now) for r in _recent(db, agent, state, limit)],
     }
 
 
@@ -60,39 +56,25 @@ def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, 
 
     for name in limits.concurrency:
         entry(name)
-    for r in db.execute(
-        "SELECT pool, model, state, count(*) n, min(created_at) oldest FROM "
-        "workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state"
-    ):
+    for r in db.execute(Q.pool_counts):
         e = entry(r["pool"])
         e[r["state"]] += r["n"]
         if r["state"] == "queued":
             e["_oldest"] = min(filter(None, (e["_oldest"], r["oldest"])))
         elif r["model"] is not None:
             e["models"].setdefault(r["model"], {"running": 0, "limit": None})["running"] += r["n"]
-    for r in db.execute("SELECT pool FROM pool_state"):
+    for r in db.execute(Q.known_pools):
         entry(r[0])
     return pools
 
 
 def _pool_times(
-    db: sqlite3.Connection,
-    pools: dict[str, dict[str, Any]],
-    *,
-    now: float,
-    limits: Limits,
-    pool_state: PoolStateReader,
+    db: sqlite3.Connection, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits
 ) -> None:
-    thr = {
-        r[0]: r[1]
-        for r in db.execute(
-            "SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL GROUP BY pool",
-            (now - 60,),
-        )
-    }
+    thr = {r[0]: r[1] for r in db.execute(Q.finished_since, (now - 60,))}
     nowdt = datetime.fromtimestamp(now, UTC)
     for name, e in pools.items():
-        ps = pool_state(db, name)
+        ps = read_pool_state(db, name)
         rate = limits.rates.get(name)
         gate = policy.pool_gate(rate, ps, nowdt)
         backing_off = ps.backoff_until is not None and ps.backoff_until > now
@@ -106,23 +88,18 @@ def _pool_times(
 
 def _recent(db: sqlite3.Connection, agent: str | None, state: str | None, limit: int) -> list[sqlite3.Row]:
     """At most `limit` rows: running first, then newest."""
-    filters, args = [], []
+    filters: list[str] = []
+    args: list[object] = []
     if agent:
-        filters.append("(agent = ? OR pool = ?)")
+        filters.append(Q.filter_agent)
         args += [agent, agent]
     if state:
-        filters.append("state = ?")
+        filters.append(Q.filter_state)
         args.append(state)
-    where = " AND ".join(filters) if filters else "1"
-    rows = db.execute(
-        f"SELECT * FROM workspaces WHERE state = 'running' AND {where} ORDER BY created_at DESC LIMIT ?",
-        [*args, limit],
-    ).fetchall()
+    rows = db.execute(Q.expand("recent_running", filters=" ".join(filters)), [*args, limit]).fetchall()
     if len(rows) < limit:
-        rows += db.execute(
-            f"SELECT * FROM workspaces WHERE state != 'running' AND {where} ORDER BY created_at DESC LIMIT ?",
-            [*args, limit - len(rows)],
-        ).fetchall()
+        sql = Q.expand("recent_not_running", filters=" ".join(filters))
+        rows += db.execute(sql, [*args, limit - len(rows)]).fetchall()
     return rows
 
 

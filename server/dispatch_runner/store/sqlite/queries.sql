@@ -1,0 +1,281 @@
+-- The SQLite backend's named queries. Each block starts with `-- name: <name>`; the backend runs
+-- them as `Q.<name>`. `{marker}`s are filled by `Q.expand` (an IN list, an optional filter).
+-- The `INDEXED BY` hints keep the hot paths on their index whatever the planner guesses.
+
+-- ---- connection and transactions -------------------------------------------------------------
+
+-- name: journal_wal
+PRAGMA journal_mode = WAL;
+
+-- name: busy_timeout
+PRAGMA busy_timeout = {ms};
+
+-- name: synchronous_normal
+PRAGMA synchronous = NORMAL;
+
+-- name: foreign_keys_on
+PRAGMA foreign_keys = ON;
+
+-- name: query_only
+PRAGMA query_only = ON;
+
+-- name: data_version
+PRAGMA data_version;
+
+-- name: begin
+-- SQLite has no SKIP LOCKED: BEGIN IMMEDIATE takes the write lock first, so claims serialise
+BEGIN IMMEDIATE;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;
+
+-- name: schema_version
+PRAGMA user_version;
+
+-- name: set_schema_version
+PRAGMA user_version = {version};
+
+-- ---- events ----------------------------------------------------------------------------------
+
+-- name: insert_event
+INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?);
+
+-- name: events_after
+SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?;
+
+-- name: last_event_id
+SELECT coalesce(max(id), 0) FROM events;
+
+-- ---- workspaces ------------------------------------------------------------------------------
+
+-- name: workspace
+SELECT * FROM workspaces WHERE id = ?;
+
+-- name: workspace_by_idempotency_key
+SELECT * FROM workspaces WHERE idempotency_key = ?;
+
+-- name: workspaces_by_ids
+SELECT * FROM workspaces WHERE id IN ({ids});
+
+-- name: insert_workspace
+INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
+   priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
+   idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
+   origin, parent, spec, rev)
+   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1);
+
+-- name: has_work
+SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
+
+-- name: queue_position
+-- the 1-based place of a queued workspace in its pool's queue: an index-only count
+SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
+   WHERE state = 'queued' AND pool = ? AND
+   (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))));
+
+-- ---- what an ETA counts ---------------------------------------------------------------------
+
+-- name: running_in_pool
+SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?;
+
+-- name: running_in_lane
+SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ? AND model = ?;
+
+-- name: queued_ahead_in_pool
+SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
+   WHERE state = 'queued' AND pool = ? AND priority <= ?;
+
+-- name: queued_ahead_in_lane
+SELECT count(*) FROM workspaces INDEXED BY workspaces_queue
+   WHERE state = 'queued' AND lane = ? AND priority <= ?;
+
+-- name: recent_runtimes
+-- the agent's own wall time when it is known, else the run's
+SELECT ended_at - coalesce(agent_started_at, started_at) FROM runs WHERE pool = ?
+   AND ended_at IS NOT NULL AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?;
+
+-- ---- claims ----------------------------------------------------------------------------------
+
+-- name: running_by_lane
+-- running (and reserved) runs per pool and model
+SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' GROUP BY pool, model;
+
+-- name: queued_lanes
+-- the distinct lanes with queued work: a loose index scan, O(lanes * log n)
+WITH RECURSIVE l(lane) AS (
+     SELECT min(lane) FROM workspaces INDEXED BY workspaces_queue WHERE state = 'queued'
+     UNION ALL
+     SELECT (SELECT min(lane) FROM workspaces INDEXED BY workspaces_queue
+             WHERE state = 'queued' AND lane > l.lane)
+     FROM l WHERE l.lane IS NOT NULL)
+   SELECT lane FROM l WHERE lane IS NOT NULL;
+
+-- name: lane_head
+-- the head of one lane: one probe of workspaces_queue
+SELECT * FROM workspaces INDEXED BY workspaces_queue
+   WHERE state = 'queued' AND lane = ? AND not_before <= ?
+   ORDER BY priority, created_at, seq LIMIT 1;
+
+-- name: next_not_before
+SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
+   WHERE state = 'queued' AND not_before > ?;
+
+-- name: reserve_run
+INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,
+   prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?);
+
+-- name: claim_workspace
+UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
+   started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
+   updated_at = ?, rev = rev + 1 WHERE id = ?;
+
+-- ---- pool state ------------------------------------------------------------------------------
+
+-- name: pool_state
+SELECT * FROM pool_state WHERE pool = ?;
+
+-- name: save_pool_state
+INSERT INTO pool_state (pool, backoff_until, fail_count, last_spawn, daily_count,
+   daily_day) VALUES (?,?,?,?,?,?) ON CONFLICT (pool) DO UPDATE SET
+   backoff_until = excluded.backoff_until, fail_count = excluded.fail_count,
+   last_spawn = excluded.last_spawn, daily_count = excluded.daily_count,
+   daily_day = excluded.daily_day;
+
+-- ---- runs ------------------------------------------------------------------------------------
+
+-- name: run
+SELECT * FROM runs WHERE id = ?;
+
+-- name: active_runs
+SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id;
+
+-- name: start_run
+-- compare-and-set reserved -> running
+UPDATE runs SET phase = 'running', shim_pid = ?, shim_start = ?, boot_id = ?,
+   started_at = ? WHERE id = ? AND phase = 'reserved' AND kill_requested = 0;
+
+-- name: started_run
+SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w
+   ON w.id = r.workspace WHERE r.id = ?;
+
+-- name: record_agent
+UPDATE runs SET agent_pid = ?, agent_start = ?, agent_started_at = ?
+   WHERE id = ? AND phase = 'running';
+
+-- name: agent_started
+UPDATE workspaces SET started_at = ? WHERE current_run = ?;
+
+-- name: kill_requested
+SELECT kill_requested FROM runs WHERE id = ?;
+
+-- name: requeues
+SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?;
+
+-- name: end_run
+UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? WHERE id = ?;
+
+-- name: run_ended
+-- the workspace after its run's end, as lifecycle.plan_exit planned it
+UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
+   exit_code = ?, summary = coalesce(?, summary), session_id = coalesce(?, session_id),
+   ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END,
+   ended_reason = ?, rev = rev + 1
+   WHERE id = ?;
+
+-- name: abandon_reservation
+UPDATE runs SET phase = 'abandoned', ended_at = ? WHERE id = ? AND phase = 'reserved';
+
+-- name: requeue_workspace
+UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
+   started_at = NULL, updated_at = ?, rev = rev + 1
+   WHERE id = ? AND state = 'running';
+
+-- ---- control ---------------------------------------------------------------------------------
+
+-- name: frozen
+SELECT value FROM settings WHERE key = 'frozen';
+
+-- name: set_frozen
+INSERT INTO settings (key, value) VALUES ('frozen', ?)
+   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: kill_targets_all
+SELECT * FROM workspaces WHERE state IN ('queued', 'running');
+
+-- name: kill_targets_of_agent
+-- an agent by its name, or a pool's every model when named by its base alone
+SELECT * FROM workspaces WHERE state IN ('queued', 'running')
+   AND (agent = ? OR (pool = ? AND ? NOT LIKE '%:%'));
+
+-- name: kill_targets_by_ids
+SELECT * FROM workspaces WHERE state IN ('queued', 'running') AND id IN ({ids});
+
+-- name: cancel_workspace
+UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on request',
+   ended_reason = 'cancelled', ended_at = ?, updated_at = ?, rev = rev + 1 WHERE id = ?;
+
+-- name: request_kill
+UPDATE runs SET kill_requested = 1 WHERE id = ?;
+
+-- ---- status snapshot (index-backed: workspaces_state_cover, runs_pool_ended, workspaces_created)
+
+-- name: count_by_state
+SELECT state, count(*) FROM workspaces GROUP BY state;
+
+-- name: pool_counts
+SELECT pool, model, state, count(*) n, min(created_at) oldest FROM
+   workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state;
+
+-- name: known_pools
+SELECT pool FROM pool_state;
+
+-- name: finished_since
+-- runs finished per pool since a time (throughput)
+SELECT pool, count(*) FROM runs WHERE ended_at >= ? AND ended_at IS NOT NULL GROUP BY pool;
+
+-- name: recent_running
+-- {filters}: none, or the filter_* blocks below, each starting with AND
+SELECT * FROM workspaces WHERE state = 'running' {filters}
+   ORDER BY created_at DESC LIMIT ?;
+
+-- name: recent_not_running
+SELECT * FROM workspaces WHERE state != 'running' {filters}
+   ORDER BY created_at DESC LIMIT ?;
+
+-- name: filter_agent
+AND (agent = ? OR pool = ?);
+
+-- name: filter_state
+AND state = ?;
+
+-- ---- peers and housekeeping ------------------------------------------------------------------
+
+-- name: heartbeat_peer
+INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
+   VALUES (?,?,?,?,?,?,?)
+   ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+   schema = excluded.schema;
+
+-- name: peers
+SELECT * FROM peers ORDER BY heartbeat_at DESC;
+
+-- name: remove_peers
+DELETE FROM peers WHERE id IN ({ids});
+
+-- name: finished_before
+-- a page of finished workspaces that ended before a time, past an (ended_at, id) cursor
+SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN
+   ('queued', 'running') AND (ended_at > ? OR (ended_at = ? AND id > ?))
+   ORDER BY ended_at, id LIMIT ?;
+
+-- name: forget_runs
+DELETE FROM runs WHERE workspace IN ({ids});
+
+-- name: forget_workspaces
+DELETE FROM workspaces WHERE id IN ({ids}) AND state NOT IN ('queued', 'running');
+
+-- name: forget_events
+DELETE FROM events WHERE at < ?;

@@ -1,0 +1,70 @@
+"""The read side of the SQLite store: events, workspaces, the status snapshot."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ...model import Event
+from ..base import Limits, WorkspaceRow
+from .core import SQLiteCore
+from .rows import read_frozen, workspace_row
+from .snapshot import snapshot
+from .sql import Q, marks
+
+
+class ReadSide(SQLiteCore):
+    def events_after(self, cursor: int, limit: int = 500) -> list[Event]:
+        return [
+            Event(
+                type=r["type"],
+                workspace=r["workspace"],
+                at=r["at"],
+                origin=r["origin"],
+                data=json.loads(r["data"]),
+                id=r["id"],
+            )
+            for r in self._read(Q.events_after, (cursor, limit))
+        ]
+
+    def last_event_id(self) -> int:
+        return int(self._read(Q.last_event_id)[0][0])
+
+    def find_by_idempotency_key(self, key: str) -> WorkspaceRow | None:
+        rows = self._read(Q.workspace_by_idempotency_key, (key,))
+        return workspace_row(rows[0]) if rows else None
+
+    def get_workspace(self, workspace_id: str) -> WorkspaceRow | None:
+        rows = self._read(Q.workspace, (workspace_id,))
+        return workspace_row(rows[0]) if rows else None
+
+    def workspaces(self, ids: Sequence[str]) -> list[WorkspaceRow | None]:
+        """These workspaces, in this order (None for an unknown id), in one read that never waits
+        behind a write (what `wait` polls)."""
+        if not ids:
+            return []
+        sql = Q.expand("workspaces_by_ids", ids=marks(len(ids)))
+        rows = self._reading(lambda db: db.execute(sql, list(ids)).fetchall(), separate=True)
+        found = {r["id"]: workspace_row(r) for r in rows}
+        return [found.get(i) for i in ids]
+
+    def has_work(self) -> bool:
+        return bool(self._read(Q.has_work)[0][0])
+
+    def is_frozen(self) -> bool:
+        return self._reading(read_frozen)
+
+    def snapshot(
+        self,
+        *,
+        now: float,
+        limits: Limits,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        return self._reading(
+            separate=True,
+            fn=lambda db: snapshot(
+                db, now=now, limits=limits, agent=agent, state=state, limit=limit, frozen=read_frozen(db)
+            ),
+        )

@@ -1,0 +1,153 @@
+"""Rows to values and back for the SQLite backend, and the small reads every side shares."""
+
+import json
+import sqlite3
+from typing import Any
+
+from ...policy import PoolState
+from .. import lifecycle
+from ..base import NewWorkspace, RunRow, WorkspaceRow
+from .sql import Q
+
+LANE_SEP = "\x1f"
+
+
+def lane_of(pool: str, model: str | None) -> str:
+    """One gate lane (a pool and a model variant): the key of the workspaces_queue index."""
+    return f"{pool}{LANE_SEP}{model or ''}"
+
+
+def lane_from(lane: str) -> lifecycle.Lane:
+    pool, _, model = lane.partition(LANE_SEP)
+    return lifecycle.Lane(pool, model or None)
+
+
+def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
+    """The parameters of `insert_workspace`."""
+    return (
+        ws.id,
+        ws.pool,
+        ws.model,
+        lane_of(ws.pool, ws.model),
+        ws.agent,
+        ws.task,
+        ws.template,
+        ws.priority,
+        ws.label,
+        ws.path,
+        ws.run_dir,
+        ws.cwd,
+        ws.repo,
+        ws.branch,
+        ws.base_commit,
+        ws.idempotency_key,
+        ws.max_attempts,
+        ws.timeout_s,
+        now,
+        now,
+        ws.origin,
+        ws.parent,
+        json.dumps(ws.spec),
+    )
+
+
+def read_workspace(db: sqlite3.Connection, workspace_id: str) -> WorkspaceRow:
+    """A workspace known to exist (the caller just wrote or found it)."""
+    return workspace_row(db.execute(Q.workspace, (workspace_id,)).fetchone())
+
+
+def read_pool_state(db: sqlite3.Connection, pool: str) -> PoolState:
+    row = db.execute(Q.pool_state, (pool,)).fetchone()
+    if row is None:
+        return PoolState()
+    return PoolState(
+        backoff_until=row["backoff_until"],
+        fail_count=row["fail_count"],
+        last_spawn=row["last_spawn"],
+        daily_count=row["daily_count"],
+        daily_day=row["daily_day"],
+    )
+
+
+def save_pool_state(db: sqlite3.Connection, pool: str, s: PoolState) -> None:
+    db.execute(
+        Q.save_pool_state, (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day)
+    )
+
+
+def read_frozen(db: sqlite3.Connection) -> bool:
+    row = db.execute(Q.frozen).fetchone()
+    return row is not None and row[0] == "1"
+
+
+def spawn_mark(run: sqlite3.Row) -> lifecycle.SpawnMark:
+    return lifecycle.SpawnMark(
+        reserved=run["phase"] == "reserved",
+        spawn_mark=run["spawn_mark"],
+        prev_last_spawn=run["prev_last_spawn"],
+        counted_day=run["counted_day"],
+        started_at=run["agent_started_at"] or run["started_at"],
+        claimed_at=run["claimed_at"],
+    )
+
+
+def workspace_row(row: sqlite3.Row) -> WorkspaceRow:
+    return WorkspaceRow(
+        id=row["id"],
+        seq=row["seq"],
+        pool=row["pool"],
+        model=row["model"],
+        agent=row["agent"],
+        task=row["task"],
+        template=row["template"],
+        priority=row["priority"],
+        label=row["label"],
+        state=row["state"],
+        reason=row["reason"],
+        path=row["path"],
+        run_dir=row["run_dir"],
+        cwd=row["cwd"],
+        repo=row["repo"],
+        branch=row["branch"],
+        idempotency_key=row["idempotency_key"],
+        base_commit=row["base_commit"],
+        runs=row["runs"],
+        attempts=row["attempts"],
+        ended_reason=row["ended_reason"],
+        rev=row["rev"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        exit_code=row["exit_code"],
+        summary=row["summary"],
+        session_id=row["session_id"],
+        origin=row["origin"],
+        parent=row["parent"],
+        current_run=row["current_run"],
+        pid=None,
+        spec=json.loads(row["spec"]),
+    )
+
+
+def run_row(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        workspace=row["workspace"],
+        pool=row["pool"],
+        attempt=row["attempt"],
+        phase=row["phase"],
+        claimed_by=row["claimed_by"],
+        claimed_at=row["claimed_at"],
+        shim_pid=row["shim_pid"],
+        shim_start=row["shim_start"],
+        agent_pid=row["agent_pid"],
+        agent_start=row["agent_start"],
+        boot_id=row["boot_id"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        kill_requested=bool(row["kill_requested"]),
+    )

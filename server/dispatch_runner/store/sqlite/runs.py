@@ -1,0 +1,150 @@
+"""The run side of the SQLite store: what the shim and recovery write as a run starts and ends.
+
+A run's end is decided by lifecycle.plan_exit (retry, dead letter, rate-limit requeue, backoff,
+a never-started claim's slot given back); this side loads the rows and writes the plan.
+"""
+
+import sqlite3
+
+from ...model import Outcome
+from ...policy import RateConfig
+from .. import lifecycle
+from ..base import RunExit, RunRow, WorkspaceRow
+from .core import SQLiteCore
+from .rows import read_pool_state, read_workspace, run_row, save_pool_state, spawn_mark
+from .sql import Q
+
+
+class RunSide(SQLiteCore):
+    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str, now: float) -> bool:
+        """Compare-and-set reserved -> running; False when the reservation was given back."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute(Q.start_run, (shim_pid, shim_start, boot_id, now, run_id))
+            if cur.rowcount != 1:
+                return False
+            run = db.execute(Q.started_run, (run_id,)).fetchone()
+            self._event(
+                db,
+                "AgentStarted",
+                now,
+                run["id"],
+                run["origin"],
+                agent=run["agent"],
+                run=run_id,
+                attempt=run["attempt"],
+            )
+            return True
+
+        return self._write(tx)
+
+    def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> bool:
+        """Record the agent's identity; True when a kill was requested meanwhile (the shim then
+        stops its agent itself: the killer may have gone before the pid was known)."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute(Q.record_agent, (agent_pid, agent_start, now, run_id))
+            if cur.rowcount:  # the workspace's times are the agent's: its wall time is the duration
+                db.execute(Q.agent_started, (now, run_id))
+            row = db.execute(Q.kill_requested, (run_id,)).fetchone()
+            return bool(row and row[0])
+
+        return self._write(tx)
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        rows = self._read(Q.run, (run_id,))
+        return run_row(rows[0]) if rows else None
+
+    def active_runs(self) -> list[RunRow]:
+        return [run_row(r) for r in self._read(Q.active_runs)]
+
+    def record_exit(
+        self, run_id: int, result: RunExit, *, now: float, rate: RateConfig | None
+    ) -> WorkspaceRow | None:
+        """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
+
+        Returns the updated workspace, or None when the exit was already recorded (by the shim or
+        by recovery, whichever came first)."""
+        return self._write(lambda db: self._record_exit(db, run_id, result, now, rate))
+
+    def _record_exit(
+        self, db: sqlite3.Connection, run_id: int, result: RunExit, now: float, rate: RateConfig | None
+    ) -> WorkspaceRow | None:
+        run = db.execute(Q.run, (run_id,)).fetchone()
+        if run is None or run["phase"] not in ("reserved", "running"):
+            return None
+        ws = read_workspace(db, run["workspace"])
+        requeues = db.execute(Q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
+        plan = lifecycle.plan_exit(
+            ws,
+            spawn_mark(run),
+            result,
+            read_pool_state(db, ws.pool),
+            kill_requested=bool(run["kill_requested"]),
+            requeues_before=requeues,
+            now=now,
+            rate=rate,
+            run_id=run_id,
+        )
+        self._write_exit(db, ws, run_id, result, plan, now)
+        return read_workspace(db, ws.id)
+
+    def _write_exit(
+        self,
+        db: sqlite3.Connection,
+        ws: WorkspaceRow,
+        run_id: int,
+        result: RunExit,
+        plan: lifecycle.ExitPlan,
+        now: float,
+    ) -> None:
+        db.execute(Q.end_run, (now, result.exit_code, plan.outcome.value, run_id))
+        db.execute(
+            Q.run_ended,
+            (
+                plan.state.value,
+                plan.reason,
+                plan.attempts,
+                plan.not_before,
+                result.exit_code,
+                result.summary,
+                result.session_id,
+                now if plan.finished else None,
+                now,
+                plan.finished,
+                plan.ended_reason,
+                ws.id,
+            ),
+        )
+        if plan.pool is not None:
+            save_pool_state(db, ws.pool, plan.pool)
+        for event in plan.events:
+            self._event(db, event.type, now, ws.id, ws.origin, **event.data)
+
+    def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None:
+        """A claim that was never spawned goes back to the queue (not an attempt); its pacing mark
+        and daily slot go back to its pool."""
+
+        def tx(db: sqlite3.Connection) -> WorkspaceRow | None:
+            if db.execute(Q.abandon_reservation, (now, run_id)).rowcount != 1:
+                return None
+            run = db.execute(Q.run, (run_id,)).fetchone()
+            db.execute(Q.requeue_workspace, (now, run["workspace"]))
+            pool = read_pool_state(db, run["pool"])
+            save_pool_state(db, run["pool"], lifecycle.plan_give_back(spawn_mark(run), pool))
+            ws = read_workspace(db, run["workspace"])
+            self._event(
+                db,
+                "AgentRetrying",
+                now,
+                ws.id,
+                ws.origin,
+                agent=ws.agent,
+                run=run_id,
+                state="queued",
+                outcome="reservation_returned",
+                reason="the claiming peer never started the run",
+            )
+            return ws
+
+        return self._write(tx)

@@ -1,0 +1,87 @@
+"""The SQL of the SQLite backend, read once from the files beside it (procrastinate keeps its
+SQL the same way): named queries in queries.sql, numbered migrations in migrations/NNNN.sql.
+
+queries.sql holds blocks headed `-- name: <name>`; other comment lines are documentation. A few
+queries carry a `{marker}` that `Q.expand` fills (an `IN (?,?,…)` list, an optional filter).
+Migrations are append-only: a released step is never edited, the next change is the next file.
+"""
+
+import re
+import sqlite3
+from collections.abc import Mapping
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Final
+
+_NAME = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
+_MARKER = re.compile(r"\{(\w+)\}")
+_MIGRATION = re.compile(r"(\d{4})\.sql")
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """`-- name: x` blocks to {name: SQL}: full-line comments dropped, a final `;` removed."""
+    head, *blocks = _NAME.split(text)
+    if _sql_lines(head):
+        raise ValueError("queries.sql: SQL before the first `-- name:` line")
+    queries: dict[str, str] = {}
+    for name, body in zip(blocks[::2], blocks[1::2], strict=True):
+        sql = "\n".join(_sql_lines(body)).strip().removesuffix(";").rstrip()
+        if not sql or name in queries or name.startswith("_") or hasattr(Queries, name):
+            raise ValueError(f"queries.sql: query {name!r} is empty, repeated or a reserved name")
+        queries[name] = sql
+    return queries
+
+
+def _sql_lines(block: str) -> list[str]:
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+
+
+class Queries:
+    """The named queries: `Q.lane_head` is the SQL of `-- name: lane_head`."""
+
+    def __init__(self, sql: Mapping[str, str]) -> None:
+        self.__dict__.update(sql)  # a plain attribute: the hot paths read one per statement
+        self._names = frozenset(sql)
+
+    def __getattr__(self, name: str) -> str:  # only reached for a name the file does not have
+        raise AttributeError(f"no query named {name!r} in queries.sql")
+
+    def expand(self, name: str, **parts: str) -> str:
+        """The query with its `{marker}`s filled from `parts` (every marker, nothing else)."""
+        sql: str = getattr(self, name)
+        if set(_MARKER.findall(sql)) != set(parts):
+            raise KeyError(f"query {name!r} has markers {_MARKER.findall(sql)}, got {sorted(parts)}")
+        return _MARKER.sub(lambda m: parts[m[1]], sql)
+
+    def names(self) -> frozenset[str]:
+        return self._names
+
+
+def marks(n: int) -> str:
+    """`?,?,…`: the placeholders of an `IN ({ids})` list of n values."""
+    return ",".join("?" * n)
+
+
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one (comments dropped), as SQLite completes them."""
+    out, buf = [], ""
+    for line in script.splitlines():
+        buf += line.split("--", 1)[0] + "\n"
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def load_migrations(folder: Traversable) -> tuple[str, ...]:
+    """migrations/0001.sql, 0002.sql, …: numbered from 1, no gaps."""
+    found = {int(m[1]): p for p in folder.iterdir() if (m := _MIGRATION.fullmatch(p.name))}
+    if sorted(found) != list(range(1, len(found) + 1)):
+        raise ValueError(f"migrations: expected 0001.sql … {len(found):04}.sql, found {sorted(found)}")
+    return tuple(found[n].read_text(encoding="utf-8") for n in sorted(found))
+
+
+_HERE: Final = files(__package__)
+Q: Final = Queries(parse_queries(_HERE.joinpath("queries.sql").read_text(encoding="utf-8")))
+MIGRATIONS: Final = load_migrations(_HERE.joinpath("migrations"))
