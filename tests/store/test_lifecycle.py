@@ -3,19 +3,25 @@ the pool's state, a plan moves the workspace along the transition table, counts 
 dead-letters as policy says, emits exactly the events of its transition, and backs a pool off
 only for a rate limit or a machine-wide fault. Every backend applies these plans."""
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatch_runner.errors import QueueBusy
 from dispatch_runner.model import NEXT, Outcome, WorkspaceState
 from dispatch_runner.policy import MAX_RATE_LIMIT_REQUEUES, PoolLimit, PoolState, RateConfig
 from dispatch_runner.store.base import Limits, RunExit, WorkspaceRow
 from dispatch_runner.store.lifecycle import (
+    EtaPlan,
     Lane,
     SpawnMark,
     best_head,
+    check_max_wait,
     open_lanes,
+    plan_eta,
     plan_exit,
     plan_give_back,
     plan_take,
@@ -225,3 +231,154 @@ def test_taking_a_run_spends_a_pacing_mark_and_a_daily_slot_it_remembers(pool: P
     )
     assert back.last_spawn == pool.last_spawn
     assert back.daily_count == (pool.daily_count if pool.daily_day == plan.counted_day else 0)
+
+
+# ---- enqueue: position and ETA ---------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    """Plain numbers for plan_eta, remembering which ones it read (a backend counts lazily)."""
+
+    numbers: dict[str, int]
+    recent: list[float]
+    read: set[str] = field(default_factory=set)
+
+    def _get(self, name: str) -> int:
+        self.read.add(name)
+        return self.numbers[name]
+
+    @property
+    def running_pool(self) -> int:
+        return self._get("running_pool")
+
+    @property
+    def running_lane(self) -> int:
+        return self._get("running_lane")
+
+    @property
+    def ahead_pool(self) -> int:
+        return self._get("ahead_pool")
+
+    @property
+    def ahead_lane(self) -> int:
+        return self._get("ahead_lane")
+
+    @property
+    def runtimes(self) -> Sequence[float]:
+        self.read.add("runtimes")
+        return self.recent
+
+
+@st.composite
+def queue_counts(draw: st.DrawFn) -> Counts:
+    """A lane's counts are part of its pool's."""
+    running_lane, ahead_lane = draw(st.integers(0, 8)), draw(st.integers(0, 40))
+    return Counts(
+        numbers={
+            "running_lane": running_lane,
+            "running_pool": running_lane + draw(st.integers(0, 8)),
+            "ahead_lane": ahead_lane,
+            "ahead_pool": ahead_lane + draw(st.integers(0, 40)),
+        },
+        recent=draw(st.lists(st.floats(0, 3600), max_size=20)),
+    )
+
+
+eta_limits = st.builds(
+    lambda total, cap, has_limit: Limits(
+        concurrency={"p": PoolLimit(total=total, models={} if cap is None else {"m": cap})}
+        if has_limit
+        else {}
+    ),
+    total=st.none() | st.integers(-1, 6),  # <= 0 is unlimited, as in agents.yaml
+    cap=st.none() | st.integers(-1, 6),
+    has_limit=st.booleans(),
+)
+models = st.sampled_from([None, "m", "other"])
+
+
+def binding(limits: Limits, model: str | None) -> tuple[int | None, str]:
+    """The gate a dispatch waits on, worked out independently: (its cap or None, "lane"/"pool")."""
+    limit = limits.concurrency.get("p")
+    total = limit.total if limit and limit.total and limit.total > 0 else None
+    cap = limit.models.get(model) if limit and model else None
+    if cap is not None and cap > 0 and (total is None or cap < total):
+        return cap, "lane"
+    return total, "pool"
+
+
+@given(limits=eta_limits, model=models, counts=queue_counts(), pool=pools)
+def test_a_dispatch_waits_only_behind_its_binding_gate_and_counts_only_that_gate(
+    limits: Limits, model: str | None, counts: Counts, pool: PoolState
+) -> None:
+    eta = plan_eta("p", model, pool, counts, limits=limits, now=NOW)
+    cap, scope = binding(limits, model)
+    if cap is None:
+        assert eta.position == 0 and counts.read == set()
+        return
+    running, ahead = counts.numbers[f"running_{scope}"], counts.numbers[f"ahead_{scope}"]
+    assert (eta.position == 0) is (running + ahead < cap)
+    assert 0 <= eta.position <= ahead + 1
+    assert counts.read - {"runtimes"} == {f"running_{scope}", f"ahead_{scope}"}
+    assert ("runtimes" in counts.read) is (eta.position > 0)  # a free slot reads no runtimes
+
+
+@given(limits=eta_limits, model=models, counts=queue_counts(), pool=pools)
+def test_an_eta_is_unknown_only_for_a_full_gate_without_a_finished_run(
+    limits: Limits, model: str | None, counts: Counts, pool: PoolState
+) -> None:
+    eta = plan_eta("p", model, pool, counts, limits=limits, now=NOW)
+    assert eta.gate_wait_s >= 0
+    assert (eta.eta_s is None) is (eta.position > 0 and not any(r > 0 for r in counts.recent))
+    assert eta.eta_s is None or eta.eta_s >= eta.gate_wait_s
+    if eta.position == 0:
+        assert eta.eta_s == eta.gate_wait_s
+    backoff = pool.backoff_until is not None and pool.backoff_until > NOW
+    if backoff:  # the time gate alone: the pool's backoff
+        assert pool.backoff_until is not None and eta.gate_wait_s >= pool.backoff_until - NOW - 1e-6
+
+
+@given(limits=eta_limits, model=models, counts=queue_counts(), pool=pools)
+def test_one_more_dispatch_ahead_never_moves_a_dispatch_forward(
+    limits: Limits, model: str | None, counts: Counts, pool: PoolState
+) -> None:
+    behind = Counts({**counts.numbers, "ahead_lane": counts.numbers["ahead_lane"] + 1}, counts.recent)
+    behind.numbers["ahead_pool"] += 1
+    first = plan_eta("p", model, pool, counts, limits=limits, now=NOW)
+    second = plan_eta("p", model, pool, behind, limits=limits, now=NOW)
+    assert second.position >= first.position
+    if first.eta_s is not None and second.eta_s is not None:
+        assert second.eta_s >= first.eta_s
+
+
+def test_the_model_limit_when_tighter_decides_the_position_and_the_eta() -> None:
+    limits = Limits(concurrency={"p": PoolLimit(total=5, models={"m": 1})})
+    counts = Counts({"running_pool": 1, "running_lane": 1, "ahead_pool": 3, "ahead_lane": 2}, [60.0])
+    # the pool has room (1 + 3 < 5), the model's lane does not: 2 ahead of it, one slot
+    assert plan_eta("p", "m", PoolState(), counts, limits=limits, now=NOW) == EtaPlan(
+        position=3, eta_s=180.0, gate_wait_s=0.0
+    )
+    # another model of the pool only waits on the pool
+    other = Counts(dict(counts.numbers), [60.0])
+    assert plan_eta("p", "other", PoolState(), other, limits=limits, now=NOW).position == 0
+
+
+@given(
+    position=st.integers(0, 5),
+    eta_s=st.none() | st.floats(0, 1000),
+    gate=st.floats(0, 1000),
+    max_wait=st.none() | st.floats(0, 1000),
+)
+def test_a_dispatch_is_refused_only_when_it_would_wait_past_its_max_wait(
+    position: int, eta_s: float | None, gate: float, max_wait: float | None
+) -> None:
+    eta = EtaPlan(position=position, eta_s=eta_s, gate_wait_s=gate)
+    refused = max_wait is not None and (
+        eta_s > max_wait if eta_s is not None else (position > 0 or gate > max_wait)
+    )
+    if refused:
+        with pytest.raises(QueueBusy):
+            check_max_wait(eta, pool="p", max_wait_s=max_wait)
+    else:
+        check_max_wait(eta, pool="p", max_wait_s=max_wait)

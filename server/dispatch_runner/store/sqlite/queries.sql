@@ -76,7 +76,7 @@ SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
    WHERE state = 'queued' AND pool = ? AND
    (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))));
 
--- ---- what an ETA counts ---------------------------------------------------------------------
+-- ---- what an ETA counts (lifecycle.plan_eta asks for the ones it needs) -----------------------
 
 -- name: running_in_pool
 SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ?;

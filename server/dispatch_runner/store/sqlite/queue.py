@@ -1,15 +1,15 @@
 """The queue side of the SQLite store: enqueue (with its ETA), queue positions and claims.
 
-The lifecycle decides a claim (open_lanes, best_head, plan_take); this side only probes the
-indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
+The lifecycle decides (plan_eta, open_lanes, best_head, plan_take); this side only counts and
+probes the indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
 """
 
 import sqlite3
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from functools import cached_property
 
 from ... import policy
-from ...errors import QueueBusy
 from ...model import WorkspaceState
 from .. import lifecycle
 from ..base import Claim, ClaimResult, EnqueueResult, Limits, NewWorkspace, WorkspaceRow
@@ -39,14 +39,18 @@ class QueueSide(SQLiteCore):
                 if row is not None:
                     existing = workspace_row(row)
                     return EnqueueResult(existing, True, _position(db, existing), 0.0)
-            position, eta, gate_wait = _estimate(db, ws.pool, ws.model, ws.priority, now, limits)
-            if policy.exceeds_max_wait(
-                eta_s=eta, position=position, gate_wait_s=gate_wait, max_wait_s=max_wait_s
-            ):
-                raise QueueBusy(ws.pool, eta, max_wait_s or 0.0, position)
+            eta = lifecycle.plan_eta(
+                ws.pool,
+                ws.model,
+                read_pool_state(db, ws.pool),
+                _QueueCounts(db, ws.pool, ws.model, ws.priority),
+                limits=limits,
+                now=now,
+            )
+            lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
             db.execute(Q.insert_workspace, insert_args(ws, now))
             self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority)
-            return EnqueueResult(read_workspace(db, ws.id), False, position, eta)
+            return EnqueueResult(read_workspace(db, ws.id), False, eta.position, eta.eta_s)
 
         return self._write(tx)
 
@@ -80,34 +84,35 @@ class QueueSide(SQLiteCore):
         return ClaimResult(_take(db, best, now, limits, peer), wake_at)
 
 
-def _estimate(
-    db: sqlite3.Connection, pool: str, model: str | None, priority: int, now: float, limits: Limits
-) -> tuple[int, float | None, float]:
-    """(1-based position a new dispatch would take in its pool queue, estimated wait or None
-    when unknown, the pool's time gate alone)."""
-    state = read_pool_state(db, pool)
-    gate = policy.pool_gate(limits.rates.get(pool), state, datetime.fromtimestamp(now, UTC))
-    gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
-    limit = limits.concurrency.get(pool)
-    total = limit.total_limit if limit else None
-    if total is None and (limit is None or limit.model_limit(model) is None):
-        return 0, gate_wait, gate_wait  # unlimited: only pacing or backoff can delay it
-    model_cap = limit.model_limit(model) if limit else None
-    if model_cap is not None and (total is None or model_cap < total):
-        # the model's own limit is the tighter gate: count its lane only
-        total = model_cap
-        running = db.execute(Q.running_in_lane, (pool, model)).fetchone()[0]
-        ahead = db.execute(Q.queued_ahead_in_lane, (lane_of(pool, model), priority)).fetchone()[0]
-    else:
-        running = db.execute(Q.running_in_pool, (pool,)).fetchone()[0]
-        ahead = db.execute(Q.queued_ahead_in_pool, (pool, priority)).fetchone()[0]
-    assert total is not None
-    if running + ahead < total:
-        return 0, gate_wait, gate_wait
-    position = ahead + 1 - max(total - running, 0)
-    runtimes = _runtimes(db, pool, policy.ETA_WINDOW)
-    eta = policy.estimate_wait_s(position=position, limit=total, runtimes_s=runtimes, gate_wait_s=gate_wait)
-    return position, eta, gate_wait
+class _QueueCounts:
+    """What an ETA may count (lifecycle.QueueCounts), each read from its index only when the
+    lifecycle asks: an unlimited pool counts nothing, a free slot reads no runtimes."""
+
+    def __init__(self, db: sqlite3.Connection, pool: str, model: str | None, priority: int) -> None:
+        self._db, self._pool, self._model, self._priority = db, pool, model, priority
+
+    def _count(self, sql: str, *args: object) -> int:
+        return int(self._db.execute(sql, args).fetchone()[0])
+
+    @cached_property
+    def running_pool(self) -> int:
+        return self._count(Q.running_in_pool, self._pool)
+
+    @cached_property
+    def running_lane(self) -> int:
+        return self._count(Q.running_in_lane, self._pool, self._model)
+
+    @cached_property
+    def ahead_pool(self) -> int:
+        return self._count(Q.queued_ahead_in_pool, self._pool, self._priority)
+
+    @cached_property
+    def ahead_lane(self) -> int:
+        return self._count(Q.queued_ahead_in_lane, lane_of(self._pool, self._model), self._priority)
+
+    @cached_property
+    def runtimes(self) -> Sequence[float]:
+        return _runtimes(self._db, self._pool, policy.ETA_WINDOW)
 
 
 def _runtimes(db: sqlite3.Connection, pool: str, limit: int) -> list[float]:
