@@ -75,11 +75,7 @@ def plan_exit(
     """What a run's end does: the workspace's next state (retry, dead letter, rate-limit requeue,
     lost), its pool's state (backoff, fail count, a never-started claim's slot given back) and
     the events the transition emits."""
-    outcome = Outcome.KILLED if kill_requested else result.outcome
-    detail = result.detail if outcome is result.outcome else "killed on request"
-    # a run's own reason (spawn_failed, no_space) names how it failed: a success has none
-    own = result.ended_reason if outcome is result.outcome and outcome is not Outcome.SUCCEEDED else None
-    ended_reason = own or policy.ENDED_REASON[outcome]
+    outcome, detail, ended_reason = _how_it_ended(result, kill_requested=kill_requested)
     decision = policy.decide_exit(
         outcome,
         attempts_before=ws.attempts,
@@ -89,21 +85,10 @@ def plan_exit(
     )
     check_transition(WorkspaceState(ws.state), decision.state)
     counts = decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED)
-    new_pool = pool
-    if run.reserved:  # it never started: nothing reached the provider
-        new_pool = policy.undo_spawn(
-            new_pool, marked=run.spawn_mark, previous=run.prev_last_spawn, day=run.counted_day
-        )
+    # a run that never started reached no provider: its pacing mark and daily slot go back
+    new_pool = plan_give_back(run, pool) if run.reserved else pool
     new_pool, backoff = _pool_after_exit(new_pool, outcome, result, now=now, rate=rate)
-    common = {
-        "agent": ws.agent,
-        "exit_code": result.exit_code,
-        "run": run_id,
-        "duration_s": round(now - (run.started_at or run.claimed_at), 3),
-        "reason": decision.reason,
-        "dead_letter": decision.dead_letter,
-        "ended_reason": ended_reason,
-    }
+    common = _common_data(ws, run, result, decision, ended_reason=ended_reason, run_id=run_id, now=now)
     events = _exit_events(outcome, decision, now, common)
     if backoff is not None:  # first: the pool's state changed before the workspace's events
         events = (
@@ -121,6 +106,37 @@ def plan_exit(
         pool=new_pool if new_pool != pool else None,
         events=events,
     )
+
+
+def _common_data(
+    ws: WorkspaceRow,
+    run: SpawnMark,
+    result: RunExit,
+    decision: policy.ExitDecision,
+    *,
+    ended_reason: str | None,
+    run_id: int,
+    now: float,
+) -> dict[str, Any]:
+    """What every event of a run's end carries."""
+    return {
+        "agent": ws.agent,
+        "exit_code": result.exit_code,
+        "run": run_id,
+        "duration_s": round(now - (run.started_at or run.claimed_at), 3),
+        "reason": decision.reason,
+        "dead_letter": decision.dead_letter,
+        "ended_reason": ended_reason,
+    }
+
+
+def _how_it_ended(result: RunExit, *, kill_requested: bool) -> tuple[Outcome, str | None, str | None]:
+    """The outcome a run's end counts as (a requested kill wins), its detail and ended_reason."""
+    outcome = Outcome.KILLED if kill_requested else result.outcome
+    detail = result.detail if outcome is result.outcome else "killed on request"
+    # a run's own reason (spawn_failed, no_space) names how it failed: a success has none
+    own = result.ended_reason if outcome is result.outcome and outcome is not Outcome.SUCCEEDED else None
+    return outcome, detail, own or policy.ENDED_REASON[outcome]
 
 
 def _pool_after_exit(
