@@ -19,7 +19,7 @@ CLI_ONLY = {"task_file", "wait", "follow", "json", "config", "home", "help", "co
 def test_the_dispatch_tool_takes_exactly_the_declared_fields(home: Home) -> None:
     runner = Runner(load_config())
     try:
-        tools = {t.name: t for t in build_tools(runner, Clients(runner.peer))}
+        tools = {t.name: t for t in build_tools(runner, Clients(runner.peer), prefix="")}
     finally:
         runner.close()
     schema = tools["dispatch"].fn_metadata.arg_model.model_json_schema()

@@ -89,18 +89,18 @@ def _action(args: argparse.Namespace) -> int:
             or getattr(args, "wait", False)
             or getattr(args, "follow", False)
         ):
-            from . import view as cli_view  # rich: ~30 ms of import, only where people read the output
+            from . import follow  # rich: ~30 ms of import, only where people read the output
         if args.command == "logs":
-            return cli_view.logs(runner, args)
+            return follow.logs(runner, args)
         if args.command == "status" and args.watch:
-            return cli_view.watch(runner, args, config_error)
+            return follow.watch(runner, args, config_error)
         req = request_of(args)
         method = getattr(runner, args.command)
         result = _run_action(method(req) if req is not None else method())
         if args.command in ("dispatch", "start", "poke", "kill"):
             runner.ensure_progress()
         if args.command == "dispatch" and (args.wait or args.follow):
-            return cli_view.until_done(runner, args, result)
+            return follow.until_done(runner, args, result)
     finally:
         runner.close()
     if config_error is not None:

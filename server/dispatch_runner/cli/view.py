@@ -1,12 +1,11 @@
-"""What the CLI shows people: tables (rich: colour on a terminal, plain when piped), following
-logs, waiting for a run, `status --watch`. `--json` prints the action's object and nothing else.
+"""What the CLI shows people: tables (rich: colour on a terminal, plain when piped); the
+commands that keep going are in follow.py. `--json` prints the action's object and nothing else.
 """
 
 import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +15,6 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..actions import LogsRequest, StatusRequest, WaitRequest
 from ..policy import duration_text
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
@@ -29,9 +27,6 @@ STATE_STYLE = {
     "running": "cyan",
     "queued": "blue",
 }
-PAGE = 2000
-FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the files
-WAIT_SLICE_S = 3600.0
 
 
 class _Console(Console):
@@ -49,7 +44,7 @@ def console() -> Console:
     return _Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 1000)
 
 
-def _run(call: Any) -> Any:
+def run_action(call: Any) -> Any:
     """Await one runner action from synchronous code."""
     import anyio
 
@@ -101,7 +96,7 @@ def one_line(text: str | None, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _state(state: str) -> Text:
+def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
@@ -123,7 +118,7 @@ def show(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def dispatch_view(r: dict[str, Any]) -> Text:
     line = Text(f"{r['workspace']}  ")
-    line.append_text(_state(r["status"]))
+    line.append_text(state_text(r["status"]))
     line.append(f"  {r['agent']}")
     if r["status"] == "queued" and not r.get("frozen"):
         eta = (
@@ -210,7 +205,7 @@ def _workspaces(rows: list[dict[str, Any]], now: datetime) -> Table:
     for w in rows:
         t.add_row(
             w["workspace"],
-            _state(w["state"]),
+            state_text(w["state"]),
             w["agent"],
             w["priority"],
             ago(w["created_at"], now),
@@ -245,7 +240,7 @@ def workspace_view(r: dict[str, Any]) -> RenderableType:
     t.add_column()
     for k in keys:
         if r.get(k) is not None:
-            t.add_row(k, _state(r[k]) if k == "state" else Text(one_line(str(r[k]), 200)))
+            t.add_row(k, state_text(r[k]) if k == "state" else Text(one_line(str(r[k]), 200)))
     parts: list[RenderableType] = [t]
     if r.get("summary"):
         parts += [Text("\nsummary:", style="bold"), Text(r["summary"])]
@@ -301,129 +296,3 @@ _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
     "start": lambda r: "queue running: queued work starts as slots allow",
 }
-
-
-# ---- logs, following, waiting, watching ------------------------------------------------------
-
-
-def logs(
-    runner: Any, args: argparse.Namespace, *, workspace: str | None = None, as_json: bool | None = None
-) -> int:
-    """Print a workspace's output: stdout, then stderr marked (or one of them); with --follow,
-    both as they grow, across retries, until the workspace ends. Lines are printed whole."""
-    ws = workspace or args.workspace
-    streams = (
-        ["stdout"]
-        if getattr(args, "stdout", False)
-        else ["stderr"]
-        if getattr(args, "stderr", False)
-        else ["stdout", "stderr"]
-    )
-    as_json = bool(getattr(args, "json", False)) if as_json is None else as_json
-    follow = bool(args.follow)
-    out = console()
-    run = getattr(args, "run", None) or _run(runner.logs(LogsRequest(workspace=ws, limit=1)))["run"]
-    while True:
-        state, runs = _print_run(runner, out, ws, run, streams, as_json, follow)
-        if state in FINISHED and run >= max(runs, default=run):
-            return 0
-        if not follow:
-            return 0
-        if run < max(runs, default=run):  # a retry started: follow it
-            run += 1
-            if not as_json:
-                out.print(Text(f"── run {run} ──", style="bold"))
-
-
-def _print_run(
-    runner: Any, out: Console, ws: str, run: int, streams: list[str], as_json: bool, follow: bool
-) -> tuple[str, list[int]]:
-    """One run's lines: everything there is, or (following) until that run is over."""
-    where = dict.fromkeys(streams, (0, 0))  # (line offset, byte cursor) per stream
-    while True:
-        done, full = True, False
-        for s in streams:
-            offset, cursor = where[s]
-            req = LogsRequest(
-                workspace=ws, run=run, stream=s, offset=offset, cursor=cursor, limit=PAGE, whole_lines=True
-            )
-            page = _run(runner.logs(req))
-            for line in page["lines"]:
-                _emit(out, as_json, run, s, line)
-            where[s] = (page["next_offset"], page["cursor"])
-            done, full = done and page["eof"], full or page["more"]
-        if done or (not follow and not full):
-            return page["state"], page["runs"]
-        if not full:
-            time.sleep(FOLLOW_POLL_S)
-
-
-def _emit(out: Console, as_json: bool, run: int, stream: str, line: str) -> None:
-    if as_json:
-        print(json.dumps({"run": run, "stream": stream, "line": line}))
-    elif stream == "stderr":
-        out.print(Text("[stderr] " + line, style="red"))
-    else:
-        out.print(Text(line))
-
-
-def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]) -> int:
-    """dispatch --wait / --follow: the run's end, and its outcome as the exit code."""
-    ws = dispatched["workspace"]
-    if not args.json:  # with --json: one object, the dispatch and its outcome, at the end
-        console().print(dispatch_view(dispatched))
-        if args.follow:
-            logs(runner, args, workspace=ws, as_json=False)
-    while True:
-        result = _run(runner.wait(WaitRequest(workspaces=[ws], timeout_s=WAIT_SLICE_S)))
-        if result["done"]:
-            break
-    [row] = result["workspaces"]
-    if args.json:
-        print(json.dumps({**dispatched, "outcome": row}, indent=2))
-    else:
-        line = Text(f"{ws} ")
-        line.append_text(_state(row["state"]))
-        line.append(f" after {duration(row['duration_s'])}, exit code {row['exit_code']}")
-        console().print(line)
-        if row.get("summary"):
-            console().print(Text(row["summary"]))
-    return 0 if row["state"] == "completed" else 1
-
-
-def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> int:
-    """status --watch: the overview, refreshed in place until Ctrl-C."""
-    from rich.live import Live
-
-    request = StatusRequest(workspace=args.workspace, agent=args.agent, state=args.state, limit=args.limit)
-
-    def frame() -> RenderableType:
-        r = _run(runner.status(request))
-        if config_error:
-            r = {"config_error": config_error, **r}
-        body = status_view(r) if "pools" in r else workspace_view(r)
-        stamp = Text(
-            f"every {args.interval:g}s, {datetime.now().strftime('%H:%M:%S')} (Ctrl-C ends)", style="dim"
-        )
-        return Group(stamp, body)
-
-    out = console()
-    period = max(args.interval, 0.2)
-    try:
-        if args.json:  # JSON lines: one status object per refresh
-            while True:
-                r = _run(runner.status(request))
-                print(json.dumps(r if not config_error else {"config_error": config_error, **r}), flush=True)
-                time.sleep(period)  # a refresh period, not a wait for a condition
-        if not sys.stdout.isatty():  # piped: one snapshot after the other
-            while True:
-                out.print(frame())
-                out.print()
-                sys.stdout.flush()
-                time.sleep(period)  # a refresh period, not a wait for a condition
-        with Live(frame(), console=out, auto_refresh=False) as live:
-            while True:
-                time.sleep(period)
-                live.update(frame(), refresh=True)
-    except KeyboardInterrupt:
-        return 0

@@ -84,8 +84,13 @@ class Shim:
             self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
         timed_out = self._wait()
-        code = self.agent.returncode
         self._leave_nothing_behind()
+        return self._finish(self._outcome(out_path, err_path, timed_out=timed_out))
+
+    def _outcome(self, out_path: Path, err_path: Path, *, timed_out: bool) -> RunExit:
+        """The run's end as the agent's output, exit status and our own signals tell it."""
+        assert self.agent is not None
+        code = self.agent.returncode
         exit_code = code if code >= 0 else 128 - code
         parsed = parse_output(
             self.spec.get("output", "text"),
@@ -104,19 +109,19 @@ class Shim:
             retry_at=parsed.retry_at,
         )
         if timed_out:
-            result = replace(
+            return replace(
                 result, outcome=Outcome.TIMED_OUT, detail=f"timed out after {self.spec['timeout_s']:g}s"
             )
-        elif self.terminated:
-            result = replace(result, outcome=Outcome.KILLED, detail="killed by a signal to the shim")
-        elif result.outcome is Outcome.FAILED and disk_full(self.path):
+        if self.terminated:
+            return replace(result, outcome=Outcome.KILLED, detail="killed by a signal to the shim")
+        if result.outcome is Outcome.FAILED and disk_full(self.path):
             # the agent's writes (and its log) failed: say so, rather than "exit code 1"
-            result = replace(
+            return replace(
                 result,
                 ended_reason="no_space",
                 detail=f"no space left on the disk of {self.path} ({result.detail})",
             )
-        return self._finish(result)
+        return result
 
     def _start_agent(self, out_path: Path, err_path: Path) -> None:
         """Start the agent: its own session and group, output to files, the prompt on a pipe to

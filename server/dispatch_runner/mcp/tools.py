@@ -10,27 +10,23 @@ naming the argument and what it must be (the SDK's own message is a pydantic dum
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from ..actions import DispatchRequest, KillRequest, LogsRequest, StatusRequest, WaitRequest
 from ..errors import DispatchError
-from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
 from ..runner import Runner
+from . import arguments as args
 from .push import Clients
 
 log = logging.getLogger("dispatch_runner.mcp")
 
-PriorityName = Literal["critical", "high", "medium", "low"]
-StateName = Literal["queued", "running", "completed", "failed", "killed", "lost", "cancelled"]
-# Numbers are numbers: "5" or true is refused, never converted; NaN and infinities too.
-STRICT: Final[dict[str, Any]] = {"strict": True, "allow_inf_nan": False}
 NAMES: Final = ("dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait")
 
 DESCRIPTIONS: Final = {
@@ -123,92 +119,77 @@ async def invoke(action: str, call: Awaitable[dict[str, Any]]) -> types.CallTool
     return ok(result)
 
 
-def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
-    """The tools, named `tools.prefix` + name, bound to `runner`."""
+def build_tools(runner: Runner, clients: Clients, *, prefix: str) -> list[Tool]:
+    """The tools, named `prefix` + name, bound to `runner`."""
+    fns = {**_session_tools(runner, clients), **_plain_tools(runner)}
+    read_only = types.ToolAnnotations(read_only_hint=True)
+    annotations: dict[str, types.ToolAnnotations] = {
+        "status": read_only,
+        "wait": read_only,
+        "logs": read_only,
+        "kill": types.ToolAnnotations(destructive_hint=True),
+        # it starts processes that may change files, reach the network and spend money
+        "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
+    }
+    return [
+        Tool.from_function(
+            fns[name],
+            name=prefix + name,
+            description=DESCRIPTIONS[name],
+            annotations=annotations.get(name),
+            structured_output=False,
+        )
+        for name in NAMES
+    ]
 
+
+def _session_tools(runner: Runner, clients: Clients) -> dict[str, Callable[..., Any]]:
+    """The tools that need the calling session: status (subscribe) and wait (progress); dispatch
+    (its origin) has its own."""
+
+    async def status(
+        ctx: Context,
+        workspace: args.StatusWorkspace = None,
+        agent: args.StatusAgent = None,
+        state: args.State = None,
+        limit: args.StatusLimit = None,
+        subscribe: args.Subscribe = None,
+    ) -> types.CallToolResult:
+        if subscribe is not None:
+            clients.of(ctx.session).everything = subscribe
+        req = StatusRequest(workspace=workspace, agent=agent, state=state, limit=limit)
+        return await invoke("status", runner.status(req))
+
+    async def wait(
+        ctx: Context,
+        workspaces: args.WaitWorkspaces,
+        timeout_s: args.WaitTimeout = 50.0,
+        mode: args.WaitMode = "all",
+    ) -> types.CallToolResult:
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await ctx.report_progress(value, total, message)
+
+        ids = [workspaces] if isinstance(workspaces, str) else workspaces
+        req = WaitRequest(workspaces=ids, timeout_s=timeout_s, mode=mode)
+        return await invoke("wait", runner.wait(req, progress=progress))
+
+    return {"dispatch": _dispatch_tool(runner, clients), "status": status, "wait": wait}
+
+
+def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
     async def dispatch(
         ctx: Context,
-        task: Annotated[
-            str,
-            Field(
-                description="What the sub-agent should do: a complete, "
-                "self-contained instruction (it does not see this conversation)."
-            ),
-        ],
-        agent: Annotated[
-            str | None,
-            Field(
-                description="Which agent runs it, base[:model]: "
-                "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
-                "configured default agent."
-            ),
-        ] = None,
-        cwd: Annotated[
-            str | None,
-            Field(
-                description="Directory to run in; must lie inside the "
-                "configured allowed roots. Default: a fresh empty "
-                "directory."
-            ),
-        ] = None,
-        repo: Annotated[
-            str | None,
-            Field(
-                description="A git repository instead of cwd: the agent "
-                "works in a fresh worktree on branch runner/<workspace>, "
-                "leaving the checkout untouched."
-            ),
-        ] = None,
-        template: Annotated[
-            str | None,
-            Field(
-                description="Prompt template that wraps the task "
-                "(agents.yaml templates; built-ins: coding, none)."
-            ),
-        ] = None,
-        priority: Annotated[
-            PriorityName | None, Field(description="Queue order when the pool is full. Default medium.")
-        ] = None,
-        label: Annotated[
-            str | None, Field(description="Short label shown in status and in the completion event.")
-        ] = None,
-        idempotency_key: Annotated[
-            str | None,
-            Field(
-                description="Dispatching again with the same "
-                "key returns the existing workspace "
-                "(deduplicated: true) instead of a duplicate."
-            ),
-        ] = None,
-        max_wait_s: Annotated[
-            float | None,
-            Field(
-                description="Refuse, with the estimated wait, "
-                "rather than queue longer than this many "
-                "seconds (0 to 604800).",
-                ge=0,
-                le=MAX_QUEUE_WAIT_S,
-                **STRICT,
-            ),
-        ] = None,
-        timeout_s: Annotated[
-            float | None,
-            Field(
-                description="Kill the run after this many seconds (up to 604800, 7 days).",
-                gt=0,
-                le=MAX_TIMEOUT_S,
-                **STRICT,
-            ),
-        ] = None,
-        max_attempts: Annotated[
-            int | None,
-            Field(
-                description="Tries for a failing run, 1 to 100 (default from agents.yaml, usually 3).",
-                ge=1,
-                le=MAX_ATTEMPTS_LIMIT,
-                **STRICT,
-            ),
-        ] = None,
+        task: args.Task,
+        agent: args.Agent = None,
+        cwd: args.Cwd = None,
+        repo: args.Repo = None,
+        template: args.Template = None,
+        priority: args.Priority = None,
+        label: args.Label = None,
+        idempotency_key: args.IdempotencyKey = None,
+        max_wait_s: args.MaxWait = None,
+        timeout_s: args.Timeout = None,
+        max_attempts: args.MaxAttempts = None,
     ) -> types.CallToolResult:
         req = DispatchRequest(
             task=task,
@@ -225,104 +206,14 @@ def build_tools(runner: Runner, clients: Clients) -> list[Tool]:
         )
         return await invoke("dispatch", runner.dispatch(req, origin=clients.of(ctx.session).key))
 
-    async def status(
-        ctx: Context,
-        workspace: Annotated[
-            str | None, Field(description="A workspace id for its details; omit for the overview.")
-        ] = None,
-        agent: Annotated[str | None, Field(description="Overview: only this agent's workspaces.")] = None,
-        state: Annotated[
-            StateName | None, Field(description="Overview: only workspaces in this state.")
-        ] = None,
-        limit: Annotated[
-            int | None,
-            Field(
-                description="Overview: at most this many workspace rows (default 20).",
-                ge=1,
-                le=1000,
-                strict=True,
-            ),
-        ] = None,
-        subscribe: Annotated[
-            bool | None,
-            Field(
-                description="true: this session receives every "
-                "workspace's completion event; false: only its "
-                "own dispatches'.",
-                strict=True,
-            ),
-        ] = None,
-    ) -> types.CallToolResult:
-        if subscribe is not None:
-            clients.of(ctx.session).everything = subscribe
-        req = StatusRequest(workspace=workspace, agent=agent, state=state, limit=limit)
-        return await invoke("status", runner.status(req))
-
-    async def wait(
-        ctx: Context,
-        workspaces: Annotated[
-            list[str] | str, Field(description="Workspace ids to wait for (one id or a list).")
-        ],
-        timeout_s: Annotated[
-            float,
-            Field(
-                description="Return after this many seconds even if not done (default 50, at most 3600).",
-                ge=0,
-                le=MAX_WAIT_TIMEOUT_S,
-                **STRICT,
-            ),
-        ] = 50.0,
-        mode: Annotated[
-            Literal["all", "any"],
-            Field(description="all: until every workspace is finished; any: until one is."),
-        ] = "all",
-    ) -> types.CallToolResult:
-        async def progress(value: float, total: float | None, message: str | None) -> None:
-            await ctx.report_progress(value, total, message)
-
-        ids = [workspaces] if isinstance(workspaces, str) else workspaces
-        req = WaitRequest(workspaces=ids, timeout_s=timeout_s, mode=mode)
-        return await invoke("wait", runner.wait(req, progress=progress))
-
-    read_only = types.ToolAnnotations(read_only_hint=True)
-    annotations: dict[str, types.ToolAnnotations] = {
-        "status": read_only,
-        "wait": read_only,
-        "logs": read_only,
-        "kill": types.ToolAnnotations(destructive_hint=True),
-        # it starts processes that may change files, reach the network and spend money
-        "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
-    }
-    fns: dict[str, Callable[..., Any]] = {
-        "dispatch": dispatch,
-        "status": status,
-        "wait": wait,
-        **_plain_tools(runner),
-    }
-    prefix = runner.config.tools_prefix
-    return [
-        Tool.from_function(
-            fns[name],
-            name=prefix + name,
-            description=DESCRIPTIONS[name],
-            annotations=annotations.get(name),
-            structured_output=False,
-        )
-        for name in NAMES
-    ]
+    return dispatch
 
 
 def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
     """The tools that need no session: logs, kill, poke, stop, start."""
 
     async def kill(
-        workspace: Annotated[str | None, Field(description="The workspace id to kill or cancel.")] = None,
-        agent: Annotated[
-            str | None, Field(description="Kill every workspace of this agent (base or base:model).")
-        ] = None,
-        all: Annotated[
-            bool, Field(description="Kill every running and cancel every queued workspace.", strict=True)
-        ] = False,
+        workspace: args.KillWorkspace = None, agent: args.KillAgent = None, all: args.KillAll = False
     ) -> types.CallToolResult:
         return await invoke("kill", runner.kill(KillRequest(workspace=workspace, agent=agent, all=all)))
 
@@ -336,39 +227,11 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
         return await invoke("start", runner.start())
 
     async def logs(
-        workspace: Annotated[str, Field(description="The workspace id.")],
-        run: Annotated[
-            int | None,
-            Field(
-                description="Which run (1, 2 ... : retries start new ones). Default: the latest.",
-                ge=1,
-                strict=True,
-            ),
-        ] = None,
-        stream: Annotated[
-            Literal["stdout", "stderr", "both"],
-            Field(
-                description="stdout (default), stderr, or both (stdout, then stderr lines marked "
-                "'[stderr] ')."
-            ),
-        ] = "stdout",
-        offset: Annotated[
-            int,
-            Field(
-                description="First line to return, 0-based; pass the previous page's next_offset.",
-                ge=0,
-                strict=True,
-            ),
-        ] = 0,
-        limit: Annotated[
-            int,
-            Field(
-                description="At most this many lines (1-2000; a page also stops at 256 KiB).",
-                ge=1,
-                le=2000,
-                strict=True,
-            ),
-        ] = 200,
+        workspace: args.LogsWorkspace,
+        run: args.LogsRun = None,
+        stream: args.LogsStream = "stdout",
+        offset: args.LogsOffset = 0,
+        limit: args.LogsLimit = 200,
     ) -> types.CallToolResult:
         req = LogsRequest(workspace=workspace, run=run, stream=stream, offset=offset, limit=limit)
         return await invoke("logs", runner.logs(req))

@@ -97,6 +97,10 @@ class Runner:
         return self.core.store
 
     @property
+    def store_url(self) -> str:
+        return self.core.store.url
+
+    @property
     def bus(self) -> Bus:
         return self.core.bus
 

@@ -1,157 +1,20 @@
-"""agents.yaml + environment -> a frozen Config. Nothing else reads either.
+"""Strict reading of agents.yaml: unknown keys and wrong types are refused with file, line and
+field, and a sentence that says what to write instead."""
 
-Precedence: `--config` > $DISPATCH_RUNNER_CONFIG > $DISPATCH_RUNNER_HOME/agents.yaml > built-ins.
-Parsing is strict: unknown keys and wrong types are refused with file, line and field.
-"""
-
-import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import time
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
-from . import argv as argvlib
-from .errors import ConfigError, InvalidArgument, UnknownAgent
-from .model import MODEL_RE, AgentRef
-from .policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
-
-OUTPUT_KINDS: Final = ("claude-stream-json", "codex-json", "text")
-DEFAULT_RATE_LIMIT_PATTERNS: Final = (
-    "rate limit",
-    "rate_limit",
-    "usage limit",
-    "usage_limit",
-    "429",
-    "too many requests",
-    "quota exceeded",
-)
-PLACEHOLDERS: Final = argvlib.PLACEHOLDERS
-STDIN_MODES: Final = ("prompt", "none")
-DEFAULT_MAX_TASK_BYTES: Final = 1024 * 1024
-SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentDef:
-    name: str
-    command: tuple[str, ...]
-    output: str = "text"
-    rate_limit_patterns: tuple[str, ...] = DEFAULT_RATE_LIMIT_PATTERNS
-    env: Mapping[str, str] = field(default_factory=dict)
-    model: str | None = None  # default model when the dispatch names none
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-    stdin: str = "none"  # "prompt": the prompt arrives on the agent's stdin
-    end_of_options: bool = True  # put `--` before the first element that begins with client text
-
-
-# Each built-in reads its prompt from stdin, as the real CLI does when no prompt argument is given
-# (`codex exec -` says so explicitly): no client text is ever in argv, and no 128 KiB limit.
-BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
-    "claude": AgentDef(
-        name="claude",
-        command=("claude", "-p", "--model", "{model}", "--output-format", "stream-json", "--verbose"),
-        output="claude-stream-json",
-        stdin="prompt",
-    ),
-    "codex": AgentDef(
-        name="codex",
-        command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "-"),
-        output="codex-json",
-        stdin="prompt",
-    ),
-    "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}"), stdin="prompt"),
-    "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}"), stdin="prompt"),
-}
-
-BUILTIN_TEMPLATES: Final[Mapping[str, str]] = {
-    "coding": "{task}\n\nWork in {workspace}. When done, write a short summary of what you did "
-    "as your final message.",
-    "none": "{task}",
-}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-    source: str  # the file read, or "built-in defaults"
-    home: Path
-    store_url: str
-    default_agent: str = "claude"
-    default_template: str = "coding"
-    workspace_root: Path
-    allowed_roots: tuple[Path, ...]
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    timeout_s: float | None = None
-    kill_grace_s: float = 10.0
-    reservation_timeout_s: float = 30.0
-    retention_days: float = 14.0
-    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
-    concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
-    rates: Mapping[str, RateConfig] = field(default_factory=dict)
-    agents: Mapping[str, AgentDef] = field(default_factory=dict)
-    templates: Mapping[str, str] = field(default_factory=dict)
-    tools_prefix: str = ""
-    notify: str = "own"
-
-    def agent_def(self, ref: AgentRef) -> AgentDef:
-        known = self.agents.get(ref.pool)
-        if known is None:
-            raise UnknownAgent(str(ref), self.agents)
-        return known
-
-    def max_attempts_for(self, pool: str) -> int:
-        agent = self.agents.get(pool)
-        return agent.max_attempts if agent and agent.max_attempts else self.max_attempts
-
-
-def home_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("DISPATCH_RUNNER_HOME") or "~/.dispatch-runner").expanduser()
-
-
-def config_path(flag: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
-    """(path, explicit): explicit paths must exist; the home file is optional."""
-    env = os.environ if env is None else env
-    if flag:
-        return Path(flag).expanduser(), True
-    if env.get("DISPATCH_RUNNER_CONFIG"):
-        return Path(env["DISPATCH_RUNNER_CONFIG"]).expanduser(), True
-    return home_dir(env) / "agents.yaml", False
-
-
-def load_config(flag: str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    env = dict(os.environ if env is None else env)
-    path, explicit = config_path(flag, env)
-    home = home_dir(env)
-    if not path.exists():
-        if explicit:
-            raise ConfigError(
-                str(path), None, "file", "no such file; create it with 'dispatch-runner init' or fix the path"
-            )
-        return defaults(home, env, "built-in defaults")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), None, "file", f"cannot read: {exc.strerror}") from exc
-    return parse_config(text, str(path), home=home, env=env)
-
-
-def defaults(home: Path, env: Mapping[str, str], source: str) -> Config:
-    return Config(
-        source=source,
-        home=home,
-        store_url=env.get("DISPATCH_RUNNER_STORE") or f"sqlite:///{home / 'state.db'}",
-        workspace_root=home / "workspaces",
-        allowed_roots=(Path("~").expanduser().resolve(),),
-        concurrency={"claude": PoolLimit(total=1), "gemini": PoolLimit(total=3)},
-        agents=dict(BUILTIN_AGENTS),
-        templates=dict(BUILTIN_TEMPLATES),
-    )
-
+from .. import argv as argvlib
+from ..errors import ConfigError, InvalidArgument
+from ..model import MODEL_RE, AgentRef
+from ..policy import PoolLimit, RateConfig
+from .schema import OUTPUT_KINDS, PLACEHOLDERS, SHELLS, STDIN_MODES, AgentDef, Config, defaults
 
 # ---- strict YAML reading with line numbers -----------------------------------------------------
 

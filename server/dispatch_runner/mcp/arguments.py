@@ -1,0 +1,171 @@
+"""The MCP tools' arguments: type, bounds and the description a model reads, one alias each.
+
+The SDK builds each tool's input schema from these annotations. Numbers are strict: "5" or true
+is refused, never converted; NaN and infinities too. The dispatch arguments match
+actions.DispatchRequest (tests/test_actions.py checks it).
+"""
+
+# No `from __future__ import annotations`: the SDK reads these annotations at registration.
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field
+
+from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
+
+STRICT: Final[dict[str, Any]] = {"strict": True, "allow_inf_nan": False}
+PriorityName = Literal["critical", "high", "medium", "low"]
+StateName = Literal["queued", "running", "completed", "failed", "killed", "lost", "cancelled"]
+
+# ---- dispatch -----------------------------------------------------------------------------------
+Task = Annotated[
+    str,
+    Field(
+        description="What the sub-agent should do: a complete, "
+        "self-contained instruction (it does not see this conversation)."
+    ),
+]
+Agent = Annotated[
+    str | None,
+    Field(
+        description="Which agent runs it, base[:model]: "
+        "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
+        "configured default agent."
+    ),
+]
+Cwd = Annotated[
+    str | None,
+    Field(
+        description="Directory to run in; must lie inside the "
+        "configured allowed roots. Default: a fresh empty "
+        "directory."
+    ),
+]
+Repo = Annotated[
+    str | None,
+    Field(
+        description="A git repository instead of cwd: the agent "
+        "works in a fresh worktree on branch runner/<workspace>, "
+        "leaving the checkout untouched."
+    ),
+]
+Template = Annotated[
+    str | None,
+    Field(
+        description="Prompt template that wraps the task (agents.yaml templates; built-ins: coding, none)."
+    ),
+]
+Priority = Annotated[
+    PriorityName | None, Field(description="Queue order when the pool is full. Default medium.")
+]
+Label = Annotated[str | None, Field(description="Short label shown in status and in the completion event.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        description="Dispatching again with the same "
+        "key returns the existing workspace "
+        "(deduplicated: true) instead of a duplicate."
+    ),
+]
+MaxWait = Annotated[
+    float | None,
+    Field(
+        description="Refuse, with the estimated wait, "
+        "rather than queue longer than this many "
+        "seconds (0 to 604800).",
+        ge=0,
+        le=MAX_QUEUE_WAIT_S,
+        **STRICT,
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    Field(
+        description="Kill the run after this many seconds (up to 604800, 7 days).",
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        **STRICT,
+    ),
+]
+MaxAttempts = Annotated[
+    int | None,
+    Field(
+        description="Tries for a failing run, 1 to 100 (default from agents.yaml, usually 3).",
+        ge=1,
+        le=MAX_ATTEMPTS_LIMIT,
+        **STRICT,
+    ),
+]
+
+# ---- status -------------------------------------------------------------------------------------
+StatusWorkspace = Annotated[
+    str | None, Field(description="A workspace id for its details; omit for the overview.")
+]
+StatusAgent = Annotated[str | None, Field(description="Overview: only this agent's workspaces.")]
+State = Annotated[StateName | None, Field(description="Overview: only workspaces in this state.")]
+StatusLimit = Annotated[
+    int | None,
+    Field(description="Overview: at most this many workspace rows (default 20).", ge=1, le=1000, strict=True),
+]
+Subscribe = Annotated[
+    bool | None,
+    Field(
+        description="true: this session receives every "
+        "workspace's completion event; false: only its "
+        "own dispatches'.",
+        strict=True,
+    ),
+]
+
+# ---- wait ---------------------------------------------------------------------------------------
+WaitWorkspaces = Annotated[
+    list[str] | str, Field(description="Workspace ids to wait for (one id or a list).")
+]
+WaitTimeout = Annotated[
+    float,
+    Field(
+        description="Return after this many seconds even if not done (default 50, at most 3600).",
+        ge=0,
+        le=MAX_WAIT_TIMEOUT_S,
+        **STRICT,
+    ),
+]
+WaitMode = Annotated[
+    Literal["all", "any"], Field(description="all: until every workspace is finished; any: until one is.")
+]
+
+# ---- kill ---------------------------------------------------------------------------------------
+KillWorkspace = Annotated[str | None, Field(description="The workspace id to kill or cancel.")]
+KillAgent = Annotated[
+    str | None, Field(description="Kill every workspace of this agent (base or base:model).")
+]
+KillAll = Annotated[
+    bool, Field(description="Kill every running and cancel every queued workspace.", strict=True)
+]
+
+# ---- logs ---------------------------------------------------------------------------------------
+LogsWorkspace = Annotated[str, Field(description="The workspace id.")]
+LogsRun = Annotated[
+    int | None,
+    Field(
+        description="Which run (1, 2 ... : retries start new ones). Default: the latest.", ge=1, strict=True
+    ),
+]
+LogsStream = Annotated[
+    Literal["stdout", "stderr", "both"],
+    Field(description="stdout (default), stderr, or both (stdout, then stderr lines marked '[stderr] ')."),
+]
+LogsOffset = Annotated[
+    int,
+    Field(
+        description="First line to return, 0-based; pass the previous page's next_offset.", ge=0, strict=True
+    ),
+]
+LogsLimit = Annotated[
+    int,
+    Field(
+        description="At most this many lines (1-2000; a page also stops at 256 KiB).",
+        ge=1,
+        le=2000,
+        strict=True,
+    ),
+]
