@@ -8,6 +8,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,7 +16,7 @@ import anyio.to_thread
 
 from .. import workspaces
 from ..config import Config
-from ..events import Bus, Event
+from ..events import Bus, BusStatistics, Event
 from ..launch import runfiles, supervisor
 from ..model import Outcome
 from ..store import Limits, RunExit, Store, WorkspaceRow
@@ -44,6 +45,19 @@ def peer_alive(peer: str | None) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerStatistics:
+    """What this peer did since it started (anyio's `statistics()` style), and its bus."""
+
+    dispatched: int  # workspaces this peer stored
+    spawned: int  # runs it started
+    spawn_failures: int  # runs that could not start (counted as failed attempts)
+    lost: int  # runs it found with their shim gone and no exit
+    reservations_returned: int  # claims of dead peers it gave back
+    gc_removed: int  # finished workspaces it removed
+    bus: BusStatistics
+
+
 class Core:
     def __init__(self, config: Config, store: Store, bus: Bus, *, kind: str) -> None:
         self.config = config  # replaced as a whole when agents.yaml changes
@@ -58,6 +72,18 @@ class Core:
         self.wake_at: float | None = None
         self._cursor = store.last_event_id()
         self._publish_lock = anyio.Lock()
+
+    def statistics(self) -> RunnerStatistics:
+        c = self.counts
+        return RunnerStatistics(
+            dispatched=c["dispatched"],
+            spawned=c["spawned"],
+            spawn_failures=c["spawn_failures"],
+            lost=c["lost"],
+            reservations_returned=c["reservations_returned"],
+            gc_removed=c["gc_removed"],
+            bus=self.bus.statistics(),
+        )
 
     @property
     def limits(self) -> Limits:

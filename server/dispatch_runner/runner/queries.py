@@ -3,6 +3,7 @@ of a run's output) and runner.wait (until workspaces end, with progress)."""
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ class Queries:
             state=req.state,
             limit=limit or 20,
         )
-        snap["bus_dropped"] = core.bus.statistics().dropped
+        stats = core.statistics()
+        snap["bus_dropped"] = stats.bus.dropped
+        snap["peer"] = {"id": core.peer, "kind": core.kind, **asdict(stats)}
         snap["agents"] = self._agents()
         return snap
 

@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,12 @@ from ..actions import (
 )
 from ..config import Config, load_config
 from ..errors import DispatchError
-from ..events import TERMINAL_EVENTS, Bus, BusStatistics
+from ..events import TERMINAL_EVENTS, Bus
 from ..launch import supervisor
 from ..store import Limits, Store, open_store
 from .collector import Collector
 from .control import Killer
-from .core import Core, peer_id
+from .core import Core, RunnerStatistics, peer_id
 from .dispatching import Dispatcher
 from .draining import Drainer
 from .queries import Queries
@@ -54,19 +53,6 @@ GC_FIRST_S = 60.0  # a serving peer's first collection, then every GC_EVERY_S
 DRAINER_LOCK_WAIT_S = 5.0
 
 __all__ = ["Runner", "RunnerStatistics", "peer_id", "run_drainer"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerStatistics:
-    """What this peer did since it started (anyio's `statistics()` style), and its bus."""
-
-    dispatched: int  # workspaces this peer stored
-    spawned: int  # runs it started
-    spawn_failures: int  # runs that could not start (counted as failed attempts)
-    lost: int  # runs it found with their shim gone and no exit
-    reservations_returned: int  # claims of dead peers it gave back
-    gc_removed: int  # finished workspaces it removed
-    bus: BusStatistics
 
 
 class Runner:
@@ -117,16 +103,7 @@ class Runner:
         return self.core.limits
 
     def statistics(self) -> RunnerStatistics:
-        c = self.core.counts
-        return RunnerStatistics(
-            dispatched=c["dispatched"],
-            spawned=c["spawned"],
-            spawn_failures=c["spawn_failures"],
-            lost=c["lost"],
-            reservations_returned=c["reservations_returned"],
-            gc_removed=c["gc_removed"],
-            bus=self.core.bus.statistics(),
-        )
+        return self.core.statistics()
 
     def close(self) -> None:
         self.core.launcher.close()
