@@ -9,8 +9,7 @@ Migrations are append-only: a released step is never edited, the next change is 
 import re
 import sqlite3
 from collections.abc import Mapping
-from importlib.resources import files
-from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Final
 
 _NAME = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
@@ -74,7 +73,7 @@ def statements(script: str) -> list[str]:
     return out
 
 
-def load_migrations(folder: Traversable) -> tuple[str, ...]:
+def load_migrations(folder: Path) -> tuple[str, ...]:
     """migrations/0001.sql, 0002.sql, …: numbered from 1, no gaps."""
     found = {int(m[1]): p for p in folder.iterdir() if (m := _MIGRATION.fullmatch(p.name))}
     if sorted(found) != list(range(1, len(found) + 1)):
@@ -82,6 +81,8 @@ def load_migrations(folder: Traversable) -> tuple[str, ...]:
     return tuple(found[n].read_text(encoding="utf-8") for n in sorted(found))
 
 
-_HERE: Final = files(__package__)
+# beside this module (the package is installed as files; importlib.resources would add
+# tempfile and shutil to every shim's start-up)
+_HERE: Final = Path(__file__).parent
 Q: Final = Queries(parse_queries(_HERE.joinpath("queries.sql").read_text(encoding="utf-8")))
 MIGRATIONS: Final = load_migrations(_HERE.joinpath("migrations"))
