@@ -3,6 +3,8 @@ through its public face, only the MCP surface imports the MCP SDK, and no module
 function grows past the size where it starts to hide what it does (STYLE.md §1)."""
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     ("settings", frozenset({"config", "workspaces"})),
     ("store", frozenset({"store"})),
-    ("launch", frozenset({"launch"})),
+    ("launch", frozenset({"launch", "shim", "forkserver"})),  # the last two: pre-upgrade entry points
     ("runner", frozenset({"runner"})),
     ("surfaces", frozenset({"mcp", "cli"})),
 )
@@ -63,6 +65,7 @@ def imported(module: str, tree: ast.AST, *, is_package: bool) -> Iterator[tuple[
                         yield node.lineno, f"{target}.{alias.name}".lstrip(".")
                 else:
                     yield node.lineno, target
+                    yield from _submodules(node.lineno, target, [a.name for a in node.names])
             else:
                 yield from _classify(node.lineno, node.module or "", [a.name for a in node.names])
 
@@ -74,7 +77,17 @@ def _classify(line: int, name: str, names: list[str]) -> Iterator[tuple[int, str
         for n in names:
             yield line, n
     elif name.startswith("dispatch_runner."):
-        yield line, name.removeprefix("dispatch_runner.")
+        target = name.removeprefix("dispatch_runner.")
+        yield line, target
+        yield from _submodules(line, target, names)
+
+
+def _submodules(line: int, package: str, names: list[str]) -> Iterator[tuple[int, str]]:
+    """`from ..runner import core`: the names that are modules of the package count too."""
+    folder = PACKAGE.joinpath(*package.split("."))
+    for n in names:
+        if (folder / f"{n}.py").exists() or (folder / n / "__init__.py").exists():
+            yield line, f"{package}.{n}"
 
 
 def problems(module: str, source: str, *, is_package: bool = False) -> list[str]:
@@ -103,7 +116,9 @@ def problems(module: str, source: str, *, is_package: bool = False) -> list[str]
 
 
 def sources() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+    found = sorted(PACKAGE.rglob("*.py"))
+    assert len(found) > 40, f"{PACKAGE}: the package's modules are not where this test looks"
+    return found
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -123,6 +138,12 @@ def test_the_checker_sees_an_outward_import_and_a_surface_reaching_past_the_runn
     ]
     assert problems("mcp.tools", "from ..runner.core import Core\n") == [
         "mcp.tools:1 imports runner.core: use dispatch_runner.runner's exports"
+    ]
+    assert problems("mcp.tools", "from ..runner import core, Runner\n") == [
+        "mcp.tools:1 imports runner.core: use dispatch_runner.runner's exports"
+    ]
+    assert problems("cli.main", "from dispatch_runner.runner import service\n") == [
+        "cli.main:1 imports runner.service: use dispatch_runner.runner's exports"
     ]
     assert problems("runner.core", "import mcp.server\n") == [
         "runner.core:1 imports the MCP SDK; only dispatch_runner.mcp may"
@@ -157,3 +178,17 @@ def test_the_size_check_counts_a_long_function() -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(60))
     found = {what: n for what, n, _ in sizes(f"def long():\n{body}\n")}
     assert found["function long"] == 61
+
+
+def test_a_shim_starts_light() -> None:
+    """A per-run shim (and the fork server that forks shims) loads no config parser, event loop,
+    validation or MCP SDK: it runs once per agent."""
+    heavy = ("yaml", "anyio", "pydantic", "mcp", "rich", "psutil", "argcomplete")
+    for module in (
+        "dispatch_runner.launch.shim",
+        "dispatch_runner.launch.forkserver",
+        "dispatch_runner.shim",
+    ):
+        code = f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"

@@ -18,7 +18,6 @@ from ..errors import ConfigError, DispatchError, InvalidArgument, QueueBusy
 from .parser import build_parser
 
 OK, RUN_FAILED, USAGE, REFUSED, TIMED_OUT, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 3, 4, 130, 141
-FOLLOW_POLL_S = 0.2  # following files as they grow: nothing to wait on but the files
 
 
 def main(argv: Sequence[str] | None = None) -> int:

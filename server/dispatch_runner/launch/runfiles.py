@@ -149,7 +149,9 @@ def read_exit_file(path: Path, run_id: int) -> tuple[RunExit, float] | None:
         return None
     try:
         data = json.loads(marker.read_text())
-        fields = {name: data.get(name) for name in EXIT_FIELDS}
+        if not isinstance(data, dict):
+            return lost(), time.time()
+        fields: dict[str, Any] = {name: data.get(name) for name in EXIT_FIELDS}
         fields["outcome"] = Outcome(data["outcome"])
         return RunExit(**fields), float(data.get("ended_at") or time.time())
     except (OSError, ValueError, KeyError, TypeError):

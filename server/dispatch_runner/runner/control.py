@@ -52,9 +52,10 @@ class Killer:
 
     def _kill_run(self, run: RunRow) -> None:
         """SIGTERM the agent's group, SIGKILL after the grace; wait until the exit is recorded."""
-        store, grace_s = self.core.store, self.core.config.kill_grace_s
-        deadline = time.monotonic() + grace_s + KILL_SLACK_S
+        store = self.core.store
+        deadline = time.monotonic() + self.core.config.kill_grace_s + KILL_SLACK_S
         while time.monotonic() < deadline:
+            grace_s = self.core.config.kill_grace_s  # as in force now (agents.yaml may change)
             current = store.get_run(run.id)
             if current is None or current.phase in ("exited", "abandoned"):
                 return
