@@ -43,8 +43,7 @@ DESCRIPTIONS: Final = {
     "status": (
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
         "daily use and next spawn time, whether the queue is frozen, counts per state and the "
-        "latest workspaces (filter with agent, state, limit), and this server's own counters "
-        "(peer). With workspace: its state, agent, "
+        "latest workspaces (filter with agent, state, limit). With workspace: its state, agent, "
         "pid, runs, times, exit code, reason, result summary, log tail, path and branch. Cheap; "
         "call it any time. subscribe=true makes this session receive the completion event of "
         "every workspace, not only of those it dispatched (false undoes it)."

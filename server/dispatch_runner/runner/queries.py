@@ -3,7 +3,6 @@ of a run's output) and runner.wait (until workspaces end, with progress)."""
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,9 +54,7 @@ class Queries:
             state=req.state,
             limit=limit or 20,
         )
-        stats = core.statistics()
-        snap["bus_dropped"] = stats.bus.dropped
-        snap["peer"] = {"id": core.peer, "kind": core.kind, **asdict(stats)}
+        snap["bus_dropped"] = core.statistics().bus.dropped
         snap["agents"] = self._agents()
         return snap
 
