@@ -138,3 +138,57 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await anyio.sleep(interval)
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+PG_ADMIN_URL = os.environ.get("DISPATCH_RUNNER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class PgDatabase:
+    """A throwaway database for this test run (dropped at its end); `fresh()` empties it so each
+    test starts from a store that migrates itself."""
+
+    def __init__(self, admin_url: str) -> None:
+        import psycopg
+
+        self.name = f"dr_test_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+        self.admin_url = admin_url
+        with psycopg.connect(admin_url, autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{self.name}"')
+        base = admin_url.rsplit("/", 1)[0]
+        self.url = f"{base}/{self.name}"
+
+    def fresh(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        return self.url
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[PgDatabase]:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise AssertionError(f"CI needs PostgreSQL at {PG_ADMIN_URL}: {exc}") from exc
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL} ({exc}); CI always has one")
+    db = PgDatabase(PG_ADMIN_URL)
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def pg_url(pg_database: PgDatabase) -> str:
+    """The URL of an empty PostgreSQL database for this test."""
+    return pg_database.fresh()

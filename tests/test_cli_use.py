@@ -182,16 +182,18 @@ def test_a_closed_pipe_and_ctrl_c_end_quietly(home: Home) -> None:
     run_cli("kill", slow)
 
 
-def test_an_unsupported_store_is_a_sentence_not_a_traceback(home: Home) -> None:
-    out = subprocess.run(
-        [*CLI, "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "DISPATCH_RUNNER_STORE": "postgresql://db/runner"},
-    )
+def test_an_unsupported_or_unreachable_store_is_a_sentence_not_a_traceback(home: Home) -> None:
+    def status_with(url: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DISPATCH_RUNNER_STORE": url}
+        return subprocess.run([*CLI, "status"], capture_output=True, text=True, timeout=30, env=env)
+
+    out = status_with("mysql://db/runner")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "no PostgreSQL store yet" in out.stderr
+    assert "unsupported store URL 'mysql://db/runner'; use sqlite:///" in out.stderr
+    out = status_with("postgresql://runner:secret@127.0.0.1:1/runner")  # nothing listens on port 1
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot use the PostgreSQL store at postgresql://runner@127.0.0.1:1/runner" in out.stderr
+    assert "secret" not in out.stderr and "createdb" in out.stderr
 
 
 def test_status_is_a_table_people_can_read(home: Home) -> None:

@@ -64,7 +64,7 @@ def _store(config: Config) -> dict[str, Any]:
             store.close()
     except DispatchError as exc:
         return _check("store", False, str(exc))
-    return _check("store", True, f"writable: {config.store_url}")
+    return _check("store", True, f"writable: {store.display_url}")
 
 
 def _workspace_root(config: Config) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class Runner:
 
     @property
     def store_url(self) -> str:
-        return self.core.store.url
+        """The store's URL without a password (for people)."""
+        return self.core.store.display_url
 
     @property
     def bus(self) -> Bus:

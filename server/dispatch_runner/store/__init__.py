@@ -1,7 +1,7 @@
 """The durable store: a Protocol of intentions, and `open_store(url)` to pick a backend.
 
-Backends: SQLite (`sqlite:///path/state.db`, the default; any number of peers on one host) and,
-later, PostgreSQL. Driver errors stop here as StoreError.
+Backends: SQLite (`sqlite:///path/state.db`, the default; any number of peers on one host) and
+PostgreSQL (`postgresql://…`; many hosts). Driver errors stop here as StoreError.
 """
 
 from .base import (
@@ -19,27 +19,30 @@ from .base import (
 
 
 def open_store(url: str) -> Store:
+    """The store at `url`: sqlite:///path/state.db (the default) or postgresql://user@host/db."""
+    from ..errors import ConfigError
+
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
-    from ..errors import ConfigError
-
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "DISPATCH_RUNNER_STORE",
-            None,
-            "store",
-            "this dispatch-runner has no "
-            "PostgreSQL store yet (it comes with the multi-host release); use the "
-            "embedded store: unset DISPATCH_RUNNER_STORE or set it to "
-            "sqlite:///path/to/state.db",
-        )
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                "DISPATCH_RUNNER_STORE",
+                None,
+                "store",
+                f"a PostgreSQL store needs psycopg and psycopg_pool ({exc}); install them with "
+                "pip install 'dispatch-runner[postgres]'",
+            ) from exc
+        return PostgresStore(url)
     raise ConfigError(
         "DISPATCH_RUNNER_STORE",
         None,
         "store",
-        f"unsupported store URL {url!r}; use sqlite:///path/to/state.db",
+        f"unsupported store URL {url!r}; use sqlite:///path/to/state.db or postgresql://user@host/db",
     )
 
 

@@ -161,6 +161,7 @@ class Watcher(Protocol):
 
 class Store(Protocol):
     url: str
+    display_url: str  # without a password: what banners and messages show
 
     def close(self) -> None: ...
     def data_version(self) -> int: ...

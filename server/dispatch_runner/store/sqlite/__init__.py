@@ -1,27 +1,17 @@
 """SQLite backend: WAL, BEGIN IMMEDIATE for every read-then-write, busy_timeout, retry on lock.
 
 SQLite has no SKIP LOCKED: BEGIN IMMEDIATE serialises claims across processes, so two peers can
-never both take the last slot. The lifecycle decides; this backend reads rows and writes plans
-with the named queries of queries.sql, and migrates with migrations/NNNN.sql. Imports stay
-stdlib-only: the per-run shim uses this package.
-
-    core.py     connections, transactions, migrations, events
-    queue.py    enqueue and its ETA, queue positions, claims
-    runs.py     a run's start and end, reservations given back
-    reads.py    events, workspaces, the status snapshot (snapshot.py)
-    control.py  freeze, kill, peers, garbage collection
-    rows.py     rows to values and back;  sql.py  the SQL files, loaded once
+never both take the last slot. The store's logic is store/sql/ (shared with PostgreSQL); this
+backend is its connections (core.py), its named queries (queries.sql) and its numbered
+migrations (migrations/NNNN.sql). Imports stay stdlib-only: the per-run shim uses this package.
 """
 
-from .control import ControlSide
-from .queue import QueueSide
-from .reads import ReadSide
-from .rows import LANE_SEP, lane_of
-from .runs import RunSide
+from ..sql import LANE_SEP, SQLStore, lane_of
+from .core import MIGRATIONS, Q, SQLiteCore, statements
 
 
-class SQLiteStore(QueueSide, RunSide, ReadSide, ControlSide):
-    """The Store protocol on SQLite: one side per concern over one core (SQLiteCore)."""
+class SQLiteStore(SQLStore, SQLiteCore):
+    """The Store protocol on SQLite."""
 
 
-__all__ = ["LANE_SEP", "SQLiteStore", "lane_of"]
+__all__ = ["LANE_SEP", "MIGRATIONS", "Q", "SQLiteStore", "lane_of", "statements"]

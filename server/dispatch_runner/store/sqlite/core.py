@@ -1,5 +1,5 @@
 """The SQLite backend's core: its connections, one IMMEDIATE transaction per write (retried on a
-lock), the migrations, and appending events. Every side of the store builds on it.
+lock) and the migrations; the sides of the store (store/sql/) build on it.
 
 One main connection per store, guarded by a lock (the async runner calls it from worker threads);
 a read connection for the reads that must never wait behind a write; a third one that only polls
@@ -7,28 +7,37 @@ PRAGMA data_version.
 """
 
 import contextlib
-import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from ...errors import StoreError
-from ...policy import PoolState
-from .rows import read_pool_state
-from .sql import MIGRATIONS, Q, statements
+from ..sql.conn import Conn
+from ..sql.core import SQLCore
+from ..sql.queries import load_migrations, load_queries
+
+# beside this module (the package is installed as files; importlib.resources would add
+# tempfile and shutil to every shim's start-up)
+HERE = Path(__file__).parent
+Q = load_queries(HERE, placeholder="?")
+MIGRATIONS = load_migrations(HERE / "migrations")
 
 T = TypeVar("T")
 LOCK_RETRIES = 5
 
 
-class SQLiteCore:
+class SQLiteCore(SQLCore):
+    q = Q
+    schema_version = len(MIGRATIONS)
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.display_url = self.url
         self._lock = threading.RLock()
         self._watch_lock = threading.Lock()
         self._watch: sqlite3.Connection | None = None
@@ -88,7 +97,7 @@ class SQLiteCore:
     # ---- transactions and reads -------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Conn]:
         """One IMMEDIATE transaction; retried by `_write` when the database is locked.
 
         Whatever fails — the body or the COMMIT itself (I/O error, disk full, a busy database) —
@@ -97,7 +106,7 @@ class SQLiteCore:
         db = self._conn()
         db.execute(Q.begin)
         try:
-            yield db
+            yield Conn(db, Q)
             db.execute(Q.commit)
         except BaseException:
             self._abandon()
@@ -122,7 +131,7 @@ class SQLiteCore:
             self._broken = False
         return self._db
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, fn: Callable[[Conn], T]) -> T:
         delay = 0.005
         with self._lock:
             # busy_timeout already waits up to 30 s for the write lock; a few retries on top
@@ -140,17 +149,14 @@ class SQLiteCore:
                     raise StoreError(f"store write failed: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._reading(lambda db: db.execute(sql, args).fetchall())
-
-    def _reading(self, fn: Callable[[sqlite3.Connection], T], *, separate: bool = False) -> T:
+    def _reading(self, fn: Callable[[Conn], T], *, separate: bool = False) -> T:
         """A read; driver errors stop here. The runner's own reads share the main connection
         (its page cache stays warm across its writes); `separate` reads (status, wait) go to a
         read connection of their own, which in WAL never waits behind a write transaction."""
         if not separate:
             with self._lock:
                 try:
-                    return fn(self._conn())
+                    return fn(Conn(self._conn(), Q))
                 except sqlite3.Error as exc:
                     raise StoreError(f"store read failed: {exc}") from exc
         with self._read_lock:
@@ -160,7 +166,7 @@ class SQLiteCore:
                 if self._rdb is None:
                     self._rdb = self._connect()
                     self._rdb.execute(Q.query_only)
-                return fn(self._rdb)
+                return fn(Conn(self._rdb, Q))
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
@@ -174,7 +180,7 @@ class SQLiteCore:
         if version == len(MIGRATIONS):
             return  # the common case (every shim opens the store): no write transaction
 
-        def step(db: sqlite3.Connection) -> None:
+        def step(db: Conn) -> None:
             version = db.execute(Q.schema_version).fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements(script):
@@ -204,18 +210,14 @@ class SQLiteCore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
-    # ---- shared by every side ---------------------------------------------------------------
 
-    @staticmethod
-    def _event(
-        db: sqlite3.Connection,
-        type_: str,
-        now: float,
-        ws: str | None = None,
-        origin: str | None = None,
-        **data: Any,
-    ) -> None:
-        db.execute(Q.insert_event, (now, type_, ws, origin, json.dumps(data, separators=(",", ":"))))
-
-    def pool_state(self, pool: str) -> PoolState:
-        return self._reading(lambda db: read_pool_state(db, pool))
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one (comments dropped), as SQLite completes them."""
+    out, buf = [], ""
+    for line in script.splitlines():
+        buf += line.split("--", 1)[0] + "\n"
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    return out

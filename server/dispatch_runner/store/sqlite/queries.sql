@@ -125,7 +125,7 @@ SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
 
 -- name: reserve_run
 INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,
-   prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?);
+   prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?) RETURNING id;
 
 -- name: claim_workspace
 UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,

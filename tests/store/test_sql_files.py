@@ -1,5 +1,6 @@
-"""The SQLite backend's SQL lives in its .sql files: named queries (queries.sql) and append-only
-migrations (migrations/NNNN.sql). The Python names queries; it spells no SQL of its own."""
+"""Each backend's SQL lives in its .sql files: named queries (queries.sql) and append-only
+migrations (migrations/NNNN.sql). The store's sides (store/sql/) and the backends' cores name
+queries; no Python spells SQL. Both backends name the same queries, so the sides run on either."""
 
 import ast
 import hashlib
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatch_runner.store import sqlite as backend
-from dispatch_runner.store.sqlite.sql import MIGRATIONS, Q, Queries, parse_queries, statements
+from dispatch_runner.store import postgres, sqlite
+from dispatch_runner.store import sql as sides
+from dispatch_runner.store.sql.queries import Queries, parse_queries
+from dispatch_runner.store.sqlite import MIGRATIONS, statements
 
-PACKAGE = Path(backend.__file__).parent
+SIDES = Path(sides.__file__).parent
+BACKENDS = {"sqlite": sqlite, "postgres": postgres}
 # sha256 of the statements each released migration runs: a released step is never edited
 RELEASED = {
     1: "cc956f3b3cf2d8d14bb36f60da432759af2d2cf7a0c2e3a8a85176a07daa6431",
@@ -29,20 +33,29 @@ def test_released_migrations_run_exactly_the_statements_they_always_ran() -> Non
         assert hashlib.sha256(ran.encode()).hexdigest() == digest, f"migrations/{number:04}.sql changed"
 
 
-def _python_sources() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(PACKAGE.glob("*.py"))}
+def _python_sources(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.py"))}
 
 
-def test_every_named_query_is_used_and_every_used_name_exists() -> None:
+def _names_used(folder: Path, prefix: str) -> set[str]:
     used: set[str] = set()
-    for text in _python_sources().values():
-        used |= set(re.findall(r"\bQ\.(\w+)", text)) - {"expand", "names"}
-        used |= set(re.findall(r"\bQ\.expand\(\s*\"(\w+)\"", text))
-    assert used == Q.names()
+    for text in _python_sources(folder).values():
+        used |= set(re.findall(prefix + r"\.(\w+)", text)) - {"expand", "names", "marks"}
+        used |= set(re.findall(prefix + r"\.expand\(\s*\"(\w+)\"", text))
+    return used
 
 
-def test_the_backend_python_spells_no_sql() -> None:
-    for name, text in _python_sources().items():
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_named_query_is_used_and_every_used_name_exists(name: str) -> None:
+    backend = BACKENDS[name]
+    by_sides = _names_used(SIDES, r"\bq")  # db.q.x, self.q.x
+    by_core = _names_used(Path(str(backend.__file__)).parent, r"\bQ")
+    assert by_sides | by_core == backend.Q.names()
+
+
+@pytest.mark.parametrize("folder", [SIDES, *(Path(str(b.__file__)).parent for b in BACKENDS.values())])
+def test_no_python_of_the_store_spells_sql(folder: Path) -> None:
+    for name, text in _python_sources(folder).items():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert not SQL_START.match(node.value), (

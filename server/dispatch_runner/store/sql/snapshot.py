@@ -1,22 +1,21 @@
-"""The overall `status` snapshot of the SQLite store: pools, counts and recent workspaces.
+"""The overall `status` snapshot of a SQL store: pools, counts and recent workspaces.
 
 Every query here is index-backed (workspaces_state_cover, runs_pool_ended, workspaces_created),
 so status stays fast with tens of thousands of workspaces.
 """
 
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from ... import policy
 from ...model import Priority
 from ..base import Limits, WorkspaceRow
+from .conn import Conn, Row
 from .rows import read_pool_state, workspace_row
-from .sql import Q
 
 
 def snapshot(
-    db: sqlite3.Connection,
+    db: Conn,
     *,
     now: float,
     limits: Limits,
@@ -25,7 +24,7 @@ def snapshot(
     limit: int,
     frozen: bool,
 ) -> dict[str, Any]:
-    counts = {r[0]: r[1] for r in db.execute(Q.count_by_state)}
+    counts = {r[0]: r[1] for r in db.execute(db.q.count_by_state)}
     pools = _pool_counts(db, limits)
     _pool_times(db, pools, now=now, limits=limits)
     return {
@@ -36,7 +35,7 @@ def snapshot(
     }
 
 
-def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, Any]]:
+def _pool_counts(db: Conn, limits: Limits) -> dict[str, dict[str, Any]]:
     pools: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
@@ -56,22 +55,20 @@ def _pool_counts(db: sqlite3.Connection, limits: Limits) -> dict[str, dict[str, 
 
     for name in limits.concurrency:
         entry(name)
-    for r in db.execute(Q.pool_counts):
+    for r in db.execute(db.q.pool_counts):
         e = entry(r["pool"])
         e[r["state"]] += r["n"]
         if r["state"] == "queued":
             e["_oldest"] = min(filter(None, (e["_oldest"], r["oldest"])))
         elif r["model"] is not None:
             e["models"].setdefault(r["model"], {"running": 0, "limit": None})["running"] += r["n"]
-    for r in db.execute(Q.known_pools):
+    for r in db.execute(db.q.known_pools):
         entry(r[0])
     return pools
 
 
-def _pool_times(
-    db: sqlite3.Connection, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits
-) -> None:
-    thr = {r[0]: r[1] for r in db.execute(Q.finished_since, (now - 60,))}
+def _pool_times(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits) -> None:
+    thr = {r[0]: r[1] for r in db.execute(db.q.finished_since, (now - 60,))}
     nowdt = datetime.fromtimestamp(now, UTC)
     for name, e in pools.items():
         ps = read_pool_state(db, name)
@@ -86,19 +83,19 @@ def _pool_times(
         e["throughput_1m"] = thr.get(name, 0)
 
 
-def _recent(db: sqlite3.Connection, agent: str | None, state: str | None, limit: int) -> list[sqlite3.Row]:
+def _recent(db: Conn, agent: str | None, state: str | None, limit: int) -> list[Row]:
     """At most `limit` rows: running first, then newest."""
     filters: list[str] = []
     args: list[object] = []
     if agent:
-        filters.append(Q.filter_agent)
+        filters.append(db.q.filter_agent)
         args += [agent, agent]
     if state:
-        filters.append(Q.filter_state)
+        filters.append(db.q.filter_state)
         args.append(state)
-    rows = db.execute(Q.expand("recent_running", filters=" ".join(filters)), [*args, limit]).fetchall()
+    rows = db.execute(db.q.expand("recent_running", filters=" ".join(filters)), [*args, limit]).fetchall()
     if len(rows) < limit:
-        sql = Q.expand("recent_not_running", filters=" ".join(filters))
+        sql = db.q.expand("recent_not_running", filters=" ".join(filters))
         rows += db.execute(sql, [*args, limit - len(rows)]).fetchall()
     return rows
 

@@ -1,4 +1,4 @@
-"""The read side of the SQLite store: events, workspaces, the status snapshot."""
+"""The read side of a SQL store: events, workspaces, the status snapshot."""
 
 import json
 from collections.abc import Sequence
@@ -6,13 +6,12 @@ from typing import Any
 
 from ...model import Event
 from ..base import Limits, WorkspaceRow
-from .core import SQLiteCore
+from .core import SQLCore
 from .rows import read_frozen, workspace_row
 from .snapshot import snapshot
-from .sql import Q, marks
 
 
-class ReadSide(SQLiteCore):
+class ReadSide(SQLCore):
     def events_after(self, cursor: int, limit: int = 500) -> list[Event]:
         return [
             Event(
@@ -23,18 +22,18 @@ class ReadSide(SQLiteCore):
                 data=json.loads(r["data"]),
                 id=r["id"],
             )
-            for r in self._read(Q.events_after, (cursor, limit))
+            for r in self._read(self.q.events_after, (cursor, limit))
         ]
 
     def last_event_id(self) -> int:
-        return int(self._read(Q.last_event_id)[0][0])
+        return int(self._read(self.q.last_event_id)[0][0])
 
     def find_by_idempotency_key(self, key: str) -> WorkspaceRow | None:
-        rows = self._read(Q.workspace_by_idempotency_key, (key,))
+        rows = self._read(self.q.workspace_by_idempotency_key, (key,))
         return workspace_row(rows[0]) if rows else None
 
     def get_workspace(self, workspace_id: str) -> WorkspaceRow | None:
-        rows = self._read(Q.workspace, (workspace_id,))
+        rows = self._read(self.q.workspace, (workspace_id,))
         return workspace_row(rows[0]) if rows else None
 
     def workspaces(self, ids: Sequence[str]) -> list[WorkspaceRow | None]:
@@ -42,13 +41,13 @@ class ReadSide(SQLiteCore):
         behind a write (what `wait` polls)."""
         if not ids:
             return []
-        sql = Q.expand("workspaces_by_ids", ids=marks(len(ids)))
+        sql = self.q.expand("workspaces_by_ids", ids=self.q.marks(len(ids)))
         rows = self._reading(lambda db: db.execute(sql, list(ids)).fetchall(), separate=True)
         found = {r["id"]: workspace_row(r) for r in rows}
         return [found.get(i) for i in ids]
 
     def has_work(self) -> bool:
-        return bool(self._read(Q.has_work)[0][0])
+        return bool(self._read(self.q.has_work)[0][0])
 
     def is_frozen(self) -> bool:
         return self._reading(read_frozen)

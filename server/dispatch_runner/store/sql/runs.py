@@ -1,29 +1,27 @@
-"""The run side of the SQLite store: what the shim and recovery write as a run starts and ends.
+"""The run side of a SQL store: what the shim and recovery write as a run starts and ends.
 
 A run's end is decided by lifecycle.plan_exit (retry, dead letter, rate-limit requeue, backoff,
 a never-started claim's slot given back); this side loads the rows and writes the plan.
 """
 
-import sqlite3
-
 from ...model import Outcome
 from ...policy import RateConfig
 from .. import lifecycle
 from ..base import RunExit, RunRow, WorkspaceRow
-from .core import SQLiteCore
+from .conn import Conn
+from .core import SQLCore
 from .rows import read_pool_state, read_workspace, run_row, save_pool_state, spawn_mark
-from .sql import Q
 
 
-class RunSide(SQLiteCore):
+class RunSide(SQLCore):
     def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str, now: float) -> bool:
         """Compare-and-set reserved -> running; False when the reservation was given back."""
 
-        def tx(db: sqlite3.Connection) -> bool:
-            cur = db.execute(Q.start_run, (shim_pid, shim_start, boot_id, now, run_id))
+        def tx(db: Conn) -> bool:
+            cur = db.execute(db.q.start_run, (shim_pid, shim_start, boot_id, now, run_id))
             if cur.rowcount != 1:
                 return False
-            run = db.execute(Q.started_run, (run_id,)).fetchone()
+            run = db.execute(db.q.started_run, (run_id,)).fetchone()
             self._event(
                 db,
                 "AgentStarted",
@@ -42,21 +40,21 @@ class RunSide(SQLiteCore):
         """Record the agent's identity; True when a kill was requested meanwhile (the shim then
         stops its agent itself: the killer may have gone before the pid was known)."""
 
-        def tx(db: sqlite3.Connection) -> bool:
-            cur = db.execute(Q.record_agent, (agent_pid, agent_start, now, run_id))
+        def tx(db: Conn) -> bool:
+            cur = db.execute(db.q.record_agent, (agent_pid, agent_start, now, run_id))
             if cur.rowcount:  # the workspace's times are the agent's: its wall time is the duration
-                db.execute(Q.agent_started, (now, run_id))
-            row = db.execute(Q.kill_requested, (run_id,)).fetchone()
+                db.execute(db.q.agent_started, (now, run_id))
+            row = db.execute(db.q.kill_requested, (run_id,)).fetchone()
             return bool(row and row[0])
 
         return self._write(tx)
 
     def get_run(self, run_id: int) -> RunRow | None:
-        rows = self._read(Q.run, (run_id,))
+        rows = self._read(self.q.run, (run_id,))
         return run_row(rows[0]) if rows else None
 
     def active_runs(self) -> list[RunRow]:
-        return [run_row(r) for r in self._read(Q.active_runs)]
+        return [run_row(r) for r in self._read(self.q.active_runs)]
 
     def record_exit(
         self, run_id: int, result: RunExit, *, now: float, rate: RateConfig | None
@@ -68,13 +66,13 @@ class RunSide(SQLiteCore):
         return self._write(lambda db: self._record_exit(db, run_id, result, now, rate))
 
     def _record_exit(
-        self, db: sqlite3.Connection, run_id: int, result: RunExit, now: float, rate: RateConfig | None
+        self, db: Conn, run_id: int, result: RunExit, now: float, rate: RateConfig | None
     ) -> WorkspaceRow | None:
-        run = db.execute(Q.run, (run_id,)).fetchone()
+        run = db.execute(db.q.run, (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
         ws = read_workspace(db, run["workspace"])
-        requeues = db.execute(Q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
+        requeues = db.execute(db.q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         plan = lifecycle.plan_exit(
             ws,
             spawn_mark(run),
@@ -91,16 +89,16 @@ class RunSide(SQLiteCore):
 
     def _write_exit(
         self,
-        db: sqlite3.Connection,
+        db: Conn,
         ws: WorkspaceRow,
         run_id: int,
         result: RunExit,
         plan: lifecycle.ExitPlan,
         now: float,
     ) -> None:
-        db.execute(Q.end_run, (now, result.exit_code, plan.outcome.value, run_id))
+        db.execute(db.q.end_run, (now, result.exit_code, plan.outcome.value, run_id))
         db.execute(
-            Q.run_ended,
+            db.q.run_ended,
             (
                 plan.state.value,
                 plan.reason,
@@ -125,11 +123,11 @@ class RunSide(SQLiteCore):
         """A claim that was never spawned goes back to the queue (not an attempt); its pacing mark
         and daily slot go back to its pool."""
 
-        def tx(db: sqlite3.Connection) -> WorkspaceRow | None:
-            if db.execute(Q.abandon_reservation, (now, run_id)).rowcount != 1:
+        def tx(db: Conn) -> WorkspaceRow | None:
+            if db.execute(db.q.abandon_reservation, (now, run_id)).rowcount != 1:
                 return None
-            run = db.execute(Q.run, (run_id,)).fetchone()
-            db.execute(Q.requeue_workspace, (now, run["workspace"]))
+            run = db.execute(db.q.run, (run_id,)).fetchone()
+            db.execute(db.q.requeue_workspace, (now, run["workspace"]))
             pool = read_pool_state(db, run["pool"])
             save_pool_state(db, run["pool"], lifecycle.plan_give_back(spawn_mark(run), pool))
             ws = read_workspace(db, run["workspace"])

@@ -1,5 +1,6 @@
-"""The SQL of the SQLite backend, read once from the files beside it (procrastinate keeps its
-SQL the same way): named queries in queries.sql, numbered migrations in migrations/NNNN.sql.
+"""A backend's SQL, read once from the files beside it (procrastinate keeps its SQL the same
+way): named queries in queries.sql, numbered migrations in migrations/NNNN.sql. Every backend
+names its queries alike, so the sides (queue.py, runs.py, …) run on any of them.
 
 queries.sql holds blocks headed `-- name: <name>`; other comment lines are documentation. A few
 queries carry a `{marker}` that `Q.expand` fills (an `IN (?,?,…)` list, an optional filter).
@@ -7,10 +8,8 @@ Migrations are append-only: a released step is never edited, the next change is 
 """
 
 import re
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
 
 _NAME = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
 _MARKER = re.compile(r"\{(\w+)\}")
@@ -36,11 +35,13 @@ def _sql_lines(block: str) -> list[str]:
 
 
 class Queries:
-    """The named queries: `Q.lane_head` is the SQL of `-- name: lane_head`."""
+    """The named queries: `q.lane_head` is the SQL of `-- name: lane_head`; `placeholder` is the
+    driver's parameter mark (`?` for sqlite3, `%s` for psycopg)."""
 
-    def __init__(self, sql: Mapping[str, str]) -> None:
+    def __init__(self, sql: Mapping[str, str], *, placeholder: str = "?") -> None:
         self.__dict__.update(sql)  # a plain attribute: the hot paths read one per statement
         self._names = frozenset(sql)
+        self._placeholder = placeholder
 
     def __getattr__(self, name: str) -> str:  # only reached for a name the file does not have
         raise AttributeError(f"no query named {name!r} in queries.sql")
@@ -55,22 +56,9 @@ class Queries:
     def names(self) -> frozenset[str]:
         return self._names
 
-
-def marks(n: int) -> str:
-    """`?,?,…`: the placeholders of an `IN ({ids})` list of n values."""
-    return ",".join("?" * n)
-
-
-def statements(script: str) -> list[str]:
-    """A migration's statements, one by one (comments dropped), as SQLite completes them."""
-    out, buf = [], ""
-    for line in script.splitlines():
-        buf += line.split("--", 1)[0] + "\n"
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                out.append(buf.strip())
-            buf = ""
-    return out
+    def marks(self, n: int) -> str:
+        """`?,?,…`: the placeholders of an `IN ({ids})` list of n values."""
+        return ",".join([self._placeholder] * n)
 
 
 def load_migrations(folder: Path) -> tuple[str, ...]:
@@ -81,8 +69,7 @@ def load_migrations(folder: Path) -> tuple[str, ...]:
     return tuple(found[n].read_text(encoding="utf-8") for n in sorted(found))
 
 
-# beside this module (the package is installed as files; importlib.resources would add
-# tempfile and shutil to every shim's start-up)
-_HERE: Final = Path(__file__).parent
-Q: Final = Queries(parse_queries(_HERE.joinpath("queries.sql").read_text(encoding="utf-8")))
-MIGRATIONS: Final = load_migrations(_HERE.joinpath("migrations"))
+def load_queries(folder: Path, *, placeholder: str) -> Queries:
+    return Queries(
+        parse_queries((folder / "queries.sql").read_text(encoding="utf-8")), placeholder=placeholder
+    )

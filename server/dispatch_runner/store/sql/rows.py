@@ -1,13 +1,12 @@
-"""Rows to values and back for the SQLite backend, and the small reads every side shares."""
+"""Rows to values and back for a SQL store, and the small reads every side shares."""
 
 import json
-import sqlite3
 from typing import Any
 
 from ...policy import PoolState
 from .. import lifecycle
 from ..base import NewWorkspace, RunRow, WorkspaceRow
-from .sql import Q
+from .conn import Conn, Row
 
 LANE_SEP = "\x1f"
 
@@ -51,13 +50,13 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
     )
 
 
-def read_workspace(db: sqlite3.Connection, workspace_id: str) -> WorkspaceRow:
+def read_workspace(db: Conn, workspace_id: str) -> WorkspaceRow:
     """A workspace known to exist (the caller just wrote or found it)."""
-    return workspace_row(db.execute(Q.workspace, (workspace_id,)).fetchone())
+    return workspace_row(db.execute(db.q.workspace, (workspace_id,)).fetchone())
 
 
-def read_pool_state(db: sqlite3.Connection, pool: str) -> PoolState:
-    row = db.execute(Q.pool_state, (pool,)).fetchone()
+def read_pool_state(db: Conn, pool: str) -> PoolState:
+    row = db.execute(db.q.pool_state, (pool,)).fetchone()
     if row is None:
         return PoolState()
     return PoolState(
@@ -69,18 +68,18 @@ def read_pool_state(db: sqlite3.Connection, pool: str) -> PoolState:
     )
 
 
-def save_pool_state(db: sqlite3.Connection, pool: str, s: PoolState) -> None:
+def save_pool_state(db: Conn, pool: str, s: PoolState) -> None:
     db.execute(
-        Q.save_pool_state, (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day)
+        db.q.save_pool_state, (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day)
     )
 
 
-def read_frozen(db: sqlite3.Connection) -> bool:
-    row = db.execute(Q.frozen).fetchone()
+def read_frozen(db: Conn) -> bool:
+    row = db.execute(db.q.frozen).fetchone()
     return row is not None and row[0] == "1"
 
 
-def spawn_mark(run: sqlite3.Row) -> lifecycle.SpawnMark:
+def spawn_mark(run: Row) -> lifecycle.SpawnMark:
     return lifecycle.SpawnMark(
         reserved=run["phase"] == "reserved",
         spawn_mark=run["spawn_mark"],
@@ -91,7 +90,7 @@ def spawn_mark(run: sqlite3.Row) -> lifecycle.SpawnMark:
     )
 
 
-def workspace_row(row: sqlite3.Row) -> WorkspaceRow:
+def workspace_row(row: Row) -> WorkspaceRow:
     return WorkspaceRow(
         id=row["id"],
         seq=row["seq"],
@@ -133,7 +132,7 @@ def workspace_row(row: sqlite3.Row) -> WorkspaceRow:
     )
 
 
-def run_row(row: sqlite3.Row) -> RunRow:
+def run_row(row: Row) -> RunRow:
     return RunRow(
         id=row["id"],
         workspace=row["workspace"],

@@ -1,0 +1,283 @@
+-- The PostgreSQL backend's named queries: the same names as the SQLite backend's, so the store's
+-- sides (store/sql/) run on either. Parameters are psycopg's %s (a literal % is written %%).
+-- `{marker}`s are filled by `Q.expand` (an IN list, an optional filter).
+
+-- ---- the backend's own -----------------------------------------------------------------------
+
+-- name: schema_table
+CREATE TABLE IF NOT EXISTS dispatch_runner_schema (version INTEGER NOT NULL);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM dispatch_runner_schema;
+
+-- name: set_schema_version
+INSERT INTO dispatch_runner_schema (version) VALUES (%s);
+
+-- name: lock_migrations
+-- a session lock: peers that start together migrate one at a time
+SELECT pg_advisory_lock(hashtext('dispatch-runner:migrate'));
+
+-- name: unlock_migrations
+SELECT pg_advisory_unlock(hashtext('dispatch-runner:migrate'));
+
+-- name: lock_pool
+-- held until the claim commits: no other claim counts this pool's runs meanwhile (a count under
+-- SKIP LOCKED would let two claims both see the last free slot)
+SELECT pg_advisory_xact_lock(hashtext('dispatch-runner:pool'), hashtext(%s));
+
+-- name: lock_events
+-- held until commit: event ids are handed out in commit order, so a reader's cursor never
+-- passes an event that commits later with a smaller id
+SELECT pg_advisory_xact_lock(hashtext('dispatch-runner:events'));
+
+-- name: notify
+NOTIFY dispatch_runner;
+
+-- name: listen
+LISTEN dispatch_runner;
+
+-- name: data_version
+-- changes whenever an event commits (every change that matters to a waiting peer has one)
+SELECT coalesce(max(id), 0) FROM events;
+
+-- ---- events ----------------------------------------------------------------------------------
+
+-- name: insert_event
+INSERT INTO events (at, type, workspace, origin, data) VALUES (%s,%s,%s,%s,%s);
+
+-- name: events_after
+SELECT * FROM events WHERE id > %s ORDER BY id LIMIT %s;
+
+-- name: last_event_id
+SELECT coalesce(max(id), 0) FROM events;
+
+-- ---- workspaces ------------------------------------------------------------------------------
+
+-- name: workspace
+SELECT * FROM workspaces WHERE id = %s;
+
+-- name: workspace_by_idempotency_key
+SELECT * FROM workspaces WHERE idempotency_key = %s;
+
+-- name: workspaces_by_ids
+SELECT * FROM workspaces WHERE id IN ({ids});
+
+-- name: insert_workspace
+INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
+   priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
+   idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
+   origin, parent, spec, rev)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1);
+
+-- name: has_work
+SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
+
+-- name: queue_position
+-- the 1-based place of a queued workspace in its pool's queue: an index-only count
+SELECT count(*) FROM workspaces
+   WHERE state = 'queued' AND pool = %s AND
+   (priority < %s OR (priority = %s AND (created_at < %s OR (created_at = %s AND seq <= %s))));
+
+-- ---- what an ETA counts (lifecycle.plan_eta asks for the ones it needs) -----------------------
+
+-- name: running_in_pool
+SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = %s;
+
+-- name: running_in_lane
+SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = %s AND model = %s;
+
+-- name: queued_ahead_in_pool
+SELECT count(*) FROM workspaces
+   WHERE state = 'queued' AND pool = %s AND priority <= %s;
+
+-- name: queued_ahead_in_lane
+SELECT count(*) FROM workspaces
+   WHERE state = 'queued' AND lane = %s AND priority <= %s;
+
+-- name: recent_runtimes
+-- the agent's own wall time when it is known, else the run's
+SELECT ended_at - coalesce(agent_started_at, started_at) FROM runs WHERE pool = %s
+   AND ended_at IS NOT NULL AND started_at IS NOT NULL ORDER BY ended_at DESC LIMIT %s;
+
+-- ---- claims ----------------------------------------------------------------------------------
+
+-- name: running_by_lane
+-- running (and reserved) runs per pool and model
+SELECT pool, model, count(*) n FROM workspaces WHERE state = 'running' GROUP BY pool, model;
+
+-- name: queued_lanes
+-- the distinct lanes with queued work: a loose index scan, O(lanes * log n)
+WITH RECURSIVE l(lane) AS (
+     SELECT min(lane) FROM workspaces WHERE state = 'queued'
+     UNION ALL
+     SELECT (SELECT min(lane) FROM workspaces
+             WHERE state = 'queued' AND lane > l.lane)
+     FROM l WHERE l.lane IS NOT NULL)
+   SELECT lane FROM l WHERE lane IS NOT NULL;
+
+-- name: lane_head
+-- the head of one lane: one probe of workspaces_queue
+SELECT * FROM workspaces
+   WHERE state = 'queued' AND lane = %s AND not_before <= %s
+   ORDER BY priority, created_at, seq LIMIT 1;
+
+-- name: next_not_before
+SELECT min(not_before) FROM workspaces
+   WHERE state = 'queued' AND not_before > %s;
+
+-- name: reserve_run
+INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,
+   prev_last_spawn, counted_day) VALUES (%s,%s,%s,'reserved',%s,%s,%s,%s,%s) RETURNING id;
+
+-- name: claim_workspace
+UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = %s,
+   started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
+   updated_at = %s, rev = rev + 1 WHERE id = %s;
+
+-- ---- pool state ------------------------------------------------------------------------------
+
+-- name: pool_state
+SELECT * FROM pool_state WHERE pool = %s;
+
+-- name: save_pool_state
+INSERT INTO pool_state (pool, backoff_until, fail_count, last_spawn, daily_count,
+   daily_day) VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (pool) DO UPDATE SET
+   backoff_until = excluded.backoff_until, fail_count = excluded.fail_count,
+   last_spawn = excluded.last_spawn, daily_count = excluded.daily_count,
+   daily_day = excluded.daily_day;
+
+-- ---- runs ------------------------------------------------------------------------------------
+
+-- name: run
+SELECT * FROM runs WHERE id = %s;
+
+-- name: active_runs
+SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id;
+
+-- name: start_run
+-- compare-and-set reserved -> running
+UPDATE runs SET phase = 'running', shim_pid = %s, shim_start = %s, boot_id = %s,
+   started_at = %s WHERE id = %s AND phase = 'reserved' AND kill_requested = 0;
+
+-- name: started_run
+SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w
+   ON w.id = r.workspace WHERE r.id = %s;
+
+-- name: record_agent
+UPDATE runs SET agent_pid = %s, agent_start = %s, agent_started_at = %s
+   WHERE id = %s AND phase = 'running';
+
+-- name: agent_started
+UPDATE workspaces SET started_at = %s WHERE current_run = %s;
+
+-- name: kill_requested
+SELECT kill_requested FROM runs WHERE id = %s;
+
+-- name: requeues
+SELECT count(*) FROM runs WHERE workspace = %s AND outcome = %s;
+
+-- name: end_run
+UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s WHERE id = %s;
+
+-- name: run_ended
+-- the workspace after its run's end, as lifecycle.plan_exit planned it
+UPDATE workspaces SET state = %s, reason = %s, attempts = %s, not_before = %s,
+   exit_code = %s, summary = coalesce(%s, summary), session_id = coalesce(%s, session_id),
+   ended_at = %s, updated_at = %s, current_run = CASE WHEN %s THEN current_run END,
+   ended_reason = %s, rev = rev + 1
+   WHERE id = %s;
+
+-- name: abandon_reservation
+UPDATE runs SET phase = 'abandoned', ended_at = %s WHERE id = %s AND phase = 'reserved';
+
+-- name: requeue_workspace
+UPDATE workspaces SET state = 'queued', runs = runs - 1, current_run = NULL,
+   started_at = NULL, updated_at = %s, rev = rev + 1
+   WHERE id = %s AND state = 'running';
+
+-- ---- control ---------------------------------------------------------------------------------
+
+-- name: frozen
+SELECT value FROM settings WHERE key = 'frozen';
+
+-- name: set_frozen
+INSERT INTO settings (key, value) VALUES ('frozen', %s)
+   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: kill_targets_all
+SELECT * FROM workspaces WHERE state IN ('queued', 'running');
+
+-- name: kill_targets_of_agent
+-- an agent by its name, or a pool's every model when named by its base alone
+SELECT * FROM workspaces WHERE state IN ('queued', 'running')
+   AND (agent = %s OR (pool = %s AND %s NOT LIKE '%%:%%'));
+
+-- name: kill_targets_by_ids
+SELECT * FROM workspaces WHERE state IN ('queued', 'running') AND id IN ({ids});
+
+-- name: cancel_workspace
+UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on request',
+   ended_reason = 'cancelled', ended_at = %s, updated_at = %s, rev = rev + 1 WHERE id = %s;
+
+-- name: request_kill
+UPDATE runs SET kill_requested = 1 WHERE id = %s;
+
+-- ---- status snapshot (index-backed: workspaces_state_cover, runs_pool_ended, workspaces_created)
+
+-- name: count_by_state
+SELECT state, count(*) FROM workspaces GROUP BY state;
+
+-- name: pool_counts
+SELECT pool, model, state, count(*) n, min(created_at) oldest FROM
+   workspaces WHERE state IN ('queued', 'running') GROUP BY pool, model, state;
+
+-- name: known_pools
+SELECT pool FROM pool_state;
+
+-- name: finished_since
+-- runs finished per pool since a time (throughput)
+SELECT pool, count(*) FROM runs WHERE ended_at >= %s AND ended_at IS NOT NULL GROUP BY pool;
+
+-- name: recent_running
+-- {filters}: none, or the filter_* blocks below, each starting with AND
+SELECT * FROM workspaces WHERE state = 'running' {filters}
+   ORDER BY created_at DESC LIMIT %s;
+
+-- name: recent_not_running
+SELECT * FROM workspaces WHERE state != 'running' {filters}
+   ORDER BY created_at DESC LIMIT %s;
+
+-- name: filter_agent
+AND (agent = %s OR pool = %s);
+
+-- name: filter_state
+AND state = %s;
+
+-- ---- peers and housekeeping ------------------------------------------------------------------
+
+-- name: heartbeat_peer
+INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
+   VALUES (%s,%s,%s,%s,%s,%s,%s)
+   ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+   schema = excluded.schema;
+
+-- name: peers
+SELECT * FROM peers ORDER BY heartbeat_at DESC;
+
+-- name: remove_peers
+DELETE FROM peers WHERE id IN ({ids});
+
+-- name: finished_before
+-- a page of finished workspaces that ended before a time, past an (ended_at, id) cursor
+SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < %s AND state NOT IN
+   ('queued', 'running') AND (ended_at > %s OR (ended_at = %s AND id > %s))
+   ORDER BY ended_at, id LIMIT %s;
+
+-- name: forget_runs
+DELETE FROM runs WHERE workspace IN ({ids});
+
+-- name: forget_workspaces
+DELETE FROM workspaces WHERE id IN ({ids}) AND state NOT IN ('queued', 'running');
+
+-- name: forget_events
+DELETE FROM events WHERE at < %s;
