@@ -66,11 +66,15 @@ class Home:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Home]:
+    """DISPATCH_RUNNER_TEST_STORE=postgres runs the test on an empty PostgreSQL database instead
+    of the home's SQLite file."""
     h = Home(tmp_path)
     monkeypatch.setenv("DISPATCH_RUNNER_HOME", str(h.path))
     monkeypatch.delenv("DISPATCH_RUNNER_CONFIG", raising=False)
     monkeypatch.delenv("DISPATCH_RUNNER_STORE", raising=False)
+    if os.environ.get("DISPATCH_RUNNER_TEST_STORE") == "postgres":
+        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
     monkeypatch.setenv("FAKE_AGENT_LOG", str(h.agent_log))
     h.write_config()
     yield h
@@ -125,9 +129,14 @@ def workspace_state(store: Any, ws: str) -> str:
 
 
 async def until(
-    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
 ) -> T:
-    """Async twin of wait_for: polls without blocking the event loop the runner lives on."""
+    """Async twin of wait_for: polls without blocking the event loop the runner lives on. A
+    callable message is read at the timeout (diagnostics of the state then, not at the start)."""
     import anyio
 
     deadline = time.monotonic() + timeout
@@ -136,7 +145,8 @@ async def until(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}")
         await anyio.sleep(interval)
 
 

@@ -1,6 +1,7 @@
 """Many sessions, one truth: 4 peers on one store (3 stdio servers and an HTTP daemon, plus
-short-lived CLI dispatches), random peers SIGKILLed and restarted while 300 short agents run
-through a pool limited to 3 (DESIGN §2, §7).
+short-lived CLI dispatches), random peers SIGKILLed and restarted while 300 short agents (150 on
+PostgreSQL, whose peers and CLI commands start slower) run through a pool limited to 3 (DESIGN
+§2, §7). On SQLite and on PostgreSQL.
 
 Asserted from the fake agents' own start/end log and the store: never more than 3 running at
 any instant, every workspace completed exactly once, no agent started twice, nothing left."""
@@ -9,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +20,8 @@ import anyio
 import pytest
 from mcp.client.streamable_http import streamable_http_client
 
+from dispatch_runner.config import load_config
+from dispatch_runner.store import Limits, open_store
 from tests.conftest import Home, processes_with_env, until
 from tests.fakes.overlap import max_overlap, starts
 from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
@@ -30,7 +32,7 @@ pytestmark = [
 ]
 
 PEERS = 4
-JOBS = 300
+JOBS = {"sqlite": 300, "postgres": 150}
 LIMIT = 3
 
 
@@ -50,12 +52,13 @@ def server_pids(label: str) -> list[int]:
 class Chaos:
     """Peers 0-2 are stdio servers, peer 3 an HTTP daemon; a CLI dispatcher takes jobs too."""
 
-    def __init__(self, home: Home, seed: int) -> None:
+    def __init__(self, home: Home, seed: int, jobs: int) -> None:
         self.home = home
         self.rng = random.Random(seed)
+        self.jobs = jobs
         # each kind of peer has its share, so every kind is exercised whatever the kill schedule
         self.pending: dict[str, list[int]] = {"cli": [], "http": [], "stdio": []}
-        for job in range(JOBS):
+        for job in range(jobs):
             kind = "cli" if job % 10 == 0 else "http" if job % 10 < 4 else "stdio"
             self.pending[kind].append(job)
         self.dispatched: dict[int, str] = {}
@@ -164,18 +167,22 @@ def _http_errors(home: Home) -> str:
     return " | ".join(f"{p.name}: {p.read_text()[-300:]}" for p in logs[-2:])
 
 
-def store_rows(home: Home) -> tuple[dict[str, str], dict[str, int]]:
-    db = sqlite3.connect(home.path / "state.db")
+def store_rows(jobs: int) -> tuple[dict[str, str], dict[str, int]]:
+    """Each workspace's state, and how many times each completed (from the events)."""
+    store = open_store(load_config().store_url)
     try:
-        states = dict(db.execute("SELECT id, state FROM workspaces").fetchall())
-        completed = dict(
-            db.execute(
-                "SELECT workspace, count(*) FROM events WHERE type = 'AgentCompleted' GROUP BY workspace"
-            ).fetchall()
-        )
+        snap = store.snapshot(now=time.time(), limits=Limits(), limit=jobs + 10)
+        states = {w["workspace"]: w["state"] for w in snap["workspaces"]}
+        completed: dict[str, int] = {}
+        cursor = 0
+        while batch := store.events_after(cursor, 1000):
+            cursor = batch[-1].id
+            for e in batch:
+                if e.type == "AgentCompleted" and e.workspace:
+                    completed[e.workspace] = completed.get(e.workspace, 0) + 1
         return states, completed
     finally:
-        db.close()
+        store.close()
 
 
 def diagnose(home: Home) -> str:
@@ -193,31 +200,32 @@ def diagnose(home: Home) -> str:
         for p in sorted(home.path.glob("*.log"))
         if "Thread" in p.read_text()
     )
-    db = sqlite3.connect(home.path / "state.db")
+    store = open_store(load_config().store_url)
     try:
-        states = db.execute("SELECT state, count(*) FROM workspaces GROUP BY state").fetchall()
-        active = db.execute(
-            "SELECT r.id, r.workspace, r.phase, r.claimed_by, round(?-r.claimed_at, 1), "
-            "r.shim_pid, r.agent_pid, w.state FROM runs r JOIN workspaces w ON "
-            "w.id = r.workspace WHERE r.phase IN ('reserved', 'running')",
-            (time.time(),),
-        ).fetchall()
-        queued = db.execute(
-            "SELECT id, round(not_before - ?, 1), runs FROM workspaces WHERE state = 'queued' LIMIT 5",
-            (time.time(),),
-        ).fetchall()
-        peers = db.execute(
-            "SELECT id, kind, round(? - heartbeat_at, 1) FROM peers", (time.time(),)
-        ).fetchall()
-        return f"states={states} active={active} queued={queued} peers={peers}\n{stacks}"
+        now = time.time()
+        counts = store.snapshot(now=now, limits=Limits(), limit=1)["counts"]
+        active = [
+            (r.id, r.workspace, r.phase, r.claimed_by, round(now - r.claimed_at, 1))
+            for r in store.active_runs()
+        ]
+        peers = [(p["id"], p["kind"], round(now - p["heartbeat_at"], 1)) for p in store.peers()]
+        return f"states={counts} active={active} peers={peers}\n{stacks}"
     finally:
-        db.close()
+        store.close()
 
 
-async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home: Home) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgres":
+        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
+    return str(request.param)
+
+
+async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home: Home, backend: str) -> None:
     home.write_config(f"concurrency:\n  agent: {LIMIT}\n")
     seed = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1 << 30)
-    chaos = Chaos(home, seed)
+    jobs = JOBS[backend]
+    chaos = Chaos(home, seed, jobs)
     with anyio.fail_after(180):
         async with anyio.create_task_group() as tg:
             for k in range(PEERS):
@@ -225,24 +233,26 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
             tg.start_soon(chaos.cli_peer)
             tg.start_soon(chaos.killer)
             await until(
-                lambda: len(chaos.dispatched) == JOBS,
+                lambda: len(chaos.dispatched) == jobs,
                 timeout=60,
                 interval=0.05,
-                message=f"all dispatches accepted (seed {seed}), left: "
-                f"{ {k: len(v) for k, v in chaos.pending.items()} }, done: {chaos.by_kind}, "
-                f"http logs: {_http_errors(home)}, errors: {chaos.errors[:3]}",
+                message=lambda: (
+                    f"all dispatches accepted (seed {seed}), left: "
+                    f"{ {k: len(v) for k, v in chaos.pending.items()} }, done: {chaos.by_kind}, "
+                    f"http logs: {_http_errors(home)}, errors: {chaos.errors[:3]}"
+                ),
             )
 
             def all_completed() -> bool:
-                states, _ = store_rows(home)
-                return len(states) == JOBS and all(s == "completed" for s in states.values())
+                states, _ = store_rows(jobs)
+                return len(states) == jobs and all(s == "completed" for s in states.values())
 
             try:
                 await until(all_completed, timeout=90, interval=0.1, message="every workspace completed")
             except AssertionError as exc:
                 raise AssertionError(f"{exc} (seed {seed}); store: {diagnose(home)}") from None
             chaos.done.set()
-    states, completed = store_rows(home)
+    states, completed = store_rows(jobs)
     assert chaos.kills >= 3, f"the chaos schedule killed only {chaos.kills} peers (seed {seed})"
     assert all(chaos.by_kind.values()), f"every kind of peer dispatched: {chaos.by_kind}"
     assert sorted(states) == sorted(chaos.dispatched.values())

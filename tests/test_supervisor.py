@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import dispatch_runner.launch.supervisor as supervisor
+from dispatch_runner.launch import launcher
 from tests.conftest import wait_for
 
 
@@ -40,20 +41,20 @@ def test_terminate_group_escalates_to_sigkill_for_a_process_ignoring_sigterm() -
 def test_a_fork_server_that_stops_reading_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(supervisor, "FORKSERVER_STALL_S", 0.3)
-    launcher = supervisor.ShimLauncher(forkserver=True, log_dir=tmp_path)
+    monkeypatch.setattr(launcher, "FORKSERVER_STALL_S", 0.3)
+    shims = launcher.ShimLauncher(forkserver=True, log_dir=tmp_path)
     env = {**os.environ, "PAD": "x" * 8000}  # large requests fill the pipe quickly
     spec = tmp_path / "missing-spec.json"  # the shim fails on it: only the plumbing matters here
     try:
-        assert launcher.spawn([], env=env, log_path=tmp_path / "shim.log", spec_path=spec) is None
-        stuck = launcher._server_pid
+        assert shims.spawn([], env=env, log_path=tmp_path / "shim.log", spec_path=spec) is None
+        stuck = shims._server_pid
         assert stuck is not None
         os.kill(stuck, signal.SIGSTOP)
         started = time.monotonic()
         for _ in range(20):  # 160 KB: more than a pipe holds
-            launcher.spawn([], env=env, log_path=tmp_path / "shim.log", spec_path=spec)
+            shims.spawn([], env=env, log_path=tmp_path / "shim.log", spec_path=spec)
         assert time.monotonic() - started < 10
-        assert launcher._server_pid not in (None, stuck)
-        wait_for(lambda: launcher.reap() <= 1, message="the stuck server killed and reaped")
+        assert shims._server_pid not in (None, stuck)
+        wait_for(lambda: shims.reap() <= 1, message="the stuck server killed and reaped")
     finally:
-        launcher.close()
+        shims.close()

@@ -4,9 +4,11 @@ Starting a fresh interpreter per shim costs ~60 ms of imports; a serving peer in
 single-threaded process that has imported the shim already and forks each run's shim from it.
 Each shim is double-forked into its own session, so it outlives both this process and the peer,
 exactly like a shim started directly. The server exits when the peer closes the pipe (or dies).
-Request line: {"spec": path, "log": path, "env": {...}}.
+Request line: {"spec": path, "log": path, "env": {...}}. Arguments: store backends to import
+before forking (sqlite always is).
 """
 
+import importlib
 import json
 import os
 import sys
@@ -15,6 +17,8 @@ from typing import Any
 
 from ..store import sqlite as _sqlite  # noqa: F401 - loaded once here, not in every forked shim
 from . import shim
+
+PRELOADABLE = ("sqlite", "postgres")
 
 
 def _run_shim(request: dict[str, Any]) -> int:
@@ -53,7 +57,10 @@ def _fork_detached(request: dict[str, Any]) -> None:
     os.waitpid(child, 0)  # the intermediate exits at once; the shim is init's now
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    for backend in sys.argv[1:] if argv is None else argv:  # e.g. postgres: psycopg, once
+        if backend in PRELOADABLE:
+            importlib.import_module(f"dispatch_runner.store.{backend}")
     for raw in sys.stdin.buffer:
         if not raw.strip():
             continue

@@ -42,7 +42,7 @@ class Shim:
         self.spec = spec
         self.run_id = int(spec["run_id"])
         self.path = Path(spec["path"])
-        self.store = open_store(spec["store"])
+        self.store = open_store(spec["store"], light=True)
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_start = 0
         self.terminated = False

@@ -17,7 +17,7 @@ import anyio.to_thread
 from .. import workspaces
 from ..config import Config
 from ..events import Bus, BusStatistics, Event
-from ..launch import runfiles, supervisor
+from ..launch import launcher, runfiles, supervisor
 from ..model import Outcome
 from ..store import Limits, RunExit, Store, WorkspaceRow
 
@@ -65,7 +65,11 @@ class Core:
         self.bus = bus
         self.kind = kind
         self.peer = peer_id()
-        self.launcher = supervisor.ShimLauncher(forkserver=kind != "cli", log_dir=config.home)
+        self.launcher = launcher.ShimLauncher(
+            forkserver=kind != "cli",
+            log_dir=config.home,
+            preload=("postgres",) if store.url.startswith(("postgresql:", "postgres:")) else (),
+        )
         self.counts: Counter[str] = Counter()
         self.serving = False  # the background loop runs (else waits recover and publish themselves)
         self.wake = anyio.Event()

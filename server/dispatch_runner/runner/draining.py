@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import workspaces
-from ..launch import runfiles, supervisor
+from ..launch import launcher, runfiles, supervisor
 from ..store import Claim, WorkspaceRow
 from .core import Core
 
@@ -53,7 +53,7 @@ class Drainer:
         try:
             spec_path = runfiles.write_spec(path, ws.runs, spec)
             self.core.launcher.spawn(
-                supervisor.shim_args(spec_path),
+                launcher.shim_args(spec_path),
                 env=os.environ,
                 log_path=path / "shim.log",
                 spec_path=spec_path,

@@ -33,6 +33,7 @@ from ..config import Config, load_config
 from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Bus
 from ..launch import supervisor
+from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
 from .collector import Collector
 from .control import Killer
@@ -62,7 +63,9 @@ class Runner:
     def __init__(
         self, config: Config, store: Store | None = None, *, bus: Bus | None = None, kind: str = "cli"
     ) -> None:
-        self.core = Core(config, store or open_store(config.store_url), bus or Bus(), kind=kind)
+        # a one-shot command touches the store a few times: no connection pool to start and stop
+        store = store or open_store(config.store_url, light=kind == "cli")
+        self.core = Core(config, store, bus or Bus(), kind=kind)
         self.recovery = Recovery(self.core)
         self.drainer = Drainer(self.core)
         self.dispatcher = Dispatcher(self.core, self.drainer)
@@ -96,7 +99,7 @@ class Runner:
         return self.core.peer
 
     @property
-    def launcher(self) -> supervisor.ShimLauncher:
+    def launcher(self) -> ShimLauncher:
         return self.core.launcher
 
     @property

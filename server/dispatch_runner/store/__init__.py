@@ -18,8 +18,9 @@ from .base import (
 )
 
 
-def open_store(url: str) -> Store:
-    """The store at `url`: sqlite:///path/state.db (the default) or postgresql://user@host/db."""
+def open_store(url: str, *, light: bool = False) -> Store:
+    """The store at `url`: sqlite:///path/state.db (the default) or postgresql://user@host/db.
+    `light`: for a short-lived process (a run's shim) that should hold no idle connections."""
     from ..errors import ConfigError
 
     if url.startswith("sqlite:///"):
@@ -37,7 +38,7 @@ def open_store(url: str) -> Store:
                 f"a PostgreSQL store needs psycopg and psycopg_pool ({exc}); install them with "
                 "pip install 'dispatch-runner[postgres]'",
             ) from exc
-        return PostgresStore(url)
+        return PostgresStore(url, light=light)
     raise ConfigError(
         "DISPATCH_RUNNER_STORE",
         None,

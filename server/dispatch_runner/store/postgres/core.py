@@ -7,6 +7,7 @@ in sorted order) before it counts; events are appended under one advisory lock h
 so their ids follow commit order and no reader's cursor skips one.
 """
 
+import contextlib
 import random
 import threading
 import time
@@ -83,7 +84,10 @@ class PostgresCore(SQLCore):
     q = Q
     schema_version = len(MIGRATIONS)
 
-    def __init__(self, url: str, *, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, max_size: int = 4, light: bool = False) -> None:
+        """`light`: a short-lived process that touches the store a few times (a run's shim) holds
+        no pool and no idle connection: one connection per transaction, closed after it. A
+        fleet's connection budget then grows with its peers, not with its running agents."""
         self.url = url
         self.display_url = redacted(url)
         self._closed = False
@@ -97,6 +101,9 @@ class PostgresCore(SQLCore):
                 f"cannot use the PostgreSQL store at {self.display_url}: {_first_line(exc)}; check "
                 "that the server runs, the database exists (createdb) and the URL's user may connect"
             ) from exc
+        self._pool: ConnectionPool | None = None
+        if light:
+            return
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -110,7 +117,21 @@ class PostgresCore(SQLCore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.close()
+            if self._pool is not None:
+                self._pool.close()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator["psycopg.Connection[Any]"]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if self._pool is not None:
+            with self._pool.connection() as raw:
+                yield raw
+            return
+        with psycopg.connect(
+            self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
+        ) as raw:
+            yield raw
 
     def __enter__(self) -> Self:
         return self
@@ -123,7 +144,7 @@ class PostgresCore(SQLCore):
     def _write(self, fn: Callable[[Conn], T]) -> T:
         for attempt in range(WRITE_TRIES):
             try:
-                with self._pool.connection() as raw, raw.transaction():
+                with self._connection() as raw, raw.transaction():
                     return fn(Conn(raw, Q))
             except RETRYABLE as exc:
                 if attempt == WRITE_TRIES - 1:
@@ -138,7 +159,7 @@ class PostgresCore(SQLCore):
         """Reads never wait behind writes in PostgreSQL (MVCC); one transaction per read, so a
         read of several queries (the status snapshot) sees one state."""
         try:
-            with self._pool.connection() as raw, raw.transaction():
+            with self._connection() as raw, raw.transaction():
                 return fn(Conn(raw, Q))
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"store read failed: {exc}") from exc
