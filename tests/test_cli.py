@@ -71,6 +71,7 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "workspace",
         "state",
         "agent",
+        "host",
         "pid",
         "runs",
         "priority",
@@ -181,6 +182,21 @@ def test_doctor_reports_config_agents_and_store(home: Home, capsys: pytest.Captu
     checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)}
     assert checks["store"]["ok"] is True and checks["agent gemini"]["ok"] is None
     assert checks["home"]["detail"] == str(home.path)
+    assert checks["store clock"]["ok"] is True and checks["store clock"]["detail"].endswith(
+        "s from this host's"
+    )
+    assert "schema version" in checks["store"]["detail"]
+
+
+def test_the_store_flag_wins_over_the_environment_and_the_file(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home.write_config(f"store: sqlite:///{tmp_path / 'from-file.db'}\n")
+    monkeypatch.setenv("DISPATCH_RUNNER_STORE", f"sqlite:///{tmp_path / 'from-env.db'}")  # restored after
+    flagged = tmp_path / "from-flag.db"
+    assert cli.main(["status", "--json", "--store", f"sqlite:///{flagged}"]) == 0
+    assert flagged.exists()
+    assert not (tmp_path / "from-file.db").exists() and not (tmp_path / "from-env.db").exists()
 
 
 def test_non_mcp_commands_do_not_import_the_mcp_sdk(home: Home) -> None:

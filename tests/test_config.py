@@ -25,7 +25,7 @@ from dispatch_runner.policy import PoolLimit, RateConfig
 PATH = "/etc/dispatch/agents.yaml"
 HOME = Path("/srv/runner-home")
 EXAMPLE = Path(dispatch_runner.__file__).resolve().parent / "example_agents.yaml"
-TOP_KEYS = ("version", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify")
+TOP_KEYS = ("version", "store", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify")
 RATE_KEYS = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window", "burst_delay")
 
 
@@ -169,6 +169,22 @@ def test_dispatch_section_and_store_url_from_the_environment() -> None:
     assert config.store_url == "sqlite:////data/state.db"
     assert config.source == PATH
     assert config.home == HOME
+
+
+def test_the_store_comes_from_the_file_unless_the_environment_names_one() -> None:
+    pg = "postgresql://runner@db.internal/dispatch_runner"
+    assert parse(f"store: {pg}\n").store_url == pg
+    assert (
+        parse("store: sqlite:///~/q/state.db\n").store_url == f"sqlite:///{Path('~/q/state.db').expanduser()}"
+    )
+    assert (
+        parse(f"store: {pg}\n", env={"DISPATCH_RUNNER_STORE": "sqlite:////x.db"}).store_url
+        == "sqlite:////x.db"
+    )
+    assert parse("").store_url == f"sqlite:///{HOME / 'state.db'}"
+    error = refused("version: 1\nstore: mysql://db/runner\n")
+    assert (error.line, error.field) == (2, "store")
+    assert "use sqlite:///path/to/state.db or postgresql://user@host/dbname" in str(error)
 
 
 def test_unknown_agent_names_the_configured_ones() -> None:

@@ -179,6 +179,7 @@ async def test_status_shows_the_overview_and_one_workspace(home: Home) -> None:
             "workspace",
             "state",
             "agent",
+            "host",
             "pid",
             "runs",
             "priority",

@@ -239,6 +239,7 @@ def test_a_claim_moves_the_workspace_to_running_with_a_reserved_run(store: Store
             started_at=None,
             ended_at=None,
             kill_requested=False,
+            host="peer-a",  # the claiming peer's host: a peer id is host:pid:start
         )
     ]
 
@@ -808,6 +809,12 @@ def test_recent_runtimes_are_oldest_first_and_bounded(store: Store) -> None:
     assert store.recent_runtimes("claude") == [1.0, 2.0, 3.0, 4.0]
     assert store.recent_runtimes("claude", limit=2) == [3.0, 4.0]
     assert store.recent_runtimes("codex") == []
+
+
+def test_the_database_clock_agrees_with_this_host(store: Store) -> None:
+    before = time.time()
+    server = store.server_time()
+    assert before - 1 < server < time.time() + 1
 
 
 def test_has_work_while_anything_is_queued_or_running(store: Store) -> None:

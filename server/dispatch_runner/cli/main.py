@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else USAGE
     if getattr(args, "home", None):
         os.environ["DISPATCH_RUNNER_HOME"] = str(Path(args.home).expanduser().absolute())
+    if getattr(args, "store", None):  # a flag wins over the environment and the file
+        os.environ["DISPATCH_RUNNER_STORE"] = args.store
     try:
         return _run(args)
     except DispatchError as exc:

@@ -53,6 +53,13 @@ def _common() -> argparse.ArgumentParser:
         help="agents.yaml to use (default: $DISPATCH_RUNNER_CONFIG, else HOME/agents.yaml)",
     )
     common.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the store: sqlite:///path/state.db (default HOME/state.db) or postgresql://user@host/db "
+        "for a fleet of hosts (default: $DISPATCH_RUNNER_STORE, else store: in agents.yaml)",
+    )
+    common.add_argument(
         "--home",
         metavar="DIR",
         default=argparse.SUPPRESS,

@@ -11,11 +11,18 @@ import contextlib
 import ctypes  # prctl for become_subreaper(); at the top, so a fork server has it loaded
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 _BOOT_ID: str | None = None
+
+
+def host_id() -> str:
+    """This host's name in a fleet: $DISPATCH_RUNNER_HOST_ID, else the hostname. Runs belong to
+    the host whose peer claimed them; only that host judges them by pid."""
+    return os.environ.get("DISPATCH_RUNNER_HOST_ID") or socket.gethostname()
 
 
 def boot_id() -> str:

@@ -45,10 +45,15 @@ class Killer:
             for run in plan.to_signal:
                 tg.start_soon(partial(anyio.to_thread.run_sync, self._kill_run, run, limiter=limiter))
         await core.publish_new()
-        return {
+        result: dict[str, Any] = {
             "killed": sorted({r.workspace for r in plan.to_signal}),
             "cancelled": [r.id for r in plan.cancelled],
         }
+        here = supervisor.host_id()
+        elsewhere = {r.workspace: r.host for r in plan.to_signal if r.host not in (None, here)}
+        if elsewhere:  # carried out by a peer on that host, which records the end
+            result["elsewhere"] = elsewhere
+        return result
 
     def _kill_run(self, run: RunRow) -> None:
         """SIGTERM the agent's group, SIGKILL after the grace; wait until the exit is recorded."""
@@ -59,6 +64,8 @@ class Killer:
             current = store.get_run(run.id)
             if current is None or current.phase in ("exited", "abandoned"):
                 return
+            if current.phase == "running" and current.host not in (None, supervisor.host_id()):
+                return  # another host's run: a peer there stops it at its next tick (kill_requested)
             if current.agent_pid and supervisor.is_alive(current.agent_pid, current.agent_start):
                 supervisor.terminate_group(current.agent_pid, grace_s=grace_s)
             elif current.phase == "reserved" or not supervisor.is_alive(current.shim_pid, current.shim_start):

@@ -4,7 +4,6 @@ publishing of committed events onto the bus."""
 
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,17 +26,16 @@ EVENT_BATCH = 500
 
 def peer_id() -> str:
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{supervisor.proc_start(pid) or 0}"
+    return f"{supervisor.host_id()}:{pid}:{supervisor.proc_start(pid) or 0}"
 
 
 def peer_alive(peer: str | None) -> bool:
     """A peer id names a live process of this host (another host's peers are judged by their
-    heartbeat, not by our process table)."""
+    heartbeat, not by our process table: True here)."""
     if not peer:
         return False
-    host, _, rest = peer.partition(":")
-    pid_text, _, start_text = rest.partition(":")
-    if host != socket.gethostname():
+    host, pid_text, start_text = [*peer.rsplit(":", 2), "", ""][:3]
+    if host != supervisor.host_id():
         return True
     try:
         return supervisor.is_alive(int(pid_text), int(start_text) or None)

@@ -12,6 +12,9 @@ from ..config import Config, defaults, home_dir, load_config
 from ..errors import ConfigError, DispatchError
 from ..launch.supervisor import find_executable
 
+MAX_SKEW_OK_S = 1.0
+MAX_SKEW_S = 10.0
+
 
 def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
     return {"check": name, "ok": ok, "detail": detail}
@@ -47,24 +50,38 @@ def checks(config_flag: str | None) -> list[dict[str, Any]]:
                 else f"{agent.command[0]} is not on PATH: dispatches to {name} are refused",
             )
         )
-    out.append(_store(config))
+    out += _store(config)
     out.append(_workspace_root(config))
     out.append(_check("allowed roots", True, ", ".join(str(r) for r in config.allowed_roots)))
     return out
 
 
-def _store(config: Config) -> dict[str, Any]:
+def _store(config: Config) -> list[dict[str, Any]]:
+    """Reachable and writable, migrated, and on a clock that agrees with this host's."""
     from ..store import open_store
 
     try:
         store = open_store(config.store_url)
         try:
             store.set_frozen(store.is_frozen(), now=time.time())  # a real write transaction
+            before = time.time()
+            server = store.server_time()
+            skew = server - (before + time.time()) / 2
         finally:
             store.close()
     except DispatchError as exc:
-        return _check("store", False, str(exc))
-    return _check("store", True, f"writable: {store.display_url}")
+        return [_check("store", False, str(exc))]
+    version = getattr(store, "schema_version", "?")
+    ok: bool | None = True if abs(skew) < MAX_SKEW_OK_S else None if abs(skew) < MAX_SKEW_S else False
+    return [
+        _check("store", True, f"writable: {store.display_url}, schema version {version} (current)"),
+        _check(
+            "store clock",
+            ok,
+            f"{skew:+.3f} s from this host's"
+            + ("" if ok else "; run NTP (chronyd, systemd-timesyncd): runs are judged by time across hosts"),
+        ),
+    ]
 
 
 def _workspace_root(config: Config) -> dict[str, Any]:

@@ -91,7 +91,10 @@ class Queries:
         out = workspaces.latest_logs(Path(row.path))[0] if log_lines > 0 else None
         tail = await anyio.to_thread.run_sync(tail_lines, out, log_lines) if out else ""
         return workspace_view(
-            row, pid=run.agent_pid if run and row.state == "running" else None, log_tail=tail
+            row,
+            pid=run.agent_pid if run and row.state == "running" else None,
+            log_tail=tail,
+            host=run.host if run else None,
         )
 
     async def logs(self, req: LogsRequest) -> dict[str, Any]:

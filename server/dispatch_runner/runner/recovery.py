@@ -30,7 +30,10 @@ class Recovery:
         core.launcher.reap()
         runs = await core.db(core.store.active_runs)
         now = time.time()
+        here = supervisor.host_id()
         for run in runs:
+            if run.phase != "reserved" and run.host not in (None, here):
+                continue  # another host's run: only its own host can look at its processes
             if run.phase == "reserved":
                 await self._recover_reservation(run, now)
             elif not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
@@ -72,6 +75,9 @@ class Recovery:
         if not peer_alive(run.claimed_by):
             return False
         row = next((p for p in self.core.store.peers() if p["id"] == run.claimed_by), None)
+        if run.host not in (None, supervisor.host_id()):
+            # another host's peer: alive while its heartbeat is
+            return row is not None and row["heartbeat_at"] > time.time() - PEER_EXPIRY_S
         if row is not None and row.get("schema") is None:
             log.warning(
                 "peer %s runs an older dispatch-runner and claimed %s, which it cannot "

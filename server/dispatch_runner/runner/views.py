@@ -34,11 +34,15 @@ def wait_row(row: WorkspaceRow) -> dict[str, Any]:
     }
 
 
-def workspace_view(row: WorkspaceRow, *, pid: int | None, log_tail: str) -> dict[str, Any]:
+def workspace_view(
+    row: WorkspaceRow, *, pid: int | None, log_tail: str, host: str | None = None
+) -> dict[str, Any]:
+    """`pid` is on `host` (the host of its latest run; null before any run)."""
     return {
         "workspace": row.id,
         "state": row.state,
         "agent": row.agent,
+        "host": host,
         "pid": pid,
         "runs": row.runs,
         "priority": Priority(row.priority).label,

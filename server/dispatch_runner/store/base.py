@@ -100,6 +100,7 @@ class RunRow:
     started_at: float | None
     ended_at: float | None
     kill_requested: bool
+    host: str | None = None  # the claiming peer's host: the only one that may judge the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,7 @@ class Store(Protocol):
     def events_after(self, cursor: int, limit: int = 500) -> list[Event]: ...
     def last_event_id(self) -> int: ...
     def has_work(self) -> bool: ...
+    def server_time(self) -> float: ...
 
     # peers and housekeeping
     def heartbeat_peer(

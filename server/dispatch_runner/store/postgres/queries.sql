@@ -69,6 +69,9 @@ INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    origin, parent, spec, rev)
    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1);
 
+-- name: server_time
+SELECT extract(epoch FROM clock_timestamp())::double precision;
+
 -- name: has_work
 SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
 
@@ -127,7 +130,7 @@ SELECT min(not_before) FROM workspaces
 
 -- name: reserve_run
 INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,
-   prev_last_spawn, counted_day) VALUES (%s,%s,%s,'reserved',%s,%s,%s,%s,%s) RETURNING id;
+   prev_last_spawn, counted_day, host) VALUES (%s,%s,%s,'reserved',%s,%s,%s,%s,%s,%s) RETURNING id;
 
 -- name: claim_workspace
 UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = %s,

@@ -15,6 +15,7 @@ from ..base import Claim, ClaimResult, EnqueueResult, Limits, NewWorkspace, Work
 from .conn import Conn
 from .core import SQLCore
 from .rows import (
+    host_of,
     insert_args,
     lane_from,
     lane_of,
@@ -158,7 +159,17 @@ def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> 
     plan = lifecycle.plan_take(ws, read_pool_state(db, ws.pool), rate=limits.rates.get(ws.pool), now=now)
     cur = db.execute(
         db.q.reserve_run,
-        (ws.id, ws.pool, ws.runs + 1, peer, now, plan.spawn_mark, plan.prev_last_spawn, plan.counted_day),
+        (
+            ws.id,
+            ws.pool,
+            ws.runs + 1,
+            peer,
+            now,
+            plan.spawn_mark,
+            plan.prev_last_spawn,
+            plan.counted_day,
+            host_of(peer),
+        ),
     )
     run_id = int(cur.fetchall()[0][0])  # stepped to its end: no statement left open
     db.execute(db.q.claim_workspace, (run_id, now, ws.id))

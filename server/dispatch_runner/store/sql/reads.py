@@ -46,6 +46,10 @@ class ReadSide(SQLCore):
         found = {r["id"]: workspace_row(r) for r in rows}
         return [found.get(i) for i in ids]
 
+    def server_time(self) -> float:
+        """The database's clock (epoch seconds): leases across hosts depend on clocks agreeing."""
+        return float(self._read(self.q.server_time)[0][0])
+
     def has_work(self) -> bool:
         return bool(self._read(self.q.has_work)[0][0])
 

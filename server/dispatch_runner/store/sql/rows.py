@@ -16,6 +16,11 @@ def lane_of(pool: str, model: str | None) -> str:
     return f"{pool}{LANE_SEP}{model or ''}"
 
 
+def host_of(peer: str) -> str:
+    """The host part of a peer id (`host:pid:start`): its runs belong to that host."""
+    return peer.rsplit(":", 2)[0]
+
+
 def lane_from(lane: str) -> lifecycle.Lane:
     pool, _, model = lane.partition(LANE_SEP)
     return lifecycle.Lane(pool, model or None)
@@ -149,4 +154,5 @@ def run_row(row: Row) -> RunRow:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         kill_requested=bool(row["kill_requested"]),
+        host=row["host"],
     )

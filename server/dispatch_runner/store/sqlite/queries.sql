@@ -67,6 +67,9 @@ INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    origin, parent, spec, rev)
    VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1);
 
+-- name: server_time
+SELECT (julianday('now') - 2440587.5) * 86400.0;
+
 -- name: has_work
 SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
 
@@ -125,7 +128,7 @@ SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
 
 -- name: reserve_run
 INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,
-   prev_last_spawn, counted_day) VALUES (?,?,?,'reserved',?,?,?,?,?) RETURNING id;
+   prev_last_spawn, counted_day, host) VALUES (?,?,?,'reserved',?,?,?,?,?,?) RETURNING id;
 
 -- name: claim_workspace
 UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
