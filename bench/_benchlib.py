@@ -36,10 +36,35 @@ def make_home(agents_yaml: str, prefix: str, *, pycache: bool = True) -> Path:
     for key in _ENV_KEYS:
         os.environ.pop(key, None)
     os.environ["DISPATCH_RUNNER_HOME"] = str(home)
+    if os.environ.get("DISPATCH_RUNNER_BENCH_PG"):
+        os.environ["DISPATCH_RUNNER_STORE"] = _fresh_pg_database(os.environ["DISPATCH_RUNNER_BENCH_PG"])
     if pycache:
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ["PYTHONPYCACHEPREFIX"] = str(home / "pycache")
     return home
+
+
+def _fresh_pg_database(admin_url: str) -> str:
+    """DISPATCH_RUNNER_BENCH_PG=postgresql://postgres@127.0.0.1/postgres runs a bench on a fresh
+    PostgreSQL database (dropped at exit) instead of the home's SQLite file."""
+    import atexit
+
+    import psycopg
+
+    name = f"dr_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(admin_url, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return f"{admin_url.rsplit('/', 1)[0]}/{name}"
+
+
+def store_note() -> str:
+    return "store: " + (os.environ.get("DISPATCH_RUNNER_STORE") or "sqlite (the home's state.db)")
 
 
 def bytecode_note() -> str:

@@ -144,7 +144,7 @@ def main() -> int:
     args = ap.parse_args()
     home = b.make_home(AGENTS_YAML, "dispatch", pycache=not args.no_pycache)
     try:
-        print(f"bench_dispatch: {b.machine()}\n{b.bytecode_note()}; home {home}")
+        print(f"bench_dispatch: {b.machine()}\n{b.bytecode_note()}; home {home}; {b.store_note()}")
         t = time.monotonic()
         res = bench_runner(args.n)
         base, base_ret = bench_popen(args.n, home)

@@ -14,9 +14,7 @@ json'` (what a stdlib-only shim would at least cost); of `python -c 'import disp
 """
 
 import argparse
-import json
 import resource
-import sqlite3
 import subprocess
 import sys
 import time
@@ -98,33 +96,36 @@ def bench_runner(n: int, home: Path) -> dict[str, float]:
     return out
 
 
+STEP_EVENTS = {"AgentStarted", "AgentCompleted", "AgentFailed", "AgentKilled", "AgentLost", "AgentRetrying"}
+
+
 def store_figures(home: Path, warm: str) -> dict[str, object]:
-    db = sqlite3.connect(home / "state.db")
+    """From the store (either backend), through its public methods."""
+    from dispatch_runner.config import load_config
+    from dispatch_runner.store import open_store
+
+    store = open_store(load_config().store_url)
     try:
-        states = dict(
-            db.execute(
-                "SELECT state, count(*) FROM workspaces WHERE id != ? GROUP BY state", (warm,)
-            ).fetchall()
-        )
-        last_end = db.execute("SELECT max(ended_at) FROM workspaces WHERE id != ?", (warm,)).fetchone()[0]
-        spans = db.execute(
-            "SELECT r.claimed_at, r.started_at, r.ended_at FROM runs r WHERE r.workspace != ? ORDER BY r.id",
-            (warm,),
-        ).fetchall()
+        rows = [r for r in store.finished_before(float("inf"), limit=100_000) if r.id != warm]
+        states: dict[str, int] = {}
+        for r in rows:
+            states[r.state] = states.get(r.state, 0) + 1
+        last_end = max((r.ended_at or 0.0 for r in rows), default=None)
+        runs = [store.get_run(r.current_run) for r in rows if r.current_run is not None]
+        spans = sorted((r.claimed_at, r.started_at, r.ended_at) for r in runs if r is not None)
         # commit order, not timestamps: a claim's `now` is read before it waits for the write lock
-        steps = db.execute(
-            "SELECT type, data FROM events WHERE workspace != ? AND type IN "
-            "('AgentStarted', 'AgentCompleted', 'AgentFailed', 'AgentKilled', "
-            "'AgentLost', 'AgentRetrying') ORDER BY id",
-            (warm,),
-        ).fetchall()
+        steps: list[tuple[str, dict[str, object]]] = []
+        cursor = 0
+        while batch := store.events_after(cursor, 1000):
+            cursor = batch[-1].id
+            steps += [(e.type, e.data) for e in batch if e.workspace != warm and e.type in STEP_EVENTS]
     finally:
-        db.close()
+        store.close()
     # +1 when a run starts, -1 when that run ends (a claim that never started has no start)
-    running: set[int] = set()
+    running: set[object] = set()
     peak = 0
     for kind, data in steps:
-        run = json.loads(data).get("run")
+        run = data.get("run")
         if kind == "AgentStarted":
             running.add(run)
             peak = max(peak, len(running))
@@ -165,7 +166,7 @@ def main() -> int:
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
-    print(f"bench_throughput: {b.machine()}\n{b.bytecode_note()}; home {home}")
+    print(f"bench_throughput: {b.machine()}\n{b.bytecode_note()}; home {home}; {b.store_note()}")
     t_start = time.monotonic()
     n = args.n
     res = bench_runner(n, home)

@@ -61,15 +61,23 @@ def test_urls_are_shown_without_their_password() -> None:
     assert "s3cret" not in redacted("host=db password=s3cret dbname=q")
 
 
-def test_a_light_store_holds_no_connection_between_transactions(pg_url: str) -> None:
+def test_a_light_store_holds_one_connection_and_none_once_released(pg_url: str) -> None:
+    def others() -> int:
+        with psycopg.connect(pg_url) as db:
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     store = open_store(pg_url, light=True)
     assert isinstance(store, PostgresStore)
     try:
         store.set_frozen(False, now=time.time())
-        with psycopg.connect(pg_url) as db:
-            others = db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()
-        assert others is not None and others[0] == 0
+        assert not store.is_frozen() and others() == 1  # no pool: one connection, reused
+        store.release()  # what a shim does while its agent runs
+        assert others() == 0
+        assert store.has_work() is False and others() == 1  # the next call connects again
     finally:
         store.close()
+    assert others() == 0

@@ -83,6 +83,7 @@ class Shim:
         if self.terminated or kill_requested:  # a signal or a kill raced the spawn
             self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
+        self.store.release()  # the agent may run for hours: hold no database connection meanwhile
         timed_out = self._wait()
         self._leave_nothing_behind()
         return self._finish(self._outcome(out_path, err_path, timed_out=timed_out))

@@ -85,8 +85,8 @@ class PostgresCore(SQLCore):
     schema_version = len(MIGRATIONS)
 
     def __init__(self, url: str, *, max_size: int = 4, light: bool = False) -> None:
-        """`light`: a short-lived process that touches the store a few times (a run's shim) holds
-        no pool and no idle connection: one connection per transaction, closed after it. A
+        """`light`: a short-lived process that touches the store a few times (a run's shim, a
+        one-shot command) holds no pool: one connection, closed by release() while it waits. A
         fleet's connection budget then grows with its peers, not with its running agents."""
         self.url = url
         self.display_url = redacted(url)
@@ -102,6 +102,7 @@ class PostgresCore(SQLCore):
                 "that the server runs, the database exists (createdb) and the URL's user may connect"
             ) from exc
         self._pool: ConnectionPool | None = None
+        self._kept: psycopg.Connection[Any] | None = None  # light: one connection, until release()
         if light:
             return
         self._pool = ConnectionPool(
@@ -117,8 +118,16 @@ class PostgresCore(SQLCore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.release()
             if self._pool is not None:
                 self._pool.close()
+
+    def release(self) -> None:
+        """A light store closes its connection (a shim, while its agent runs: minutes or hours
+        in which it would hold a server process for nothing); the next call connects again."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator["psycopg.Connection[Any]"]:
@@ -128,10 +137,15 @@ class PostgresCore(SQLCore):
             with self._pool.connection() as raw:
                 yield raw
             return
-        with psycopg.connect(
-            self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
-        ) as raw:
-            yield raw
+        if self._kept is None or self._kept.closed or self._kept.broken:
+            self._kept = psycopg.connect(
+                self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
+            )
+        try:
+            yield self._kept
+        except psycopg.OperationalError:
+            self.release()  # a broken connection is never reused
+            raise
 
     def __enter__(self) -> Self:
         return self

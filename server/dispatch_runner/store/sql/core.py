@@ -32,6 +32,9 @@ class SQLCore:
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return self._reading(lambda db: db.execute(sql, args).fetchall())
 
+    def release(self) -> None:
+        """Let go of idle connections until the next call (a shim while its agent runs)."""
+
     def _lock_pools(self, db: Conn, pools: Iterable[str]) -> None:
         """Before a claim counts a pool's runs: hold what keeps any other claim from counting
         them at the same time, until the transaction ends. SQLite's write lock already does."""
