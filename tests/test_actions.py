@@ -13,7 +13,7 @@ from dispatch_runner.mcp.tools import build_tools
 from dispatch_runner.runner import Runner
 from tests.conftest import Home
 
-CLI_ONLY = {"task_file", "wait", "follow", "json", "config", "home", "help", "command"}
+CLI_ONLY = {"task_file", "wait", "follow", "json", "config", "home", "store", "help", "command"}
 
 
 def test_the_dispatch_tool_takes_exactly_the_declared_fields(home: Home) -> None:
