@@ -57,3 +57,16 @@ def test_a_start_failure_names_what_could_not_start_and_where() -> None:
     assert failed.detail == "the agent could not start: No such file or directory (/ws/x)"
     full = runfiles.start_failure(OSError(28, "No space left on device"), where="/ws/y")
     assert full.ended_reason == "no_space" and full.pool_fault
+
+
+def test_a_runs_spec_file_holds_no_store_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spec sits beside the agent's files; the shim takes the whole URL from its environment."""
+    from dispatch_runner.launch.shim import store_url
+
+    monkeypatch.setenv("DISPATCH_RUNNER_STORE", "postgresql://runner:s3cret@db.internal/q")
+    assert (
+        store_url({"store": "postgresql://runner@db.internal/q"})
+        == "postgresql://runner:s3cret@db.internal/q"
+    )
+    monkeypatch.delenv("DISPATCH_RUNNER_STORE")
+    assert store_url({"store": "sqlite:////x/state.db"}) == "sqlite:////x/state.db"  # an older peer's spec

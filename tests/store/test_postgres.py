@@ -3,6 +3,7 @@ LISTEN/NOTIFY when another peer commits, and a schema newer than the code is ref
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import psycopg
@@ -11,6 +12,8 @@ import pytest
 from dispatch_runner.errors import StoreError
 from dispatch_runner.store import Limits, open_store
 from dispatch_runner.store.postgres import MIGRATIONS, PostgresStore, redacted
+from tests.conftest import Home
+from tests.test_runner import dispatch, serving, wait_all
 
 
 def test_peers_that_start_together_migrate_once(pg_url: str) -> None:
@@ -81,3 +84,17 @@ def test_a_light_store_holds_one_connection_and_none_once_released(pg_url: str) 
     finally:
         store.close()
     assert others() == 0
+
+
+@pytest.mark.anyio
+async def test_a_run_on_postgresql_completes_and_its_spec_file_holds_no_password(
+    home: Home, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_password = pg_url.replace("postgresql://postgres@", "postgresql://postgres:not-a-secret@")
+    monkeypatch.setenv("DISPATCH_RUNNER_STORE", with_password)  # trust auth: any password does
+    async with serving(home) as runner:
+        ws = await dispatch(runner, "hello", agent="agent")
+        [row] = await wait_all(runner, [ws["workspace"]])
+    assert row["state"] == "completed"
+    spec = (Path(ws["path"]) / "run-1.spec.json").read_text()
+    assert "not-a-secret" not in spec and '"store": "postgresql://postgres@' in spec

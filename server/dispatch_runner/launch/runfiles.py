@@ -167,15 +167,17 @@ def lost() -> RunExit:
 # ---- keeping the queue moving -------------------------------------------------------------------
 
 
-def drainer_spec(*, config_source: str, store_url: str, home: Path) -> dict[str, Any]:
-    """How to start `serve --drain` for this store and config (carried in every run's spec)."""
+def drainer_spec(*, config_source: str, home: Path) -> dict[str, Any]:
+    """How to start `serve --drain` for this home and config (carried in every run's spec). The
+    store's URL is not in it (a spec file sits beside the agent's files): the drainer inherits
+    $DISPATCH_RUNNER_STORE from whoever starts it, or reads the same config."""
     argv = [sys.executable, "-m", "dispatch_runner.cli"]
     if config_source != "built-in defaults":
         argv += ["--config", config_source]
     argv += ["serve", "--drain"]
     return {
         "argv": argv,
-        "env": {"DISPATCH_RUNNER_STORE": store_url, "DISPATCH_RUNNER_HOME": str(home)},
+        "env": {"DISPATCH_RUNNER_HOME": str(home)},
         "log": str(home / "drainer.log"),
     }
 

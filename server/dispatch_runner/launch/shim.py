@@ -42,7 +42,7 @@ class Shim:
         self.spec = spec
         self.run_id = int(spec["run_id"])
         self.path = Path(spec["path"])
-        self.store = open_store(spec["store"], light=True)
+        self.store = open_store(store_url(spec), light=True)
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_start = 0
         self.terminated = False
@@ -269,6 +269,13 @@ def say(message: str) -> None:
     """A line in the shim's log; best effort (the log may sit on a full disk)."""
     with contextlib.suppress(OSError, ValueError):
         print(f"shim: {message}", file=sys.stderr, flush=True)
+
+
+def store_url(spec: dict[str, Any]) -> str:
+    """The store's whole URL: from the environment the peer gave this shim (it holds the password
+    the spec file, on disk beside the agent's files, leaves out); a spec written before that by
+    an older peer still names the store itself."""
+    return os.environ.get("DISPATCH_RUNNER_STORE") or str(spec["store"])
 
 
 def main(argv: list[str] | None = None) -> int:

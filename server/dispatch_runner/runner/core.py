@@ -112,9 +112,7 @@ class Core:
         workspaces.write_status(row, now=time.time())
 
     def drainer_spec(self) -> dict[str, Any]:
-        return runfiles.drainer_spec(
-            config_source=self.config.source, store_url=self.store.url, home=self.config.home
-        )
+        return runfiles.drainer_spec(config_source=self.config.source, home=self.config.home)
 
     def nudge(self) -> None:
         """Wake the background loop now (a slot may have freed, a config changed)."""

@@ -37,7 +37,9 @@ class Drainer:
         config = self.core.config
         spec = {
             **self._current_spec(ws),
-            "store": self.core.store.url,
+            # without its password: spec files sit beside the agent's files; the shim takes the
+            # whole URL from its environment (where a nested dispatch of its agent finds it too)
+            "store": self.core.store.display_url,
             "run_id": claim.run_id,
             "workspace": ws.id,
             "attempt": ws.runs,
@@ -54,7 +56,7 @@ class Drainer:
             spec_path = runfiles.write_spec(path, ws.runs, spec)
             self.core.launcher.spawn(
                 launcher.shim_args(spec_path),
-                env=os.environ,
+                env={**os.environ, "DISPATCH_RUNNER_STORE": self.core.store.url},
                 log_path=path / "shim.log",
                 spec_path=spec_path,
             )
