@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dispatch_runner.actions import KillRequest, StatusRequest
+from dispatch_runner.actions import DispatchRequest, KillRequest, StatusRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.runner import Runner
 from dispatch_runner.store import Limits, NewWorkspace, Store
@@ -18,7 +18,7 @@ REMOTE = "host-z:4242:1"  # a peer of another host (host ids come from DISPATCH_
 DEAD_PID = 2**22 + 12345  # above the default pid_max: no such process here
 
 
-def _enqueue(store: Store, ws_id: str, now: float, home: Home) -> None:
+def _enqueue(store: Store, ws_id: str, now: float, home: Home, *, host: str | None = None) -> None:
     path = home.path / "workspaces" / ws_id
     store.enqueue(
         NewWorkspace(
@@ -42,6 +42,7 @@ def _enqueue(store: Store, ws_id: str, now: float, home: Home) -> None:
             origin=None,
             parent=None,
             spec={"argv": [], "stdin": "none"},
+            host=host,
         ),
         now=now,
         max_wait_s=None,
@@ -112,5 +113,27 @@ async def test_a_kill_of_another_hosts_run_is_asked_for_and_says_where(home: Hom
         }
         run = runner.store.get_run(run_id)
         assert run is not None and run.phase == "running" and run.kill_requested
+    finally:
+        runner.close()
+
+
+async def test_a_workspace_runs_on_the_host_that_has_its_directory(home: Home, here: str) -> None:
+    """A dispatch makes its directory (and worktree) on its own host: another host's peer steps
+    over it, even when it is the only work queued, while the limits still count every host."""
+    runner = Runner(load_config(), kind="test")
+    try:
+        ws = await runner.dispatch(DispatchRequest(task="x", agent="agent"))
+        await runner.stop()  # keep it queued: this test claims by hand
+        row = runner.store.get_workspace(ws["workspace"])
+        assert row is not None and row.host == here
+        _enqueue(runner.store, "ws-1130-000000-eeeeee", time.time() - 60, home, host="host-z")
+        assert (await runner.status(StatusRequest(workspace="ws-1130-000000-eeeeee")))["host"] == "host-z"
+        await runner.start()
+        # host-a's own peer started its own workspace, never host-z's
+        assert runner.store.get_workspace("ws-1130-000000-eeeeee").state == "queued"  # type: ignore[union-attr]
+        stolen = runner.store.claim_next(now=None, limits=Limits(), peer="host-b:1:1").claim
+        assert stolen is None  # host-b has neither directory
+        claim = runner.store.claim_next(now=None, limits=Limits(), peer="host-z:1:1").claim
+        assert claim is not None and claim.workspace.id == "ws-1130-000000-eeeeee"
     finally:
         runner.close()

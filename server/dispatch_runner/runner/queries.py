@@ -94,7 +94,7 @@ class Queries:
             row,
             pid=run.agent_pid if run and row.state == "running" else None,
             log_tail=tail,
-            host=run.host if run else None,
+            host=run.host if run and run.host else row.host,
         )
 
     async def logs(self, req: LogsRequest) -> dict[str, Any]:

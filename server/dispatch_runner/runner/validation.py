@@ -65,6 +65,7 @@ def new_workspace(
         origin=origin,
         parent=parent,
         spec=spec,
+        host=supervisor.host_id(),  # its directory (and worktree) exist on this host only
     )
 
 

@@ -40,6 +40,7 @@ class NewWorkspace:
     parent: str | None
     spec: Mapping[str, Any]  # how to start the agent: compiled argv, stdin, env, output, patterns
     base_commit: str | None = None  # HEAD of `repo` when its worktree was made
+    host: str | None = None  # where its directory is: only that host's peers claim it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +82,7 @@ class WorkspaceRow:
     current_run: int | None
     pid: int | None
     spec: Mapping[str, Any]
+    host: str | None = None  # where its directory is: only that host's peers claim it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -66,8 +66,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev)
-   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1);
+   origin, parent, spec, rev, host)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s);
 
 -- name: server_time
 SELECT extract(epoch FROM clock_timestamp())::double precision;
@@ -119,9 +119,11 @@ WITH RECURSIVE l(lane) AS (
    SELECT lane FROM l WHERE lane IS NOT NULL;
 
 -- name: lane_head
--- the head of one lane: one probe of workspaces_queue
+-- the head of one lane that this host can run: one probe of workspaces_queue (workspaces
+-- of other hosts in the lane are stepped over)
 SELECT * FROM workspaces
    WHERE state = 'queued' AND lane = %s AND not_before <= %s
+   AND (host IS NULL OR host = %s)
    ORDER BY priority, created_at, seq LIMIT 1;
 
 -- name: next_not_before

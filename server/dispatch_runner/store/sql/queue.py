@@ -74,7 +74,7 @@ class QueueSide(SQLCore):
     def _claim(self, db: Conn, now: float, limits: Limits, peer: str) -> ClaimResult:
         if read_frozen(db):
             return ClaimResult(None, None)
-        best, wake = _pick(db, now, limits, lock=lambda pools: self._lock_pools(db, pools))
+        best, wake = _pick(db, now, limits, host_of(peer), lock=lambda pools: self._lock_pools(db, pools))
         later = db.execute(db.q.next_not_before, (now,)).fetchone()[0]
         if later is not None:
             wake.append(float(later))
@@ -138,7 +138,7 @@ def _running_counts(db: Conn) -> tuple[dict[str, int], dict[tuple[str, str | Non
 
 
 def _pick(
-    db: Conn, now: float, limits: Limits, *, lock: Callable[[list[str]], None]
+    db: Conn, now: float, limits: Limits, host: str, *, lock: Callable[[list[str]], None]
 ) -> tuple[WorkspaceRow | None, list[float]]:
     """The best head among the lanes the lifecycle opens, one index probe per open lane; and the
     times at which a time-gated pool opens. The pools with queued work are locked (`lock`, in
@@ -150,7 +150,9 @@ def _pick(
     taken, wake = lifecycle.open_lanes(
         lanes, pools=pools, running_pool=running_pool, running_model=running_model, limits=limits, now=now
     )
-    heads = [db.execute(db.q.lane_head, (lane_of(lane.pool, lane.model), now)).fetchone() for lane in taken]
+    heads = [
+        db.execute(db.q.lane_head, (lane_of(lane.pool, lane.model), now, host)).fetchone() for lane in taken
+    ]
     return lifecycle.best_head(workspace_row(h) for h in heads if h is not None), wake
 
 

@@ -52,6 +52,7 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         ws.origin,
         ws.parent,
         json.dumps(ws.spec),
+        ws.host,
     )
 
 
@@ -134,6 +135,7 @@ def workspace_row(row: Row) -> WorkspaceRow:
         current_run=row["current_run"],
         pid=None,
         spec=json.loads(row["spec"]),
+        host=row["host"],
     )
 
 

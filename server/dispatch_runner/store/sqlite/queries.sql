@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev)
-   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1);
+   origin, parent, spec, rev, host)
+   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?);
 
 -- name: server_time
 SELECT (julianday('now') - 2440587.5) * 86400.0;
@@ -117,9 +117,11 @@ WITH RECURSIVE l(lane) AS (
    SELECT lane FROM l WHERE lane IS NOT NULL;
 
 -- name: lane_head
--- the head of one lane: one probe of workspaces_queue
+-- the head of one lane that this host can run: one probe of workspaces_queue (workspaces
+-- of other hosts in the lane are stepped over)
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
+   AND (host IS NULL OR host = ?)
    ORDER BY priority, created_at, seq LIMIT 1;
 
 -- name: next_not_before
