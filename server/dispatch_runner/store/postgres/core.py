@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import StoreError
 from ..sql.conn import Conn
-from ..sql.core import SQLCore
+from ..sql.core import Conflict, SQLCore
 from ..sql.queries import load_migrations, load_queries
 
 HERE = Path(__file__).parent
@@ -31,7 +31,7 @@ Q = load_queries(HERE, placeholder="%s")
 MIGRATIONS = load_migrations(HERE / "migrations")
 T = TypeVar("T")
 WRITE_TRIES = 8
-RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.UniqueViolation)
+RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.UniqueViolation, Conflict)
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -103,6 +103,7 @@ class PostgresCore(SQLCore):
             ) from exc
         self._pool: ConnectionPool | None = None
         self._kept: psycopg.Connection[Any] | None = None  # light: one connection, until release()
+        self._kept_lock = threading.RLock()  # ... used by one thread at a time (kills run in 8)
         if light:
             return
         self._pool = ConnectionPool(
@@ -125,9 +126,10 @@ class PostgresCore(SQLCore):
     def release(self) -> None:
         """A light store closes its connection (a shim, while its agent runs: minutes or hours
         in which it would hold a server process for nothing); the next call connects again."""
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            kept.close()
+        with self._kept_lock:
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                kept.close()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator["psycopg.Connection[Any]"]:
@@ -137,15 +139,16 @@ class PostgresCore(SQLCore):
             with self._pool.connection() as raw:
                 yield raw
             return
-        if self._kept is None or self._kept.closed or self._kept.broken:
-            self._kept = psycopg.connect(
-                self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
-            )
-        try:
-            yield self._kept
-        except psycopg.OperationalError:
-            self.release()  # a broken connection is never reused
-            raise
+        with self._kept_lock:
+            if self._kept is None or self._kept.closed or self._kept.broken:
+                self._kept = psycopg.connect(
+                    self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
+                )
+            try:
+                yield self._kept
+            except psycopg.OperationalError:
+                self.release()  # a broken connection is never reused
+                raise
 
     def __enter__(self) -> Self:
         return self

@@ -137,7 +137,7 @@ INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn
 -- name: claim_workspace
 UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = %s,
    started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
-   updated_at = %s, rev = rev + 1 WHERE id = %s;
+   updated_at = %s, rev = rev + 1 WHERE id = %s AND state = 'queued';
 
 -- ---- pool state ------------------------------------------------------------------------------
 
@@ -182,7 +182,8 @@ SELECT kill_requested FROM runs WHERE id = %s;
 SELECT count(*) FROM runs WHERE workspace = %s AND outcome = %s;
 
 -- name: end_run
-UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s WHERE id = %s;
+UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s
+   WHERE id = %s AND phase IN ('reserved', 'running');
 
 -- name: run_ended
 -- the workspace after its run's end, as lifecycle.plan_exit planned it
@@ -222,7 +223,8 @@ SELECT * FROM workspaces WHERE state IN ('queued', 'running') AND id IN ({ids});
 
 -- name: cancel_workspace
 UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on request',
-   ended_reason = 'cancelled', ended_at = %s, updated_at = %s, rev = rev + 1 WHERE id = %s;
+   ended_reason = 'cancelled', ended_at = %s, updated_at = %s, rev = rev + 1
+   WHERE id = %s AND state = 'queued';
 
 -- name: request_kill
 UPDATE runs SET kill_requested = 1 WHERE id = %s;

@@ -6,7 +6,7 @@ from typing import Any
 from ...model import WorkspaceState, check_transition
 from ..base import KillPlan, RunRow, WorkspaceRow
 from .conn import Conn
-from .core import SQLCore
+from .core import Conflict, SQLCore
 from .rows import read_frozen, read_workspace, run_row, workspace_row
 
 GC_CHUNK = 500  # ids per DELETE … IN (…), well under SQLite's bound-parameter limit
@@ -46,7 +46,8 @@ class ControlSide(SQLCore):
             for ws in [workspace_row(r) for r in rows]:
                 if ws.state == WorkspaceState.QUEUED:
                     check_transition(WorkspaceState.QUEUED, WorkspaceState.CANCELLED)
-                    db.execute(db.q.cancel_workspace, (now, now, ws.id))
+                    if db.execute(db.q.cancel_workspace, (now, now, ws.id)).rowcount != 1:
+                        raise Conflict(f"{ws.id} was claimed meanwhile")  # retried: then it is killed
                     self._event(
                         db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent, state="cancelled"
                     )

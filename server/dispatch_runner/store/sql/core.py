@@ -14,6 +14,11 @@ from .rows import read_pool_state
 T = TypeVar("T")
 
 
+class Conflict(Exception):
+    """A concurrent transaction changed a row this one planned from: roll back and try again
+    (only where rows are not serialised by the database's write lock, i.e. PostgreSQL)."""
+
+
 class SQLCore:
     url: str
     display_url: str  # the URL without a password, for people

@@ -13,7 +13,7 @@ from ...model import WorkspaceState
 from .. import lifecycle
 from ..base import Claim, ClaimResult, EnqueueResult, Limits, NewWorkspace, WorkspaceRow
 from .conn import Conn
-from .core import SQLCore
+from .core import Conflict, SQLCore
 from .rows import (
     host_of,
     insert_args,
@@ -174,6 +174,7 @@ def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> 
         ),
     )
     run_id = int(cur.fetchall()[0][0])  # stepped to its end: no statement left open
-    db.execute(db.q.claim_workspace, (run_id, now, ws.id))
+    if db.execute(db.q.claim_workspace, (run_id, now, ws.id)).rowcount != 1:
+        raise Conflict(f"{ws.id} left the queue while it was claimed")  # a kill: claim again
     save_pool_state(db, ws.pool, plan.pool)
     return Claim(read_workspace(db, ws.id), run_id)

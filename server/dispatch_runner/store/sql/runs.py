@@ -9,7 +9,7 @@ from ...policy import RateConfig
 from .. import lifecycle
 from ..base import RunExit, RunRow, WorkspaceRow
 from .conn import Conn
-from .core import SQLCore
+from .core import Conflict, SQLCore
 from .rows import read_pool_state, read_workspace, run_row, save_pool_state, spawn_mark
 
 
@@ -71,6 +71,7 @@ class RunSide(SQLCore):
         run = db.execute(db.q.run, (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
+        self._lock_pools(db, [run["pool"]])  # its backoff and slots change with claims' in order
         ws = read_workspace(db, run["workspace"])
         requeues = db.execute(db.q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         plan = lifecycle.plan_exit(
@@ -96,7 +97,8 @@ class RunSide(SQLCore):
         plan: lifecycle.ExitPlan,
         now: float,
     ) -> None:
-        db.execute(db.q.end_run, (now, result.exit_code, plan.outcome.value, run_id))
+        if db.execute(db.q.end_run, (now, result.exit_code, plan.outcome.value, run_id)).rowcount != 1:
+            raise Conflict(f"run {run_id} ended meanwhile")  # retried: then it reads as recorded
         db.execute(
             db.q.run_ended,
             (
@@ -124,6 +126,9 @@ class RunSide(SQLCore):
         and daily slot go back to its pool."""
 
         def tx(db: Conn) -> WorkspaceRow | None:
+            pool = db.execute(db.q.run, (run_id,)).fetchone()
+            if pool is not None:
+                self._lock_pools(db, [pool["pool"]])
             if db.execute(db.q.abandon_reservation, (now, run_id)).rowcount != 1:
                 return None
             run = db.execute(db.q.run, (run_id,)).fetchone()

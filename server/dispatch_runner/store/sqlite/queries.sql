@@ -135,7 +135,7 @@ INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn
 -- name: claim_workspace
 UPDATE workspaces SET state = 'running', runs = runs + 1, current_run = ?,
    started_at = NULL, ended_at = NULL, exit_code = NULL, ended_reason = NULL,
-   updated_at = ?, rev = rev + 1 WHERE id = ?;
+   updated_at = ?, rev = rev + 1 WHERE id = ? AND state = 'queued';
 
 -- ---- pool state ------------------------------------------------------------------------------
 
@@ -180,7 +180,8 @@ SELECT kill_requested FROM runs WHERE id = ?;
 SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?;
 
 -- name: end_run
-UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ? WHERE id = ?;
+UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ?
+   WHERE id = ? AND phase IN ('reserved', 'running');
 
 -- name: run_ended
 -- the workspace after its run's end, as lifecycle.plan_exit planned it
@@ -220,7 +221,8 @@ SELECT * FROM workspaces WHERE state IN ('queued', 'running') AND id IN ({ids});
 
 -- name: cancel_workspace
 UPDATE workspaces SET state = 'cancelled', reason = 'cancelled on request',
-   ended_reason = 'cancelled', ended_at = ?, updated_at = ?, rev = rev + 1 WHERE id = ?;
+   ended_reason = 'cancelled', ended_at = ?, updated_at = ?, rev = rev + 1
+   WHERE id = ? AND state = 'queued';
 
 -- name: request_kill
 UPDATE runs SET kill_requested = 1 WHERE id = ?;
