@@ -4,6 +4,8 @@ Backends: SQLite (`sqlite:///path/state.db`, the default; any number of peers on
 PostgreSQL (`postgresql://…`; many hosts). Driver errors stop here as StoreError.
 """
 
+import re
+
 from .base import (
     Claim,
     ClaimResult,
@@ -43,8 +45,13 @@ def open_store(url: str, *, light: bool = False) -> Store:
         "DISPATCH_RUNNER_STORE",
         None,
         "store",
-        f"unsupported store URL {url!r}; use sqlite:///path/to/state.db or postgresql://user@host/db",
+        f"unsupported store URL {_without_password(url)!r}; use sqlite:///path/to/state.db or "
+        "postgresql://user@host/db",
     )
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 __all__ = [
