@@ -77,48 +77,16 @@ def sql_enqueue(db_path: Path, items: list) -> None:
     in one transaction: items are (NewWorkspace, created_at)."""
     import json
 
-    from dispatch_runner.store.sqlite import lane_of
+    from dispatch_runner.store.sql.rows import insert_args
+    from dispatch_runner.store.sqlite import Q
 
     db = sqlite3.connect(db_path, timeout=30, isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")
+        # the store's own named query and parameters: a new column cannot leave the bench behind
+        db.executemany(Q.insert_workspace, [insert_args(ws, t) for ws, t in items])
         db.executemany(
-            """INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
-               priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
-               idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-               origin, parent, spec, rev)
-               VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1)""",
-            [
-                (
-                    ws.id,
-                    ws.pool,
-                    ws.model,
-                    lane_of(ws.pool, ws.model),
-                    ws.agent,
-                    ws.task,
-                    ws.template,
-                    ws.priority,
-                    ws.label,
-                    ws.path,
-                    ws.run_dir,
-                    ws.cwd,
-                    ws.repo,
-                    ws.branch,
-                    ws.base_commit,
-                    ws.idempotency_key,
-                    ws.max_attempts,
-                    ws.timeout_s,
-                    t,
-                    t,
-                    ws.origin,
-                    ws.parent,
-                    json.dumps(ws.spec),
-                )
-                for ws, t in items
-            ],
-        )
-        db.executemany(
-            "INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?)",
+            Q.insert_event,
             [
                 (
                     t,
