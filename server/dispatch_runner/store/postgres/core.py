@@ -1,6 +1,7 @@
 """The PostgreSQL backend's core: a psycopg connection pool, one READ COMMITTED transaction per
-write (retried, bounded, on a deadlock, a serialisation failure or a lost race for a unique
-key), migrations under an advisory lock, and wake-ups by LISTEN/NOTIFY.
+write (retried, bounded, on a deadlock, a serialisation failure, a lost compare-and-set or a
+lost race for an idempotency key), migrations under a transaction advisory lock when any are
+pending, and wake-ups by LISTEN/NOTIFY.
 
 Fleet-wide limits hold because a claim locks every pool it counts (transaction advisory locks,
 in sorted order) before it counts; events are appended under one advisory lock held to commit,
@@ -18,6 +19,7 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.to_thread
 import psycopg
+from psycopg import IsolationLevel
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -31,12 +33,33 @@ Q = load_queries(HERE, placeholder="%s")
 MIGRATIONS = load_migrations(HERE / "migrations")
 T = TypeVar("T")
 WRITE_TRIES = 8
-RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.UniqueViolation, Conflict)
+RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, Conflict)
+# a concurrent enqueue of the same key committed first: run again, the transaction finds it
+RETRY_ON_UNIQUE = frozenset({"workspaces_idempotency_key_key"})
 CONNECT_TIMEOUT_S = 10.0
+# a transaction-level lock (a pooler in transaction mode keeps no session lock); it takes the
+# key an older peer's session lock took, so it also waits for one still migrating
+LOCK_MIGRATIONS = Q.lock_migrations
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _retryable(exc: Exception) -> bool:
+    """Worth running the whole transaction again: a deadlock, a serialisation failure, a lost
+    compare-and-set, a lost race for an idempotency key. Another unique violation (a workspace
+    id twice) would fail the same way every time."""
+    if isinstance(exc, pgerrors.UniqueViolation):
+        return exc.diag.constraint_name in RETRY_ON_UNIQUE
+    return isinstance(exc, RETRYABLE)
+
+
+def _read_committed(conn: "psycopg.Connection[Any]") -> None:
+    """Every transaction the store opens begins READ COMMITTED, whatever the server's or the
+    role's default: the claims' locks, the compare-and-sets and the migration's second look
+    each rely on a statement seeing what committed before it began."""
+    conn.isolation_level = IsolationLevel.READ_COMMITTED
 
 
 class PgRow:
@@ -112,6 +135,7 @@ class PostgresCore(SQLCore):
             max_size=max_size,
             num_workers=1,
             kwargs={"autocommit": True, "row_factory": dual_rows},
+            configure=_read_committed,
             open=True,
             name="dispatch-runner",
         )
@@ -144,6 +168,7 @@ class PostgresCore(SQLCore):
                 self._kept = psycopg.connect(
                     self.url, autocommit=True, row_factory=dual_rows, connect_timeout=int(CONNECT_TIMEOUT_S)
                 )
+                _read_committed(self._kept)
             try:
                 yield self._kept
             except psycopg.OperationalError:
@@ -163,18 +188,19 @@ class PostgresCore(SQLCore):
             try:
                 with self._connection() as raw, raw.transaction():
                     return fn(Conn(raw, Q))
-            except RETRYABLE as exc:
+            except (psycopg.Error, PoolTimeout, Conflict) as exc:
+                if not _retryable(exc):
+                    raise StoreError(f"store write failed: {exc}") from exc
                 if attempt == WRITE_TRIES - 1:
                     raise StoreError(f"store write failed after {WRITE_TRIES} tries: {exc}") from exc
                 # jittered: two peers that collided should not collide again
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
-            except (psycopg.Error, PoolTimeout) as exc:
-                raise StoreError(f"store write failed: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _reading(self, fn: Callable[[Conn], T], *, separate: bool = False) -> T:
-        """Reads never wait behind writes in PostgreSQL (MVCC); one transaction per read, so a
-        read of several queries (the status snapshot) sees one state."""
+        """Reads never wait behind writes in PostgreSQL (MVCC); one transaction per read. At READ
+        COMMITTED each query of a read sees what had committed when it began: a read of several
+        queries (the status snapshot) may straddle a commit."""
         try:
             with self._connection() as raw, raw.transaction():
                 return fn(Conn(raw, Q))
@@ -193,23 +219,41 @@ class PostgresCore(SQLCore):
         db.execute(Q.notify)  # delivered at commit, once per transaction
 
     def _migrate(self, raw: "psycopg.Connection[Any]") -> None:
-        """Every peer may start at once: one migrates under a session advisory lock, the others
-        wait for it and find the schema current."""
-        raw.execute(Q.lock_migrations)
+        """Most peers find the schema current: one read, no lock and no CREATE (a role that may
+        only use the rows opens a migrated store). With steps pending, one transaction takes
+        the migration lock (a transaction lock: nothing outlives it behind a pooler), looks
+        again (a peer that started at the same time may have applied them) and applies them."""
+        _read_committed(raw)
+        version = self._schema_version(raw)
+        if version == len(MIGRATIONS):
+            return
         try:
-            raw.execute(Q.schema_table)
-            version = int(raw.execute(Q.schema_version).fetchall()[0][0])
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"the store {self.display_url} has schema version {version}, newer than "
-                    f"this dispatch-runner knows ({len(MIGRATIONS)}); upgrade dispatch-runner"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                with raw.transaction():
+            with raw.transaction():
+                raw.execute(LOCK_MIGRATIONS)
+                raw.execute(Q.schema_table)
+                version = self._schema_version(raw)
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     raw.execute(script.encode())  # no parameters: the whole script at once
                     raw.execute(Q.set_schema_version, (number,))
-        finally:
-            raw.execute(Q.unlock_migrations)
+        except pgerrors.InsufficientPrivilege as exc:
+            raise StoreError(
+                f"the store {self.display_url} needs schema steps {version + 1}..{len(MIGRATIONS)} "
+                f"and its URL's user may not apply them ({_first_line(exc)}); start dispatch-runner "
+                "once with the URL of the database's owner, which applies them"
+            ) from exc
+
+    def _schema_version(self, raw: "psycopg.Connection[Any]") -> int:
+        """The steps applied (0 before the first); a schema newer than this code is refused."""
+        try:
+            version = int(raw.execute(Q.schema_version).fetchall()[0][0])
+        except pgerrors.UndefinedTable:  # a new database (only ever outside a transaction)
+            return 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store {self.display_url} has schema version {version}, newer than "
+                f"this dispatch-runner knows ({len(MIGRATIONS)}); upgrade dispatch-runner"
+            )
+        return version
 
     # ---- change hints -----------------------------------------------------------------------
 
@@ -221,25 +265,26 @@ class PostgresCore(SQLCore):
 
 
 class PgWatcher:
-    """A wake-up hint when any peer commits an event: LISTEN on a connection of its own. Where a
-    pooler forbids LISTEN (PgBouncer in transaction mode) it falls back to a short poll; the
+    """A wake-up hint when any peer commits an event: LISTEN on a connection of its own. When
+    that connection breaks (a server restart, a failover, an idle timeout) it listens again on a
+    new one: at once after a connection that had lasted, else after a wait that doubles up to
+    max_backoff_s. Until then, and where LISTEN cannot be had, it answers like a short poll; the
     runner polls data_version underneath either way."""
 
-    def __init__(self, url: str, *, fallback_poll_s: float = 0.25) -> None:
+    def __init__(self, url: str, *, fallback_poll_s: float = 0.25, max_backoff_s: float = 30.0) -> None:
+        self.url = url
         self.fallback_poll_s = fallback_poll_s
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None
-        try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S))
-            self._conn.execute(Q.listen)
-        except psycopg.Error:
-            self._conn = None
+        self.max_backoff_s = max_backoff_s
+        self._lock = threading.Lock()  # _conn and the fields below: the loop, a connecting thread
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = self._connecting = False
+        self._backoff_s = self._retry_at = self._since = 0.0  # time.monotonic() for the last two
+        self._listen()
 
     async def changed(self, timeout_s: float) -> bool:
         conn = self._conn
         if conn is None or conn.closed:
-            await anyio.sleep(min(timeout_s, self.fallback_poll_s))
-            return True
+            return await self._unlistened(timeout_s)
         with anyio.move_on_after(timeout_s):
             while True:
                 if self._drain():
@@ -247,18 +292,68 @@ class PgWatcher:
                 await anyio.wait_readable(conn.fileno())
         return False
 
+    async def _unlistened(self, timeout_s: float) -> bool:
+        """Try to listen again when the backoff allows, within timeout_s (a connect that takes
+        longer goes on in its thread); True once listening, since a NOTIFY may have been missed
+        meanwhile. Otherwise a short poll."""
+        with self._lock:
+            retry = not (self._closed or self._connecting) and time.monotonic() >= self._retry_at
+            self._connecting |= retry
+        if retry:
+            with anyio.move_on_after(timeout_s) as connecting:
+                if await anyio.to_thread.run_sync(self._listen, abandon_on_cancel=True):
+                    return True
+            if connecting.cancelled_caught:
+                return True  # the time is up; the connect goes on (_listen sees a close())
+        await anyio.sleep(min(timeout_s, self.fallback_poll_s))
+        return True
+
+    def _listen(self) -> bool:
+        """Connect and LISTEN (blocking)."""
+        conn = None
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S))
+            conn.execute(Q.listen)
+        except psycopg.Error:
+            if conn is not None:
+                conn.close()
+            conn = None
+        with self._lock:
+            self._connecting = False
+            if conn is None or self._closed:
+                if conn is not None:
+                    conn.close()
+                self._retry_later(lasted=False)
+                return False
+            self._conn, self._since = conn, time.monotonic()
+            return True
+
+    def _retry_later(self, *, lasted: bool) -> None:
+        """Under the lock: the next try to listen at once after a connection that had lasted,
+        else after twice the last wait (fallback_poll_s at first, max_backoff_s at most)."""
+        wait_s = min(self.max_backoff_s, max(self.fallback_poll_s, 2 * self._backoff_s))
+        self._backoff_s = 0.0 if lasted else wait_s
+        self._retry_at = time.monotonic() + self._backoff_s
+
     def _drain(self) -> bool:
         with self._lock:
             if self._conn is None:
                 return True
             try:
-                return bool(list(self._conn.notifies(timeout=0.0)))
+                if list(self._conn.notifies(timeout=0.0)):
+                    return True
+                if not self._conn.broken:
+                    return False
             except psycopg.Error:
-                self._conn = None  # the connection broke: poll from now on
-                return True
+                pass
+            self._conn.close()  # broken: a hint (something may have been missed), listen again
+            self._conn = None
+            self._retry_later(lasted=time.monotonic() - self._since >= self.max_backoff_s)
+            return True
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -14,11 +14,9 @@ SELECT coalesce(max(version), 0) FROM dispatch_runner_schema;
 INSERT INTO dispatch_runner_schema (version) VALUES (%s);
 
 -- name: lock_migrations
--- a session lock: peers that start together migrate one at a time
-SELECT pg_advisory_lock(hashtext('dispatch-runner:migrate'));
-
--- name: unlock_migrations
-SELECT pg_advisory_unlock(hashtext('dispatch-runner:migrate'));
+-- held until the migration's transaction ends (a pooler in transaction mode keeps no session
+-- lock): peers that start together migrate one at a time
+SELECT pg_advisory_xact_lock(hashtext('dispatch-runner:migrate'));
 
 -- name: lock_pool
 -- held until the claim commits: no other claim counts this pool's runs meanwhile (a count under
