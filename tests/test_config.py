@@ -25,7 +25,19 @@ from dispatch_runner.policy import PoolLimit, RateConfig
 PATH = "/etc/dispatch/agents.yaml"
 HOME = Path("/srv/runner-home")
 EXAMPLE = Path(dispatch_runner.__file__).resolve().parent / "example_agents.yaml"
-TOP_KEYS = ("version", "store", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify")
+TOP_KEYS = (
+    "version",
+    "store",
+    "dispatch",
+    "concurrency",
+    "rates",
+    "agents",
+    "templates",
+    "tools",
+    "notify",
+    "host",
+    "pools",
+)
 RATE_KEYS = ("reset_utc", "daily_limit", "min_delay", "sustained_delay", "burst_window", "burst_delay")
 
 

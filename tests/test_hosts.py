@@ -118,11 +118,12 @@ async def test_a_kill_of_another_hosts_run_is_asked_for_and_says_where(home: Hom
 
 
 async def test_a_workspace_runs_on_the_host_that_has_its_directory(home: Home, here: str) -> None:
-    """A dispatch makes its directory (and worktree) on its own host: another host's peer steps
-    over it, even when it is the only work queued, while the limits still count every host."""
+    """A dispatch with a cwd (or repo) runs on its own host, where that path is: another host's
+    peer steps over it, even when it is the only work queued, while the limits still count every
+    host."""
     runner = Runner(load_config(), kind="test")
     try:
-        ws = await runner.dispatch(DispatchRequest(task="x", agent="agent"))
+        ws = await runner.dispatch(DispatchRequest(task="x", agent="agent", cwd=str(home.path)))
         await runner.stop()  # keep it queued: this test claims by hand
         row = runner.store.get_workspace(ws["workspace"])
         assert row is not None and row.host == here

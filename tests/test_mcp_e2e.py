@@ -66,6 +66,8 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
             "max_wait_s",
             "timeout_s",
             "max_attempts",
+            "requires",
+            "host",
         }
         assert all(p.get("description") for p in dispatch["properties"].values())
         assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all"}

@@ -27,6 +27,8 @@ class DispatchRequest:
     max_wait_s: float | None = None
     timeout_s: float | None = None
     max_attempts: int | None = None
+    requires: Sequence[str] | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

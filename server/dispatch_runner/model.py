@@ -84,6 +84,8 @@ class Priority(IntEnum):
 _BASE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A model variant reaches agent CLIs as an option's value: it can never start with '-'.
 MODEL_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@:+-]{0,127}$")
+# a host label (agents.yaml `host: {labels}`, a pool's `labels`, a dispatch's `requires`)
+LABEL_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@:+-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)

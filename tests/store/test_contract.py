@@ -6,7 +6,7 @@ one more `backend` param. Times are epoch seconds chosen by the test; nothing re
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import time as clock
 from functools import partial
@@ -28,51 +28,12 @@ from dispatch_runner.store import (
     RunRow,
     Store,
     WorkspaceRow,
-    open_store,
 )
+from tests.store.conftest import Backend
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 NEXT_RESET = T0 + 22 * 3600  # 2027-01-16T06:00:00Z, the next 06:00 UTC reset after T0
 NO_LIMITS = Limits()
-
-
-# ---- backends ---------------------------------------------------------------------------------
-
-
-class Backend:
-    """Opens Store instances on one underlying database (to reopen it, or to act as two peers)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._open: list[Store] = []
-
-    def open(self) -> Store:
-        store = open_store(self.url)
-        self._open.append(store)
-        return store
-
-    def close(self, store: Store) -> None:
-        self._open.remove(store)
-        store.close()
-
-    def close_all(self) -> None:
-        while self._open:
-            self.close(self._open[-1])
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        b = Backend(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        b = Backend(request.getfixturevalue("pg_url"))
-    yield b
-    b.close_all()
-
-
-@pytest.fixture
-def store(backend: Backend) -> Store:
-    return backend.open()
 
 
 # ---- helpers ----------------------------------------------------------------------------------

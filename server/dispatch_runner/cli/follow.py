@@ -44,7 +44,11 @@ def logs(
     as_json = bool(getattr(args, "json", False)) if as_json is None else as_json
     follow = bool(args.follow)
     out = console()
-    run = getattr(args, "run", None) or run_action(runner.logs(LogsRequest(workspace=ws, limit=1)))["run"]
+    first = run_action(runner.logs(LogsRequest(workspace=ws, run=getattr(args, "run", None), limit=1)))
+    if first.get("elsewhere"):  # on another host, whose peer could not be reached
+        print(f"dispatch-runner: {first['elsewhere']}", file=sys.stderr)
+        return 1
+    run = first["run"]
     while True:
         state, runs = _print_run(runner, out, ws, run, streams, as_json, follow)
         if state in FINISHED and run >= max(runs, default=run):

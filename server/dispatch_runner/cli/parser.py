@@ -138,6 +138,17 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="a second dispatch with KEY returns the first workspace instead of a duplicate",
     )
+    d.add_argument(
+        "--requires",
+        action="append",
+        metavar="LABEL",
+        help="a host label the run needs (repeat for several): only a host that has them all runs it",
+    )
+    d.add_argument(
+        "--host",
+        metavar="HOST",
+        help="run on this host of the fleet only (without --cwd/--repo it may run on any host)",
+    )
     _dispatch_limits(d)
 
 

@@ -285,6 +285,8 @@ def _gc(r: dict[str, Any]) -> str:
         lines.append(f"{verb} {len(r['orphans'])} orphaned directory(ies): {', '.join(r['orphans'])}")
     if r.get("dead_peers"):
         lines.append(f"forgot {r['dead_peers']} dead peer(s)")
+    if r.get("elsewhere"):
+        lines.append(f"left {r['elsewhere']} to the hosts their directories are on")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from .. import argv as argvlib
 from ..errors import ConfigError, InvalidArgument
-from ..model import MODEL_RE, AgentRef
+from ..model import LABEL_RE, MODEL_RE, AgentRef
 from ..policy import PoolLimit, RateConfig
 from .schema import OUTPUT_KINDS, PLACEHOLDERS, SHELLS, STDIN_MODES, AgentDef, Config, defaults
 from .yaml_reader import YamlReader as _Reader
@@ -30,13 +30,10 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
     if root is None:
         return config
     top = reader.mapping(root, "(top level)")
-    reader.only(
-        top,
-        ("version", "store", "dispatch", "concurrency", "rates", "agents", "templates", "tools", "notify"),
-        "",
-    )
     sections: dict[str, Callable[[_Reader, yaml.Node, Config], Config]] = {
         "version": _version,
+        # the environment (and so the --store flag) wins over the file
+        "store": (lambda r, n, c: c) if env.get("DISPATCH_RUNNER_STORE") else _store,
         "dispatch": _dispatch,
         "concurrency": _concurrency,
         "rates": _rates,
@@ -44,9 +41,10 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         "templates": _templates,
         "tools": _tools,
         "notify": _notify,
-        # the environment (and so the --store flag) wins over the file
-        "store": (lambda r, n, c: c) if env.get("DISPATCH_RUNNER_STORE") else _store,
+        "host": _host,
+        "pools": _pools,
     }
+    reader.only(top, tuple(sections), "")
     for name, (_, node) in top.items():
         config = sections[name](reader, node, config)
     try:
@@ -83,6 +81,7 @@ _DISPATCH_KEYS: Final = (
     "timeout_s",
     "kill_grace_s",
     "reservation_timeout_s",
+    "lease_s",
     "retention_days",
     "max_task_bytes",
 )
@@ -330,6 +329,37 @@ def _store(r: _Reader, node: yaml.Node, c: Config) -> Config:
     if not value.startswith(("postgresql://", "postgres://")):
         raise r.fail(node, "store", "use sqlite:///path/to/state.db or postgresql://user@host/dbname")
     return replace(c, store_url=value)
+
+
+def _labels(r: _Reader, node: yaml.Node, where: str) -> frozenset[str]:
+    labels = r.strings(node, where)
+    for label in labels:
+        if not LABEL_RE.match(label):
+            raise r.fail(
+                node,
+                where,
+                f"{label!r} is not a label: use letters, digits and ._/@:+- (e.g. gpu, repo:shop)",
+            )
+    return frozenset(labels)
+
+
+def _host(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    items = r.mapping(node, "host")
+    r.only(items, ("labels",), "host")
+    if "labels" not in items:
+        return c
+    return replace(c, host_labels=_labels(r, items["labels"][1], "host.labels"))
+
+
+def _pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    """Per-pool policy; `labels`: a host runs the pool only if it has them all."""
+    found: dict[str, frozenset[str]] = {}
+    for pool, (_, value) in r.mapping(node, "pools").items():
+        items = r.mapping(value, f"pools.{pool}")
+        r.only(items, ("labels",), f"pools.{pool}")
+        if "labels" in items:
+            found[pool] = _labels(r, items["labels"][1], f"pools.{pool}.labels")
+    return replace(c, pool_labels=found)
 
 
 def _notify(r: _Reader, node: yaml.Node, c: Config) -> Config:

@@ -80,6 +80,7 @@ class Config:
     timeout_s: float | None = None
     kill_grace_s: float = 10.0
     reservation_timeout_s: float = 30.0
+    lease_s: float = 30.0  # a run's lease across hosts, renewed by its shim every third of it
     retention_days: float = 14.0
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
@@ -88,6 +89,8 @@ class Config:
     templates: Mapping[str, str] = field(default_factory=dict)
     tools_prefix: str = ""
     notify: str = "own"
+    host_labels: frozenset[str] = frozenset()  # `host: {labels}`: what this host offers
+    pool_labels: Mapping[str, frozenset[str]] = field(default_factory=dict)  # `pools.X.labels`
 
     def agent_def(self, ref: AgentRef) -> AgentDef:
         known = self.agents.get(ref.pool)

@@ -5,6 +5,9 @@ back never starts a second agent), starts the agent in its own session and proce
 stdin /dev/null and output to files, waits, and records exit code, end time and result summary
 with a compare-and-set — whether or not any dispatch-runner peer is alive. The exit is also
 written to an exit file first, so recovery can record it if the shim dies right after.
+While the agent runs, the shim renews the run's lease (its heartbeat across hosts): a run whose
+lease expired is taken for lost by any peer of the fleet, so a shim whose lease was lost stops
+its agent rather than let it run twice.
 Imports stay light (stdlib + our stdlib-only modules): this runs once per agent.
 """
 
@@ -26,7 +29,7 @@ from .. import argv as argvlib
 from ..errors import StoreError
 from ..model import Outcome
 from ..outputs import parse_output, read_tail
-from ..store.base import RunExit
+from ..store.base import RunExit, Store
 from ..workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 from . import supervisor
 from .runfiles import ensure_drainer, rate_from_spec, read_spec, start_failure, write_exit_file
@@ -46,7 +49,9 @@ class Shim:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_start = 0
         self.terminated = False
+        self.fenced: str | None = None  # why the run's lease was lost (its agent was stopped)
         self.subreaper = False
+        self.lease = LeaseKeeper(self.store, self.run_id, spec.get("lease_s"))
         self._task_text: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -62,6 +67,7 @@ class Shim:
             shim_start=supervisor.proc_start(me) or 0,
             boot_id=supervisor.boot_id(),
             now=time.time(),
+            lease_until=self.lease.first(time.time()),
         ):
             return 0  # the reservation was given back or killed before we started
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -109,6 +115,8 @@ class Shim:
             detail=parsed.detail,
             retry_at=parsed.retry_at,
         )
+        if self.fenced:
+            return RunExit(outcome=Outcome.LOST, exit_code=exit_code, detail=self.fenced)
         if timed_out:
             return replace(
                 result, outcome=Outcome.TIMED_OUT, detail=f"timed out after {self.spec['timeout_s']:g}s"
@@ -171,18 +179,41 @@ class Shim:
         return prompt
 
     def _wait(self) -> bool:
+        """Wait for the agent, renewing the run's lease meanwhile; True when it timed out."""
         assert self.agent is not None
         timeout = self.spec.get("timeout_s")
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
         while True:
+            step = self.lease.due_in()
+            if deadline is not None:
+                step = (
+                    max(0.0, deadline - time.monotonic())
+                    if step is None
+                    else min(step, deadline - time.monotonic())
+                )
             try:
-                self.agent.wait(timeout=timeout)
+                self.agent.wait(timeout=step)
                 return False
             except subprocess.TimeoutExpired:
-                supervisor.terminate_group(self.agent.pid, grace_s=float(self.spec.get("kill_grace_s", 10)))
-                self.agent.wait()
-                return True
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
+                    self.agent.wait()
+                    return True
+                self._renew()
+
+    def _renew(self) -> None:
+        assert self.agent is not None
+        verdict = self.lease.renew()
+        if verdict == "kill" and not self.terminated:
+            self.terminated = True  # asked by a peer of another host (or one that went away)
+            supervisor.signal_group(self.agent.pid, signal.SIGTERM)
+        elif verdict not in (None, "kill") and not self.fenced:
+            self.fenced = verdict
+            say(verdict)
+            supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
+
+    def _grace(self) -> float:
+        return float(self.spec.get("kill_grace_s", 10))
 
     def _leave_nothing_behind(self) -> None:
         """Children the agent left in its group go, and so do descendants that left the group or
@@ -234,6 +265,47 @@ class Shim:
                 say(f"cannot record the exit yet, retrying: {exc}")
                 time.sleep(delay)  # waiting for the store to become writable again: nothing to wait on
                 delay = min(delay * 2, 10.0)
+
+
+class LeaseKeeper:
+    """The run's lease: renewed every third of `lease_s` while the agent runs (no lease for a spec
+    without one). A renewal answers None (renewed), "kill" (a kill was asked for) or a sentence:
+    the lease is lost (the run was ended elsewhere, or the store stayed unreachable until the
+    lease expired) and the agent must stop."""
+
+    def __init__(self, store: Store, run_id: int, lease_s: float | None) -> None:
+        self.store, self.run_id = store, run_id
+        self.lease_s = float(lease_s) if lease_s else None
+        self.until = 0.0
+        self.next_at = 0.0
+
+    def first(self, now: float) -> float | None:
+        if self.lease_s is None:
+            return None
+        self.until = now + self.lease_s
+        self.next_at = time.monotonic() + self.lease_s / 3
+        return self.until
+
+    def due_in(self) -> float | None:
+        return None if self.lease_s is None else max(0.0, self.next_at - time.monotonic())
+
+    def renew(self) -> str | None:
+        assert self.lease_s is not None
+        self.next_at = time.monotonic() + self.lease_s / 3
+        now = time.time()
+        try:
+            lease = self.store.renew_lease(self.run_id, until=now + self.lease_s)
+        except StoreError as exc:
+            if now < self.until:
+                say(f"cannot renew the run's lease yet ({exc}); it holds for {self.until - now:.0f}s")
+                return None
+            return f"the run's lease expired while the store was unreachable ({exc}): stopped"
+        finally:
+            self.store.release()
+        if not lease.held:
+            return "the run was ended elsewhere (its lease had expired): its agent was stopped"
+        self.until = now + self.lease_s
+        return "kill" if lease.kill_requested else None
 
 
 def _feed(pipe: Any, data: bytes) -> None:

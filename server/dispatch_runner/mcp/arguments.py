@@ -95,6 +95,21 @@ MaxAttempts = Annotated[
         **STRICT,
     ),
 ]
+Requires = Annotated[
+    list[str] | None,
+    Field(
+        description='Host labels the run needs (agents.yaml host: labels), e.g. ["gpu"]: only a '
+        "host that has them all runs it.",
+        max_length=16,
+    ),
+]
+Host = Annotated[
+    str | None,
+    Field(
+        description="Run on this host of the fleet only (its DISPATCH_RUNNER_HOST_ID). Without cwd "
+        "or repo a run goes to any host that has its agent; with them, it stays on this one."
+    ),
+]
 
 # ---- status -------------------------------------------------------------------------------------
 StatusWorkspace = Annotated[

@@ -190,6 +190,8 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
         max_wait_s: args.MaxWait = None,
         timeout_s: args.Timeout = None,
         max_attempts: args.MaxAttempts = None,
+        requires: args.Requires = None,
+        host: args.Host = None,
     ) -> types.CallToolResult:
         req = DispatchRequest(
             task=task,
@@ -203,6 +205,8 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
             max_wait_s=max_wait_s,
             timeout_s=timeout_s,
             max_attempts=max_attempts,
+            requires=requires,
+            host=host,
         )
         return await invoke("dispatch", runner.dispatch(req, origin=clients.of(ctx.session).key))
 

@@ -10,8 +10,9 @@ import logging
 import os
 import select
 import signal
+import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -22,8 +23,9 @@ from mcp.server.runner import serve_loop
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from ..errors import InvalidArgument
-from ..runner import Runner
+from ..actions import LogsRequest
+from ..errors import DispatchError, InvalidArgument
+from ..runner import LOGS_PATH, Runner
 from .private import lowlevel
 from .push import Pusher
 
@@ -201,6 +203,50 @@ async def _unauthorized(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def advertised_url(host: str, port: int) -> str:
+    """How other hosts of the fleet reach this peer: $DISPATCH_RUNNER_URL, else the bound address
+    (this host's name for a wildcard bind)."""
+    explicit = os.environ.get("DISPATCH_RUNNER_URL")
+    if explicit:
+        return explicit
+    try:
+        name = socket.gethostname() if ipaddress.ip_address(host.strip("[]")).is_unspecified else host
+    except ValueError:
+        name = host
+    return f"http://{f'[{name}]' if ':' in name else name}:{port}"
+
+
+def request_from_query(query: Mapping[str, str]) -> LogsRequest:
+    """The LogsRequest of a `GET /runner/logs` query string; ValueError/KeyError when malformed."""
+    return LogsRequest(
+        workspace=query["workspace"],
+        run=int(query["run"]) if "run" in query else None,
+        stream=query.get("stream", "stdout"),
+        offset=int(query.get("offset", 0)),
+        limit=int(query.get("limit", 200)),
+        cursor=int(query["cursor"]) if "cursor" in query else None,
+        whole_lines=query.get("whole_lines") == "1",
+    )
+
+
+def add_peer_routes(mcp: MCPServer, runner: Runner) -> None:
+    """`GET /runner/logs`: a page of a run's log on this host, for peers of other hosts (behind
+    the same bearer token as the MCP endpoint)."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    async def logs(request: Request) -> Response:
+        try:
+            req = request_from_query(request.query_params)
+            return JSONResponse(await runner.logs(req, here_only=True))
+        except (KeyError, ValueError) as exc:
+            return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+        except DispatchError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    mcp.custom_route(LOGS_PATH, methods=["GET"])(logs)
+
+
 async def serve_http(
     runner: Runner, mcp: MCPServer, pusher: Pusher, transport: str, host: str, port: int, token: str | None
 ) -> None:
@@ -214,6 +260,8 @@ async def serve_http(
             yield
 
     security = transport_security(host)
+    runner.advertise(advertised_url(host, port))
+    add_peer_routes(mcp, runner)
     if transport == "http":
         app = mcp.streamable_http_app(transport_security=security, host=host)
     else:

@@ -12,6 +12,8 @@ import anyio.to_thread
 
 from .. import validate, workspaces
 from ..actions import GcRequest
+from ..launch import supervisor
+from ..store import WorkspaceRow
 from .core import Core
 
 GC_BATCH = 500
@@ -42,6 +44,7 @@ class Collector:
             "notes": [],
             "orphans": [],
             "dead_peers": 0,
+            "elsewhere": 0,
             "dry_run": dry_run,
         }
         home = self.core.config.home
@@ -65,6 +68,9 @@ class Collector:
             cursor = (rows[-1].ended_at or 0.0, rows[-1].id)
             removed = []
             for row in rows:
+                if self._elsewhere(row):  # its directory (and worktree) are there: its peers collect it
+                    report["elsewhere"] += 1
+                    continue
                 outcome = workspaces.remove_workspace(row, force=force, dry_run=dry_run)
                 if outcome.removed:
                     removed.append(row.id)
@@ -76,6 +82,15 @@ class Collector:
                 store.forget(removed, events_before=before)
                 self.core.counts["gc_removed"] += len(removed)
             report["removed"] += removed
+
+    def _elsewhere(self, row: WorkspaceRow) -> bool:
+        """The workspace's directory is on another host of the fleet: the one it is pinned to,
+        else the one its latest run ran on."""
+        here = supervisor.host_id()
+        if row.host is not None:
+            return row.host != here
+        run = self.core.store.get_run(row.current_run) if row.current_run else None
+        return run is not None and run.host not in (None, here)
 
     def _collect_orphans(self, report: dict[str, Any], *, dry_run: bool, force: bool) -> None:
         for path in self._orphans():

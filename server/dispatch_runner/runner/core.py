@@ -18,15 +18,28 @@ from ..config import Config
 from ..events import Bus, BusStatistics, Event
 from ..launch import launcher, runfiles, supervisor
 from ..model import Outcome
-from ..store import Limits, RunExit, Store, WorkspaceRow
+from ..store import HostCaps, Limits, RunExit, Store, WorkspaceRow
 
 log = logging.getLogger("dispatch_runner")
 EVENT_BATCH = 500
+CAPS_TTL_S = 60.0  # an agent installed on (or removed from) this host counts within a minute
 
 
 def peer_id() -> str:
     pid = os.getpid()
     return f"{supervisor.host_id()}:{pid}:{supervisor.proc_start(pid) or 0}"
+
+
+def host_caps(config: Config) -> HostCaps:
+    """What this host can run: the pools whose agent executable it has and whose labels it has
+    (agents.yaml `pools.X.labels` against `host.labels`)."""
+    pools = frozenset(
+        name
+        for name, agent in config.agents.items()
+        if config.pool_labels.get(name, frozenset()) <= config.host_labels
+        and supervisor.find_executable(agent.command[0], agent.env) is not None
+    )
+    return HostCaps(pools=pools, labels=config.host_labels)
 
 
 def peer_alive(peer: str | None) -> bool:
@@ -70,6 +83,8 @@ class Core:
         )
         self.counts: Counter[str] = Counter()
         self.serving = False  # the background loop runs (else waits recover and publish themselves)
+        self.url: str | None = None  # this peer's HTTP endpoint, advertised to the fleet
+        self._caps: tuple[Config, float, HostCaps] | None = None
         self.wake = anyio.Event()
         self.wake_at: float | None = None
         self._cursor = store.last_event_id()
@@ -105,6 +120,14 @@ class Core:
         if row is not None:
             self.record_status(row)
         return row
+
+    def caps(self, *, fresh: bool = False) -> HostCaps:
+        """What this host can run (host_caps), looked up again when the config changes, every
+        CAPS_TTL_S, and when asked (a dispatch: an agent installed a moment ago counts)."""
+        config, now = self.config, time.monotonic()
+        if fresh or self._caps is None or self._caps[0] is not config or now - self._caps[1] > CAPS_TTL_S:
+            self._caps = (config, now, host_caps(config))
+        return self._caps[2]
 
     @staticmethod
     def record_status(row: WorkspaceRow) -> None:

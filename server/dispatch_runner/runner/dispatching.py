@@ -15,6 +15,7 @@ from ..errors import WorkspaceUnavailable
 from ..store import NewWorkspace, WorkspaceRow
 from .core import Core
 from .draining import Drainer
+from .placement import Fleet
 from .validation import new_workspace
 
 ID_TRIES = 5
@@ -35,7 +36,13 @@ class Dispatcher:
         def attempt() -> dict[str, Any]:
             # validation resolves paths and may run git: off the event loop, with the rest
             for _ in range(ID_TRIES):
-                new = new_workspace(self.core.config, req, origin=origin, parent=parent)
+                new = new_workspace(
+                    self.core.config,
+                    req,
+                    origin=origin,
+                    parent=parent,
+                    fleet=Fleet(self.core.caps(fresh=True), self.core.store.peers),
+                )
                 try:
                     return self._dispatch_sync(new, req.max_wait_s)
                 except _IdTaken:

@@ -4,6 +4,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ class Drainer:
         Returns the workspaces started."""
         spawned: list[str] = []
         while True:
-            result = self.core.store.claim_next(now=None, limits=self.core.limits, peer=self.core.peer)
+            result = self.core.store.claim_next(
+                now=None, limits=self.core.limits, peer=self.core.peer, can=self.core.caps()
+            )
             self.core.schedule(result.wake_at)
             if result.claim is None:
                 return spawned
@@ -33,8 +36,13 @@ class Drainer:
 
     def _spawn(self, claim: Claim) -> bool:
         ws = claim.workspace
-        path = Path(ws.path)
         config = self.core.config
+        try:
+            if ws.host is None and ws.pool in config.agents:
+                ws = self._for_this_host(ws)
+        except OSError as exc:
+            return self._not_started(claim.run_id, ws, exc)
+        path = Path(ws.path)
         spec = {
             **self._current_spec(ws),
             # without its password: spec files sit beside the agent's files; the shim takes the
@@ -47,6 +55,7 @@ class Drainer:
             "cwd": ws.run_dir,
             "timeout_s": ws.timeout_s,
             "kill_grace_s": config.kill_grace_s,
+            "lease_s": config.lease_s,
             "rate": runfiles.rate_to_spec(config.rates.get(ws.pool)),
             "drainer": self.core.drainer_spec(),
         }
@@ -61,15 +70,41 @@ class Drainer:
                 spec_path=spec_path,
             )
         except OSError as exc:
-            # Counted as a failed attempt, with backoff: given back instead, the same head would
-            # be claimed again at once, in a loop that stalls the pool and grows the store.
-            log.error("cannot start the run of %s: %s", ws.id, exc)
-            self.core.counts["spawn_failures"] += 1
-            self.core.record(claim.run_id, runfiles.start_failure(exc, where=str(path)))
-            return False
+            return self._not_started(claim.run_id, ws, exc)
         self.core.counts["spawned"] += 1
         workspaces.write_status(ws, now=time.time())
         return True
+
+    def _not_started(self, run_id: int, ws: WorkspaceRow, exc: OSError) -> bool:
+        """Counted as a failed attempt, with backoff: given back instead, the same head would be
+        claimed again at once, in a loop that stalls the pool and grows the store."""
+        log.error("cannot start the run of %s: %s", ws.id, exc)
+        self.core.counts["spawn_failures"] += 1
+        self.core.record(run_id, runfiles.start_failure(exc, where=ws.path))
+        return False
+
+    def _for_this_host(self, ws: WorkspaceRow) -> WorkspaceRow:
+        """A workspace that may run on any host runs with this host's agent (its agents.yaml
+        says where that agent is and how it is called), in a directory under this host's
+        workspace root: made here, and recorded, when it was dispatched on another host. The
+        prompt is rebuilt from the task by the shim."""
+        root = self.core.config.workspace_root
+        path, run_dir = Path(ws.path), Path(ws.run_dir)
+        if path.parent != root:
+            path = root / ws.id
+            run_dir = path / "work"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.core.store.relocate(ws.id, path=str(path), run_dir=str(run_dir))
+        agent_def = self.core.config.agents[ws.pool]
+        spec = runfiles.agent_spec(
+            agent_def,
+            model=ws.model,
+            path=path,
+            run_dir=run_dir,
+            branch=None,
+            template_text=ws.spec.get("template_text"),
+        )
+        return replace(ws, path=str(path), run_dir=str(run_dir), spec=spec)
 
     def _current_spec(self, ws: WorkspaceRow) -> Mapping[str, Any]:
         """The stored spec; one queued before argv was compiled (a rendered argv, the prompt in

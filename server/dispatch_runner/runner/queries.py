@@ -18,6 +18,7 @@ from ..launch import supervisor
 from ..model import WorkspaceState
 from ..policy import MAX_WAIT_TIMEOUT_S
 from ..store import WorkspaceRow
+from . import remote
 from .core import Core
 from .views import tail_lines, wait_row, workspace_view
 
@@ -97,15 +98,19 @@ class Queries:
             host=run.host if run and run.host else row.host,
         )
 
-    async def logs(self, req: LogsRequest) -> dict[str, Any]:
+    async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
         next page, `eof` once the run is over and nothing is left, `more` when the page was
         full. `runs` lists every run with a log (retries start new ones): pass `run` back to
-        stay on one. `cursor` (one stream) is where the page ended, to seek there next time."""
+        stay on one. `cursor` (one stream) is where the page ended, to seek there next time.
+        A run of another host is read through that host's peer (`host` says which), unless
+        `here_only` (that peer's own answer)."""
         _check_logs_request(req)
         row = await self.core.db(self.core.store.get_workspace, req.workspace)
         if row is None:
             raise UnknownWorkspace(req.workspace)
+        if not here_only and (found := await self._elsewhere(row, req)) is not None:
+            return found
         path = Path(row.path)
         runs = await anyio.to_thread.run_sync(workspaces.log_runs, path)
         number = req.run if req.run is not None else (runs[-1] if runs else 1)
@@ -141,6 +146,15 @@ class Queries:
             "cursor": page.cursor,
             "state": row.state,
         }
+
+    async def _elsewhere(self, row: WorkspaceRow, req: LogsRequest) -> dict[str, Any] | None:
+        """The page of a run that ran on another host, read through that host's peer."""
+        store = self.core.store
+        host = await self.core.db(remote.host_of_run, store, row, req.run or row.runs)
+        if host is None:
+            return None
+        found: dict[str, Any] = await self.core.db(remote.logs_elsewhere, store, row, req, host)
+        return found
 
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
         ids = _check_wait_request(req)

@@ -17,6 +17,7 @@ from .core import Core, peer_alive
 
 log = logging.getLogger("dispatch_runner")
 DEAD_CLAIMER_GRACE_S = 2.0  # a shim may still be starting after its peer died
+LEASE_GRACE_S = 5.0  # a lease is judged expired this long after its end (clocks may differ)
 PEER_EXPIRY_S = 60.0  # a peer silent this long is gone (its heartbeat is every 2 s)
 
 
@@ -25,23 +26,36 @@ class Recovery:
         self.core = core
 
     async def recover(self) -> None:
-        """Return stale reservations; record exits whose shim died; mark vanished runs lost."""
+        """Return stale reservations; record exits whose shim died; mark vanished runs lost;
+        judge other hosts' runs by their leases."""
         core = self.core
         core.launcher.reap()
         runs = await core.db(core.store.active_runs)
         now = time.time()
         here = supervisor.host_id()
         for run in runs:
-            if run.phase != "reserved" and run.host not in (None, here):
-                continue  # another host's run: only its own host can look at its processes
             if run.phase == "reserved":
                 await self._recover_reservation(run, now)
-            elif not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
-                if await anyio.to_thread.run_sync(self._recover_dead_shim, run.id):
-                    core.nudge()
-            elif run.kill_requested and run.agent_pid and now - run.claimed_at > core.config.kill_grace_s:
-                # the killer went away before the agent ended (e.g. a CLI interrupted): finish it
-                await anyio.to_thread.run_sync(self.stop_agent, run)
+            elif run.host not in (None, here):
+                # another host's run: judged by its lease, never by its processes
+                if run.lease_until is not None and run.lease_until + LEASE_GRACE_S < now:
+                    if await core.db(self._lease_expired, run, now):
+                        core.nudge()
+            elif await self._recover_running(run, now):
+                core.nudge()
+
+    async def _recover_running(self, run: RunRow, now: float) -> bool:
+        """A run of this host, judged by its processes; True when its end was recorded."""
+        if not supervisor.is_alive(run.shim_pid, run.shim_start, run.boot_id):
+            return bool(await anyio.to_thread.run_sync(self._recover_dead_shim, run.id))
+        if run.agent_pid and not supervisor.is_alive(run.agent_pid, run.agent_start, run.boot_id):
+            # the agent ended and its shim lives but has not recorded it (its store connection
+            # failed, it is retrying): the exit file it wrote first says how the run ended
+            return bool(await anyio.to_thread.run_sync(self._record_exit_file, run.id))
+        if run.kill_requested and run.agent_pid and now - run.claimed_at > self.core.config.kill_grace_s:
+            # the killer went away before the agent ended (e.g. a CLI interrupted): finish it
+            await anyio.to_thread.run_sync(self.stop_agent, run)
+        return False
 
     async def _recover_reservation(self, run: RunRow, now: float) -> None:
         """A claim whose shim never started: killed if asked; given back (not an attempt, no
@@ -118,6 +132,32 @@ class Recovery:
             self.core.counts["lost"] += 1
         result, ended = found
         return self.core.record(run.id, result, now=ended) is not None
+
+    def _lease_expired(self, run: RunRow, now: float) -> bool:
+        """A run of another host whose shim stopped renewing its lease: that host died, or its
+        shim did, or it cannot reach the store (its shim then stops the agent itself). Lost, and
+        retried per max_attempts; recorded once, whichever peer of the fleet sees it first."""
+        silent = now - (run.lease_until or now)
+        result = RunExit(
+            outcome=Outcome.LOST,
+            exit_code=None,
+            detail=f"its lease on host {run.host} expired {silent:.0f}s ago without an exit "
+            "(that host, or the run's shim there, went silent)",
+        )
+        if self.core.record(run.id, result, now=now) is None:
+            return False
+        self.core.counts["lost"] += 1
+        return True
+
+    def _record_exit_file(self, run_id: int) -> bool:
+        store = self.core.store
+        run = store.get_run(run_id)
+        ws = store.get_workspace(run.workspace) if run and run.phase == "running" else None
+        found = runfiles.read_exit_file(Path(ws.path), run_id) if ws else None
+        if found is None:
+            return False  # not written yet: the shim is about to
+        result, ended = found
+        return self.core.record(run_id, result, now=ended) is not None
 
     def forget_dead_peers(self) -> int:
         """Rows of peers that died without withdrawing (SIGKILL, a crash): the table stays as

@@ -122,8 +122,13 @@ class Runner:
     async def status(self, req: StatusRequest) -> dict[str, Any]:
         return await self.queries.status(req)
 
-    async def logs(self, req: LogsRequest) -> dict[str, Any]:
-        return await self.queries.logs(req)
+    async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
+        return await self.queries.logs(req, here_only=here_only)
+
+    def advertise(self, url: str) -> None:
+        """The URL other hosts reach this peer's HTTP endpoint at (registered with its heartbeat:
+        they read logs of runs on this host through it)."""
+        self.core.url = url
 
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
         return await self.queries.wait(req, progress=progress)
@@ -297,6 +302,8 @@ class Runner:
             boot_id=supervisor.boot_id(),
             kind=self.core.kind,
             now=time.time(),
+            can=self.core.caps(),
+            url=self.core.url,
         )
         await self.core.db(self.recovery.forget_dead_peers)
 

@@ -5,36 +5,39 @@ sentence a model or a person can act on."""
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .. import argv as argvlib
 from .. import validate, workspaces
 from ..actions import DispatchRequest
-from ..config import Config
-from ..errors import AgentUnavailable, InvalidArgument, TaskTooLarge
+from ..config import AgentDef, Config
+from ..errors import InvalidArgument, TaskTooLarge
 from ..launch import runfiles, supervisor
 from ..model import AgentRef, Priority
 from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S
 from ..store import NewWorkspace
 from ..validate import human_size
+from .placement import Fleet, place
 
 
 def new_workspace(
-    cfg: Config, req: DispatchRequest, *, origin: str | None, parent: str | None
+    cfg: Config,
+    req: DispatchRequest,
+    *,
+    origin: str | None,
+    parent: str | None,
+    fleet: Fleet,
 ) -> NewWorkspace:
     """The workspace a valid dispatch stores; raises a DispatchError for an invalid one. May run
-    git and resolve paths: call it off the event loop."""
+    git, resolve paths and read the fleet's peers: call it off the event loop."""
     check_dispatch_values(req)
     _check_size(cfg, req.task)
-    ref = AgentRef.parse(req.agent or cfg.default_agent)
-    agent_def = cfg.agent_def(ref)
+    agent_def = cfg.agent_def(ref := AgentRef.parse(req.agent or cfg.default_agent))
     model = ref.model or agent_def.model
-    priority = Priority.parse(req.priority)
     template_name = _template(cfg, req.template)
     cwd_path, repo_path = _places(cfg, req.cwd, req.repo)
-    if supervisor.find_executable(agent_def.command[0], agent_def.env) is None:
-        raise AgentUnavailable(str(ref), agent_def.command[0])
-    ws_id = workspaces.new_id()
-    path = cfg.workspace_root / ws_id
+    placement = place(ref, agent_def, req, pinned=bool(cwd_path or repo_path), fleet=fleet)
+    path = cfg.workspace_root / (ws_id := workspaces.new_id())
     branch = f"runner/{ws_id}" if repo_path else None
     run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
     template_text = cfg.templates[template_name]
@@ -42,8 +45,7 @@ def new_workspace(
     spec = runfiles.agent_spec(
         agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
     )
-    env = {**agent_def.env, **supervisor.run_marker(ws_id, 2**63)}
-    check_argv_fits(ref, spec["argv"], {"prompt": prompt, "task": req.task}, env)
+    _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
     return NewWorkspace(
         id=ws_id,
         pool=ref.pool,
@@ -52,7 +54,7 @@ def new_workspace(
         task=req.task,
         prompt=prompt,
         template=template_name,
-        priority=int(priority),
+        priority=int(Priority.parse(req.priority)),
         label=req.label,
         path=str(path),
         run_dir=str(run_dir),
@@ -65,8 +67,16 @@ def new_workspace(
         origin=origin,
         parent=parent,
         spec=spec,
-        host=supervisor.host_id(),  # its directory (and worktree) exist on this host only
+        host=placement.host,
+        requires=placement.requires,
     )
+
+
+def _check_fits(
+    ref: AgentRef, agent_def: AgentDef, ws_id: str, spec: dict[str, Any], prompt: str, task: str
+) -> None:
+    env = {**agent_def.env, **supervisor.run_marker(ws_id, 2**63)}
+    check_argv_fits(ref, spec["argv"], {"prompt": prompt, "task": task}, env)
 
 
 def check_dispatch_values(req: DispatchRequest) -> None:

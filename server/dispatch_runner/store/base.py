@@ -18,6 +18,15 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HostCaps:
+    """What a claiming peer's host can run: the pools whose agent it has (None: any) and its
+    labels. A claim takes only workspaces that fit (lifecycle.fits)."""
+
+    pools: frozenset[str] | None = None
+    labels: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewWorkspace:
     id: str
     pool: str
@@ -40,7 +49,8 @@ class NewWorkspace:
     parent: str | None
     spec: Mapping[str, Any]  # how to start the agent: compiled argv, stdin, env, output, patterns
     base_commit: str | None = None  # HEAD of `repo` when its worktree was made
-    host: str | None = None  # where its directory is: only that host's peers claim it
+    host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
+    requires: tuple[str, ...] = ()  # labels the host that runs it must have
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +92,8 @@ class WorkspaceRow:
     current_run: int | None
     pid: int | None
     spec: Mapping[str, Any]
-    host: str | None = None  # where its directory is: only that host's peers claim it
+    host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
+    requires: tuple[str, ...] = ()  # labels the host that runs it must have
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +114,8 @@ class RunRow:
     ended_at: float | None
     kill_requested: bool
     host: str | None = None  # the claiming peer's host: the only one that may judge the run
+    lease_until: float | None = None  # renewed by its shim; judged across hosts (None: old shim)
+    outcome: str | None = None  # once exited: completed, failed, lost, …
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,16 @@ def spawn_reason(exc: OSError) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A renewal's answer: whether the run still runs (False: it was ended elsewhere, e.g. taken
+    for lost when an earlier lease expired, and the shim must stop its agent) and whether a kill
+    was asked for."""
+
+    held: bool
+    kill_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
 class KillPlan:
     cancelled: Sequence[WorkspaceRow]
     to_signal: Sequence[RunRow]
@@ -178,17 +201,31 @@ class Store(Protocol):
     def find_by_idempotency_key(self, key: str) -> WorkspaceRow | None: ...
     def get_workspace(self, workspace_id: str) -> WorkspaceRow | None: ...
     def workspaces(self, ids: Sequence[str]) -> list[WorkspaceRow | None]: ...
-    def claim_next(self, *, now: float | None, limits: Limits, peer: str) -> ClaimResult: ...
+    def claim_next(
+        self, *, now: float | None, limits: Limits, peer: str, can: HostCaps | None = None
+    ) -> ClaimResult: ...
+    def relocate(self, workspace_id: str, *, path: str, run_dir: str) -> None: ...
     def queue_position(self, workspace_id: str) -> int: ...
 
     # runs, written by the shim and by recovery
-    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str, now: float) -> bool: ...
+    def start_run(
+        self,
+        run_id: int,
+        *,
+        shim_pid: int,
+        shim_start: int,
+        boot_id: str,
+        now: float,
+        lease_until: float | None = None,
+    ) -> bool: ...
+    def renew_lease(self, run_id: int, *, until: float) -> Lease: ...
     def record_agent(self, run_id: int, *, agent_pid: int, agent_start: int, now: float) -> bool: ...
     def record_exit(
         self, run_id: int, result: RunExit, *, now: float, rate: RateConfig | None
     ) -> WorkspaceRow | None: ...
     def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None: ...
     def active_runs(self) -> list[RunRow]: ...
+    def runs_of(self, workspace_id: str) -> list[RunRow]: ...
     def get_run(self, run_id: int) -> RunRow | None: ...
 
     # control
@@ -222,7 +259,16 @@ class Store(Protocol):
 
     # peers and housekeeping
     def heartbeat_peer(
-        self, peer: str, *, pid: int, start: int, boot_id: str, kind: str, now: float
+        self,
+        peer: str,
+        *,
+        pid: int,
+        start: int,
+        boot_id: str,
+        kind: str,
+        now: float,
+        can: HostCaps | None = None,
+        url: str | None = None,
     ) -> None: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def remove_peers(self, peers: Sequence[str]) -> int: ...

@@ -15,7 +15,7 @@ from .. import policy
 from ..errors import QueueBusy
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
-from .base import Limits, RunExit, WorkspaceRow
+from .base import HostCaps, Limits, RunExit, WorkspaceRow
 
 _EVENT_FOR_STATE: Final = {
     WorkspaceState.COMPLETED: "AgentCompleted",
@@ -267,6 +267,20 @@ class Ordered(Protocol):
 
 
 H = TypeVar("H", bound=Ordered)
+
+
+def runs_pool(can: HostCaps | None, pool: str) -> bool:
+    """The claiming host has the pool's agent (and the pool's labels). Of another pool it takes
+    only workspaces pinned to it, which fail there with the reason rather than wait forever."""
+    return can is None or can.pools is None or pool in can.pools
+
+
+def fits(ws: WorkspaceRow, *, host: str, can: HostCaps | None) -> bool:
+    """The claiming host may run this workspace: it is the host the workspace names (if any) and
+    has every label it requires."""
+    if ws.host is not None and ws.host != host:
+        return False
+    return not ws.requires or (can is not None and set(ws.requires) <= can.labels)
 
 
 def best_head(heads: Iterable[H]) -> H | None:

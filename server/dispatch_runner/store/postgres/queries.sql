@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host)
-   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s);
+   origin, parent, spec, rev, host, requires)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s);
 
 -- name: server_time
 SELECT extract(epoch FROM clock_timestamp())::double precision;
@@ -117,12 +117,20 @@ WITH RECURSIVE l(lane) AS (
    SELECT lane FROM l WHERE lane IS NOT NULL;
 
 -- name: lane_head
--- the head of one lane that this host can run: one probe of workspaces_queue (workspaces
--- of other hosts in the lane are stepped over)
+-- a page of the head of one lane that this host can run: a probe of workspaces_queue
+-- (workspaces of other hosts are stepped over; the claimer checks each one's requires, so
+-- the first row is nearly always the head)
 SELECT * FROM workspaces
    WHERE state = 'queued' AND lane = %s AND not_before <= %s
    AND (host IS NULL OR host = %s)
-   ORDER BY priority, created_at, seq LIMIT 1;
+   ORDER BY priority, created_at, seq LIMIT %s OFFSET %s;
+
+-- name: lane_head_pinned
+-- the same, of a pool this host has no agent for: only workspaces pinned to this host
+SELECT * FROM workspaces
+   WHERE state = 'queued' AND lane = %s AND not_before <= %s
+   AND host = %s
+   ORDER BY priority, created_at, seq LIMIT %s OFFSET %s;
 
 -- name: next_not_before
 SELECT min(not_before) FROM workspaces
@@ -154,13 +162,16 @@ INSERT INTO pool_state (pool, backoff_until, fail_count, last_spawn, daily_count
 -- name: run
 SELECT * FROM runs WHERE id = %s;
 
+-- name: workspace_runs
+SELECT * FROM runs WHERE workspace = %s ORDER BY id;
+
 -- name: active_runs
 SELECT * FROM runs WHERE phase IN ('reserved', 'running') ORDER BY id;
 
 -- name: start_run
 -- compare-and-set reserved -> running
 UPDATE runs SET phase = 'running', shim_pid = %s, shim_start = %s, boot_id = %s,
-   started_at = %s WHERE id = %s AND phase = 'reserved' AND kill_requested = 0;
+   started_at = %s, lease_until = %s WHERE id = %s AND phase = 'reserved' AND kill_requested = 0;
 
 -- name: started_run
 SELECT r.attempt, w.id, w.agent, w.origin FROM runs r JOIN workspaces w
@@ -175,6 +186,15 @@ UPDATE workspaces SET started_at = %s WHERE current_run = %s;
 
 -- name: kill_requested
 SELECT kill_requested FROM runs WHERE id = %s;
+
+-- name: relocate_workspace
+-- a workspace that may run on any host, moved to its claiming host's workspace root
+UPDATE workspaces SET path = %s, run_dir = %s, rev = rev + 1 WHERE id = %s;
+
+-- name: renew_lease
+-- the shim's heartbeat: only while its run is still running (a run already taken for lost
+-- stays lost)
+UPDATE runs SET lease_until = %s WHERE id = %s AND phase = 'running';
 
 -- name: requeues
 SELECT count(*) FROM runs WHERE workspace = %s AND outcome = %s;
@@ -245,11 +265,11 @@ SELECT pool, count(*) FROM runs WHERE ended_at >= %s AND ended_at IS NOT NULL GR
 
 -- name: recent_running
 -- {filters}: none, or the filter_* blocks below, each starting with AND
-SELECT * FROM workspaces WHERE state = 'running' {filters}
+SELECT *, (SELECT host FROM runs WHERE id = current_run) AS run_host FROM workspaces WHERE state = 'running' {filters}
    ORDER BY created_at DESC LIMIT %s;
 
 -- name: recent_not_running
-SELECT * FROM workspaces WHERE state != 'running' {filters}
+SELECT *, (SELECT host FROM runs WHERE id = current_run) AS run_host FROM workspaces WHERE state != 'running' {filters}
    ORDER BY created_at DESC LIMIT %s;
 
 -- name: filter_agent
@@ -261,10 +281,11 @@ AND state = %s;
 -- ---- peers and housekeeping ------------------------------------------------------------------
 
 -- name: heartbeat_peer
-INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema)
-   VALUES (%s,%s,%s,%s,%s,%s,%s)
+INSERT INTO peers (id, pid, start, boot_id, kind, heartbeat_at, schema, host, agents, labels, url)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
    ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-   schema = excluded.schema;
+   schema = excluded.schema, host = excluded.host, agents = excluded.agents,
+   labels = excluded.labels, url = excluded.url;
 
 -- name: peers
 SELECT * FROM peers ORDER BY heartbeat_at DESC;

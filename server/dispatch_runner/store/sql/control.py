@@ -1,13 +1,14 @@
 """The control side of a SQL store: freezing the queue, kills, peers and garbage collection."""
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from ...model import WorkspaceState, check_transition
-from ..base import KillPlan, RunRow, WorkspaceRow
+from ..base import HostCaps, KillPlan, RunRow, WorkspaceRow
 from .conn import Conn
 from .core import Conflict, SQLCore
-from .rows import read_frozen, read_workspace, run_row, workspace_row
+from .rows import host_of, read_frozen, read_workspace, run_row, workspace_row
 
 GC_CHUNK = 500  # ids per DELETE … IN (…), well under SQLite's bound-parameter limit
 
@@ -61,15 +62,33 @@ class ControlSide(SQLCore):
 
     # ---- peers and housekeeping -------------------------------------------------------------
 
-    def heartbeat_peer(self, peer: str, *, pid: int, start: int, boot_id: str, kind: str, now: float) -> None:
-        self._write(
-            lambda db: db.execute(
-                db.q.heartbeat_peer, (peer, pid, start, boot_id, kind, now, self.schema_version)
-            )
-        )
+    def heartbeat_peer(
+        self,
+        peer: str,
+        *,
+        pid: int,
+        start: int,
+        boot_id: str,
+        kind: str,
+        now: float,
+        can: HostCaps | None = None,
+        url: str | None = None,
+    ) -> None:
+        """This peer lives; its host can run `can` (advertised to the fleet) and serves `url`."""
+        agents = json.dumps(sorted(can.pools)) if can is not None and can.pools is not None else None
+        labels = json.dumps(sorted(can.labels)) if can is not None else None
+        args = (peer, pid, start, boot_id, kind, now, self.schema_version, host_of(peer), agents, labels, url)
+        self._write(lambda db: db.execute(db.q.heartbeat_peer, args))
 
     def peers(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._read(self.q.peers)]
+        """Every registered peer: `agents` and `labels` decoded (agents None: not advertised)."""
+        found = []
+        for r in self._read(self.q.peers):
+            row = dict(r)
+            row["agents"] = json.loads(row["agents"]) if row.get("agents") else None
+            row["labels"] = json.loads(row["labels"]) if row.get("labels") else []
+            found.append(row)
+        return found
 
     def remove_peers(self, peers: Sequence[str]) -> int:
         if not peers:

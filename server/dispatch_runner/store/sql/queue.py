@@ -11,7 +11,7 @@ from functools import cached_property
 from ... import policy
 from ...model import WorkspaceState
 from .. import lifecycle
-from ..base import Claim, ClaimResult, EnqueueResult, Limits, NewWorkspace, WorkspaceRow
+from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, WorkspaceRow
 from .conn import Conn
 from .core import Conflict, SQLCore
 from .rows import (
@@ -66,15 +66,19 @@ class QueueSide(SQLCore):
 
     # ---- the gate ---------------------------------------------------------------------------
 
-    def claim_next(self, *, now: float | None, limits: Limits, peer: str) -> ClaimResult:
+    def claim_next(
+        self, *, now: float | None, limits: Limits, peer: str, can: HostCaps | None = None
+    ) -> ClaimResult:
         """`now=None` reads the clock inside the transaction, after the write lock is held, so
-        claim times follow commit order across peers."""
-        return self._write(lambda db: self._claim(db, time.time() if now is None else now, limits, peer))
+        claim times follow commit order across peers. `can`: what the peer's host can run (None:
+        anything but workspaces that require labels)."""
+        return self._write(lambda db: self._claim(db, time.time() if now is None else now, limits, peer, can))
 
-    def _claim(self, db: Conn, now: float, limits: Limits, peer: str) -> ClaimResult:
+    def _claim(self, db: Conn, now: float, limits: Limits, peer: str, can: HostCaps | None) -> ClaimResult:
         if read_frozen(db):
             return ClaimResult(None, None)
-        best, wake = _pick(db, now, limits, host_of(peer), lock=lambda pools: self._lock_pools(db, pools))
+        pick = _Pick(db, now, host_of(peer), can)
+        best, wake = pick(limits, lock=lambda pools: self._lock_pools(db, pools))
         later = db.execute(db.q.next_not_before, (now,)).fetchone()[0]
         if later is not None:
             wake.append(float(later))
@@ -137,23 +141,49 @@ def _running_counts(db: Conn) -> tuple[dict[str, int], dict[tuple[str, str | Non
     return pools, models
 
 
-def _pick(
-    db: Conn, now: float, limits: Limits, host: str, *, lock: Callable[[list[str]], None]
-) -> tuple[WorkspaceRow | None, list[float]]:
-    """The best head among the lanes the lifecycle opens, one index probe per open lane; and the
-    times at which a time-gated pool opens. The pools with queued work are locked (`lock`, in
-    sorted order) before their runs are counted."""
-    lanes = [lane_from(r[0]) for r in db.execute(db.q.queued_lanes).fetchall()]
-    lock(sorted({lane.pool for lane in lanes}))
-    running_pool, running_model = _running_counts(db)
-    pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
-    taken, wake = lifecycle.open_lanes(
-        lanes, pools=pools, running_pool=running_pool, running_model=running_model, limits=limits, now=now
-    )
-    heads = [
-        db.execute(db.q.lane_head, (lane_of(lane.pool, lane.model), now, host)).fetchone() for lane in taken
-    ]
-    return lifecycle.best_head(workspace_row(h) for h in heads if h is not None), wake
+class _Pick:
+    """The best head among the lanes the lifecycle opens and this host can run, one index probe
+    per open lane (a page of it, when the lane's first workspaces need another host or labels
+    this one lacks); and the times at which a time-gated pool opens."""
+
+    PAGE = 16
+
+    def __init__(self, db: Conn, now: float, host: str, can: HostCaps | None) -> None:
+        self.db, self.now, self.host, self.can = db, now, host, can
+
+    def __call__(
+        self, limits: Limits, *, lock: Callable[[list[str]], None]
+    ) -> tuple[WorkspaceRow | None, list[float]]:
+        """The pools with queued work are locked (`lock`, in sorted order) before their runs are
+        counted."""
+        db = self.db
+        lanes = [lane_from(r[0]) for r in db.execute(db.q.queued_lanes).fetchall()]
+        lock(sorted({lane.pool for lane in lanes}))
+        running_pool, running_model = _running_counts(db)
+        pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
+        taken, wake = lifecycle.open_lanes(
+            lanes,
+            pools=pools,
+            running_pool=running_pool,
+            running_model=running_model,
+            limits=limits,
+            now=self.now,
+        )
+        return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
+
+    def _head(self, lane: lifecycle.Lane) -> WorkspaceRow | None:
+        key = lane_of(lane.pool, lane.model)
+        sql = self.db.q.lane_head if lifecycle.runs_pool(self.can, lane.pool) else self.db.q.lane_head_pinned
+        offset = 0
+        while True:
+            rows = self.db.execute(sql, (key, self.now, self.host, self.PAGE, offset)).fetchall()
+            for row in rows:
+                ws = workspace_row(row)
+                if lifecycle.fits(ws, host=self.host, can=self.can):
+                    return ws
+            if len(rows) < self.PAGE:
+                return None
+            offset += self.PAGE
 
 
 def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> Claim:

@@ -53,6 +53,7 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         ws.parent,
         json.dumps(ws.spec),
         ws.host,
+        json.dumps(sorted(ws.requires)) if ws.requires else None,
     )
 
 
@@ -136,6 +137,7 @@ def workspace_row(row: Row) -> WorkspaceRow:
         pid=None,
         spec=json.loads(row["spec"]),
         host=row["host"],
+        requires=tuple(json.loads(row["requires"])) if row["requires"] else (),
     )
 
 
@@ -157,4 +159,6 @@ def run_row(row: Row) -> RunRow:
         ended_at=row["ended_at"],
         kill_requested=bool(row["kill_requested"]),
         host=row["host"],
+        lease_until=row["lease_until"],
+        outcome=row["outcome"],
     )

@@ -7,18 +7,28 @@ a never-started claim's slot given back); this side loads the rows and writes th
 from ...model import Outcome
 from ...policy import RateConfig
 from .. import lifecycle
-from ..base import RunExit, RunRow, WorkspaceRow
+from ..base import Lease, RunExit, RunRow, WorkspaceRow
 from .conn import Conn
 from .core import Conflict, SQLCore
 from .rows import read_pool_state, read_workspace, run_row, save_pool_state, spawn_mark
 
 
 class RunSide(SQLCore):
-    def start_run(self, run_id: int, *, shim_pid: int, shim_start: int, boot_id: str, now: float) -> bool:
-        """Compare-and-set reserved -> running; False when the reservation was given back."""
+    def start_run(
+        self,
+        run_id: int,
+        *,
+        shim_pid: int,
+        shim_start: int,
+        boot_id: str,
+        now: float,
+        lease_until: float | None = None,
+    ) -> bool:
+        """Compare-and-set reserved -> running; False when the reservation was given back. The
+        run's lease (renewed by its shim) runs until `lease_until`."""
 
         def tx(db: Conn) -> bool:
-            cur = db.execute(db.q.start_run, (shim_pid, shim_start, boot_id, now, run_id))
+            cur = db.execute(db.q.start_run, (shim_pid, shim_start, boot_id, now, lease_until, run_id))
             if cur.rowcount != 1:
                 return False
             run = db.execute(db.q.started_run, (run_id,)).fetchone()
@@ -49,9 +59,27 @@ class RunSide(SQLCore):
 
         return self._write(tx)
 
+    def renew_lease(self, run_id: int, *, until: float) -> Lease:
+        """The shim's heartbeat: extend the run's lease while it still runs."""
+
+        def tx(db: Conn) -> Lease:
+            held = db.execute(db.q.renew_lease, (until, run_id)).rowcount == 1
+            row = db.execute(db.q.kill_requested, (run_id,)).fetchone()
+            return Lease(held=held, kill_requested=bool(row and row[0]))
+
+        return self._write(tx)
+
+    def relocate(self, workspace_id: str, *, path: str, run_dir: str) -> None:
+        """A workspace that may run on any host moved to the directory its claiming host made."""
+        self._write(lambda db: db.execute(db.q.relocate_workspace, (path, run_dir, workspace_id)))
+
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._read(self.q.run, (run_id,))
         return run_row(rows[0]) if rows else None
+
+    def runs_of(self, workspace_id: str) -> list[RunRow]:
+        """Every run of a workspace, oldest first (each names the host it ran on)."""
+        return [run_row(r) for r in self._read(self.q.workspace_runs, (workspace_id,))]
 
     def active_runs(self) -> list[RunRow]:
         return [run_row(r) for r in self._read(self.q.active_runs)]

@@ -31,7 +31,9 @@ def snapshot(
         "frozen": frozen,
         "pools": dict(sorted(pools.items())),
         "counts": counts,
-        "workspaces": [_short(workspace_row(r), now) for r in _recent(db, agent, state, limit)],
+        "workspaces": [
+            _short(workspace_row(r), now, r["run_host"]) for r in _recent(db, agent, state, limit)
+        ],
     }
 
 
@@ -100,7 +102,8 @@ def _recent(db: Conn, agent: str | None, state: str | None, limit: int) -> list[
     return rows
 
 
-def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
+def _short(ws: WorkspaceRow, now: float, run_host: str | None) -> dict[str, Any]:
+    """`host`: where its latest run ran, else where it must run (null: any host, not run yet)."""
     end = ws.ended_at if ws.ended_at is not None else (now if ws.state == "running" else None)
     duration = None if ws.started_at is None or end is None else round(end - ws.started_at, 3)
     return {
@@ -112,4 +115,5 @@ def _short(ws: WorkspaceRow, now: float) -> dict[str, Any]:
         "created_at": policy.iso(ws.created_at),
         "duration_s": duration,
         "summary": (ws.summary or "")[:200] or None,
+        "host": run_host or ws.host,
     }
