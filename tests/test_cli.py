@@ -1,6 +1,7 @@
 """The CLI as a person uses it: `cli.main(argv)` in-process and the installed command."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,9 @@ def test_doctor_reports_config_agents_and_store(home: Home, capsys: pytest.Captu
         "s from this host's"
     )
     assert "schema version" in checks["store"]["detail"]
+    host = socket.gethostname()
+    assert checks["fleet"]["detail"].startswith(f"this host {host}: agents ")  # the fakes it has
+    assert "agent, claude, codex" in checks["fleet"]["detail"] and "gemini" not in checks["fleet"]["detail"]
 
 
 def test_the_store_flag_wins_over_the_environment_and_the_file(

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..config import Config, defaults, home_dir, load_config
 from ..errors import ConfigError, DispatchError
-from ..launch.supervisor import find_executable
+from ..launch.supervisor import find_executable, host_id
+from .placement import LIVE_PEER_S
 
 MAX_SKEW_OK_S = 1.0
 MAX_SKEW_S = 10.0
@@ -47,7 +48,8 @@ def checks(config_flag: str | None) -> list[dict[str, Any]]:
                 True if found else None,
                 f"{agent.command[0]} -> {found}"
                 if found
-                else f"{agent.command[0]} is not on PATH: dispatches to {name} are refused",
+                else f"{agent.command[0]} is not on PATH: dispatches to {name} are refused "
+                "unless another live host of the fleet has it",
             )
         )
     out += _store(config)
@@ -67,6 +69,7 @@ def _store(config: Config) -> list[dict[str, Any]]:
             before = time.time()
             server = store.server_time()
             skew = server - (before + time.time()) / 2
+            fleet = _fleet(config, store.peers())
         finally:
             store.close()
     except DispatchError as exc:
@@ -81,7 +84,29 @@ def _store(config: Config) -> list[dict[str, Any]]:
             f"{skew:+.3f} s from this host's"
             + ("" if ok else "; run NTP (chronyd, systemd-timesyncd): runs are judged by time across hosts"),
         ),
+        fleet,
     ]
+
+
+def _fleet(config: Config, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    """This host, what it can run, and the other live hosts of the store with what they advertise."""
+    from .core import host_caps
+
+    here, caps = host_id(), host_caps(config)
+    fresh = time.time() - LIVE_PEER_S
+    others = {
+        p["host"]: _offer(p["host"], p["agents"], p["labels"])
+        for p in peers
+        if p.get("host") not in (None, here) and p.get("agents") is not None and p["heartbeat_at"] > fresh
+    }
+    mine = _offer(here, caps.pools or (), caps.labels)
+    return _check("fleet", True, f"this host {mine}" + "".join(f" | {o}" for o in sorted(others.values())))
+
+
+def _offer(host: str, agents: Any, labels: Any) -> str:
+    return (
+        f"{host}: agents {', '.join(sorted(agents)) or 'none'}; labels {', '.join(sorted(labels)) or 'none'}"
+    )
 
 
 def _workspace_root(config: Config) -> dict[str, Any]:
