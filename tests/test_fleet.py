@@ -34,6 +34,14 @@ SPECIAL_MISSING = "  special:\n    command: [/nonexistent/special-cli, '{prompt}
 SPECIAL_HERE = f"  special:\n    command: [{PY}, {FAKE_AGENT}, '{{prompt}}']\n"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fleet's store for the tests that span hosts: the home's SQLite file, or PostgreSQL."""
+    if request.param == "postgres":
+        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
+    return str(request.param)
+
+
 @pytest.fixture
 def here(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("DISPATCH_RUNNER_HOST_ID", "host-a")
@@ -105,7 +113,7 @@ async def test_a_silent_host_no_longer_counts_as_live(home: Home, here: str) -> 
 # ---- leases ------------------------------------------------------------------------------------
 
 
-async def test_an_expired_lease_makes_the_run_lost_exactly_once(home: Home, here: str) -> None:
+async def test_an_expired_lease_makes_the_run_lost_exactly_once(home: Home, here: str, backend: str) -> None:
     """Two peers judge the same silent run of another host at once: one records it lost, the
     run is retried (a new attempt), and a run whose lease holds, or that has none (a shim from
     before leases), is left alone."""
@@ -225,7 +233,7 @@ class OtherHost:
 
 
 @pytest.fixture
-def host_b(home: Home, here: str) -> Iterator[OtherHost]:
+def host_b(home: Home, here: str, backend: str) -> Iterator[OtherHost]:
     other = OtherHost(home.root, load_config().store_url, home.agent_log)
     yield other
     other.stop()

@@ -100,6 +100,11 @@ class RunSide(SQLCore):
         if run is None or run["phase"] not in ("reserved", "running"):
             return None
         self._lock_pools(db, [run["pool"]])  # its backoff and slots change with claims' in order
+        # read again under the lock: a concurrent recorder (the shim, a peer of another host) may
+        # have ended the run and moved its workspace on while this one waited for the lock
+        run = db.execute(db.q.run, (run_id,)).fetchone()
+        if run["phase"] not in ("reserved", "running"):
+            return None
         ws = read_workspace(db, run["workspace"])
         requeues = db.execute(db.q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         plan = lifecycle.plan_exit(
