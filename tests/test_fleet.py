@@ -75,6 +75,8 @@ async def test_an_agent_missing_here_is_refused_only_when_no_live_host_has_it(ho
         ws = await runner.dispatch(DispatchRequest(task="x", agent="special"))
         row = runner.store.get_workspace(ws["workspace"])
         assert row is not None and row.host is None and row.state == "queued"  # host-b will take it
+        queued = [e for e in runner.store.events_after(0) if e.type == "AgentQueued"]
+        assert queued[-1].data["remote"] is True  # host-b's peers are woken to claim it now
         with pytest.raises(
             InvalidArgument,
             match=r"no live host of the fleet can run agent 'special' with labels tpu; live hosts: host-a \(this host; agents: .*\); host-b \(agents: special; labels: gpu\)",
@@ -342,5 +344,25 @@ async def test_a_peer_records_an_exit_its_live_shim_could_not(home: Home, here: 
         await until(lambda: not _alive(psutil.Process(run.shim_pid)), message="the shim to finish")
         completed = [e for e in runner.store.events_after(0) if e.type == "AgentCompleted"]
         assert len(completed) == 1
+    finally:
+        runner.close()
+
+
+async def test_gc_removes_a_directory_left_behind_when_another_host_took_the_workspace(
+    home: Home, here: str
+) -> None:
+    runner = Runner(load_config(), kind="test")
+    try:
+        await runner.stop()  # keep it queued here
+        ws = await runner.dispatch(DispatchRequest(task="x", agent="agent"))
+        left = Path(ws["path"])
+        runner.store.relocate(ws["workspace"], path="/srv/host-b/ws", run_dir="/srv/host-b/ws/work")  # taken
+        report = await runner.gc(GcRequest())
+        assert report["orphans"] == []  # young: a claim may be moving it right now
+        old = time.time() - 2 * 3600
+        os.utime(left, (old, old))
+        report = await runner.gc(GcRequest())
+        assert report["orphans"] == [str(left)] and not left.exists()
+        assert runner.store.get_workspace(ws["workspace"]) is not None  # the workspace lives on
     finally:
         runner.close()

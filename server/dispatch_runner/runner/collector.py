@@ -104,7 +104,8 @@ class Collector:
 
     def _orphans(self) -> list[Path]:
         """Workspace directories without a row, left by dispatches that died before they were
-        stored; young ones may belong to a dispatch in progress."""
+        stored, or left behind when another host took the workspace (its row names that host's
+        directory); young ones may belong to a dispatch or a claim in progress."""
         root = self.core.config.workspace_root
         try:
             entries = [p for p in root.iterdir() if workspaces.ID_RE.match(p.name) and p.is_dir()]
@@ -117,6 +118,9 @@ class Collector:
                 young = path.stat().st_mtime > cutoff
             except OSError:
                 continue
-            if not young and self.core.store.get_workspace(path.name) is None:
+            if young:
+                continue
+            row = self.core.store.get_workspace(path.name)
+            if row is None or Path(row.path) != path:
                 out.append(path)
         return out

@@ -32,6 +32,7 @@ class Fleet:
 class Placement:
     host: str | None  # the host it must run on; None: any that can
     requires: tuple[str, ...]
+    remote: bool = False  # only another host can run it
 
 
 def check_requires(requires: Sequence[str] | None) -> tuple[str, ...]:
@@ -75,7 +76,7 @@ def place(ref: AgentRef, agent: AgentDef, req: DispatchRequest, *, pinned: bool,
         (target is None or p["host"] == target) and _fits(p["agents"], p["labels"], ref.pool, requires)
         for p in live
     ):
-        return Placement(target, requires)
+        return Placement(target, requires, remote=True)
     raise InvalidArgument("host" if target else "agent", _nowhere(ref, target, requires, here, live, me))
 
 

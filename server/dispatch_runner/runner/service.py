@@ -31,7 +31,7 @@ from ..actions import (
 )
 from ..config import Config, load_config
 from ..errors import DispatchError
-from ..events import TERMINAL_EVENTS, Bus
+from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch import supervisor
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
@@ -237,7 +237,7 @@ class Runner:
             current = self.core.store.data_version()
             if current != version:
                 fresh = await self.core.publish_new()
-                if any(e.type in WAKING_EVENTS for e in fresh):
+                if any(e.type in WAKING_EVENTS or _for_another_host(e) for e in fresh):
                     self.core.nudge()
                 return current
             await anyio.sleep(delay)
@@ -306,6 +306,11 @@ class Runner:
             url=self.core.url,
         )
         await self.core.db(self.recovery.forget_dead_peers)
+
+
+def _for_another_host(event: Event) -> bool:
+    """Work queued on a host that cannot run it: the others claim it now, not at their next tick."""
+    return event.type == "AgentQueued" and bool(event.data.get("remote"))
 
 
 def run_drainer(config: Config) -> None:

@@ -69,6 +69,7 @@ def new_workspace(
         spec=spec,
         host=placement.host,
         requires=placement.requires,
+        remote=placement.remote,
     )
 
 

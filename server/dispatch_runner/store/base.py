@@ -51,6 +51,7 @@ class NewWorkspace:
     base_commit: str | None = None  # HEAD of `repo` when its worktree was made
     host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
     requires: tuple[str, ...] = ()  # labels the host that runs it must have
+    remote: bool = False  # the dispatching host cannot run it: other hosts' peers look at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,7 +49,10 @@ class QueueSide(SQLCore):
             )
             lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
             db.execute(db.q.insert_workspace, insert_args(ws, now))
-            self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority)
+            extra = {"remote": True} if ws.remote else {}
+            self._event(
+                db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority, **extra
+            )
             return EnqueueResult(read_workspace(db, ws.id), False, eta.position, eta.eta_s)
 
         return self._write(tx)
