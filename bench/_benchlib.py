@@ -51,7 +51,7 @@ def _fresh_pg_database(admin_url: str) -> str:
 
     import psycopg
 
-    name = f"dr_bench_{os.getpid()}_{int(time.time())}"
+    name = f"dr_bench_{os.getpid()}_{time.time_ns()}"
     with psycopg.connect(admin_url, autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{name}"')
 
@@ -65,6 +65,19 @@ def _fresh_pg_database(admin_url: str) -> str:
 
 def store_note() -> str:
     return "store: " + (os.environ.get("DISPATCH_RUNNER_STORE") or "sqlite (the home's state.db)")
+
+
+def store_url(home: Path) -> str:
+    """The store a bench's peers share: the fresh PostgreSQL database make_home set up, else the
+    home's SQLite file (what a peer picks by itself from DISPATCH_RUNNER_HOME)."""
+    return os.environ.get("DISPATCH_RUNNER_STORE") or f"sqlite:///{home / 'state.db'}"
+
+
+def fresh_store_url(sqlite_path: Path) -> str:
+    """Another empty store for a bench that needs one per measurement: a fresh PostgreSQL
+    database with DISPATCH_RUNNER_BENCH_PG (dropped at exit), else a new SQLite file."""
+    admin = os.environ.get("DISPATCH_RUNNER_BENCH_PG")
+    return _fresh_pg_database(admin) if admin else f"sqlite:///{sqlite_path}"
 
 
 def bytecode_note() -> str:

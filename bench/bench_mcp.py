@@ -17,12 +17,14 @@ through a ClientExtension and stamps each one with its receive time.
   memory (smaps_rollup). Baselines: sleeping `python -c 'import mcp.server.mcpserver'`, sleeping
   `python -c 'import dispatch_runner.launch.shim'` (a directly started shim), sleeping bare python.
 
+The server's store is the home's SQLite file, or with DISPATCH_RUNNER_BENCH_PG=postgresql://...
+a fresh PostgreSQL database (given to the server as DISPATCH_RUNNER_STORE, dropped at exit).
+
     .venv/bin/python bench/bench_mcp.py [--n 100] [--sleepers 3]
 """
 
 import argparse
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -232,7 +234,7 @@ async def phase_memory(
 
 async def bench_session(home: Path, n: int, sleepers: int) -> dict[str, Any]:
     tag = f"{home}:server"
-    env = {**os.environ, MARKER: tag}
+    env = {**os.environ, MARKER: tag, "DISPATCH_RUNNER_STORE": b.store_url(home)}
     params = StdioServerParameters(command=b.PYTHON, args=["-m", "dispatch_runner.cli", "serve"], env=env)
     pushes = Pushes()
     out: dict[str, Any] = {k: [] for k in ("ping", "list", "dispatch", "b2b", "exit_push", "ended")}
@@ -267,19 +269,22 @@ async def bench_session(home: Path, n: int, sleepers: int) -> dict[str, Any]:
 
 
 def store_breakdown(home: Path, ended: list[tuple[str, float, float]]) -> dict[str, list[float]]:
-    """agent's end stamp -> shim's recorded ended_at -> channel received, from the store rows."""
-    db = sqlite3.connect(f"file:{home / 'state.db'}?mode=ro", uri=True)
+    """agent's end stamp -> shim's recorded ended_at -> channel received, from the store's rows
+    (either backend, through its public methods)."""
+    from dispatch_runner.store import open_store
+
+    store = open_store(b.store_url(home))
     try:
-        out: dict[str, list[float]] = {"shim": [], "peer": []}
-        for ws, stamp, received in ended:
-            row = db.execute("SELECT ended_at FROM workspaces WHERE id = ?", (ws,)).fetchone()
-            if row is None or row[0] is None:
-                continue
-            out["shim"].append(row[0] - stamp)
-            out["peer"].append(received - row[0])
-        return out
+        rows = store.workspaces([ws for ws, _, _ in ended])
     finally:
-        db.close()
+        store.close()
+    out: dict[str, list[float]] = {"shim": [], "peer": []}
+    for (_, stamp, received), row in zip(ended, rows, strict=True):
+        if row is None or row.ended_at is None:
+            continue
+        out["shim"].append(row.ended_at - stamp)
+        out["peer"].append(received - row.ended_at)
+    return out
 
 
 def mb(value: float | None) -> str:
@@ -298,7 +303,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
     home = b.make_home(AGENTS_YAML, "mcp")
     try:
-        print(f"bench_mcp: {b.machine()}\n{b.bytecode_note()}; home {home}")
+        print(f"bench_mcp: {b.machine()}\n{b.bytecode_note()}; home {home}; {b.store_note()}")
         t = time.monotonic()
         # compile the package and the SDK into the bytecode cache once, outside every figure
         warm = b.run_cmd_times(
