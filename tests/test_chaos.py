@@ -1,10 +1,14 @@
-"""Many sessions, one truth: 4 peers on one store (3 stdio servers and an HTTP daemon, plus
-short-lived CLI dispatches), random peers SIGKILLed and restarted while 300 short agents (150 on
-PostgreSQL, whose peers and CLI commands start slower) run through a pool limited to 3 (DESIGN
-§2, §7). On SQLite and on PostgreSQL.
+"""Many sessions, many hosts, one truth: 4 peers on one store (3 stdio servers and an HTTP daemon,
+plus short-lived CLI dispatches) split over 3 host ids with a workspace root each, and a fourth
+host that lacks the agent's executable; random peers and shims SIGKILLed (peers restarted) while
+300 short agents (150 on PostgreSQL, whose peers and CLI commands start slower) run through a
+pool limited to 3 (DESIGN §2, §7). On SQLite and on PostgreSQL.
 
 Asserted from the fake agents' own start/end log and the store: never more than 3 running at
-any instant, every workspace completed exactly once, no agent started twice, nothing left."""
+any instant across hosts, every workspace completed exactly once, an agent started again only
+after its run was lost (its shim killed: recorded lost once, by its host's peer or, when its
+lease expired first, by another host's), work spread over the hosts, none claimed by the host
+without the agent, nothing left."""
 
 import json
 import os
@@ -13,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +26,9 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 
 from dispatch_runner.config import load_config
-from dispatch_runner.store import Limits, open_store
-from tests.conftest import Home, processes_with_env, until
+from dispatch_runner.store import Limits, RunRow, open_store
+from tests.conftest import PY, Home, processes_with_env, until
+from tests.fakes import FAKE_AGENT
 from tests.fakes.overlap import max_overlap, starts
 from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
 
@@ -34,6 +40,48 @@ pytestmark = [
 PEERS = 4
 JOBS = {"sqlite": 300, "postgres": 150}
 LIMIT = 3
+HOSTS = ("host-0", "host-1", "host-2")  # peer k runs on HOSTS[k % 3]; host-0's home is the test's
+LACKING = "host-x"  # serves, but its agents.yaml points the agent at a missing executable
+
+
+def shim_pids(agent_log: Path) -> list[int]:
+    """Live shims: forked by a peer's fork server (or started directly), each a session leader."""
+    pids = []
+    for pid in processes_with_env("FAKE_AGENT_LOG", str(agent_log)):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            leader = os.getsid(pid) == pid
+        except OSError:
+            continue
+        if leader and (b"launch.forkserver" in cmdline or b"launch.shim" in cmdline):
+            pids.append(pid)
+    return pids
+
+
+def host_home(home: Home, host: str) -> Path:
+    """A host's own home: agents.yaml and workspace root (host-0 is the test's home)."""
+    return home.path if host == HOSTS[0] else home.root / host
+
+
+def make_hosts(home: Home) -> None:
+    config = home.config.read_text()
+    for host in HOSTS[1:]:
+        host_home(home, host).mkdir()
+        (host_home(home, host) / "agents.yaml").write_text(config)
+    lacking = home.root / LACKING
+    lacking.mkdir()
+    (lacking / "agents.yaml").write_text(
+        config.replace(f"command: [{PY}, {FAKE_AGENT},", "command: [/nonexistent/agent,")
+    )
+
+
+def host_env(home: Home, host: str, **extra: str) -> dict[str, str]:
+    return {
+        "DISPATCH_RUNNER_HOST_ID": host,
+        "DISPATCH_RUNNER_HOME": str(host_home(home, host)) if host != LACKING else str(home.root / LACKING),
+        "DISPATCH_RUNNER_STORE": load_config().store_url,
+        **extra,
+    }
 
 
 def server_pids(label: str) -> list[int]:
@@ -64,6 +112,7 @@ class Chaos:
         self.dispatched: dict[int, str] = {}
         self.labels = [f"p{k}-0" for k in range(PEERS)]
         self.kills = 0
+        self.shim_kills = 0
         self.by_kind = {"stdio": 0, "http": 0, "cli": 0}
         self.errors: list[str] = []
         self.done = anyio.Event()
@@ -73,20 +122,21 @@ class Chaos:
         while not self.done.is_set():
             label = f"p{k}-{generation}"
             self.labels[k] = label
+            env = host_env(self.home, HOSTS[k % len(HOSTS)], CHAOS_PEER=label)
             try:
                 if k == PEERS - 1:
-                    await self._http_peer(label)
+                    await self._http_peer(label, env)
                 else:
-                    async with connect(self.home.path, CHAOS_PEER=label) as (client, _):
+                    async with connect(Path(env["DISPATCH_RUNNER_HOME"]), **env) as (client, _):
                         await self._dispatch_loop(client, "stdio")
                         await self.done.wait()
             except Exception as exc:  # the peer was SIGKILLed: start a new one
                 self.errors.append(repr(exc)[:300])
             generation += 1
 
-    async def _http_peer(self, label: str) -> None:
+    async def _http_peer(self, label: str, host_env: dict[str, str]) -> None:
         port = free_port()
-        env = {**os.environ, "CHAOS_PEER": label}
+        env = {**os.environ, **host_env}
         with open(self.home.path / f"http-{label}.log", "w") as log:
             proc = await anyio.open_process(
                 [*SERVE, "--transport", "http", "--port", str(port)],
@@ -157,9 +207,32 @@ class Chaos:
         deadline = time.monotonic() + 25
         while not self.done.is_set() and time.monotonic() < deadline:
             await anyio.sleep(self.rng.uniform(0.3, 0.9))  # the chaos schedule, not a wait on state
+            if self.rng.random() < 0.25:  # a shim: its run is lost (once) and retried
+                shims = shim_pids(self.home.agent_log)
+                if shims:
+                    os.kill(self.rng.choice(shims), signal.SIGKILL)
+                    self.shim_kills += 1
+                continue
             for pid in server_pids(self.labels[self.rng.randrange(PEERS)]):
                 os.kill(pid, signal.SIGKILL)
                 self.kills += 1
+
+    async def lacking_host(self) -> None:
+        """A peer of a host without the agent: it serves and advertises, and never claims."""
+        env = {**os.environ, **host_env(self.home, LACKING, CHAOS_PEER="lacking")}
+        with open(self.home.path / "lacking.log", "w") as log:
+            proc = await anyio.open_process(
+                [*SERVE, "--transport", "http", "--port", str(free_port())],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+            try:
+                await self.done.wait()
+            finally:
+                proc.terminate()
+                await proc.wait()
 
 
 def _http_errors(home: Home) -> str:
@@ -181,6 +254,14 @@ def store_rows(jobs: int) -> tuple[dict[str, str], dict[str, int]]:
                 if e.type == "AgentCompleted" and e.workspace:
                     completed[e.workspace] = completed.get(e.workspace, 0) + 1
         return states, completed
+    finally:
+        store.close()
+
+
+def store_runs(workspaces: list[str]) -> dict[str, list[RunRow]]:
+    store = open_store(load_config().store_url)
+    try:
+        return {ws: store.runs_of(ws) for ws in workspaces}
     finally:
         store.close()
 
@@ -222,7 +303,13 @@ def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.Monk
 
 
 async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home: Home, backend: str) -> None:
+    # short leases: a run whose shim was killed while no peer of its host ran is judged by another
+    # host within seconds
     home.write_config(f"concurrency:\n  agent: {LIMIT}\n")
+    home.config.write_text(
+        home.config.read_text().replace("  kill_grace_s: 1\n", "  kill_grace_s: 1\n  lease_s: 2\n")
+    )
+    make_hosts(home)
     seed = int(os.environ.get("CHAOS_SEED", "0")) or random.randrange(1 << 30)
     jobs = JOBS[backend]
     chaos = Chaos(home, seed, jobs)
@@ -232,6 +319,7 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
                 tg.start_soon(chaos.peer, k)
             tg.start_soon(chaos.cli_peer)
             tg.start_soon(chaos.killer)
+            tg.start_soon(chaos.lacking_host)
             await until(
                 lambda: len(chaos.dispatched) == jobs,
                 timeout=60,
@@ -254,13 +342,21 @@ async def test_four_killed_and_restarted_peers_keep_limits_and_lose_nothing(home
             chaos.done.set()
     states, completed = store_rows(jobs)
     assert chaos.kills >= 3, f"the chaos schedule killed only {chaos.kills} peers (seed {seed})"
+    assert chaos.shim_kills >= 1, f"the chaos schedule killed no shim (seed {seed})"
     assert all(chaos.by_kind.values()), f"every kind of peer dispatched: {chaos.by_kind}"
     assert sorted(states) == sorted(chaos.dispatched.values())
     assert set(states.values()) == {"completed"}
     assert completed == dict.fromkeys(states, 1), f"a workspace completed twice (seed {seed})"
-    started = [s["ws"] for s in starts(home.agent_log)]
-    assert sorted(started) == sorted(states), f"an agent started twice or never (seed {seed})"
+    runs = store_runs(sorted(states))
+    started = Counter(s["ws"] for s in starts(home.agent_log))
+    assert set(started) == set(states), f"an agent never started (seed {seed})"
+    for ws, n in started.items():  # again only after a run of it was lost (its shim killed)
+        lost = sum(r.outcome == "lost" for r in runs[ws])
+        assert n <= 1 + lost, f"{ws} started {n} times with {lost} lost runs (seed {seed})"
     assert max_overlap(home.agent_log) <= LIMIT, f"limit exceeded (seed {seed})"
+    hosts = Counter(r.host for rs in runs.values() for r in rs)
+    assert LACKING not in hosts, f"the host without the agent claimed work: {hosts}"
+    assert len(hosts) >= 2, f"the work stayed on one host: {hosts} (seed {seed})"
     await until(
         lambda: not any(processes_with_env("DISPATCH_RUNNER_WORKSPACE", ws) for ws in states),
         message="no agent process left",

@@ -260,6 +260,11 @@ async def test_work_this_host_cannot_run_runs_on_a_host_that_can(home: Home, hos
         )
         status = await runner.status(StatusRequest(workspace=done.id))
         assert status["state"] == "completed"
+        # named for host-b: made here, moved there and run with host-b's agent at its claim
+        named = await runner.dispatch(DispatchRequest(task="@sleep=0.1", agent="special", host="host-b"))
+        done = await until(lambda: _finished(runner.store, named["workspace"]), message="host-b to run it")
+        assert done is not None and done.state == "completed" and done.dir_host == "host-b"
+        assert Path(done.path).parent == host_b.home / "workspaces"
     finally:
         runner.close()
 
@@ -356,7 +361,9 @@ async def test_gc_removes_a_directory_left_behind_when_another_host_took_the_wor
         await runner.stop()  # keep it queued here
         ws = await runner.dispatch(DispatchRequest(task="x", agent="agent"))
         left = Path(ws["path"])
-        runner.store.relocate(ws["workspace"], path="/srv/host-b/ws", run_dir="/srv/host-b/ws/work")  # taken
+        runner.store.relocate(
+            ws["workspace"], path="/srv/host-b/ws", run_dir="/srv/host-b/ws/work", host="host-b"
+        )  # taken
         report = await runner.gc(GcRequest())
         assert report["orphans"] == []  # young: a claim may be moving it right now
         old = time.time() - 2 * 3600

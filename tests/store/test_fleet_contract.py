@@ -89,7 +89,12 @@ def test_peers_advertise_their_host_agents_labels_and_endpoint(store: Store) -> 
 def test_a_workspace_moves_to_the_directory_its_claiming_host_made(store: Store) -> None:
     store.enqueue(new_ws("w"), now=T0, max_wait_s=None, limits=Limits())
     before = store.get_workspace("w")
-    store.relocate("w", path="/b/ws/w", run_dir="/b/ws/w/work")
+    store.relocate("w", path="/b/ws/w", run_dir="/b/ws/w/work", host="b")
     after = store.get_workspace("w")
     assert before is not None and after is not None
-    assert (after.path, after.run_dir, after.rev) == ("/b/ws/w", "/b/ws/w/work", before.rev + 1)
+    assert (after.path, after.run_dir, after.dir_host, after.rev) == (
+        "/b/ws/w",
+        "/b/ws/w/work",
+        "b",
+        before.rev + 1,
+    )

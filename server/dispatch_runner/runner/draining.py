@@ -38,7 +38,7 @@ class Drainer:
         ws = claim.workspace
         config = self.core.config
         try:
-            if ws.host is None and ws.pool in config.agents:
+            if not (ws.cwd or ws.repo) and ws.pool in config.agents:
                 ws = self._for_this_host(ws)
         except OSError as exc:
             return self._not_started(claim.run_id, ws, exc)
@@ -84,17 +84,19 @@ class Drainer:
         return False
 
     def _for_this_host(self, ws: WorkspaceRow) -> WorkspaceRow:
-        """A workspace that may run on any host runs with this host's agent (its agents.yaml
-        says where that agent is and how it is called), in a directory under this host's
-        workspace root: made here, and recorded, when it was dispatched on another host. The
-        prompt is rebuilt from the task by the shim."""
-        root = self.core.config.workspace_root
+        """A workspace without a cwd or repo runs with this host's agent (its agents.yaml says
+        where that agent is and how it is called), in a directory on this host's disk: made
+        under this host's workspace root, and recorded, when its directory is on another host's
+        (it was dispatched there, or last ran there). The prompt is rebuilt from the task by the
+        shim."""
+        here = supervisor.host_id()
         path, run_dir = Path(ws.path), Path(ws.run_dir)
-        if path.parent != root:
-            path = root / ws.id
+        elsewhere = ws.dir_host != here if ws.dir_host is not None else not run_dir.is_dir()
+        if elsewhere:
+            path = self.core.config.workspace_root / ws.id
             run_dir = path / "work"
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.core.store.relocate(ws.id, path=str(path), run_dir=str(run_dir))
+            self.core.store.relocate(ws.id, path=str(path), run_dir=str(run_dir), host=here)
         agent_def = self.core.config.agents[ws.pool]
         spec = runfiles.agent_spec(
             agent_def,

@@ -70,6 +70,7 @@ def new_workspace(
         host=placement.host,
         requires=placement.requires,
         remote=placement.remote,
+        dir_host=supervisor.host_id(),
     )
 
 

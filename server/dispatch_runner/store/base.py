@@ -52,6 +52,7 @@ class NewWorkspace:
     host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
     requires: tuple[str, ...] = ()  # labels the host that runs it must have
     remote: bool = False  # the dispatching host cannot run it: other hosts' peers look at once
+    dir_host: str | None = None  # the host whose disk holds `path` (where it was dispatched)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +96,7 @@ class WorkspaceRow:
     spec: Mapping[str, Any]
     host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
     requires: tuple[str, ...] = ()  # labels the host that runs it must have
+    dir_host: str | None = None  # the host whose disk holds `path` (None: from before fleets)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,7 +207,7 @@ class Store(Protocol):
     def claim_next(
         self, *, now: float | None, limits: Limits, peer: str, can: HostCaps | None = None
     ) -> ClaimResult: ...
-    def relocate(self, workspace_id: str, *, path: str, run_dir: str) -> None: ...
+    def relocate(self, workspace_id: str, *, path: str, run_dir: str, host: str) -> None: ...
     def queue_position(self, workspace_id: str) -> int: ...
 
     # runs, written by the shim and by recovery

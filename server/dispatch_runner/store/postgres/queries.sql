@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires)
-   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s);
+   origin, parent, spec, rev, host, requires, dir_host)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s,%s);
 
 -- name: server_time
 SELECT extract(epoch FROM clock_timestamp())::double precision;
@@ -189,7 +189,7 @@ SELECT kill_requested FROM runs WHERE id = %s;
 
 -- name: relocate_workspace
 -- a workspace that may run on any host, moved to its claiming host's workspace root
-UPDATE workspaces SET path = %s, run_dir = %s, rev = rev + 1 WHERE id = %s;
+UPDATE workspaces SET path = %s, run_dir = %s, dir_host = %s, rev = rev + 1 WHERE id = %s;
 
 -- name: renew_lease
 -- the shim's heartbeat: only while its run is still running (a run already taken for lost

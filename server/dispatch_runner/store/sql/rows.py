@@ -54,6 +54,7 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         json.dumps(ws.spec),
         ws.host,
         json.dumps(sorted(ws.requires)) if ws.requires else None,
+        ws.dir_host,
     )
 
 
@@ -138,6 +139,7 @@ def workspace_row(row: Row) -> WorkspaceRow:
         spec=json.loads(row["spec"]),
         host=row["host"],
         requires=tuple(json.loads(row["requires"])) if row["requires"] else (),
+        dir_host=row["dir_host"],
     )
 
 

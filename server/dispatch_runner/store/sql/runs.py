@@ -69,9 +69,9 @@ class RunSide(SQLCore):
 
         return self._write(tx)
 
-    def relocate(self, workspace_id: str, *, path: str, run_dir: str) -> None:
-        """A workspace that may run on any host moved to the directory its claiming host made."""
-        self._write(lambda db: db.execute(db.q.relocate_workspace, (path, run_dir, workspace_id)))
+    def relocate(self, workspace_id: str, *, path: str, run_dir: str, host: str) -> None:
+        """A workspace moved to the directory its claiming host made (on `host`'s disk)."""
+        self._write(lambda db: db.execute(db.q.relocate_workspace, (path, run_dir, host, workspace_id)))
 
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._read(self.q.run, (run_id,))

@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires)
-   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?,?);
+   origin, parent, spec, rev, host, requires, dir_host)
+   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?,?,?);
 
 -- name: server_time
 SELECT (julianday('now') - 2440587.5) * 86400.0;
@@ -189,7 +189,7 @@ SELECT kill_requested FROM runs WHERE id = ?;
 
 -- name: relocate_workspace
 -- a workspace that may run on any host, moved to its claiming host's workspace root
-UPDATE workspaces SET path = ?, run_dir = ?, rev = rev + 1 WHERE id = ?;
+UPDATE workspaces SET path = ?, run_dir = ?, dir_host = ?, rev = rev + 1 WHERE id = ?;
 
 -- name: renew_lease
 -- the shim's heartbeat: only while its run is still running (a run already taken for lost
