@@ -6,6 +6,7 @@ run's log to this host, and carries out a kill asked for here."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,9 +117,12 @@ async def test_a_silent_host_no_longer_counts_as_live(home: Home, here: str) -> 
 
 
 async def test_an_expired_lease_makes_the_run_lost_exactly_once(home: Home, here: str, backend: str) -> None:
-    """Two peers judge the same silent run of another host at once: one records it lost, the
-    run is retried (a new attempt), and a run whose lease holds, or that has none (a shim from
-    before leases), is left alone."""
+    """Two serving peers judge the same silent run of another host: once each has reached the
+    store for a whole lease, one records it lost, and the run is retried (a new attempt); a run
+    whose lease holds, or that has none (a shim from before leases), is left alone."""
+    home.config.write_text(
+        home.config.read_text().replace("kill_grace_s: 1\n", "kill_grace_s: 1\n  lease_s: 1\n")
+    )
     peers = [Runner(load_config(), kind="test") for _ in range(2)]
     store = peers[0].store
     try:
@@ -126,11 +130,13 @@ async def test_an_expired_lease_makes_the_run_lost_exactly_once(home: Home, here
         holding = _running_elsewhere(store, "ws-1130-000000-bbbbbb", home)
         unleased = _running_elsewhere(store, "ws-1130-000000-cccccc", home)
         store.renew_lease(expired, until=time.time() - 60)
-        store.renew_lease(holding, until=time.time() + 60)
+        store.renew_lease(holding, until=time.time() + 600)
         async with anyio.create_task_group() as tg:
             for peer in peers:
-                tg.start_soon(peer.recover)
-        phases = [run.phase for r in (expired, holding, unleased) if (run := store.get_run(r))]
+                await tg.start(peer.serve)
+            await until(lambda: _phase(store, expired) == "exited", message="a peer to judge the lease")
+            tg.cancel_scope.cancel()
+        phases = [_phase(store, r) for r in (expired, holding, unleased)]
         assert phases == ["exited", "running", "running"]
         lost = [e for e in store.events_after(0) if e.type == "AgentLost"]
         assert [e.workspace for e in lost] == ["ws-1130-000000-aaaaaa"]
@@ -180,6 +186,11 @@ def _started(store: Store, ws_id: str) -> WorkspaceRow | None:
         return None
     run = store.get_run(row.current_run)
     return row if run is not None and run.agent_pid else None
+
+
+def _phase(store: Store, run_id: int) -> str | None:
+    run = store.get_run(run_id)
+    return run.phase if run else None
 
 
 def _agent_pid(store: Store, run_id: int) -> int:
@@ -371,5 +382,38 @@ async def test_gc_removes_a_directory_left_behind_when_another_host_took_the_wor
         report = await runner.gc(GcRequest())
         assert report["orphans"] == [str(left)] and not left.exists()
         assert runner.store.get_workspace(ws["workspace"]) is not None  # the workspace lives on
+    finally:
+        runner.close()
+
+
+async def test_a_shim_cut_off_from_the_store_stops_its_agent_before_its_lease_ends(
+    home: Home, here: str
+) -> None:
+    """The store stays out of reach (here: locked) past the shim's fence time: it stops its
+    agent while its lease still holds, so no other host can start the task while it runs; once
+    the store answers, the run ends lost (and is retried)."""
+    home.config.write_text(
+        home.config.read_text().replace("kill_grace_s: 1\n", "kill_grace_s: 1\n  lease_s: 3\n")
+    )
+    runner = Runner(load_config(), kind="test")
+    try:
+        ws = await runner.dispatch(DispatchRequest(task="@sleep=60", agent="agent", max_attempts=1))
+        row = await until(lambda: _started(runner.store, ws["workspace"]), message="the agent to start")
+        assert row is not None and row.current_run is not None
+        run = runner.store.get_run(row.current_run)
+        assert run is not None and run.agent_pid
+        agent = psutil.Process(run.agent_pid)
+        lock = sqlite3.connect(load_config().store_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # every renewal now waits, then fails
+            await until(lambda: not _alive(agent), timeout=20, message="the shim to stop its agent")
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        final = await until(
+            lambda: _finished(runner.store, ws["workspace"]), message="the end to be recorded"
+        )
+        assert final is not None and final.state == "lost"
+        assert "lease could not be renewed" in (final.reason or "")
     finally:
         runner.close()

@@ -80,7 +80,7 @@ class Config:
     timeout_s: float | None = None
     kill_grace_s: float = 10.0
     reservation_timeout_s: float = 30.0
-    lease_s: float = 30.0  # a run's lease across hosts, renewed by its shim every third of it
+    lease_s: float = 60.0  # a run's lease across hosts, renewed by its shim every third of it
     retention_days: float = 14.0
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)

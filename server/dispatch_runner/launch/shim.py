@@ -51,7 +51,9 @@ class Shim:
         self.terminated = False
         self.fenced: str | None = None  # why the run's lease was lost (its agent was stopped)
         self.subreaper = False
-        self.lease = LeaseKeeper(self.store, self.run_id, spec.get("lease_s"))
+        self.lease = LeaseKeeper(
+            self.store, self.run_id, spec.get("lease_s"), float(spec.get("kill_grace_s", 10))
+        )
         self._task_text: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -179,35 +181,40 @@ class Shim:
         return prompt
 
     def _wait(self) -> bool:
-        """Wait for the agent, renewing the run's lease meanwhile; True when it timed out."""
+        """Wait for the agent while the lease thread renews; True when it timed out. Without a
+        renewal by the lease's fence time, the agent is stopped: another host may soon take the
+        run for lost and start it again."""
         assert self.agent is not None
         timeout = self.spec.get("timeout_s")
         deadline = None if timeout is None else time.monotonic() + float(timeout)
-        while True:
-            step = self.lease.due_in()
-            if deadline is not None:
-                step = (
-                    max(0.0, deadline - time.monotonic())
-                    if step is None
-                    else min(step, deadline - time.monotonic())
-                )
-            try:
-                self.agent.wait(timeout=step)
-                return False
-            except subprocess.TimeoutExpired:
-                if deadline is not None and time.monotonic() >= deadline:
-                    supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
-                    self.agent.wait()
-                    return True
-                self._renew()
+        self.lease.start(self._on_verdict)
+        try:
+            while True:
+                steps = [s for s in (self.lease.fence_in(), _left(deadline)) if s is not None]
+                try:
+                    self.agent.wait(timeout=min(steps) if steps else None)
+                    return False
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
+                        self.agent.wait()
+                        return True
+                    if self.lease.fence_in() == 0:
+                        self._on_verdict(
+                            "the run's lease could not be renewed (the store is unreachable): stopped"
+                        )
+        finally:
+            self.lease.stop()
 
-    def _renew(self) -> None:
+    def _on_verdict(self, verdict: str) -> None:
+        """From the lease thread (or the wait, at the fence time): a kill, or the lease is lost."""
         assert self.agent is not None
-        verdict = self.lease.renew()
-        if verdict == "kill" and not self.terminated:
-            self.terminated = True  # asked by a peer of another host (or one that went away)
-            supervisor.signal_group(self.agent.pid, signal.SIGTERM)
-        elif verdict not in (None, "kill") and not self.fenced:
+        if verdict == "kill":
+            if not self.terminated:
+                self.terminated = True  # asked by a peer of another host (or one that went away)
+                supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
+            return
+        if not self.fenced:
             self.fenced = verdict
             say(verdict)
             supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
@@ -268,44 +275,67 @@ class Shim:
 
 
 class LeaseKeeper:
-    """The run's lease: renewed every third of `lease_s` while the agent runs (no lease for a spec
-    without one). A renewal answers None (renewed), "kill" (a kill was asked for) or a sentence:
-    the lease is lost (the run was ended elsewhere, or the store stayed unreachable until the
-    lease expired) and the agent must stop."""
+    """The run's lease, renewed every third of `lease_s` by a thread of its own while the agent
+    runs (no lease for a spec without one), so a renewal that hangs on an unreachable store never
+    holds up the wait. A renewal that finds the run ended elsewhere, or a kill asked for, is
+    reported to `on_verdict` at once. The shim stops its agent by `fence_in()`: while the lease
+    it last got still holds, early enough for the agent to be gone (kill_grace_s) before any
+    other host may take the lease for expired."""
 
-    def __init__(self, store: Store, run_id: int, lease_s: float | None) -> None:
+    def __init__(self, store: Store, run_id: int, lease_s: float | None, kill_grace_s: float) -> None:
         self.store, self.run_id = store, run_id
         self.lease_s = float(lease_s) if lease_s else None
-        self.until = 0.0
-        self.next_at = 0.0
+        self.margin = min(kill_grace_s + 1.0, (self.lease_s or 0) / 2)
+        self.until = 0.0  # the wall-clock end of the lease last granted
+        self.fence_at = 0.0  # monotonic: stop the agent by then unless renewed
+        self._stop = threading.Event()
 
     def first(self, now: float) -> float | None:
         if self.lease_s is None:
             return None
         self.until = now + self.lease_s
-        self.next_at = time.monotonic() + self.lease_s / 3
+        self.fence_at = time.monotonic() + self.lease_s - self.margin
         return self.until
 
-    def due_in(self) -> float | None:
-        return None if self.lease_s is None else max(0.0, self.next_at - time.monotonic())
+    def fence_in(self) -> float | None:
+        """Seconds until the agent must be stopped for want of a renewal (None: no lease)."""
+        return None if self.lease_s is None else max(0.0, self.fence_at - time.monotonic())
+
+    def start(self, on_verdict: Any) -> None:
+        if self.lease_s is not None:
+            threading.Thread(target=self._loop, args=(on_verdict,), daemon=True, name="lease").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self, on_verdict: Any) -> None:
+        assert self.lease_s is not None
+        while not self._stop.wait(self.lease_s / 3):
+            verdict = self.renew()
+            if verdict is not None and not self._stop.is_set():
+                on_verdict(verdict)
+                if verdict != "kill":
+                    return
 
     def renew(self) -> str | None:
+        """None (renewed, or not yet: the store is unreachable), "kill", or why the lease is lost."""
         assert self.lease_s is not None
-        self.next_at = time.monotonic() + self.lease_s / 3
-        now = time.time()
+        asked, now = time.monotonic(), time.time()
         try:
             lease = self.store.renew_lease(self.run_id, until=now + self.lease_s)
         except StoreError as exc:
-            if now < self.until:
-                say(f"cannot renew the run's lease yet ({exc}); it holds for {self.until - now:.0f}s")
-                return None
-            return f"the run's lease expired while the store was unreachable ({exc}): stopped"
+            say(f"cannot renew the run's lease yet ({exc}); its agent stops in {self.fence_in():.0f}s")
+            return None
         finally:
             self.store.release()
         if not lease.held:
             return "the run was ended elsewhere (its lease had expired): its agent was stopped"
-        self.until = now + self.lease_s
+        self.until, self.fence_at = now + self.lease_s, asked + self.lease_s - self.margin
         return "kill" if lease.kill_requested else None
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _feed(pipe: Any, data: bytes) -> None:

@@ -38,9 +38,8 @@ class Recovery:
                 await self._recover_reservation(run, now)
             elif run.host not in (None, here):
                 # another host's run: judged by its lease, never by its processes
-                if run.lease_until is not None and run.lease_until + LEASE_GRACE_S < now:
-                    if await core.db(self._lease_expired, run, now):
-                        core.nudge()
+                if self._lease_expired_for_sure(run, now) and await core.db(self._lease_expired, run, now):
+                    core.nudge()
             elif await self._recover_running(run, now):
                 core.nudge()
 
@@ -132,6 +131,15 @@ class Recovery:
             self.core.counts["lost"] += 1
         result, ended = found
         return self.core.record(run.id, result, now=ended) is not None
+
+    def _lease_expired_for_sure(self, run: RunRow, now: float) -> bool:
+        """The lease ran out (plus LEASE_GRACE_S for clocks) while this peer reached the store
+        all along: its shim had every chance to renew. After an outage of the store every shim
+        was cut off alike; they renew first, before any peer judges them."""
+        ok_since = self.core.store_ok_since
+        if run.lease_until is None or ok_since is None:
+            return False  # a shim from before leases; a one-shot command or a peer just back
+        return run.lease_until + LEASE_GRACE_S < now and ok_since <= now - self.core.config.lease_s
 
     def _lease_expired(self, run: RunRow, now: float) -> bool:
         """A run of another host whose shim stopped renewing its lease: that host died, or its

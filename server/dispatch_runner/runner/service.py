@@ -293,7 +293,19 @@ class Runner:
         self.core.nudge()
 
     async def _heartbeat(self) -> None:
+        """This peer lives (and what its host can run); `store_ok_since` says since when every
+        heartbeat reached the store: only a peer that saw the store all along judges leases."""
         pid = os.getpid()
+        try:
+            await self._beat(pid)
+        except Exception:
+            self.core.store_ok_since = None
+            raise
+        if self.core.store_ok_since is None:
+            self.core.store_ok_since = time.time()
+        await self.core.db(self.recovery.forget_dead_peers)
+
+    async def _beat(self, pid: int) -> None:
         await self.core.db(
             self.core.store.heartbeat_peer,
             self.core.peer,
@@ -305,7 +317,6 @@ class Runner:
             can=self.core.caps(),
             url=self.core.url,
         )
-        await self.core.db(self.recovery.forget_dead_peers)
 
 
 def _for_another_host(event: Event) -> bool:
