@@ -130,6 +130,28 @@ class Core:
             self._caps = (config, now, host_caps(config))
         return self._caps[2]
 
+    async def heartbeat(self) -> None:
+        """This peer lives (and what its host can run); `store_ok_since` says since when every
+        heartbeat reached the store: only a peer that saw the store all along judges leases."""
+        pid = os.getpid()
+        try:
+            await self.db(
+                self.store.heartbeat_peer,
+                self.peer,
+                pid=pid,
+                start=supervisor.proc_start(pid) or 0,
+                boot_id=supervisor.boot_id(),
+                kind=self.kind,
+                now=time.time(),
+                can=self.caps(),
+                url=self.url,
+            )
+        except Exception:
+            self.store_ok_since = None
+            raise
+        if self.store_ok_since is None:
+            self.store_ok_since = time.time()
+
     @staticmethod
     def record_status(row: WorkspaceRow) -> None:
         """status.json in the workspace, for people and agents that read files."""

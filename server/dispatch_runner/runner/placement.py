@@ -34,6 +34,15 @@ class Placement:
     requires: tuple[str, ...]
     remote: bool = False  # only another host can run it
 
+    def fields(self) -> dict[str, Any]:
+        """The NewWorkspace fields of this placement; its directory is made on this host."""
+        return {
+            "host": self.host,
+            "requires": self.requires,
+            "remote": self.remote,
+            "dir_host": supervisor.host_id(),
+        }
+
 
 def check_requires(requires: Sequence[str] | None) -> tuple[str, ...]:
     """The labels a dispatch requires, checked: a list of label strings, sorted, once each."""

@@ -11,7 +11,6 @@ collection of old workspaces.
 
 import fcntl
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from ..actions import (
 from ..config import Config, load_config
 from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Bus, Event
-from ..launch import supervisor
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
 from .collector import Collector
@@ -293,30 +291,8 @@ class Runner:
         self.core.nudge()
 
     async def _heartbeat(self) -> None:
-        """This peer lives (and what its host can run); `store_ok_since` says since when every
-        heartbeat reached the store: only a peer that saw the store all along judges leases."""
-        pid = os.getpid()
-        try:
-            await self._beat(pid)
-        except Exception:
-            self.core.store_ok_since = None
-            raise
-        if self.core.store_ok_since is None:
-            self.core.store_ok_since = time.time()
+        await self.core.heartbeat()
         await self.core.db(self.recovery.forget_dead_peers)
-
-    async def _beat(self, pid: int) -> None:
-        await self.core.db(
-            self.core.store.heartbeat_peer,
-            self.core.peer,
-            pid=pid,
-            start=supervisor.proc_start(pid) or 0,
-            boot_id=supervisor.boot_id(),
-            kind=self.core.kind,
-            now=time.time(),
-            can=self.core.caps(),
-            url=self.core.url,
-        )
 
 
 def _for_another_host(event: Event) -> bool:

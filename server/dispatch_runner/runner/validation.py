@@ -67,10 +67,7 @@ def new_workspace(
         origin=origin,
         parent=parent,
         spec=spec,
-        host=placement.host,
-        requires=placement.requires,
-        remote=placement.remote,
-        dir_host=supervisor.host_id(),
+        **placement.fields(),
     )
 
 

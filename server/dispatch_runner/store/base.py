@@ -20,7 +20,7 @@ class Limits:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostCaps:
     """What a claiming peer's host can run: the pools whose agent it has (None: any) and its
-    labels. A claim takes only workspaces that fit (lifecycle.fits)."""
+    labels. A claim takes only workspaces that fit (lifecycle.runs_pool, fits_labels)."""
 
     pools: frozenset[str] | None = None
     labels: frozenset[str] = frozenset()

@@ -275,12 +275,10 @@ def runs_pool(can: HostCaps | None, pool: str) -> bool:
     return can is None or can.pools is None or pool in can.pools
 
 
-def fits(ws: WorkspaceRow, *, host: str, can: HostCaps | None) -> bool:
-    """The claiming host may run this workspace: it is the host the workspace names (if any) and
-    has every label it requires."""
-    if ws.host is not None and ws.host != host:
-        return False
-    return not ws.requires or (can is not None and set(ws.requires) <= can.labels)
+def fits_labels(requires: Sequence[str], can: HostCaps | None) -> bool:
+    """The claiming host has every label a workspace requires (its host, if it names one, is
+    checked by the claim's query)."""
+    return not requires or (can is not None and set(requires) <= can.labels)
 
 
 def best_head(heads: Iterable[H]) -> H | None:

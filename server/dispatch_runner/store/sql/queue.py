@@ -4,6 +4,7 @@ The lifecycle decides (plan_eta, open_lanes, best_head, plan_take); this side on
 probes the indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
 """
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -175,18 +176,26 @@ class _Pick:
         return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
 
     def _head(self, lane: lifecycle.Lane) -> WorkspaceRow | None:
-        key = lane_of(lane.pool, lane.model)
-        sql = self.db.q.lane_head if lifecycle.runs_pool(self.can, lane.pool) else self.db.q.lane_head_pinned
-        offset = 0
+        """The lane's first workspace this host may run. A host without labels asks SQL for the
+        first that requires none; one with labels reads on page by page (keyed on the queue
+        order: each row is read once) past those that require labels it lacks."""
+        db, key = self.db, lane_of(lane.pool, lane.model)
+        runs_pool = lifecycle.runs_pool(self.can, lane.pool)
+        if runs_pool and (self.can is None or not self.can.labels):
+            row = db.execute(db.q.lane_head_plain, (key, self.now, self.host)).fetchone()
+            return workspace_row(row) if row is not None else None
+        sql = db.q.lane_head if runs_pool else db.q.lane_head_pinned
+        after: tuple[int, float, int] = (-1, 0.0, 0)
         while True:
-            rows = self.db.execute(sql, (key, self.now, self.host, self.PAGE, offset)).fetchall()
+            rows = db.execute(sql, (key, self.now, self.host, *after, self.PAGE)).fetchall()
             for row in rows:
-                ws = workspace_row(row)
-                if lifecycle.fits(ws, host=self.host, can=self.can):
-                    return ws
+                needs = tuple(json.loads(row["requires"])) if row["requires"] else ()
+                if lifecycle.fits_labels(needs, self.can):  # before decoding the whole row
+                    return workspace_row(row)
             if len(rows) < self.PAGE:
                 return None
-            offset += self.PAGE
+            last = rows[-1]
+            after = (last["priority"], last["created_at"], last["seq"])
 
 
 def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> Claim:

@@ -117,20 +117,27 @@ WITH RECURSIVE l(lane) AS (
    SELECT lane FROM l WHERE lane IS NOT NULL;
 
 -- name: lane_head
--- a page of the head of one lane that this host can run: a probe of workspaces_queue
--- (workspaces of other hosts are stepped over; the claimer checks each one's requires, so
--- the first row is nearly always the head)
+-- a page of the head of one lane that this host may run: a probe of workspaces_queue, on from
+-- the last (priority, created_at, seq) the claimer saw (workspaces of other hosts are stepped
+-- over; the claimer checks each one's requires against its labels)
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
-   AND (host IS NULL OR host = ?)
-   ORDER BY priority, created_at, seq LIMIT ? OFFSET ?;
+   AND (host IS NULL OR host = ?) AND (priority, created_at, seq) > (?, ?, ?)
+   ORDER BY priority, created_at, seq LIMIT ?;
+
+-- name: lane_head_plain
+-- the head of one lane for a host without labels: only workspaces that require none fit
+SELECT * FROM workspaces INDEXED BY workspaces_queue
+   WHERE state = 'queued' AND lane = ? AND not_before <= ?
+   AND (host IS NULL OR host = ?) AND requires IS NULL
+   ORDER BY priority, created_at, seq LIMIT 1;
 
 -- name: lane_head_pinned
--- the same, of a pool this host has no agent for: only workspaces pinned to this host
+-- a page of the same, of a pool this host has no agent for: only workspaces pinned to this host
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
-   AND host = ?
-   ORDER BY priority, created_at, seq LIMIT ? OFFSET ?;
+   AND host = ? AND (priority, created_at, seq) > (?, ?, ?)
+   ORDER BY priority, created_at, seq LIMIT ?;
 
 -- name: next_not_before
 SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
