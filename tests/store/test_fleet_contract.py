@@ -98,3 +98,15 @@ def test_a_workspace_moves_to_the_directory_its_claiming_host_made(store: Store)
         "b",
         before.rev + 1,
     )
+
+
+def test_a_judges_exit_loses_to_a_renewal_that_came_after_it_read_the_lease(store: Store) -> None:
+    store.enqueue(new_ws("w"), now=T0, max_wait_s=None, limits=Limits())
+    got = store.claim_next(now=T0, limits=Limits(), peer="box:1:1", can=CLAUDE_HERE).claim
+    assert got is not None
+    store.start_run(got.run_id, shim_pid=1, shim_start=1, boot_id="b", now=T0, lease_until=T0 + 30)
+    lost = RunExit(outcome=Outcome.LOST, exit_code=None, detail="lease expired")
+    store.renew_lease(got.run_id, until=T0 + 100)  # the shim renewed after the judge looked
+    assert store.record_exit(got.run_id, lost, now=T0 + 40, rate=None, lease_ended_by=T0 + 35) is None
+    assert store.get_run(got.run_id).phase == "running"  # type: ignore[union-attr]
+    assert store.record_exit(got.run_id, lost, now=T0 + 110, rate=None, lease_ended_by=T0 + 105) is not None

@@ -111,13 +111,16 @@ class Core:
         """A store call in a worker thread (every store call blocks)."""
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    def record(self, run_id: int, result: RunExit, *, now: float | None = None) -> WorkspaceRow | None:
+    def record(
+        self, run_id: int, result: RunExit, *, now: float | None = None, lease_ended_by: float | None = None
+    ) -> WorkspaceRow | None:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
         rate = None
         if result.outcome is Outcome.RATE_LIMITED:
             run = self.store.get_run(run_id)
             rate = self.config.rates.get(run.pool) if run else None
-        row = self.store.record_exit(run_id, result, now=time.time() if now is None else now, rate=rate)
+        now = time.time() if now is None else now
+        row = self.store.record_exit(run_id, result, now=now, rate=rate, lease_ended_by=lease_ended_by)
         if row is not None:
             self.record_status(row)
         return row

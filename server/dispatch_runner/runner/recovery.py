@@ -152,7 +152,7 @@ class Recovery:
             detail=f"its lease on host {run.host} expired {silent:.0f}s ago without an exit "
             "(that host, or the run's shim there, went silent)",
         )
-        if self.core.record(run.id, result, now=now) is None:
+        if self.core.record(run.id, result, now=now, lease_ended_by=now - LEASE_GRACE_S) is None:
             return False
         self.core.counts["lost"] += 1
         return True

@@ -85,16 +85,29 @@ class RunSide(SQLCore):
         return [run_row(r) for r in self._read(self.q.active_runs)]
 
     def record_exit(
-        self, run_id: int, result: RunExit, *, now: float, rate: RateConfig | None
+        self,
+        run_id: int,
+        result: RunExit,
+        *,
+        now: float,
+        rate: RateConfig | None,
+        lease_ended_by: float | None = None,
     ) -> WorkspaceRow | None:
         """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
 
         Returns the updated workspace, or None when the exit was already recorded (by the shim or
-        by recovery, whichever came first)."""
-        return self._write(lambda db: self._record_exit(db, run_id, result, now, rate))
+        by recovery, whichever came first). With `lease_ended_by` (a judge of another host's lease),
+        only while the run's lease still ends by then: a renewal that came meanwhile wins."""
+        return self._write(lambda db: self._record_exit(db, run_id, result, now, rate, lease_ended_by))
 
     def _record_exit(
-        self, db: Conn, run_id: int, result: RunExit, now: float, rate: RateConfig | None
+        self,
+        db: Conn,
+        run_id: int,
+        result: RunExit,
+        now: float,
+        rate: RateConfig | None,
+        lease_ended_by: float | None = None,
     ) -> WorkspaceRow | None:
         run = db.execute(db.q.run, (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
@@ -105,6 +118,8 @@ class RunSide(SQLCore):
         run = db.execute(db.q.run, (run_id,)).fetchone()
         if run["phase"] not in ("reserved", "running"):
             return None
+        if lease_ended_by is not None and (run["lease_until"] is None or run["lease_until"] > lease_ended_by):
+            return None  # its shim renewed the lease since the judge read it
         ws = read_workspace(db, run["workspace"])
         requeues = db.execute(db.q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
         plan = lifecycle.plan_exit(
