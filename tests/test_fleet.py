@@ -9,10 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import psutil
 import pytest
 
@@ -225,6 +228,8 @@ class OtherHost:
             DISPATCH_RUNNER_HOST_ID="host-b",
             DISPATCH_RUNNER_STORE=store_url,
             DISPATCH_RUNNER_TOKEN=TOKEN,
+            # bound to loopback: a peer advertises such an address only when told to
+            DISPATCH_RUNNER_URL=f"http://127.0.0.1:{self.port}",
             FAKE_AGENT_LOG=str(agent_log),
         )
         self.log = open(root / "host-b.log", "w")  # closed in stop()
@@ -269,6 +274,8 @@ async def test_work_this_host_cannot_run_runs_on_a_host_that_can(home: Home, hos
         assert (
             page["host"] == "host-b" and page["eof"] and any("hello from a" in line for line in page["lines"])
         )
+        url = f"http://127.0.0.1:{host_b.port}/runner/logs?workspace={done.id}"
+        assert await anyio.to_thread.run_sync(_status_of, url) == 401  # the fleet's token is required
         status = await runner.status(StatusRequest(workspace=done.id))
         assert status["state"] == "completed"
         # named for host-b: made here, moved there and run with host-b's agent at its claim
@@ -306,6 +313,15 @@ async def test_logs_of_a_host_without_a_reachable_peer_say_where_they_are(home: 
         assert "no live peer of host-z serves HTTP" in page["elsewhere"]
     finally:
         runner.close()
+
+
+def _status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
 
 
 def _advertised(store: Store, host: str, pool: str) -> bool:

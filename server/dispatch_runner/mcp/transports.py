@@ -203,12 +203,14 @@ async def _unauthorized(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def advertised_url(host: str, port: int) -> str:
+def advertised_url(host: str, port: int) -> str | None:
     """How other hosts of the fleet reach this peer: $DISPATCH_RUNNER_URL, else the bound address
-    (this host's name for a wildcard bind)."""
+    (this host's name for a wildcard bind); None for a loopback bind (no other host reaches it)."""
     explicit = os.environ.get("DISPATCH_RUNNER_URL")
     if explicit:
         return explicit
+    if is_loopback(host):
+        return None
     try:
         name = socket.gethostname() if ipaddress.ip_address(host.strip("[]")).is_unspecified else host
     except ValueError:
@@ -260,8 +262,9 @@ async def serve_http(
             yield
 
     security = transport_security(host)
-    runner.advertise(advertised_url(host, port))
-    add_peer_routes(mcp, runner)
+    if token:  # peers of other hosts read this host's logs with the fleet's token, never without
+        runner.advertise(advertised_url(host, port), token)
+        add_peer_routes(mcp, runner)
     if transport == "http":
         app = mcp.streamable_http_app(transport_security=security, host=host)
     else:

@@ -84,6 +84,7 @@ class Core:
         self.counts: Counter[str] = Counter()
         self.serving = False  # the background loop runs (else waits recover and publish themselves)
         self.url: str | None = None  # this peer's HTTP endpoint, advertised to the fleet
+        self.token: str | None = None  # the bearer token it serves with (the fleet's)
         self.store_ok_since: float | None = None  # heartbeats have reached the store since then
         self._caps: tuple[Config, float, HostCaps] | None = None
         self.wake = anyio.Event()

@@ -109,7 +109,7 @@ class Queries:
         row = await self.core.db(self.core.store.get_workspace, req.workspace)
         if row is None:
             raise UnknownWorkspace(req.workspace)
-        if not here_only and (found := await self._elsewhere(row, req)) is not None:
+        if (found := await self._elsewhere(row, req, here_only)) is not None:
             return found
         path = Path(row.path)
         runs = await anyio.to_thread.run_sync(workspaces.log_runs, path)
@@ -147,13 +147,20 @@ class Queries:
             "state": row.state,
         }
 
-    async def _elsewhere(self, row: WorkspaceRow, req: LogsRequest) -> dict[str, Any] | None:
-        """The page of a run that ran on another host, read through that host's peer."""
+    async def _elsewhere(self, row: WorkspaceRow, req: LogsRequest, here_only: bool) -> dict[str, Any] | None:
+        """The page of a run that ran on another host, read through that host's peer (asked for
+        this host's own runs only, a peer refuses another host's)."""
         store = self.core.store
         host = await self.core.db(remote.host_of_run, store, row, req.run or row.runs)
         if host is None:
             return None
-        found: dict[str, Any] = await self.core.db(remote.logs_elsewhere, store, row, req, host)
+        if here_only:
+            raise InvalidArgument(
+                "run", f"run {req.run or row.runs} of {row.id} ran on host {host}, not here"
+            )
+        found: dict[str, Any] = await self.core.db(
+            remote.logs_elsewhere, store, row, req, host, self.core.token
+        )
         return found
 
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:

@@ -29,12 +29,15 @@ def host_of_run(store: Store, row: WorkspaceRow, number: int) -> str | None:
     return host if host not in (None, here) else None
 
 
-def logs_elsewhere(store: Store, row: WorkspaceRow, req: LogsRequest, host: str) -> dict[str, Any]:
-    """The page, from a live peer of `host` that serves HTTP; else where the log is."""
+def logs_elsewhere(
+    store: Store, row: WorkspaceRow, req: LogsRequest, host: str, token: str | None
+) -> dict[str, Any]:
+    """The page, from a live peer of `host` that serves HTTP; else where the log is. `token`:
+    the fleet's bearer token (this peer's own, else $DISPATCH_RUNNER_TOKEN)."""
     tried: list[str] = []
     for url in _urls(store.peers(), host):
         try:
-            page = _fetch(url, req)
+            page = _fetch(url, req, token or os.environ.get("DISPATCH_RUNNER_TOKEN"))
         except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: bad JSON
             tried.append(f"{url}: {getattr(exc, 'reason', exc)}")
             continue
@@ -65,7 +68,19 @@ def _urls(peers: Sequence[Mapping[str, Any]], host: str) -> list[str]:
     return [p["url"] for p in peers if p.get("host") == host and p.get("url") and p["heartbeat_at"] > fresh]
 
 
-def _fetch(base: str, req: LogsRequest) -> dict[str, Any]:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A peer answers itself: a redirect (and the token with it) is never followed."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _fetch(base: str, req: LogsRequest, token: str | None) -> dict[str, Any]:
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {base!r}")
     query = {"workspace": req.workspace, "stream": req.stream, "offset": req.offset, "limit": req.limit}
     if req.run is not None:
         query["run"] = req.run
@@ -74,14 +89,19 @@ def _fetch(base: str, req: LogsRequest) -> dict[str, Any]:
     if req.whole_lines:
         query["whole_lines"] = 1
     request = urllib.request.Request(f"{base.rstrip('/')}{LOGS_PATH}?{urllib.parse.urlencode(query)}")
-    token = os.environ.get("DISPATCH_RUNNER_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
+        with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
             page: dict[str, Any] = json.load(response)
     except urllib.error.HTTPError as exc:
         if exc.code == 400:  # the other peer's own refusal (an unknown run): pass its sentence on
             raise ValueError(json.load(exc).get("error", exc.reason)) from exc
+        if exc.code == 401:
+            raise ValueError(
+                "it refused this host's token: set DISPATCH_RUNNER_TOKEN here to the fleet's token"
+                if token
+                else "it wants the fleet's token: set DISPATCH_RUNNER_TOKEN here"
+            ) from exc
         raise
     return page

@@ -123,10 +123,11 @@ class Runner:
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         return await self.queries.logs(req, here_only=here_only)
 
-    def advertise(self, url: str) -> None:
+    def advertise(self, url: str | None, token: str) -> None:
         """The URL other hosts reach this peer's HTTP endpoint at (registered with its heartbeat:
-        they read logs of runs on this host through it)."""
-        self.core.url = url
+        they read logs of runs on this host through it), and the fleet's token it serves with
+        (and reads other hosts' logs with)."""
+        self.core.url, self.core.token = url, token
 
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
         return await self.queries.wait(req, progress=progress)
