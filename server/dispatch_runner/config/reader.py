@@ -104,6 +104,8 @@ def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
             changes[name] = tuple(p.resolve() for p in roots)
         elif name in ("max_attempts", "max_task_bytes"):
             changes[name] = int(r.number(value, where, integer=True, minimum=1))
+        elif name == "lease_s":  # 0 would turn leases off: another host could never judge a run
+            changes[name] = r.number(value, where, minimum=1)
         else:
             changes[name] = r.number(value, where, minimum=0)
     return replace(c, **changes)
