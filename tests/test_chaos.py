@@ -34,6 +34,7 @@ from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.xdist_group("chaos"),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
