@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -257,50 +257,50 @@ def host_b(home: Home, here: str, backend: str) -> Iterator[OtherHost]:
     other.stop()
 
 
-async def test_work_this_host_cannot_run_runs_on_a_host_that_can(home: Home, host_b: OtherHost) -> None:
+@pytest.fixture
+async def runner_a(home: Home, host_b: OtherHost) -> AsyncIterator[Runner]:
+    """This host's runner, without the `special` agent, once host-b advertised that it has it."""
     home.config.write_text(home.config.read_text() + SPECIAL_MISSING)
     runner = Runner(load_config(), kind="test")
     try:
         await until(lambda: _advertised(runner.store, "host-b", "special"), message="host-b to advertise")
-        ws = await runner.dispatch(DispatchRequest(task="hello from a @sleep=0.2", agent="special"))
-        done = await until(lambda: _finished(runner.store, ws["workspace"]), message="host-b to run it")
-        assert done is not None
-        assert done.state == "completed", done
-        assert Path(done.path).parent == host_b.home / "workspaces"  # a directory of host-b's
-        [run] = runner.store.runs_of(done.id)
-        assert run.host == "host-b"
-        # its log is on host-b; this host reads it through host-b's peer
-        page = await runner.logs(LogsRequest(workspace=done.id))
-        assert (
-            page["host"] == "host-b" and page["eof"] and any("hello from a" in line for line in page["lines"])
-        )
-        url = f"http://127.0.0.1:{host_b.port}/runner/logs?workspace={done.id}"
-        assert await anyio.to_thread.run_sync(_status_of, url) == 401  # the fleet's token is required
-        status = await runner.status(StatusRequest(workspace=done.id))
-        assert status["state"] == "completed"
-        # named for host-b: made here, moved there and run with host-b's agent at its claim
-        named = await runner.dispatch(DispatchRequest(task="@sleep=0.1", agent="special", host="host-b"))
-        done = await until(lambda: _finished(runner.store, named["workspace"]), message="host-b to run it")
-        assert done is not None and done.state == "completed" and done.dir_host == "host-b"
-        assert Path(done.path).parent == host_b.home / "workspaces"
+        yield runner
     finally:
         runner.close()
 
 
-async def test_a_kill_of_a_run_on_another_host_lands_there(home: Home, host_b: OtherHost) -> None:
-    home.config.write_text(home.config.read_text() + SPECIAL_MISSING)
-    runner = Runner(load_config(), kind="test")
-    try:
-        await until(lambda: _advertised(runner.store, "host-b", "special"), message="host-b to advertise")
-        ws = await runner.dispatch(DispatchRequest(task="@sleep=60", agent="special"))
-        await until(lambda: _started(runner.store, ws["workspace"]), message="host-b to start it")
-        result = await runner.kill(KillRequest(workspace=ws["workspace"]))
-        assert result["elsewhere"] == {ws["workspace"]: "host-b"}
-        done = await until(lambda: _finished(runner.store, ws["workspace"]), message="host-b to kill it")
-        assert done is not None
-        assert done.state == "killed"
-    finally:
-        runner.close()
+async def test_work_this_host_cannot_run_runs_on_a_host_that_can(runner_a: Runner, host_b: OtherHost) -> None:
+    runner = runner_a
+    ws = await runner.dispatch(DispatchRequest(task="hello from a @sleep=0.2", agent="special"))
+    done = await until(lambda: _finished(runner.store, ws["workspace"]), message="host-b to run it")
+    assert done is not None
+    assert done.state == "completed", done
+    assert Path(done.path).parent == host_b.home / "workspaces"  # a directory of host-b's
+    [run] = runner.store.runs_of(done.id)
+    assert run.host == "host-b"
+    # its log is on host-b; this host reads it through host-b's peer
+    page = await runner.logs(LogsRequest(workspace=done.id))
+    assert page["host"] == "host-b" and page["eof"] and any("hello from a" in line for line in page["lines"])
+    url = f"http://127.0.0.1:{host_b.port}/runner/logs?workspace={done.id}"
+    assert await anyio.to_thread.run_sync(_status_of, url) == 401  # the fleet's token is required
+    status = await runner.status(StatusRequest(workspace=done.id))
+    assert status["state"] == "completed"
+    # named for host-b: made here, moved there and run with host-b's agent at its claim
+    named = await runner.dispatch(DispatchRequest(task="@sleep=0.1", agent="special", host="host-b"))
+    done = await until(lambda: _finished(runner.store, named["workspace"]), message="host-b to run it")
+    assert done is not None and done.state == "completed" and done.dir_host == "host-b"
+    assert Path(done.path).parent == host_b.home / "workspaces"
+
+
+async def test_a_kill_of_a_run_on_another_host_lands_there(runner_a: Runner) -> None:
+    runner = runner_a
+    ws = await runner.dispatch(DispatchRequest(task="@sleep=60", agent="special"))
+    await until(lambda: _started(runner.store, ws["workspace"]), message="host-b to start it")
+    result = await runner.kill(KillRequest(workspace=ws["workspace"]))
+    assert result["elsewhere"] == {ws["workspace"]: "host-b"}
+    done = await until(lambda: _finished(runner.store, ws["workspace"]), message="host-b to kill it")
+    assert done is not None
+    assert done.state == "killed"
 
 
 async def test_logs_of_a_host_without_a_reachable_peer_say_where_they_are(home: Home, here: str) -> None:
