@@ -48,8 +48,10 @@ def test_dispatch_json_prints_the_tool_result_object(home: Home) -> None:
         "path",
         "deduplicated",
         "frozen",
+        "host",
     }
     assert result["status"] == "running" and result["agent"] == "agent"
+    assert result["host"] == socket.gethostname()  # claimed by this dispatch, on this host
     wait_for(lambda: state_of(result["workspace"]) == "completed", message="run completed")
 
 
@@ -188,7 +190,7 @@ def test_doctor_reports_config_agents_and_store(home: Home, capsys: pytest.Captu
     )
     assert "schema version" in checks["store"]["detail"]
     host = socket.gethostname()
-    assert checks["fleet"]["detail"].startswith(f"this host {host}: agents ")  # the fakes it has
+    assert checks["fleet"]["detail"].startswith(f"this host {host} (agents: ")  # the fakes it has
     assert "agent, claude, codex" in checks["fleet"]["detail"] and "gemini" not in checks["fleet"]["detail"]
 
 

@@ -79,11 +79,12 @@ async def test_an_agent_missing_here_is_refused_only_when_no_live_host_has_it(ho
         ws = await runner.dispatch(DispatchRequest(task="x", agent="special"))
         row = runner.store.get_workspace(ws["workspace"])
         assert row is not None and row.host is None and row.state == "queued"  # host-b will take it
+        assert ws["host"] is None  # not taken yet: any host with the agent may
         queued = [e for e in runner.store.events_after(0) if e.type == "AgentQueued"]
         assert queued[-1].data["remote"] is True  # host-b's peers are woken to claim it now
         with pytest.raises(
             InvalidArgument,
-            match=r"no live host of the fleet can run agent 'special' with labels tpu; live hosts: host-a \(this host; agents: .*\); host-b \(agents: special; labels: gpu\)",
+            match=r"no live host of the fleet can run agent 'special' with labels tpu; live hosts: host-a, this host \(agents: .*\); host-b \(agents: special; labels: gpu\)",
         ):
             await runner.dispatch(DispatchRequest(task="x", agent="special", requires=["tpu"]))
         with pytest.raises(InvalidArgument, match="cwd and repo name a path on this host"):
@@ -93,6 +94,7 @@ async def test_an_agent_missing_here_is_refused_only_when_no_live_host_has_it(ho
         pinned = await runner.dispatch(
             DispatchRequest(task="x", agent="special", requires=["gpu"], host="host-b")
         )
+        assert pinned["host"] == "host-b"
         row = runner.store.get_workspace(pinned["workspace"])
         assert row is not None and (row.host, row.requires) == ("host-b", ("gpu",))
         with pytest.raises(InvalidArgument, match="not a host label"):

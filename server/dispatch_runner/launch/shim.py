@@ -286,16 +286,14 @@ class LeaseKeeper:
         self.store, self.run_id = store, run_id
         self.lease_s = float(lease_s) if lease_s else None
         self.margin = min(kill_grace_s + 1.0, (self.lease_s or 0) / 2)
-        self.until = 0.0  # the wall-clock end of the lease last granted
         self.fence_at = 0.0  # monotonic: stop the agent by then unless renewed
         self._stop = threading.Event()
 
     def first(self, now: float) -> float | None:
         if self.lease_s is None:
             return None
-        self.until = now + self.lease_s
         self.fence_at = time.monotonic() + self.lease_s - self.margin
-        return self.until
+        return now + self.lease_s
 
     def fence_in(self) -> float | None:
         """Seconds until the agent must be stopped for want of a renewal (None: no lease)."""
@@ -330,7 +328,7 @@ class LeaseKeeper:
             self.store.release()
         if not lease.held:
             return "the run was ended elsewhere (its lease had expired): its agent was stopped"
-        self.until, self.fence_at = now + self.lease_s, asked + self.lease_s - self.margin
+        self.fence_at = asked + self.lease_s - self.margin
         return "kill" if lease.kill_requested else None
 
 

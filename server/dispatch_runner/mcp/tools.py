@@ -38,7 +38,8 @@ DESCRIPTIONS: Final = {
         "the task is queued (status queued, position, eta_s: null when unknown) and starts by "
         "itself; frozen=true says the queue is stopped. max_wait_s refuses instead of queueing "
         "too long. The configured agents are listed by status. Returns {workspace, status, "
-        "agent, position, eta_s, path, deduplicated, frozen}."
+        "agent, position, eta_s, path, deduplicated, frozen, host} (host: where it runs; null "
+        "while any host of the fleet may take it)."
     ),
     "status": (
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "

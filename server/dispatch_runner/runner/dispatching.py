@@ -12,6 +12,7 @@ import anyio.to_thread
 from .. import workspaces
 from ..actions import DispatchRequest
 from ..errors import WorkspaceUnavailable
+from ..launch import supervisor
 from ..store import NewWorkspace, WorkspaceRow
 from .core import Core
 from .draining import Drainer
@@ -76,16 +77,20 @@ class Dispatcher:
             _discard_files(new)
             return self._result(result.workspace, deduplicated=True, eta_s=None)
         self.core.counts["dispatched"] += 1
-        self.drainer.drain_sync()
+        started_here = new.id in self.drainer.drain_sync()
         row = store.get_workspace(new.id)
         assert row is not None
         if row.state == "queued":  # a claimed one got its status.json from the spawn
             workspaces.write_status(row, now=time.time())
-        return self._result(row, deduplicated=False, eta_s=result.eta_s)
+        host = supervisor.host_id() if started_here else row.host
+        return self._result(row, deduplicated=False, eta_s=result.eta_s, host=host)
 
-    def _result(self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float | None) -> dict[str, Any]:
+    def _result(
+        self, row: WorkspaceRow, *, deduplicated: bool, eta_s: float | None, host: str | None = None
+    ) -> dict[str, Any]:
         """`eta_s` is null when it cannot be known (a full pool that has finished no run yet);
-        `frozen` says why nothing starts while the queue is stopped."""
+        `frozen` says why nothing starts while the queue is stopped; `host` is where it runs, or
+        must run (null: any host of the fleet that has its agent, once one takes it)."""
         store = self.core.store
         queued = row.state == "queued"
         return {
@@ -97,6 +102,7 @@ class Dispatcher:
             "path": row.path,
             "deduplicated": deduplicated,
             "frozen": queued and store.is_frozen(),
+            "host": host or row.host,
         }
 
 

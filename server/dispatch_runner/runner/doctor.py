@@ -11,7 +11,7 @@ from typing import Any
 from ..config import Config, defaults, home_dir, load_config
 from ..errors import ConfigError, DispatchError
 from ..launch.supervisor import find_executable, host_id
-from .placement import LIVE_PEER_S
+from .placement import describe, live_hosts
 
 MAX_SKEW_OK_S = 1.0
 MAX_SKEW_S = 10.0
@@ -93,20 +93,9 @@ def _fleet(config: Config, peers: list[dict[str, Any]]) -> dict[str, Any]:
     from .core import host_caps
 
     here, caps = host_id(), host_caps(config)
-    fresh = time.time() - LIVE_PEER_S
-    others = {
-        p["host"]: _offer(p["host"], p["agents"], p["labels"])
-        for p in peers
-        if p.get("host") not in (None, here) and p.get("agents") is not None and p["heartbeat_at"] > fresh
-    }
-    mine = _offer(here, caps.pools or (), caps.labels)
+    others = {p["host"]: describe(p["host"], p["agents"], p["labels"]) for p in live_hosts(peers, here)}
+    mine = describe(here, caps.pools or (), caps.labels)
     return _check("fleet", True, f"this host {mine}" + "".join(f" | {o}" for o in sorted(others.values())))
-
-
-def _offer(host: str, agents: Any, labels: Any) -> str:
-    return (
-        f"{host}: agents {', '.join(sorted(agents)) or 'none'}; labels {', '.join(sorted(labels)) or 'none'}"
-    )
 
 
 def _workspace_root(config: Config) -> dict[str, Any]:

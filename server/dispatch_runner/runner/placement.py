@@ -20,6 +20,7 @@ LIVE_PEER_S = 15.0  # a peer that beat within this long (every 2 s) is live
 MAX_LABELS = 16
 
 Peers = Callable[[], Sequence[Mapping[str, Any]]]
+Names = Sequence[str] | frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def place(ref: AgentRef, agent: AgentDef, req: DispatchRequest, *, pinned: bool,
     target = me if pinned else host
     if target in (None, me) and _fits(here.pools or (), here.labels, ref.pool, requires):
         return Placement(target, requires)
-    live = [] if pinned else [p for p in fleet.peers() if _live(p, me)]
+    live = [] if pinned else live_hosts(fleet.peers(), me)
     if pinned or (not live and target in (None, me)):  # nowhere else to look: say what this host lacks
         if supervisor.find_executable(agent.command[0], agent.env) is None:
             raise AgentUnavailable(str(ref), agent.command[0])
@@ -89,14 +90,22 @@ def place(ref: AgentRef, agent: AgentDef, req: DispatchRequest, *, pinned: bool,
     raise InvalidArgument("host" if target else "agent", _nowhere(ref, target, requires, here, live, me))
 
 
-def _fits(agents: Sequence[str] | frozenset[str], labels: Any, pool: str, requires: tuple[str, ...]) -> bool:
+def _fits(agents: Names, labels: Any, pool: str, requires: tuple[str, ...]) -> bool:
     return pool in agents and set(requires) <= set(labels)
 
 
-def _live(peer: Mapping[str, Any], me: str) -> bool:
-    """A peer of another host that beat lately and advertised what it runs."""
-    fresh = float(peer.get("heartbeat_at") or 0) > time.time() - LIVE_PEER_S
-    return fresh and peer.get("host") != me and peer.get("agents") is not None
+def fresh(peer: Mapping[str, Any]) -> bool:
+    """The peer beat within LIVE_PEER_S."""
+    return float(peer.get("heartbeat_at") or 0) > time.time() - LIVE_PEER_S
+
+
+def live_hosts(peers: Sequence[Mapping[str, Any]], me: str) -> list[Mapping[str, Any]]:
+    """The peers of other hosts that beat lately and advertised what their host runs."""
+    return [p for p in peers if fresh(p) and p.get("host") != me and p.get("agents") is not None]
+
+
+def describe(host: str, agents: Names, labels: Names) -> str:
+    return f"{host} (agents: {_names(agents)}; labels: {_names(labels)})"
 
 
 def _refuse_here(ref: AgentRef, requires: tuple[str, ...], here: HostCaps, *, pinned: bool) -> None:
@@ -119,8 +128,8 @@ def _nowhere(
     me: str,
 ) -> str:
     wanted = f"agent {str(ref)!r}" + (f" with labels {', '.join(requires)}" if requires else "")
-    hosts = [f"{me} (this host; agents: {_names(here.pools or ())}; labels: {_names(here.labels)})"]
-    hosts += [f"{p['host']} (agents: {_names(p['agents'])}; labels: {_names(p['labels'])})" for p in live]
+    hosts = [describe(f"{me}, this host", here.pools or (), here.labels)]
+    hosts += [describe(p["host"], p["agents"], p["labels"]) for p in live]
     if target:
         problem = f"host {target!r} is not live or cannot run {wanted}"
     else:
@@ -132,5 +141,5 @@ def _nowhere(
     )
 
 
-def _names(values: Sequence[str] | frozenset[str]) -> str:
+def _names(values: Names) -> str:
     return ", ".join(sorted(values)) or "none"

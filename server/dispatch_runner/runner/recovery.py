@@ -115,22 +115,7 @@ class Recovery:
     def _recover_dead_shim(self, run_id: int) -> bool:
         """Record the exit of a run whose shim is gone: from its exit file, else as lost (its agent,
         found by pid or by the run id in its environment, is stopped first). True if recorded."""
-        store = self.core.store
-        run = store.get_run(run_id)  # fresh: the shim may have recorded it meanwhile
-        ws = store.get_workspace(run.workspace) if run and run.phase == "running" else None
-        if run is None or ws is None:
-            return False
-        found = runfiles.read_exit_file(Path(ws.path), run.id)
-        if found is None:
-            self.stop_agent(run)
-            # the agent's pid may never have been recorded, and descendants may have left its group
-            supervisor.terminate_marked(
-                supervisor.run_marker(ws.id, run.id), grace_s=self.core.config.kill_grace_s
-            )
-            found = runfiles.lost(), time.time()
-            self.core.counts["lost"] += 1
-        result, ended = found
-        return self.core.record(run.id, result, now=ended) is not None
+        return self._record_exit_file(run_id, shim_gone=True)
 
     def _lease_expired_for_sure(self, run: RunRow, now: float) -> bool:
         """The lease ran out (plus LEASE_GRACE_S for clocks) while this peer reached the store
@@ -157,15 +142,27 @@ class Recovery:
         self.core.counts["lost"] += 1
         return True
 
-    def _record_exit_file(self, run_id: int) -> bool:
+    def _record_exit_file(self, run_id: int, *, shim_gone: bool = False) -> bool:
+        """Record a running run's end from the exit file its shim wrote first. Without the file:
+        nothing yet while the shim lives (it is about to write it); lost when it is gone."""
         store = self.core.store
-        run = store.get_run(run_id)
+        run = store.get_run(run_id)  # fresh: the shim may have recorded it meanwhile
         ws = store.get_workspace(run.workspace) if run and run.phase == "running" else None
-        found = runfiles.read_exit_file(Path(ws.path), run_id) if ws else None
+        if run is None or ws is None:
+            return False
+        found = runfiles.read_exit_file(Path(ws.path), run.id)
         if found is None:
-            return False  # not written yet: the shim is about to
+            if not shim_gone:
+                return False
+            self.stop_agent(run)
+            # the agent's pid may never have been recorded, and descendants may have left its group
+            supervisor.terminate_marked(
+                supervisor.run_marker(ws.id, run.id), grace_s=self.core.config.kill_grace_s
+            )
+            found = runfiles.lost(), time.time()
+            self.core.counts["lost"] += 1
         result, ended = found
-        return self.core.record(run_id, result, now=ended) is not None
+        return self.core.record(run.id, result, now=ended) is not None
 
     def forget_dead_peers(self) -> int:
         """Rows of peers that died without withdrawing (SIGKILL, a crash): the table stays as

@@ -6,7 +6,6 @@ is instead."""
 
 import json
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,10 +15,10 @@ from typing import Any
 from ..actions import LogsRequest
 from ..launch import supervisor
 from ..store import Store, WorkspaceRow
+from .placement import fresh
 
 LOGS_PATH = "/runner/logs"
 FETCH_TIMEOUT_S = 5.0
-LIVE_PEER_S = 15.0
 
 
 def host_of_run(store: Store, row: WorkspaceRow, number: int) -> str | None:
@@ -64,8 +63,7 @@ def logs_elsewhere(
 
 
 def _urls(peers: Sequence[Mapping[str, Any]], host: str) -> list[str]:
-    fresh = time.time() - LIVE_PEER_S
-    return [p["url"] for p in peers if p.get("host") == host and p.get("url") and p["heartbeat_at"] > fresh]
+    return [p["url"] for p in peers if p.get("host") == host and p.get("url") and fresh(p)]
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

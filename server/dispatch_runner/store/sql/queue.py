@@ -4,7 +4,6 @@ The lifecycle decides (plan_eta, open_lanes, best_head, plan_take); this side on
 probes the indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
 """
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -23,6 +22,7 @@ from .rows import (
     read_frozen,
     read_pool_state,
     read_workspace,
+    requires_of,
     save_pool_state,
     workspace_row,
 )
@@ -189,8 +189,7 @@ class _Pick:
         while True:
             rows = db.execute(sql, (key, self.now, self.host, *after, self.PAGE)).fetchall()
             for row in rows:
-                needs = tuple(json.loads(row["requires"])) if row["requires"] else ()
-                if lifecycle.fits_labels(needs, self.can):  # before decoding the whole row
+                if lifecycle.fits_labels(requires_of(row), self.can):  # before decoding the whole row
                     return workspace_row(row)
             if len(rows) < self.PAGE:
                 return None

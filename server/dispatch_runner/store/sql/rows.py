@@ -21,6 +21,11 @@ def host_of(peer: str) -> str:
     return peer.rsplit(":", 2)[0]
 
 
+def requires_of(row: Row) -> tuple[str, ...]:
+    """The labels a workspace row requires (its `requires` column: a JSON list, or NULL)."""
+    return tuple(json.loads(row["requires"])) if row["requires"] else ()
+
+
 def lane_from(lane: str) -> lifecycle.Lane:
     pool, _, model = lane.partition(LANE_SEP)
     return lifecycle.Lane(pool, model or None)
@@ -138,7 +143,7 @@ def workspace_row(row: Row) -> WorkspaceRow:
         pid=None,
         spec=json.loads(row["spec"]),
         host=row["host"],
-        requires=tuple(json.loads(row["requires"])) if row["requires"] else (),
+        requires=requires_of(row),
         dir_host=row["dir_host"],
     )
 
