@@ -34,7 +34,6 @@ from tests.mcp_helpers import SERVE, connect, free_port, listening, ok, session
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.xdist_group("chaos"),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
@@ -46,15 +45,17 @@ LACKING = "host-x"  # serves, but its agents.yaml points the agent at a missing 
 
 
 def shim_pids(agent_log: Path) -> list[int]:
-    """Live shims: forked by a peer's fork server (or started directly), each a session leader."""
+    """Live shims: started directly (`launch.shim`) or forked by a peer's fork server (whose argv
+    they keep); the fork server itself is the child of a `serve` process, a shim is not."""
     pids = []
     for pid in processes_with_env("FAKE_AGENT_LOG", str(agent_log)):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            leader = os.getsid(pid) == pid
-        except OSError:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
             continue
-        if leader and (b"launch.forkserver" in cmdline or b"launch.shim" in cmdline):
+        if b"launch.shim" in cmdline or (b"launch.forkserver" in cmdline and b"serve" not in parent):
             pids.append(pid)
     return pids
 
@@ -214,7 +215,10 @@ class Chaos:
             # a shim now and then (every third round until one was hit): its run is given back or
             # lost (once) and retried
             if self.rng.random() < 0.25 or (self.shim_kills == 0 and rounds % 3 == 0):
-                shims = shim_pids(self.home.agent_log)
+                try:  # runs are short: catch one while it runs
+                    shims = await until(lambda: shim_pids(self.home.agent_log), timeout=3, interval=0.01)
+                except AssertionError:
+                    shims = []
                 if shims:
                     os.kill(self.rng.choice(shims), signal.SIGKILL)
                     self.shim_kills += 1
