@@ -66,6 +66,41 @@ DEFAULT_RATE: Final = RateConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Allowance:
+    """A daily budget of a pool or an agent (agents.yaml `allowance:`, reference 001); None: no
+    limit on that measure. Days run reset to reset (the pool's `rates.reset_utc`)."""
+
+    runs: int | None = None
+    tokens: int | None = None
+    usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spent:
+    """What a pool or an agent spent in one day."""
+
+    runs: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+
+
+def exhausted(allowance: Allowance | None, spent: Spent) -> str | None:
+    """The measure of `allowance` that `spent` has used up (runs, tokens, usd), or None."""
+    if allowance is None:
+        return None
+    for measure in ("runs", "tokens", "usd"):
+        limit = getattr(allowance, measure)
+        if limit is not None and getattr(spent, measure) >= limit:
+            return measure
+    return None
+
+
+def allowance_keys(pool: str, model: str | None) -> tuple[str, ...]:
+    """The keys an allowance may be set on for a lane: its pool and its agent (`pool:model`)."""
+    return (pool, f"{pool}:{model}") if model else (pool,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolState:
     """Durable per-pool state (survives restarts)."""
 
@@ -238,13 +273,15 @@ def decide_exit(
     max_attempts: int,
     detail: str | None = None,
     requeues_before: int = 0,
+    final: bool = False,
 ) -> ExitDecision:
     """Turn a run's outcome into the workspace's next state.
 
     `attempts_before` counts failed attempts before this run. Rate limits requeue without counting
     an attempt — up to MAX_RATE_LIMIT_REQUEUES times per workspace, after which a rate-limited run
     counts as a failure, so a run misread as rate-limited cannot loop forever. Failures and lost
-    runs retry until `max_attempts`, then dead-letter.
+    runs retry until `max_attempts`, then dead-letter. A `final` failure (a timeout its pool does
+    not retry, a budget stop) fails at once.
     """
     if outcome is Outcome.SUCCEEDED:
         return ExitDecision(WorkspaceState.COMPLETED, None)
@@ -254,11 +291,13 @@ def decide_exit(
         if requeues_before < MAX_RATE_LIMIT_REQUEUES:
             return ExitDecision(WorkspaceState.QUEUED, detail or "rate limited", counts_attempt=False)
         detail = f"rate limited {requeues_before + 1} times in a row" + (f": {detail}" if detail else "")
+    if final and outcome is not Outcome.LOST:
+        return ExitDecision(WorkspaceState.FAILED, detail or "failed")
     attempt = attempts_before + 1
-    final = WorkspaceState.LOST if outcome is Outcome.LOST else WorkspaceState.FAILED
+    final_state = WorkspaceState.LOST if outcome is Outcome.LOST else WorkspaceState.FAILED
     if attempt >= max(max_attempts, 1):
         reason = "max retries exceeded" + (f": {detail}" if detail else "")
-        return ExitDecision(final, reason, dead_letter=True)
+        return ExitDecision(final_state, reason, dead_letter=True)
     return ExitDecision(WorkspaceState.QUEUED, detail, not_before_delay_s=retry_delay_s(attempt))
 
 

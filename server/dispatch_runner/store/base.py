@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from ..model import Event, Outcome
-from ..policy import PoolLimit, PoolState, RateConfig
+from ..policy import Allowance, PoolLimit, PoolState, RateConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -15,6 +15,7 @@ class Limits:
 
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
     rates: Mapping[str, RateConfig] = field(default_factory=dict)
+    allowance: Mapping[str, Allowance] = field(default_factory=dict)  # by pool or agent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +54,9 @@ class NewWorkspace:
     requires: tuple[str, ...] = ()  # labels the host that runs it must have
     remote: bool = False  # the dispatching host cannot run it: other hosts' peers look at once
     dir_host: str | None = None  # the host whose disk holds `path` (where it was dispatched)
+    depth: int = 1  # 1: dispatched by a client; parent's depth + 1 when dispatched from a run
+    root: str | None = None  # the top of its tree of sub-agents (None: it is a top itself)
+    client: str | None = None  # the client its completion is owed to (outbox; see mcp/push.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +101,14 @@ class WorkspaceRow:
     host: str | None = None  # the host it must run on (its cwd or repo is there); None: any
     requires: tuple[str, ...] = ()  # labels the host that runs it must have
     dir_host: str | None = None  # the host whose disk holds `path` (None: from before fleets)
+    usage: "Usage" = field(default_factory=lambda: Usage())  # summed over its runs
+    diff: Mapping[str, Any] | None = None  # {files, insertions, deletions, names}
+    commits: Sequence[Mapping[str, str]] | None = None  # [{sha, subject}] on its branch
+    stalled_at: float | None = None  # its running agent has been silent since then
+    depth: int = 1
+    root: str | None = None
+    client: str | None = None
+    next_input: str | None = None  # a follow-up: the input of its next run, which resumes its session
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +155,31 @@ class EnqueueResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """What runs said they spent (None: not reported)."""
+
+    turns: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    def __add__(self, other: "Usage") -> "Usage":
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else a + b
+
+        return Usage(
+            turns=add(self.turns, other.turns),
+            input_tokens=add(self.input_tokens, other.input_tokens),
+            output_tokens=add(self.output_tokens, other.output_tokens),
+            cost_usd=add(self.cost_usd, other.cost_usd),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunExit:
     outcome: Outcome
     exit_code: int | None
@@ -150,8 +187,12 @@ class RunExit:
     session_id: str | None = None
     detail: str | None = None
     retry_at: float | None = None  # provider-named retry time for a rate limit
-    ended_reason: str | None = None  # more precise than the outcome: spawn_failed, no_space
+    ended_reason: str | None = None  # more precise than the outcome: spawn_failed, no_space, budget
     pool_fault: bool = False  # the cause is the machine's, not the run's: the pool backs off
+    final: bool = False  # never retried (a timeout the pool does not retry, a budget stop)
+    usage: Usage = field(default_factory=lambda: Usage())
+    diff: Mapping[str, Any] | None = None
+    commits: Sequence[Mapping[str, str]] | None = None
 
 
 # A spawn that failed for one of these failed for every run of the pool alike (the disk, the

@@ -82,6 +82,7 @@ def plan_exit(
         max_attempts=ws.max_attempts,
         detail=detail,
         requeues_before=requeues_before,
+        final=result.final and outcome is result.outcome,
     )
     check_transition(WorkspaceState(ws.state), decision.state)
     counts = decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED)
@@ -230,14 +231,19 @@ def open_lanes(
     running_model: Mapping[tuple[str, str | None], int],
     limits: Limits,
     now: float,
+    spent: Mapping[str, policy.Spent] | None = None,
 ) -> tuple[list[Lane], list[float]]:
     """Capacity-first: the lanes a claim may take from now — the pool's time gate (backoff, daily
-    limit, pacing) is open and the pool and the model have room — and the times at which a
-    time-gated pool opens (a full lane opens on a completion, not at a time)."""
+    limit, pacing) is open, neither the pool's nor the agent's allowance is used up (`spent`:
+    today's spend of every key with an allowance) and the pool and the model have room — and the
+    times at which a time-gated pool opens (a full lane opens on a completion, not at a time)."""
     taken: list[Lane] = []
     wake: list[float] = []
     gates: dict[str, policy.PoolGate] = {}
     for lane in lanes:
+        if spent is not None and (used := allowance_used(lane, limits, spent, now)) is not None:
+            wake.append(used[1])
+            continue
         if lane.pool not in gates:
             gates[lane.pool] = policy.pool_gate(
                 limits.rates.get(lane.pool), pools.get(lane.pool, PoolState()), _dt(now)
@@ -255,6 +261,22 @@ def open_lanes(
         ):
             taken.append(lane)
     return taken, wake
+
+
+def allowance_used(
+    lane: Lane, limits: Limits, spent: Mapping[str, policy.Spent], now: float
+) -> tuple[str, float] | None:
+    """The key whose allowance this lane has used up today and the reset that renews it."""
+    for key in policy.allowance_keys(lane.pool, lane.model):
+        if policy.exhausted(limits.allowance.get(key), spent.get(key, policy.Spent())):
+            return key, spend_day(limits.rates.get(lane.pool), now)[1]
+    return None
+
+
+def spend_day(rate: RateConfig | None, now: float) -> tuple[str, float]:
+    """The reset-to-reset day a pool's spend counts on, and when the next one starts."""
+    start, end = policy.day_bounds((rate or policy.DEFAULT_RATE).reset_utc, _dt(now))
+    return start.isoformat(), end.timestamp()
 
 
 class Ordered(Protocol):

@@ -213,10 +213,11 @@ class PostgresCore(SQLCore):
 
     def _event(
         self, db: Conn, type_: str, now: float, ws: str | None = None, origin: str | None = None, **data: Any
-    ) -> None:
+    ) -> int:
         db.execute(Q.lock_events)
-        super()._event(db, type_, now, ws, origin, **data)
+        event_id = super()._event(db, type_, now, ws, origin, **data)
         db.execute(Q.notify)  # delivered at commit, once per transaction
+        return event_id
 
     def _migrate(self, raw: "psycopg.Connection[Any]") -> None:
         """Most peers find the schema current: one read, no lock and no CREATE (a role that may

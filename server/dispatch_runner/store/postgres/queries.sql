@@ -41,7 +41,7 @@ SELECT coalesce(max(id), 0) FROM events;
 -- ---- events ----------------------------------------------------------------------------------
 
 -- name: insert_event
-INSERT INTO events (at, type, workspace, origin, data) VALUES (%s,%s,%s,%s,%s);
+INSERT INTO events (at, type, workspace, origin, data) VALUES (%s,%s,%s,%s,%s) RETURNING id;
 
 -- name: events_after
 SELECT * FROM events WHERE id > %s ORDER BY id LIMIT %s;
@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires, dir_host)
-   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s,%s);
+   origin, parent, spec, rev, host, requires, dir_host, depth, root, client)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s,%s,%s,%s,%s);
 
 -- name: server_time
 SELECT extract(epoch FROM clock_timestamp())::double precision;
@@ -207,7 +207,8 @@ UPDATE runs SET lease_until = %s WHERE id = %s AND phase = 'running';
 SELECT count(*) FROM runs WHERE workspace = %s AND outcome = %s;
 
 -- name: end_run
-UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s
+UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s,
+   turns = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s
    WHERE id = %s AND phase IN ('reserved', 'running');
 
 -- name: run_ended
@@ -215,7 +216,10 @@ UPDATE runs SET phase = 'exited', ended_at = %s, exit_code = %s, outcome = %s
 UPDATE workspaces SET state = %s, reason = %s, attempts = %s, not_before = %s,
    exit_code = %s, summary = coalesce(%s, summary), session_id = coalesce(%s, session_id),
    ended_at = %s, updated_at = %s, current_run = CASE WHEN %s THEN current_run END,
-   ended_reason = %s, rev = rev + 1
+   ended_reason = %s, turns = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s,
+   diff = coalesce(%s, diff), commits = coalesce(%s, commits), stalled_at = NULL,
+   next_input = CASE WHEN %s THEN NULL ELSE next_input END,
+   rev = rev + 1
    WHERE id = %s;
 
 -- name: abandon_reservation
@@ -314,3 +318,64 @@ DELETE FROM workspaces WHERE id IN ({ids}) AND state NOT IN ('queued', 'running'
 
 -- name: forget_events
 DELETE FROM events WHERE at < %s;
+
+-- ---- report-back: spend, stalls, trees of sub-agents, follow-ups, the outbox -----------------
+
+-- name: add_spend
+INSERT INTO spend (key, day, runs, tokens, usd) VALUES (%s, %s, %s, %s, %s)
+   ON CONFLICT (key, day) DO UPDATE SET runs = spend.runs + excluded.runs,
+   tokens = spend.tokens + excluded.tokens, usd = spend.usd + excluded.usd;
+
+-- name: spend_of
+SELECT key, runs, tokens, usd FROM spend WHERE day = %s AND key IN ({keys});
+
+-- name: set_stalled
+-- the running workspace of a run went quiet (since a time), or spoke again (NULL)
+UPDATE workspaces SET stalled_at = %s, rev = rev + 1
+   WHERE current_run = %s AND state = 'running' AND stalled_at IS DISTINCT FROM %s;
+
+-- name: children
+SELECT id, agent, state FROM workspaces WHERE parent = %s ORDER BY seq LIMIT 100;
+
+-- name: descendants
+SELECT count(*) FROM workspaces WHERE root = %s;
+
+-- name: tree_ids
+-- a workspace's descendants, one level at a time ({ids}: the level above)
+SELECT id FROM workspaces WHERE parent IN ({ids});
+
+-- name: insert_message
+INSERT INTO messages (workspace, text, created_at) VALUES (%s, %s, %s);
+
+-- name: pending_messages
+SELECT id, text FROM messages WHERE workspace = %s AND delivered_at IS NULL ORDER BY id;
+
+-- name: deliver_message
+UPDATE messages SET delivered_at = %s, delivered_how = %s, run = %s
+   WHERE id = %s AND delivered_at IS NULL;
+
+-- name: reopen_workspace
+-- a finished workspace takes a follow-up: queued again, to resume its agent's session
+UPDATE workspaces SET state = 'queued', next_input = %s, attempts = 0, not_before = %s,
+   ended_at = NULL, exit_code = NULL, reason = NULL, ended_reason = NULL, priority = %s,
+   updated_at = %s, rev = rev + 1
+   WHERE id = %s AND state IN ('completed', 'failed', 'killed', 'lost');
+
+-- name: insert_outbox
+INSERT INTO outbox (client, workspace, event, created_at) VALUES (%s, %s, %s, %s);
+
+-- name: outbox_pending
+-- completions owed to a client, after a cursor
+SELECT o.id, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
+   JOIN events e ON e.id = o.event
+   WHERE o.client = %s AND o.delivered_at IS NULL AND o.id > %s ORDER BY o.id LIMIT %s;
+
+-- name: outbox_deliver
+UPDATE outbox SET delivered_at = %s, delivered_to = %s WHERE event = %s AND delivered_at IS NULL;
+
+-- name: outbox_undelivered
+SELECT count(*) FROM outbox WHERE delivered_at IS NULL;
+
+-- name: outbox_undelivered_of
+SELECT o.workspace, e.type, e.at, e.data FROM outbox o JOIN events e ON e.id = o.event
+   WHERE o.delivered_at IS NULL AND o.workspace IN ({ids}) ORDER BY o.id;

@@ -46,8 +46,12 @@ class SQLCore:
 
     def _event(
         self, db: Conn, type_: str, now: float, ws: str | None = None, origin: str | None = None, **data: Any
-    ) -> None:
-        db.execute(db.q.insert_event, (now, type_, ws, origin, json.dumps(data, separators=(",", ":"))))
+    ) -> int:
+        """Append an event; its id."""
+        row = db.execute(
+            db.q.insert_event, (now, type_, ws, origin, json.dumps(data, separators=(",", ":")))
+        ).fetchone()
+        return int(row[0])
 
     def pool_state(self, pool: str) -> PoolState:
         return self._reading(lambda db: read_pool_state(db, pool))

@@ -15,12 +15,15 @@ from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorks
 from .conn import Conn
 from .core import Conflict, SQLCore
 from .rows import (
+    add_spend,
+    agent_key,
     host_of,
     insert_args,
     lane_from,
     lane_of,
     read_frozen,
     read_pool_state,
+    read_spent,
     read_workspace,
     requires_of,
     save_pool_state,
@@ -165,6 +168,12 @@ class _Pick:
         lock(sorted({lane.pool for lane in lanes}))
         running_pool, running_model = _running_counts(db)
         pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
+        budgeted = {
+            key
+            for lane in lanes
+            for key in policy.allowance_keys(lane.pool, lane.model)
+            if key in limits.allowance
+        }
         taken, wake = lifecycle.open_lanes(
             lanes,
             pools=pools,
@@ -172,6 +181,7 @@ class _Pick:
             running_model=running_model,
             limits=limits,
             now=self.now,
+            spent=read_spent(db, budgeted, limits.rates, self.now) if budgeted else None,
         )
         return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
 
@@ -218,4 +228,5 @@ def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> 
     if db.execute(db.q.claim_workspace, (run_id, now, ws.id)).rowcount != 1:
         raise Conflict(f"{ws.id} left the queue while it was claimed")  # a kill: claim again
     save_pool_state(db, ws.pool, plan.pool)
+    add_spend(db, ws.pool, agent_key(ws), limits.rates.get(ws.pool), now, runs=1, tokens=0, usd=0.0)
     return Claim(read_workspace(db, ws.id), run_id)

@@ -1,11 +1,12 @@
 """Rows to values and back for a SQL store, and the small reads every side shares."""
 
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...policy import PoolState
+from ...policy import PoolState, RateConfig, Spent
 from .. import lifecycle
-from ..base import NewWorkspace, RunRow, WorkspaceRow
+from ..base import NewWorkspace, RunRow, Usage, WorkspaceRow
 from .conn import Conn, Row
 
 LANE_SEP = "\x1f"
@@ -60,6 +61,9 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         ws.host,
         json.dumps(sorted(ws.requires)) if ws.requires else None,
         ws.dir_host,
+        ws.depth,
+        ws.root,
+        ws.client,
     )
 
 
@@ -85,6 +89,43 @@ def save_pool_state(db: Conn, pool: str, s: PoolState) -> None:
     db.execute(
         db.q.save_pool_state, (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day)
     )
+
+
+def read_spent(
+    db: Conn, keys: Iterable[str], rates: Mapping[str, RateConfig], now: float
+) -> dict[str, Spent]:
+    """Today's spend of pools and agents (`pool` or `pool:model` keys), each on its pool's day."""
+    by_day: dict[str, list[str]] = {}
+    for key in keys:
+        by_day.setdefault(lifecycle.spend_day(rates.get(key.split(":", 1)[0]), now)[0], []).append(key)
+    spent: dict[str, Spent] = {}
+    for day, some in by_day.items():
+        sql = db.q.expand("spend_of", keys=db.q.marks(len(some)))
+        for r in db.execute(sql, (day, *some)).fetchall():
+            spent[r["key"]] = Spent(runs=r["runs"], tokens=r["tokens"], usd=r["usd"])
+    return spent
+
+
+def agent_key(ws: WorkspaceRow) -> str | None:
+    """The agent key a workspace's spend counts under, beside its pool's (None: the pool's own)."""
+    return f"{ws.pool}:{ws.model}" if ws.model else None
+
+
+def add_spend(
+    db: Conn,
+    pool: str,
+    agent_key: str | None,
+    rate: RateConfig | None,
+    now: float,
+    *,
+    runs: int,
+    tokens: int,
+    usd: float,
+) -> None:
+    """Count spend on the pool's day, for the pool and (when it names a model) its agent."""
+    day = lifecycle.spend_day(rate, now)[0]
+    for key in {pool, agent_key or pool}:
+        db.execute(db.q.add_spend, (key, day, runs, tokens, usd))
 
 
 def read_frozen(db: Conn) -> bool:
@@ -145,6 +186,19 @@ def workspace_row(row: Row) -> WorkspaceRow:
         host=row["host"],
         requires=requires_of(row),
         dir_host=row["dir_host"],
+        usage=Usage(
+            turns=row["turns"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cost_usd=row["cost_usd"],
+        ),
+        diff=json.loads(row["diff"]) if row["diff"] else None,
+        commits=json.loads(row["commits"]) if row["commits"] else None,
+        stalled_at=row["stalled_at"],
+        depth=row["depth"],
+        root=row["root"],
+        client=row["client"],
+        next_input=row["next_input"],
     )
 
 

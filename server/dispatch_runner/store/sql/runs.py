@@ -4,13 +4,25 @@ A run's end is decided by lifecycle.plan_exit (retry, dead letter, rate-limit re
 a never-started claim's slot given back); this side loads the rows and writes the plan.
 """
 
+import json
+from typing import Any
+
+from ...events import TERMINAL_EVENTS
 from ...model import Outcome
 from ...policy import RateConfig
 from .. import lifecycle
 from ..base import Lease, RunExit, RunRow, WorkspaceRow
 from .conn import Conn
 from .core import Conflict, SQLCore
-from .rows import read_pool_state, read_workspace, run_row, save_pool_state, spawn_mark
+from .rows import (
+    add_spend,
+    agent_key,
+    read_pool_state,
+    read_workspace,
+    run_row,
+    save_pool_state,
+    spawn_mark,
+)
 
 
 class RunSide(SQLCore):
@@ -133,7 +145,7 @@ class RunSide(SQLCore):
             rate=rate,
             run_id=run_id,
         )
-        self._write_exit(db, ws, run_id, result, plan, now)
+        self._write_exit(db, ws, run_id, result, plan, now, rate)
         return read_workspace(db, ws.id)
 
     def _write_exit(
@@ -144,9 +156,13 @@ class RunSide(SQLCore):
         result: RunExit,
         plan: lifecycle.ExitPlan,
         now: float,
+        rate: RateConfig | None,
     ) -> None:
-        if db.execute(db.q.end_run, (now, result.exit_code, plan.outcome.value, run_id)).rowcount != 1:
+        used = result.usage
+        end = (now, result.exit_code, plan.outcome.value, used.turns, used.input_tokens, used.output_tokens)
+        if db.execute(db.q.end_run, (*end, used.cost_usd, run_id)).rowcount != 1:
             raise Conflict(f"run {run_id} ended meanwhile")  # retried: then it reads as recorded
+        total = ws.usage + used
         db.execute(
             db.q.run_ended,
             (
@@ -161,13 +177,46 @@ class RunSide(SQLCore):
                 now,
                 plan.finished,
                 plan.ended_reason,
+                total.turns,
+                total.input_tokens,
+                total.output_tokens,
+                total.cost_usd,
+                _json(result.diff),
+                _json(result.commits),
+                plan.finished,
                 ws.id,
             ),
         )
         if plan.pool is not None:
             save_pool_state(db, ws.pool, plan.pool)
+        if used.tokens or used.cost_usd:
+            add_spend(
+                db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0
+            )
         for event in plan.events:
-            self._event(db, event.type, now, ws.id, ws.origin, **event.data)
+            event_id = self._event(db, event.type, now, ws.id, ws.origin, **event.data)
+            owed = ws.client or ws.origin
+            if event.type in TERMINAL_EVENTS and owed:
+                db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
+        if plan.finished and plan.outcome is not Outcome.KILLED:
+            self._follow_up(db, read_workspace(db, ws.id), now)
+
+    def _follow_up(self, db: Conn, ws: WorkspaceRow, now: float) -> None:
+        """Messages sent while the run ran (and not taken live) become the input of a new run
+        that resumes the agent's session: the workspace is queued again at once."""
+        if not ws.session_id or not ws.spec.get("resume_argv"):
+            return  # they stay pending: `status` shows them, and a message refuses to queue more
+        pending = db.execute(db.q.pending_messages, (ws.id,)).fetchall()
+        if not pending:
+            return
+        text = "\n\n".join(r["text"] for r in pending)
+        if db.execute(db.q.reopen_workspace, (text, now, ws.priority, now, ws.id)).rowcount != 1:
+            return
+        for r in pending:
+            db.execute(db.q.deliver_message, (now, "run", None, r["id"]))
+        self._event(
+            db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority, resume=True
+        )
 
     def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None:
         """A claim that was never spawned goes back to the queue (not an attempt); its pacing mark
@@ -199,3 +248,7 @@ class RunSide(SQLCore):
             return ws
 
         return self._write(tx)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))

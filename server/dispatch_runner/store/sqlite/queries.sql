@@ -41,7 +41,7 @@ PRAGMA user_version = {version};
 -- ---- events ----------------------------------------------------------------------------------
 
 -- name: insert_event
-INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?);
+INSERT INTO events (at, type, workspace, origin, data) VALUES (?,?,?,?,?) RETURNING id;
 
 -- name: events_after
 SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?;
@@ -64,8 +64,8 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires, dir_host)
-   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?,?,?);
+   origin, parent, spec, rev, host, requires, dir_host, depth, root, client)
+   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?,?,?,?,?,?);
 
 -- name: server_time
 SELECT (julianday('now') - 2440587.5) * 86400.0;
@@ -207,7 +207,8 @@ UPDATE runs SET lease_until = ? WHERE id = ? AND phase = 'running';
 SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?;
 
 -- name: end_run
-UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ?
+UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ?,
+   turns = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?
    WHERE id = ? AND phase IN ('reserved', 'running');
 
 -- name: run_ended
@@ -215,7 +216,10 @@ UPDATE runs SET phase = 'exited', ended_at = ?, exit_code = ?, outcome = ?
 UPDATE workspaces SET state = ?, reason = ?, attempts = ?, not_before = ?,
    exit_code = ?, summary = coalesce(?, summary), session_id = coalesce(?, session_id),
    ended_at = ?, updated_at = ?, current_run = CASE WHEN ? THEN current_run END,
-   ended_reason = ?, rev = rev + 1
+   ended_reason = ?, turns = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?,
+   diff = coalesce(?, diff), commits = coalesce(?, commits), stalled_at = NULL,
+   next_input = CASE WHEN ? THEN NULL ELSE next_input END,
+   rev = rev + 1
    WHERE id = ?;
 
 -- name: abandon_reservation
@@ -314,3 +318,64 @@ DELETE FROM workspaces WHERE id IN ({ids}) AND state NOT IN ('queued', 'running'
 
 -- name: forget_events
 DELETE FROM events WHERE at < ?;
+
+-- ---- report-back: spend, stalls, trees of sub-agents, follow-ups, the outbox -----------------
+
+-- name: add_spend
+INSERT INTO spend (key, day, runs, tokens, usd) VALUES (?, ?, ?, ?, ?)
+   ON CONFLICT (key, day) DO UPDATE SET runs = spend.runs + excluded.runs,
+   tokens = spend.tokens + excluded.tokens, usd = spend.usd + excluded.usd;
+
+-- name: spend_of
+SELECT key, runs, tokens, usd FROM spend WHERE day = ? AND key IN ({keys});
+
+-- name: set_stalled
+-- the running workspace of a run went quiet (since a time), or spoke again (NULL)
+UPDATE workspaces SET stalled_at = ?, rev = rev + 1
+   WHERE current_run = ? AND state = 'running' AND stalled_at IS NOT ?;
+
+-- name: children
+SELECT id, agent, state FROM workspaces WHERE parent = ? ORDER BY seq LIMIT 100;
+
+-- name: descendants
+SELECT count(*) FROM workspaces WHERE root = ?;
+
+-- name: tree_ids
+-- a workspace's descendants, one level at a time ({ids}: the level above)
+SELECT id FROM workspaces WHERE parent IN ({ids});
+
+-- name: insert_message
+INSERT INTO messages (workspace, text, created_at) VALUES (?, ?, ?);
+
+-- name: pending_messages
+SELECT id, text FROM messages WHERE workspace = ? AND delivered_at IS NULL ORDER BY id;
+
+-- name: deliver_message
+UPDATE messages SET delivered_at = ?, delivered_how = ?, run = ?
+   WHERE id = ? AND delivered_at IS NULL;
+
+-- name: reopen_workspace
+-- a finished workspace takes a follow-up: queued again, to resume its agent's session
+UPDATE workspaces SET state = 'queued', next_input = ?, attempts = 0, not_before = ?,
+   ended_at = NULL, exit_code = NULL, reason = NULL, ended_reason = NULL, priority = ?,
+   updated_at = ?, rev = rev + 1
+   WHERE id = ? AND state IN ('completed', 'failed', 'killed', 'lost');
+
+-- name: insert_outbox
+INSERT INTO outbox (client, workspace, event, created_at) VALUES (?, ?, ?, ?);
+
+-- name: outbox_pending
+-- completions owed to a client, after a cursor
+SELECT o.id, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
+   JOIN events e ON e.id = o.event
+   WHERE o.client = ? AND o.delivered_at IS NULL AND o.id > ? ORDER BY o.id LIMIT ?;
+
+-- name: outbox_deliver
+UPDATE outbox SET delivered_at = ?, delivered_to = ? WHERE event = ? AND delivered_at IS NULL;
+
+-- name: outbox_undelivered
+SELECT count(*) FROM outbox WHERE delivered_at IS NULL;
+
+-- name: outbox_undelivered_of
+SELECT o.workspace, e.type, e.at, e.data FROM outbox o JOIN events e ON e.id = o.event
+   WHERE o.delivered_at IS NULL AND o.workspace IN ({ids}) ORDER BY o.id;
