@@ -65,7 +65,18 @@ def test_status_prints_a_table_and_json_matches_the_tool(
     assert "POOL" in table and "agent" in table and ws in table
     assert cli.main(["status", "--json"]) == 0
     overall = json.loads(capsys.readouterr().out)
-    assert set(overall) == {"frozen", "pools", "counts", "workspaces", "bus_dropped", "agents"}
+    assert set(overall) == {
+        "frozen",
+        "pools",
+        "allowance",
+        "counts",
+        "undelivered",
+        "workspaces",
+        "bus_dropped",
+        "agents",
+    }
+    assert overall["pools"]["agent"]["usage_today"]["runs"] == 1
+    assert overall["undelivered"] == 0
     assert overall["pools"]["agent"]["limit"] == 1
     wait_for(lambda: state_of(ws) == "completed", message="run completed")
     assert cli.main(["status", ws, "--json"]) == 0
@@ -89,7 +100,19 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "log_tail",
         "path",
         "branch",
+        "session_id",
+        "turns",
+        "usage",
+        "cost_usd",
+        "diff",
+        "commits",
+        "stalled",
+        "stalled_since",
+        "backoff_until",
         "parent",
+        "depth",
+        "children",
+        "group",
     }
     assert one["state"] == "completed" and "fake-agent: done" in one["log_tail"]
     assert one["ended_reason"] is None

@@ -161,6 +161,11 @@ ALLOWED = {
     (S.RUNNING, S.FAILED),
     (S.RUNNING, S.KILLED),
     (S.RUNNING, S.LOST),
+    # a follow-up (dispatch resume, message) queues an ended workspace again to resume its session
+    (S.COMPLETED, S.QUEUED),
+    (S.FAILED, S.QUEUED),
+    (S.KILLED, S.QUEUED),
+    (S.LOST, S.QUEUED),
 }
 
 
@@ -178,11 +183,12 @@ def test_transition_table_refuses_every_other_move(current: WorkspaceState, targ
     assert str(info.value) == f"workspace state cannot move from {current.value} to {target.value}"
 
 
-def test_table_covers_every_state_and_finished_states_are_final() -> None:
+def test_table_covers_every_state_and_finished_states_move_only_to_a_follow_up() -> None:
     assert set(NEXT) == set(WorkspaceState)
     assert FINISHED == {S.COMPLETED, S.FAILED, S.KILLED, S.LOST, S.CANCELLED}
     assert {s for s in WorkspaceState if s.finished} == FINISHED
-    assert all(NEXT[s] == frozenset() for s in FINISHED)
+    assert NEXT[S.CANCELLED] == frozenset()  # it never ran: there is no session to resume
+    assert all(NEXT[s] == {S.QUEUED} for s in FINISHED - {S.CANCELLED})
     assert [s.value for s in WorkspaceState] == [
         "queued",
         "running",

@@ -29,6 +29,9 @@ class DispatchRequest:
     max_attempts: int | None = None
     requires: Sequence[str] | None = None
     host: str | None = None
+    resume: str | None = None  # a workspace whose agent session this task continues
+    max_cost_usd: float | None = None
+    max_turns: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +59,13 @@ class KillRequest:
     workspace: str | Sequence[str] | None = None
     agent: str | None = None
     all: bool = False
+    tree: bool = False  # the workspaces' descendants too (sub-agents they dispatched)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRequest:
+    workspace: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,11 +90,17 @@ class Actions(Protocol):
     """What a surface may ask of the runner; every answer is the tool's result object."""
 
     async def dispatch(
-        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
+        self,
+        req: DispatchRequest,
+        *,
+        origin: str | None = None,
+        parent: str | None = None,
+        client: str | None = None,
     ) -> Result: ...
     async def status(self, req: StatusRequest) -> Result: ...
     async def logs(self, req: LogsRequest) -> Result: ...
     async def kill(self, req: KillRequest) -> Result: ...
+    async def message(self, req: MessageRequest) -> Result: ...
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> Result: ...
     async def gc(self, req: GcRequest) -> Result: ...
     async def stop(self) -> Result: ...

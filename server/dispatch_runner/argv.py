@@ -21,8 +21,11 @@ from typing import Final
 
 from .validate import human_size
 
-PLACEHOLDERS: Final = ("prompt", "prompt_file", "model", "workspace", "task", "branch")
+PLACEHOLDERS: Final = ("prompt", "prompt_file", "model", "workspace", "task", "branch", "session_id")
 CLIENT_TEXT: Final = frozenset({"prompt", "task"})
+# filled when a run starts, not at dispatch: client text, and the agent session a resume run continues
+RUN_REFS: Final = CLIENT_TEXT | {"session_id"}
+SESSION_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 PLACEHOLDER_RE: Final = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 # Linux refuses any one argv element longer than MAX_ARG_STRLEN (32 pages, the NUL included).
 MAX_ARG_BYTES: Final = 32 * 4096 - 1
@@ -101,7 +104,7 @@ def _compile_element(element: str, values: Mapping[str, str | None]) -> Element:
         if m.start() > pos:
             segments.append(element[pos : m.start()])
         name = m.group(1)
-        if name in CLIENT_TEXT:
+        if name in RUN_REFS:
             segments.append({"ref": name})
         else:
             segments.append(values.get(name) or "")
@@ -120,7 +123,7 @@ def expand(text: str, values: Mapping[str, str]) -> str:
 
 
 def refs(argv: Sequence[Element]) -> set[str]:
-    """Which client references a compiled argv needs."""
+    """Which run-time references (client text, session id) a compiled argv needs."""
     return {seg["ref"] for el in argv if isinstance(el, list) for seg in el if isinstance(seg, dict)}
 
 

@@ -96,6 +96,15 @@ class QueueBusy(DispatchError):
         )
 
 
+class LimitRefused(DispatchError):
+    """A dispatch refused by a limit that only time or the configuration lifts: sub-agent depth,
+    the descendants of one top-level dispatch, a daily allowance (CLI exit code 3, like QueueBusy)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
 class ConfigError(DispatchError):
     def __init__(self, path: str, line: int | None, field: str, message: str) -> None:
         self.path = path

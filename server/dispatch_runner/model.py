@@ -41,10 +41,11 @@ _S = WorkspaceState
 NEXT: Final[Mapping[WorkspaceState, frozenset[WorkspaceState]]] = {
     _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED}),
     _S.RUNNING: frozenset({_S.QUEUED, _S.COMPLETED, _S.FAILED, _S.KILLED, _S.LOST}),
-    _S.COMPLETED: frozenset(),
-    _S.FAILED: frozenset(),
-    _S.KILLED: frozenset(),
-    _S.LOST: frozenset(),
+    # a follow-up (dispatch resume, message) queues a finished workspace again to resume its session
+    _S.COMPLETED: frozenset({_S.QUEUED}),
+    _S.FAILED: frozenset({_S.QUEUED}),
+    _S.KILLED: frozenset({_S.QUEUED}),
+    _S.LOST: frozenset({_S.QUEUED}),
     _S.CANCELLED: frozenset(),
 }
 
@@ -156,6 +157,10 @@ EVENT_TYPES: Final = (
     "ChannelPush",
     "AgentRetrying",
     "AgentCancelled",
+    "AgentStalled",
+    "AllowanceExhausted",
+    "MessageQueued",
+    "MessageDelivered",
 )
 # Events that end a workspace and are pushed to clients.
 TERMINAL_EVENTS: Final = frozenset(

@@ -8,7 +8,9 @@ gemini-cli#19156), so a query word that starts with ``-`` ends up an option. std
 not a terminal, is read first and a ``-p``/positional prompt is appended after a blank line;
 ``-p`` together with a positional query is an error; no input at all exits 42 ("No input
 provided via stdin"). Unknown options are accepted as switches (the fake logs them as parsed).
-Prints a short text answer. Directives in the prompt: see _fakecommon.py.
+Prints a short text answer; with ``-o/--output-format json`` or ``stream-json`` it replays
+``gemini-plain-{json,stream-json}`` (``gemini-err-429-*`` with ``@ratelimit`` or on a run failed by
+``@fail-until``, unless ``@fail-fixture`` names another). Directives in the prompt: see _fakecommon.py.
 """
 
 from __future__ import annotations
@@ -53,7 +55,14 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int | None) -> Output:
-    if failing or (d.ratelimit and d.fail_until is None):
+    limited = failing or (d.ratelimit and d.fail_until is None)
+    if ctx["format"] in ("json", "stream-json"):
+        if failing and d.fail_fixture:
+            return replay(d.fail_fixture)
+        if d.fixture and not failing:
+            return replay(d.fixture)
+        return replay(f"gemini-{'err-429' if limited else 'plain'}-{ctx['format']}")
+    if limited:
         msg = b"Error: [API Error: got status: 429 Too Many Requests. Quota exceeded]\n"
         return Output(post_err=msg, code=1)
     if d.fixture:

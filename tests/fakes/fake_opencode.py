@@ -7,7 +7,9 @@ Like the real CLI: an element that starts with ``-`` before ``--`` is an option;
 ``--`` are message text. stdin, when it is not a terminal, is read until its end and appended to
 the message on a new line (the message alone when there are no words). No message at all is an
 error (exit 1). Unknown options are accepted as switches (the fake logs them as parsed). Prints
-a short text answer. Directives in the prompt: see _fakecommon.py.
+a short text answer; with ``--format json`` it replays ``opencode-plain-json`` (``opencode-err-429-json``
+with ``@ratelimit`` or on a run failed by ``@fail-until``, unless ``@fail-fixture`` names another).
+Directives in the prompt: see _fakecommon.py.
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
     prompt = f"{message}\n{piped}" if message and piped else (message or piped or "")
     if not prompt.strip():
         raise CliExit(1, stderr=b"Error: You must provide a message or a command\n")
-    return prompt, {"options": opts}
+    return prompt, {"options": opts, "format": opts.get("--format") or "default"}
 
 
 def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int | None) -> Output:
-    if failing or (d.ratelimit and d.fail_until is None):
+    limited = failing or (d.ratelimit and d.fail_until is None)
+    if ctx["format"] == "json":
+        if failing and d.fail_fixture:
+            return replay(d.fail_fixture)
+        if d.fixture and not failing:
+            return replay(d.fixture)
+        return replay("opencode-err-429-json" if limited else "opencode-plain-json")
+    if limited:
         return Output(post_err=b"Error: AI_APICallError: Rate limit exceeded (429)\n", code=1)
     if d.fixture:
         return replay(d.fixture)

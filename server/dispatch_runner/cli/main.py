@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, config_path, home_dir, load_config
-from ..errors import ConfigError, DispatchError, InvalidArgument, QueueBusy
+from ..errors import ConfigError, DispatchError, InvalidArgument, LimitRefused, QueueBusy
 from .parser import build_parser
 
 OK, RUN_FAILED, USAGE, REFUSED, TIMED_OUT, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 3, 4, 130, 141
@@ -53,7 +53,7 @@ def _failed(args: argparse.Namespace, exc: DispatchError) -> int:
     print(f"dispatch-runner: {kind}{exc}", file=sys.stderr)
     if isinstance(exc, ConfigError | InvalidArgument):
         return USAGE
-    return REFUSED if isinstance(exc, QueueBusy) else RUN_FAILED
+    return REFUSED if isinstance(exc, QueueBusy | LimitRefused) else RUN_FAILED
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -183,7 +183,10 @@ def request_of(args: argparse.Namespace) -> Any:
             workspace=args.workspace, agent=args.agent, state=args.state, limit=args.limit
         )
     if args.command == "kill":
-        return actions.KillRequest(workspace=args.workspace, agent=args.agent, all=args.all)
+        return actions.KillRequest(workspace=args.workspace, agent=args.agent, all=args.all, tree=args.tree)
+    if args.command == "message":
+        text = sys.stdin.read() if args.text == "-" else args.text
+        return actions.MessageRequest(workspace=args.workspace, text=text)
     if args.command == "wait":
         return actions.WaitRequest(workspaces=args.workspaces, timeout_s=args.timeout_s, mode=args.mode)
     if args.command == "gc":

@@ -149,6 +149,11 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="run on this host of the fleet only (without --cwd/--repo it may run on any host)",
     )
+    d.add_argument(
+        "--resume",
+        metavar="WORKSPACE",
+        help="TASK is a follow-up: continue WORKSPACE's agent session in its directory, as a new run",
+    )
     _dispatch_limits(d)
 
 
@@ -173,6 +178,15 @@ def _dispatch_limits(d: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="tries for a failing run, 1-100 (default from agents.yaml, usually 3)",
+    )
+    d.add_argument(
+        "--max-cost-usd",
+        type=float,
+        metavar="USD",
+        help="stop the run (reason budget, partial result kept) once it reports costing more",
+    )
+    d.add_argument(
+        "--max-turns", type=int, metavar="N", help="stop the run (reason budget) after N agent turns"
     )
     then = d.add_mutually_exclusive_group()
     then.add_argument(
@@ -215,11 +229,17 @@ def _logs(lg: argparse.ArgumentParser) -> None:
 
 
 def _control(cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """kill, stop, start, poke, wait."""
+    """kill, message, stop, start, poke, wait."""
     k = cmd("kill", "kill running / cancel queued workspaces")
     k.add_argument("workspace", nargs="*", metavar="WORKSPACE")
     k.add_argument("--agent", help="every workspace of this agent (base or base:model)")
     k.add_argument("--all", action="store_true", help="every running and queued workspace")
+    k.add_argument(
+        "--tree", action="store_true", help="also every sub-agent the workspaces dispatched, at any depth"
+    )
+    m = cmd("message", "send a message to a workspace: live to its running agent, else as a resume run")
+    m.add_argument("workspace", metavar="WORKSPACE")
+    m.add_argument("text", metavar="TEXT", help="the message; '-' reads it from stdin")
 
     cmd("stop", "freeze the queue (running agents go on; dispatch still queues)")
     cmd("start", "unfreeze the queue")

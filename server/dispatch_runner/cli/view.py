@@ -133,6 +133,12 @@ def dispatch_view(r: dict[str, Any]) -> Text:
         line.append("  (queue frozen: `dispatch-runner start` resumes it)", style="yellow")
     if r.get("deduplicated"):
         line.append("  (the existing workspace for this idempotency key)")
+    if r.get("resumed"):
+        line.append(
+            "  (follow-up delivered live)"
+            if r.get("delivered") == "live"
+            else "  (follow-up queued: a run resumes its agent's session)"
+        )
     line.append(f"\n{r['path']}")
     return line
 
@@ -297,4 +303,10 @@ _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
     "gc": _gc,
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
     "start": lambda r: "queue running: queued work starts as slots allow",
+    "message": lambda r: (
+        f"{r['workspace']}: delivered live to its running agent"
+        if r["delivered"] == "live"
+        else f"{r['workspace']}: queued; a run resumes its agent's session with it"
+        + (" when the current run ends" if r["state"] == "running" else "")
+    ),
 }

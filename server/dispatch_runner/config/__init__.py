@@ -18,6 +18,7 @@ from .schema import (
     OUTPUT_KINDS,
     AgentDef,
     Config,
+    PoolPolicy,
     defaults,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "AgentDef",
     "Config",
+    "PoolPolicy",
     "config_path",
     "defaults",
     "home_dir",

@@ -13,8 +13,18 @@ import yaml
 from .. import argv as argvlib
 from ..errors import ConfigError, InvalidArgument
 from ..model import LABEL_RE, MODEL_RE, AgentRef
-from ..policy import PoolLimit, RateConfig
-from .schema import OUTPUT_KINDS, PLACEHOLDERS, SHELLS, STDIN_MODES, AgentDef, Config, defaults
+from ..policy import Allowance, PoolLimit, RateConfig
+from .schema import (
+    INPUT_MODES,
+    OUTPUT_KINDS,
+    PLACEHOLDERS,
+    SHELLS,
+    STDIN_MODES,
+    AgentDef,
+    Config,
+    PoolPolicy,
+    defaults,
+)
 from .yaml_reader import YamlReader as _Reader
 
 
@@ -43,6 +53,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         "notify": _notify,
         "host": _host,
         "pools": _pools,
+        "allowance": _allowance,
     }
     reader.only(top, tuple(sections), "")
     for name, (_, node) in top.items():
@@ -84,6 +95,8 @@ _DISPATCH_KEYS: Final = (
     "lease_s",
     "retention_days",
     "max_task_bytes",
+    "max_depth",
+    "max_descendants",
 )
 
 
@@ -102,7 +115,7 @@ def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
             if not roots:
                 raise r.fail(value, where, "list at least one directory")
             changes[name] = tuple(p.resolve() for p in roots)
-        elif name in ("max_attempts", "max_task_bytes"):
+        elif name in ("max_attempts", "max_task_bytes", "max_depth", "max_descendants"):
             changes[name] = int(r.number(value, where, integer=True, minimum=1))
         elif name == "lease_s":  # 0 would turn leases off: another host could never judge a run
             changes[name] = r.number(value, where, minimum=1)
@@ -175,6 +188,10 @@ _AGENT_KEYS: Final = (
     "timeout_s",
     "stdin",
     "end_of_options",
+    "resume_command",
+    "input",
+    "max_turns_flag",
+    "max_cost_flag",
 )
 
 
@@ -258,13 +275,44 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
     "timeout_s": lambda r, v, at: r.number(v, at, minimum=0) or None,
     "stdin": _stdin,
     "end_of_options": _flag,
+    "resume_command": lambda r, v, at: _resume_command(r, v, at),
+    "input": lambda r, v, at: _choice(r, v, at, INPUT_MODES, "how it reads messages while it runs"),
+    "max_turns_flag": lambda r, v, at: _option(r, v, at),
+    "max_cost_flag": lambda r, v, at: _option(r, v, at),
 }
+
+
+def _resume_command(r: _Reader, v: yaml.Node, at: str) -> tuple[str, ...]:
+    argv = _command(r, v, at)
+    if not any("session_id" in argvlib.names(el) for el in argv):
+        raise r.fail(v, at, "a resume command names the session it continues: add {session_id}")
+    return argv
+
+
+def _choice(r: _Reader, v: yaml.Node, at: str, choices: tuple[str, ...], what: str) -> str:
+    value = r.string(v, at)
+    if value not in choices:
+        raise r.fail(v, at, f"{what}: use one of {', '.join(choices)}")
+    return value
+
+
+def _option(r: _Reader, v: yaml.Node, at: str) -> str:
+    value = r.string(v, at)
+    if not re.match(r"^--?[A-Za-z0-9][A-Za-z0-9-]*$", value):
+        raise r.fail(v, at, "an option of the agent's CLI, e.g. --max-turns")
+    return value
 
 
 def _agent_fields(
     r: _Reader, items: Mapping[str, tuple[yaml.Node, yaml.Node]], agent: AgentDef, where: str
 ) -> AgentDef:
     changes = {key: _AGENT_FIELDS[key](r, v, f"{where}.{key}") for key, (_, v) in items.items()}
+    if any("session_id" in argvlib.names(el) for el in changes.get("command", ())):
+        raise r.fail(
+            items["command"][1],
+            f"{where}.command",
+            "{session_id} belongs in resume_command (a first run has no session yet)",
+        )
     if (
         "command" in changes
         and "stdin" not in changes
@@ -353,15 +401,58 @@ def _host(r: _Reader, node: yaml.Node, c: Config) -> Config:
     return replace(c, host_labels=_labels(r, items["labels"][1], "host.labels"))
 
 
+_POOL_KEYS: Final = (
+    "labels",
+    "max_attempts",
+    "timeout_s",
+    "retry_timeouts",
+    "startup_timeout_s",
+    "idle_timeout_s",
+    "kill_stalled",
+)
+
+
 def _pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
-    """Per-pool policy; `labels`: a host runs the pool only if it has them all."""
-    found: dict[str, frozenset[str]] = {}
+    """Per-pool policy: retries, time limits and watchdogs, and `labels` (a host runs the pool
+    only if it has them all)."""
+    found: dict[str, PoolPolicy] = {}
     for pool, (_, value) in r.mapping(node, "pools").items():
-        items = r.mapping(value, f"pools.{pool}")
-        r.only(items, ("labels",), f"pools.{pool}")
-        if "labels" in items:
-            found[pool] = _labels(r, items["labels"][1], f"pools.{pool}.labels")
-    return replace(c, pool_labels=found)
+        where = f"pools.{pool}"
+        items = r.mapping(value, where)
+        r.only(items, _POOL_KEYS, where)
+        kw: dict[str, Any] = {}
+        for name, (_, v) in items.items():
+            at = f"{where}.{name}"
+            if name == "labels":
+                kw[name] = _labels(r, v, at)
+            elif name == "max_attempts":
+                kw[name] = int(r.number(v, at, integer=True, minimum=1))
+            elif name in ("retry_timeouts", "kill_stalled"):
+                kw[name] = _flag(r, v, at)
+            else:
+                kw[name] = r.number(v, at, minimum=0) or None  # 0: none
+        found[pool] = PoolPolicy(**kw)
+    return replace(c, pools=found)
+
+
+def _allowance(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    """Daily budgets per pool or agent: `claude: {runs: 200, tokens: 5000000, usd: 50}`."""
+    found: dict[str, Allowance] = {}
+    for key, (key_node, value) in r.mapping(node, "allowance").items():
+        where = f"allowance.{key}"
+        try:
+            ref = AgentRef.parse(key)
+        except InvalidArgument:
+            raise r.fail(key_node, where, "name a pool (claude) or an agent (claude:opus)") from None
+        items = r.mapping(value, where)
+        r.only(items, ("runs", "tokens", "usd"), where)
+        kw: dict[str, Any] = {}
+        for name, (_, v) in items.items():
+            integer = name != "usd"
+            number = r.number(v, f"{where}.{name}", integer=integer, minimum=0)
+            kw[name] = int(number) if integer else float(number)
+        found[str(ref)] = Allowance(**kw)
+    return replace(c, allowance=found)
 
 
 def _notify(r: _Reader, node: yaml.Node, c: Config) -> Config:

@@ -9,9 +9,16 @@ from typing import Final
 from .. import argv as argvlib
 from ..errors import UnknownAgent
 from ..model import AgentRef
-from ..policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
+from ..policy import DEFAULT_MAX_ATTEMPTS, Allowance, PoolLimit, RateConfig
 
-OUTPUT_KINDS: Final = ("claude-stream-json", "codex-json", "text")
+OUTPUT_KINDS: Final = (
+    "claude-stream-json",
+    "codex-json",
+    "gemini-json",
+    "gemini-stream-json",
+    "opencode-json",
+    "text",
+)
 DEFAULT_RATE_LIMIT_PATTERNS: Final = (
     "rate limit",
     "rate_limit",
@@ -23,6 +30,9 @@ DEFAULT_RATE_LIMIT_PATTERNS: Final = (
 )
 PLACEHOLDERS: Final = argvlib.PLACEHOLDERS
 STDIN_MODES: Final = ("prompt", "none")
+INPUT_MODES: Final = ("none", "stream-json")
+DEFAULT_MAX_DEPTH: Final = 2
+DEFAULT_MAX_DESCENDANTS: Final = 10
 DEFAULT_MAX_TASK_BYTES: Final = 1024 * 1024
 SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish"})
 
@@ -39,22 +49,50 @@ class AgentDef:
     timeout_s: float | None = None
     stdin: str = "none"  # "prompt": the prompt arrives on the agent's stdin
     end_of_options: bool = True  # put `--` before the first element that begins with client text
+    # how a follow-up run continues the agent's session ({session_id}); None: it cannot
+    resume_command: tuple[str, ...] | None = None
+    input: str = "none"  # "stream-json": reads user messages on stdin while it runs (live messages)
+    max_turns_flag: str | None = None  # the CLI's own option for a dispatch's max_turns
+    max_cost_flag: str | None = None  # … and for its max_cost_usd
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolPolicy:
+    """agents.yaml `pools.X`: how the pool's runs are watched and retried (all optional)."""
+
+    max_attempts: int | None = None
+    timeout_s: float | None = None  # kill at the deadline, reason "timeout"
+    retry_timeouts: bool = False
+    startup_timeout_s: float | None = None  # no output at all by then: kill and retry
+    idle_timeout_s: float | None = None  # no output for this long: flagged stalled
+    kill_stalled: bool = False
+    labels: frozenset[str] = frozenset()
+
+
+_CLAUDE: Final = ("claude", "-p")
+# user messages arrive as stream-json on stdin (the prompt first, then live messages)
+_CLAUDE_IO: Final = ("--input-format", "stream-json", "--output-format", "stream-json", "--verbose")
+_CODEX: Final = ("codex", "exec", "--json", "--skip-git-repo-check")
 
 # Each built-in reads its prompt from stdin, as the real CLI does when no prompt argument is given
 # (`codex exec -` says so explicitly): no client text is ever in argv, and no 128 KiB limit.
 BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
     "claude": AgentDef(
         name="claude",
-        command=("claude", "-p", "--model", "{model}", "--output-format", "stream-json", "--verbose"),
+        command=(*_CLAUDE, "--model", "{model}", *_CLAUDE_IO),
         output="claude-stream-json",
         stdin="prompt",
+        resume_command=(*_CLAUDE, "--resume", "{session_id}", "--model", "{model}", *_CLAUDE_IO),
+        input="stream-json",
+        max_turns_flag="--max-turns",
+        max_cost_flag="--max-budget-usd",
     ),
     "codex": AgentDef(
         name="codex",
-        command=("codex", "exec", "--json", "--skip-git-repo-check", "-m", "{model}", "-"),
+        command=(*_CODEX, "-m", "{model}", "-"),
         output="codex-json",
         stdin="prompt",
+        resume_command=(*_CODEX, "-m", "{model}", "resume", "{session_id}", "-"),
     ),
     "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}"), stdin="prompt"),
     "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}"), stdin="prompt"),
@@ -90,7 +128,17 @@ class Config:
     tools_prefix: str = ""
     notify: str = "own"
     host_labels: frozenset[str] = frozenset()  # `host: {labels}`: what this host offers
-    pool_labels: Mapping[str, frozenset[str]] = field(default_factory=dict)  # `pools.X.labels`
+    pools: Mapping[str, PoolPolicy] = field(default_factory=dict)  # `pools.X`
+    allowance: Mapping[str, Allowance] = field(default_factory=dict)  # by pool or agent
+    max_depth: int = DEFAULT_MAX_DEPTH  # how deep sub-agents may dispatch sub-agents
+    max_descendants: int = DEFAULT_MAX_DESCENDANTS  # workspaces under one top-level dispatch
+
+    @property
+    def pool_labels(self) -> Mapping[str, frozenset[str]]:
+        return {pool: p.labels for pool, p in self.pools.items() if p.labels}
+
+    def pool_policy(self, pool: str) -> PoolPolicy:
+        return self.pools.get(pool) or PoolPolicy()
 
     def agent_def(self, ref: AgentRef) -> AgentDef:
         known = self.agents.get(ref.pool)
@@ -99,8 +147,18 @@ class Config:
         return known
 
     def max_attempts_for(self, pool: str) -> int:
+        """pools.X.max_attempts, else agents.X.max_attempts, else dispatch.max_attempts."""
         agent = self.agents.get(pool)
-        return agent.max_attempts if agent and agent.max_attempts else self.max_attempts
+        return (
+            self.pool_policy(pool).max_attempts
+            or (agent.max_attempts if agent else None)
+            or self.max_attempts
+        )
+
+    def timeout_for(self, pool: str) -> float | None:
+        """pools.X.timeout_s, else agents.X.timeout_s, else dispatch.timeout_s (None: none)."""
+        agent = self.agents.get(pool)
+        return self.pool_policy(pool).timeout_s or (agent.timeout_s if agent else None) or self.timeout_s
 
 
 def defaults(home: Path, env: Mapping[str, str], source: str) -> Config:

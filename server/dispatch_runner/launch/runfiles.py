@@ -44,18 +44,21 @@ def agent_spec(
     """How a workspace's runs start (stored with the workspace at dispatch): the compiled argv
     (client text kept as references), how the prompt is delivered, and the template it is
     rebuilt from (None: from prompt.md)."""
-    argv = argvlib.compile_argv(
-        agent_def.command,
-        {
-            "model": model,
-            "workspace": str(run_dir),
-            "branch": branch,
-            "prompt_file": str(path / PROMPT_FILE),
-        },
-        end_of_options=agent_def.end_of_options,
-    )
+    values = {
+        "model": model,
+        "workspace": str(run_dir),
+        "branch": branch,
+        "prompt_file": str(path / PROMPT_FILE),
+    }
+    argv = argvlib.compile_argv(agent_def.command, values, end_of_options=agent_def.end_of_options)
+    resume = agent_def.resume_command
     return {
         "argv": argv,
+        # a follow-up run: the same, continuing the session its last run reported ({session_id})
+        "resume_argv": argvlib.compile_argv(resume, values, end_of_options=agent_def.end_of_options)
+        if resume
+        else None,
+        "input": agent_def.input,
         "stdin": agent_def.stdin,
         "template_text": template_text,
         "env": dict(agent_def.env),

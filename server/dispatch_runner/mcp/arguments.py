@@ -111,6 +111,40 @@ Host = Annotated[
     ),
 ]
 
+Resume = Annotated[
+    str | None,
+    Field(
+        description="A workspace id: task is a follow-up that continues that workspace's agent "
+        "session in its directory, as a new run (give only task, priority or label)."
+    ),
+]
+MaxCostUsd = Annotated[
+    float | None,
+    Field(
+        description="Stop the run (reason budget, partial result kept) once it reports costing "
+        "more than this many US dollars.",
+        gt=0,
+        le=100_000,
+        **STRICT,
+    ),
+]
+MaxTurns = Annotated[
+    int | None,
+    Field(
+        description="Stop the run (reason budget) after this many agent turns.", ge=1, le=10_000, strict=True
+    ),
+]
+
+# ---- message ------------------------------------------------------------------------------------
+MessageWorkspace = Annotated[str, Field(description="The workspace id to send the message to.")]
+MessageText = Annotated[
+    str,
+    Field(
+        description="The message: delivered live to its running agent when that agent reads input, "
+        "else the input of a run that resumes its session (now, or when the current run ends)."
+    ),
+]
+
 # ---- status -------------------------------------------------------------------------------------
 StatusWorkspace = Annotated[
     str | None, Field(description="A workspace id for its details; omit for the overview.")
@@ -155,6 +189,10 @@ KillAgent = Annotated[
 ]
 KillAll = Annotated[
     bool, Field(description="Kill every running and cancel every queued workspace.", strict=True)
+]
+KillTree = Annotated[
+    bool,
+    Field(description="Also every sub-agent the workspace dispatched, at any depth.", strict=True),
 ]
 
 # ---- logs ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from ..actions import DispatchRequest, KillRequest, LogsRequest, StatusRequest, WaitRequest
+from ..actions import DispatchRequest, KillRequest, LogsRequest, MessageRequest, StatusRequest, WaitRequest
 from ..errors import DispatchError
 from ..runner import Runner
 from . import arguments as args
@@ -27,7 +27,7 @@ from .push import Clients
 
 log = logging.getLogger("dispatch_runner.mcp")
 
-NAMES: Final = ("dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait")
+NAMES: Final = ("dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait")
 
 DESCRIPTIONS: Final = {
     "dispatch": (
@@ -39,7 +39,15 @@ DESCRIPTIONS: Final = {
         "itself; frozen=true says the queue is stopped. max_wait_s refuses instead of queueing "
         "too long. The configured agents are listed by status. Returns {workspace, status, "
         "agent, position, eta_s, path, deduplicated, frozen, host} (host: where it runs; null "
-        "while any host of the fleet may take it)."
+        "while any host of the fleet may take it). resume=<workspace> sends task as a follow-up "
+        "that continues that workspace's agent session. max_cost_usd / max_turns stop a run "
+        "that spends more (reason budget)."
+    ),
+    "message": (
+        "Send a message to a workspace's agent. A running agent that reads input (claude) gets it "
+        "live; otherwise it becomes the input of a new run that resumes the agent's session (now "
+        "if the workspace has ended, else when its current run ends). Returns {workspace, "
+        'delivered: "live" | "queued", state}. Fails when the agent has no session to resume.'
     ),
     "status": (
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
@@ -50,9 +58,10 @@ DESCRIPTIONS: Final = {
         "every workspace, not only of those it dispatched (false undoes it)."
     ),
     "kill": (
-        "Stop work: one workspace id, every workspace of an agent, or all=true. A running agent "
-        "gets SIGTERM on its process group (SIGKILL after a grace period) and ends as killed; a "
-        "queued one is cancelled. Returns {killed: [ids], cancelled: [ids]}."
+        "Stop work: one workspace id, every workspace of an agent, or all=true; tree=true takes "
+        "the sub-agents a workspace dispatched too. A running agent gets SIGTERM on its process "
+        "group (SIGKILL after a grace period) and ends as killed; a queued one is cancelled. "
+        "Returns {killed: [ids], cancelled: [ids]}."
     ),
     "logs": (
         "Read a workspace's agent output in pages: one run (default the latest), stdout, stderr "
@@ -129,6 +138,7 @@ def build_tools(runner: Runner, clients: Clients, *, prefix: str) -> list[Tool]:
         "wait": read_only,
         "logs": read_only,
         "kill": types.ToolAnnotations(destructive_hint=True),
+        "message": types.ToolAnnotations(destructive_hint=True, open_world_hint=True),
         # it starts processes that may change files, reach the network and spend money
         "dispatch": types.ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
     }
@@ -193,6 +203,9 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
         max_attempts: args.MaxAttempts = None,
         requires: args.Requires = None,
         host: args.Host = None,
+        resume: args.Resume = None,
+        max_cost_usd: args.MaxCostUsd = None,
+        max_turns: args.MaxTurns = None,
     ) -> types.CallToolResult:
         req = DispatchRequest(
             task=task,
@@ -208,6 +221,9 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
             max_attempts=max_attempts,
             requires=requires,
             host=host,
+            resume=resume,
+            max_cost_usd=max_cost_usd,
+            max_turns=max_turns,
         )
         return await invoke("dispatch", runner.dispatch(req, origin=clients.of(ctx.session).key))
 
@@ -218,9 +234,16 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
     """The tools that need no session: logs, kill, poke, stop, start."""
 
     async def kill(
-        workspace: args.KillWorkspace = None, agent: args.KillAgent = None, all: args.KillAll = False
+        workspace: args.KillWorkspace = None,
+        agent: args.KillAgent = None,
+        all: args.KillAll = False,
+        tree: args.KillTree = False,
     ) -> types.CallToolResult:
-        return await invoke("kill", runner.kill(KillRequest(workspace=workspace, agent=agent, all=all)))
+        req = KillRequest(workspace=workspace, agent=agent, all=all, tree=tree)
+        return await invoke("kill", runner.kill(req))
+
+    async def message(workspace: args.MessageWorkspace, text: args.MessageText) -> types.CallToolResult:
+        return await invoke("message", runner.message(MessageRequest(workspace=workspace, text=text)))
 
     async def poke() -> types.CallToolResult:
         return await invoke("poke", runner.poke())
@@ -241,7 +264,7 @@ def _plain_tools(runner: Runner) -> dict[str, Callable[..., Any]]:
         req = LogsRequest(workspace=workspace, run=run, stream=stream, offset=offset, limit=limit)
         return await invoke("logs", runner.logs(req))
 
-    return {"logs": logs, "kill": kill, "poke": poke, "stop": stop, "start": start}
+    return {"logs": logs, "kill": kill, "message": message, "poke": poke, "stop": stop, "start": start}
 
 
 # ---- argument checking -------------------------------------------------------------------------

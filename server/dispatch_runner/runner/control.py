@@ -36,6 +36,8 @@ class Killer:
         for ws_id in targets:
             if await core.db(core.store.get_workspace, ws_id) is None:
                 raise UnknownWorkspace(ws_id)
+        if req.tree and targets:  # and every sub-agent they dispatched, at any depth
+            targets += await core.db(core.store.subtree, targets)
         plan = await core.db(
             core.store.plan_kill, workspaces=targets, agent=req.agent, everything=req.all, now=time.time()
         )

@@ -106,7 +106,9 @@ class Core:
 
     @property
     def limits(self) -> Limits:
-        return Limits(concurrency=self.config.concurrency, rates=self.config.rates)
+        return Limits(
+            concurrency=self.config.concurrency, rates=self.config.rates, allowance=self.config.allowance
+        )
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A store call in a worker thread (every store call blocks)."""

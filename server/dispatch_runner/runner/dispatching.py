@@ -14,10 +14,11 @@ from ..actions import DispatchRequest
 from ..errors import WorkspaceUnavailable
 from ..launch import supervisor
 from ..store import NewWorkspace, WorkspaceRow
+from . import followups
 from .core import Core
 from .draining import Drainer
 from .placement import Fleet
-from .validation import new_workspace
+from .validation import check_dispatch_values, new_workspace
 
 ID_TRIES = 5
 
@@ -32,17 +33,30 @@ class Dispatcher:
         self.drainer = drainer
 
     async def dispatch(
-        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
+        self,
+        req: DispatchRequest,
+        *,
+        origin: str | None = None,
+        parent: str | None = None,
+        client: str | None = None,
     ) -> dict[str, Any]:
+        if req.resume is not None:
+            return await self._resume(req)
+        parent = parent or followups.parent_from_env()
+
         def attempt() -> dict[str, Any]:
             # validation resolves paths and may run git: off the event loop, with the rest
+            check_dispatch_values(req)
+            tree = followups.lineage(self.core.store, self.core.config, parent)
             for _ in range(ID_TRIES):
                 new = new_workspace(
                     self.core.config,
                     req,
                     origin=origin,
                     parent=parent,
+                    client=client,
                     fleet=Fleet(self.core.caps(fresh=True), self.core.store.peers),
+                    lineage=tree,
                 )
                 try:
                     return self._dispatch_sync(new, req.max_wait_s)
@@ -53,6 +67,20 @@ class Dispatcher:
         result = await anyio.to_thread.run_sync(attempt)
         await self.core.publish_new()
         return result
+
+    async def _resume(self, req: DispatchRequest) -> dict[str, Any]:
+        """A follow-up task for an existing workspace: a new run of it that resumes its agent's
+        session (queued now when it has ended, else when its current run ends; taken live by a
+        running agent that reads input)."""
+        check_dispatch_values(req)
+        workspace = followups.check_resume(self.core.config, req)
+        row, delivered = await followups.send(self.core.store, workspace, req.task)
+        await self.core.publish_new()
+        if row.state != "running":
+            await anyio.to_thread.run_sync(self.drainer.drain_sync)
+        fresh = await self.core.db(self.core.store.get_workspace, workspace)
+        result = self._result(fresh or row, deduplicated=False, eta_s=None)
+        return {**result, "resumed": True, "delivered": delivered}
 
     def _dispatch_sync(self, new: NewWorkspace, max_wait_s: float | None) -> dict[str, Any]:
         """Files, the enqueue transaction and the first drain in one worker-thread hop."""

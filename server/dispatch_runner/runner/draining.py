@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import workspaces
+from ..config import Config, PoolPolicy
 from ..launch import launcher, runfiles, supervisor
 from ..store import Claim, WorkspaceRow
 from .core import Core
+from .validation import with_run_limits
 
 log = logging.getLogger("dispatch_runner")
 
@@ -58,8 +60,13 @@ class Drainer:
             "lease_s": config.lease_s,
             "rate": runfiles.rate_to_spec(config.rates.get(ws.pool)),
             "drainer": self.core.drainer_spec(),
+            **_watch_spec(config.pool_policy(ws.pool)),
         }
-        spec["env"] = {**spec.get("env", {}), **supervisor.run_marker(ws.id, claim.run_id)}
+        spec["env"] = {
+            **spec.get("env", {}),
+            **_lineage_env(ws, config),
+            **supervisor.run_marker(ws.id, claim.run_id),
+        }
         supervisor.crash_point("peer-after-claim")
         try:
             spec_path = runfiles.write_spec(path, ws.runs, spec)
@@ -106,6 +113,9 @@ class Drainer:
             branch=None,
             template_text=ws.spec.get("template_text"),
         )
+        spec = with_run_limits(
+            spec, agent_def, max_cost_usd=ws.spec.get("max_cost_usd"), max_turns=ws.spec.get("max_turns")
+        )
         return replace(ws, path=str(path), run_dir=str(run_dir), spec=spec)
 
     def _current_spec(self, ws: WorkspaceRow) -> Mapping[str, Any]:
@@ -126,3 +136,27 @@ class Drainer:
     def ensure_progress(self) -> None:
         """After a one-shot command: the queue must keep moving without it."""
         runfiles.ensure_drainer(self.core.store, self.core.drainer_spec())
+
+
+def _watch_spec(policy: PoolPolicy) -> dict[str, Any]:
+    """How the shim watches the run (as the pool's policy says now)."""
+    return {
+        "retry_timeouts": policy.retry_timeouts,
+        "startup_timeout_s": policy.startup_timeout_s,
+        "idle_timeout_s": policy.idle_timeout_s,
+        "kill_stalled": policy.kill_stalled,
+    }
+
+
+def _lineage_env(ws: WorkspaceRow, config: Config) -> dict[str, str]:
+    """What an agent's own dispatches need to find their place: its workspace (their parent),
+    its depth, and the runner's home and config (the store's URL, with its password, is in
+    the shim's environment, which the agent inherits)."""
+    env = {
+        "DISPATCH_RUNNER_PARENT": ws.id,
+        "DISPATCH_RUNNER_DEPTH": str(ws.depth),
+        "DISPATCH_RUNNER_HOME": str(config.home),
+    }
+    if Path(config.source).is_file():
+        env["DISPATCH_RUNNER_CONFIG"] = config.source
+    return env

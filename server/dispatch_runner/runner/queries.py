@@ -91,11 +91,18 @@ class Queries:
         run = await self.core.db(store.get_run, row.current_run) if row.current_run else None
         out = workspaces.latest_logs(Path(row.path))[0] if log_lines > 0 else None
         tail = await anyio.to_thread.run_sync(tail_lines, out, log_lines) if out else ""
+        children = await self.core.db(store.children, row.id)
+        backoff = None
+        if row.state == "queued":
+            until = (await self.core.db(store.pool_state, row.pool)).backoff_until
+            backoff = until if until is not None and until > time.time() else None
         return workspace_view(
             row,
             pid=run.agent_pid if run and row.state == "running" else None,
             log_tail=tail,
             host=run.host if run and run.host else row.host,
+            children=children,
+            backoff_until=backoff,
         )
 
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from ..actions import (
     GcRequest,
     KillRequest,
     LogsRequest,
+    MessageRequest,
     Progress,
     StatusRequest,
     WaitRequest,
@@ -33,6 +34,7 @@ from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
+from . import followups
 from .collector import Collector
 from .control import Killer
 from .core import Core, RunnerStatistics, peer_id
@@ -113,9 +115,17 @@ class Runner:
         self.core.store.close()
 
     async def dispatch(
-        self, req: DispatchRequest, *, origin: str | None = None, parent: str | None = None
+        self,
+        req: DispatchRequest,
+        *,
+        origin: str | None = None,
+        parent: str | None = None,
+        client: str | None = None,
     ) -> dict[str, Any]:
-        return await self.dispatcher.dispatch(req, origin=origin, parent=parent)
+        """`origin`: the connection to push the completion to; `client`: who is owed it if
+        that connection is gone (mcp/push.py); `parent`: the workspace whose agent dispatches
+        (by default the DISPATCH_RUNNER_PARENT of this process's environment)."""
+        return await self.dispatcher.dispatch(req, origin=origin, parent=parent, client=client)
 
     async def status(self, req: StatusRequest) -> dict[str, Any]:
         return await self.queries.status(req)
@@ -134,6 +144,16 @@ class Runner:
 
     async def kill(self, req: KillRequest) -> dict[str, Any]:
         return await self.killer.kill(req)
+
+    async def message(self, req: MessageRequest) -> dict[str, Any]:
+        """Send a message to a workspace: live to its running agent when it reads input, else
+        queued as the input of a run that resumes its session."""
+        followups.check_message(self.core.config, req)
+        row, delivered = await followups.send(self.core.store, req.workspace, req.text)
+        await self.core.publish_new()
+        if row.state != "running":
+            await self.drain()
+        return followups.message_result(row, delivered)
 
     async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
         return await self.collector.gc(req)

@@ -4,6 +4,7 @@ roots), and whether the prompt can reach the agent. Nothing is written here; a r
 sentence a model or a person can act on."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from ..store import NewWorkspace
 from ..validate import human_size
 from .placement import Fleet, place
 
+MAX_COST_USD = 100_000.0  # bounds of a dispatch's spend limits
+MAX_TURNS = 10_000
+
 
 def new_workspace(
     cfg: Config,
@@ -27,11 +31,13 @@ def new_workspace(
     origin: str | None,
     parent: str | None,
     fleet: Fleet,
+    client: str | None = None,
+    lineage: "Lineage | None" = None,
 ) -> NewWorkspace:
     """The workspace a valid dispatch stores; raises a DispatchError for an invalid one. May run
     git, resolve paths and read the fleet's peers: call it off the event loop."""
     check_dispatch_values(req)
-    _check_size(cfg, req.task)
+    check_size(cfg, req.task)
     agent_def = cfg.agent_def(ref := AgentRef.parse(req.agent or cfg.default_agent))
     model = ref.model or agent_def.model
     template_name = _template(cfg, req.template)
@@ -41,10 +47,14 @@ def new_workspace(
     branch = f"runner/{ws_id}" if repo_path else None
     run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
     template_text = cfg.templates[template_name]
-    prompt = argvlib.expand(template_text, {"task": req.task, "workspace": str(run_dir)})
+    prompt = argvlib.expand(
+        template_text, {"task": req.task, "workspace": str(run_dir), "branch": branch or ""}
+    )
     spec = runfiles.agent_spec(
         agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
     )
+    spec = with_run_limits(spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
+    lineage = lineage or Lineage()
     _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
     return NewWorkspace(
         id=ws_id,
@@ -63,12 +73,52 @@ def new_workspace(
         branch=branch,
         idempotency_key=req.idempotency_key,
         max_attempts=req.max_attempts or cfg.max_attempts_for(ref.pool),
-        timeout_s=req.timeout_s or agent_def.timeout_s or cfg.timeout_s,
+        timeout_s=req.timeout_s or cfg.timeout_for(ref.pool),
         origin=origin,
-        parent=parent,
+        parent=lineage.parent,
+        depth=lineage.depth,
+        root=lineage.root,
+        client=client,
         spec=spec,
         **placement.fields(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where a dispatch sits in a tree of sub-agents: the workspace whose agent dispatched it,
+    its depth (1: dispatched by a client) and the top of its tree."""
+
+    parent: str | None = None
+    depth: int = 1
+    root: str | None = None
+
+
+def with_run_limits(
+    spec: dict[str, Any], agent_def: AgentDef, *, max_cost_usd: float | None, max_turns: int | None
+) -> dict[str, Any]:
+    """A dispatch's spend limits in its spec: kept for the shim to enforce from the parsed usage,
+    and passed to the CLI by its own options where agents.yaml names them (max_turns_flag,
+    max_cost_flag) — before the client text, as runner-made values, never client text."""
+    extra: list[str] = []
+    if max_turns is not None and agent_def.max_turns_flag:
+        extra += [agent_def.max_turns_flag, str(max_turns)]
+    if max_cost_usd is not None and agent_def.max_cost_flag:
+        extra += [agent_def.max_cost_flag, f"{max_cost_usd:g}"]
+    out = {**spec, "max_cost_usd": max_cost_usd, "max_turns": max_turns}
+    for key in ("argv", "resume_argv"):
+        if extra and out.get(key):
+            out[key] = _insert_options(out[key], extra)
+    return out
+
+
+def _insert_options(argv: list[argvlib.Element], options: list[str]) -> list[argvlib.Element]:
+    """Options go before `--`, a `-` (the prompt on stdin) or the first element with client
+    text, else at the end."""
+    for i, element in enumerate(argv):
+        if i and (element in ("--", "-") or argvlib.CLIENT_TEXT & argvlib.refs([element])):
+            return [*argv[:i], *options, *argv[i:]]
+    return [*argv, *options]
 
 
 def _check_fits(
@@ -90,9 +140,14 @@ def check_dispatch_values(req: DispatchRequest) -> None:
     validate.number("max_wait_s", req.max_wait_s, minimum=0, maximum=MAX_QUEUE_WAIT_S, unit=" s")
     validate.number("timeout_s", req.timeout_s, minimum=0, maximum=MAX_TIMEOUT_S, above=True, unit=" s")
     validate.number("max_attempts", req.max_attempts, minimum=1, maximum=MAX_ATTEMPTS_LIMIT, integer=True)
+    validate.number(
+        "max_cost_usd", req.max_cost_usd, minimum=0, maximum=MAX_COST_USD, above=True, unit=" USD"
+    )
+    validate.number("max_turns", req.max_turns, minimum=1, maximum=MAX_TURNS, integer=True)
+    validate.text("resume", req.resume, max_chars=200)
 
 
-def _check_size(cfg: Config, task: str) -> None:
+def check_size(cfg: Config, task: str) -> None:
     size = len(task.encode())
     if size > cfg.max_task_bytes:
         raise TaskTooLarge(

@@ -31,13 +31,40 @@ def wait_row(row: WorkspaceRow) -> dict[str, Any]:
         "exit_code": row.exit_code,
         "summary": row.summary,
         "duration_s": duration_s(row),
+        "ended_reason": row.ended_reason,
+        "session_id": row.session_id,
+        "cost_usd": row.usage.cost_usd,
+        "diff": _diff(row),
     }
 
 
+def report(row: WorkspaceRow) -> dict[str, Any]:
+    """What its runs reported: the agent session, turns, tokens, cost, what changed."""
+    return {
+        "session_id": row.session_id,
+        "turns": row.usage.turns,
+        "usage": {"input_tokens": row.usage.input_tokens, "output_tokens": row.usage.output_tokens},
+        "cost_usd": row.usage.cost_usd,
+        "diff": _diff(row),
+        "commits": list(row.commits) if row.commits is not None else None,
+    }
+
+
+def _diff(row: WorkspaceRow) -> dict[str, Any] | None:
+    return dict(row.diff) if row.diff is not None else None
+
+
 def workspace_view(
-    row: WorkspaceRow, *, pid: int | None, log_tail: str, host: str | None = None
+    row: WorkspaceRow,
+    *,
+    pid: int | None,
+    log_tail: str,
+    host: str | None = None,
+    children: list[dict[str, str]] | None = None,
+    backoff_until: float | None = None,
 ) -> dict[str, Any]:
-    """`pid` is on `host` (the host of its latest run; null before any run)."""
+    """`pid` is on `host` (the host of its latest run; null before any run); `backoff_until`:
+    when its pool may start it again (a queued workspace of a pool backing off)."""
     return {
         "workspace": row.id,
         "state": row.state,
@@ -57,5 +84,12 @@ def workspace_view(
         "log_tail": log_tail,
         "path": row.path,
         "branch": row.branch,
+        **report(row),
+        "stalled": row.stalled_at is not None,
+        "stalled_since": iso(row.stalled_at),
+        "backoff_until": iso(backoff_until),
         "parent": row.parent,
+        "depth": row.depth,
+        "children": children or [],
+        "group": None,
     }

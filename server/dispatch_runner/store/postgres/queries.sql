@@ -345,7 +345,14 @@ SELECT count(*) FROM workspaces WHERE root = %s;
 SELECT id FROM workspaces WHERE parent IN ({ids});
 
 -- name: insert_message
-INSERT INTO messages (workspace, text, created_at) VALUES (%s, %s, %s);
+INSERT INTO messages (workspace, text, created_at) VALUES (%s, %s, %s) RETURNING id;
+
+-- name: workspace_for_update
+-- a message and the exit of the workspace's run take the row in turn: neither misses the other
+SELECT * FROM workspaces WHERE id = %s FOR UPDATE;
+
+-- name: message_state
+SELECT delivered_at, delivered_how FROM messages WHERE id = %s;
 
 -- name: pending_messages
 SELECT id, text FROM messages WHERE workspace = %s AND delivered_at IS NULL ORDER BY id;

@@ -7,17 +7,19 @@ a plan and write it with the backend's named queries (`db.q.<name>`).
     runs.py     a run's start and end, reservations given back
     reads.py    events, workspaces, the status snapshot (snapshot.py)
     control.py  freeze, kill, peers, garbage collection
+    followups.py  messages and resume runs, the tree of sub-agents
     rows.py     rows to values and back;  queries.py  reading queries.sql and migrations/
 """
 
 from .control import ControlSide
+from .followups import FollowUpSide
 from .queue import QueueSide
 from .reads import ReadSide
 from .rows import LANE_SEP, lane_of
 from .runs import RunSide
 
 
-class SQLStore(QueueSide, RunSide, ReadSide, ControlSide):
+class SQLStore(QueueSide, RunSide, ReadSide, ControlSide, FollowUpSide):
     """The Store protocol over a backend's core: one side per concern."""
 
 

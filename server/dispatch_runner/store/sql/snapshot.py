@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ... import policy
+from ...policy import Spent
 from ...model import Priority
 from ..base import Limits, WorkspaceRow
 from .conn import Conn, Row
-from .rows import read_pool_state, workspace_row
+from .rows import read_pool_state, read_spent, workspace_row
 
 
 def snapshot(
@@ -27,10 +28,13 @@ def snapshot(
     counts = {r[0]: r[1] for r in db.execute(db.q.count_by_state)}
     pools = _pool_counts(db, limits)
     _pool_times(db, pools, now=now, limits=limits)
+    _pool_spend(db, pools, now=now, limits=limits)
     return {
         "frozen": frozen,
         "pools": dict(sorted(pools.items())),
+        "allowance": _agent_allowance(db, now=now, limits=limits),
         "counts": counts,
+        "undelivered": int(db.execute(db.q.outbox_undelivered).fetchone()[0]),
         "workspaces": [
             _short(workspace_row(r), now, r["run_host"]) for r in _recent(db, agent, state, limit)
         ],
@@ -85,6 +89,35 @@ def _pool_times(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limit
         e["throughput_1m"] = thr.get(name, 0)
 
 
+def _pool_spend(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits) -> None:
+    """Each pool's use today (runs, tokens, dollars) and, where it has one, against its
+    allowance: {runs, tokens, usd: {used, limit}}."""
+    spent = read_spent(db, pools, limits.rates, now)
+    for name, e in pools.items():
+        used = spent.get(name, Spent())
+        e["usage_today"] = {"runs": used.runs, "tokens": used.tokens, "usd": round(used.usd, 4)}
+        e["allowance"] = _against(limits.allowance.get(name), used)
+
+
+def _agent_allowance(db: Conn, *, now: float, limits: Limits) -> dict[str, Any]:
+    """Allowances set on an agent (pool:model), with today's use."""
+    keys = [k for k in limits.allowance if ":" in k]
+    spent = read_spent(db, keys, limits.rates, now) if keys else {}
+    return {k: _against(limits.allowance[k], spent.get(k, Spent())) for k in sorted(keys)}
+
+
+def _against(allowance: policy.Allowance | None, used: Spent) -> dict[str, Any] | None:
+    if allowance is None:
+        return None
+    out: dict[str, Any] = {
+        m: {"used": round(getattr(used, m), 4), "limit": getattr(allowance, m)}
+        for m in ("runs", "tokens", "usd")
+        if getattr(allowance, m) is not None
+    }
+    out["exhausted"] = policy.exhausted(allowance, used)
+    return out
+
+
 def _recent(db: Conn, agent: str | None, state: str | None, limit: int) -> list[Row]:
     """At most `limit` rows: running first, then newest."""
     filters: list[str] = []
@@ -116,4 +149,7 @@ def _short(ws: WorkspaceRow, now: float, run_host: str | None) -> dict[str, Any]
         "duration_s": duration,
         "summary": (ws.summary or "")[:200] or None,
         "host": run_host or ws.host,
+        "cost_usd": ws.usage.cost_usd,
+        "stalled": ws.stalled_at is not None,
+        "parent": ws.parent,
     }

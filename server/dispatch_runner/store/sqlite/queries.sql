@@ -345,7 +345,14 @@ SELECT count(*) FROM workspaces WHERE root = ?;
 SELECT id FROM workspaces WHERE parent IN ({ids});
 
 -- name: insert_message
-INSERT INTO messages (workspace, text, created_at) VALUES (?, ?, ?);
+INSERT INTO messages (workspace, text, created_at) VALUES (?, ?, ?) RETURNING id;
+
+-- name: workspace_for_update
+-- (SQLite: its write lock already serialises this with every exit)
+SELECT * FROM workspaces WHERE id = ?;
+
+-- name: message_state
+SELECT delivered_at, delivered_how FROM messages WHERE id = ?;
 
 -- name: pending_messages
 SELECT id, text FROM messages WHERE workspace = ? AND delivered_at IS NULL ORDER BY id;
