@@ -73,6 +73,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtur
     monkeypatch.setenv("DISPATCH_RUNNER_HOME", str(h.path))
     monkeypatch.delenv("DISPATCH_RUNNER_CONFIG", raising=False)
     monkeypatch.delenv("DISPATCH_RUNNER_STORE", raising=False)
+    for inherited in ("DISPATCH_RUNNER_PARENT", "DISPATCH_RUNNER_DEPTH", "DISPATCH_RUNNER_SESSION"):
+        monkeypatch.delenv(inherited, raising=False)  # the suite may itself run inside a run
     if os.environ.get("DISPATCH_RUNNER_TEST_STORE") == "postgres":
         monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
     monkeypatch.setenv("FAKE_AGENT_LOG", str(h.agent_log))

@@ -628,6 +628,8 @@ POOL_KEYS = {
     "next_spawn_at",
     "oldest_queued_at",
     "throughput_1m",
+    "usage_today",
+    "allowance",
 }
 
 
@@ -656,13 +658,25 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
 
     snap = store.snapshot(now=T0 + 30, limits=limits)
     assert {"frozen", "pools", "counts", "workspaces"} <= set(snap)
-    assert set(snap) - {"frozen", "pools", "counts", "workspaces"} <= {"bus_dropped"}
+    assert set(snap) - {"frozen", "pools", "counts", "workspaces"} <= {
+        "bus_dropped",
+        "allowance",
+        "undelivered",
+    }
+    assert snap["undelivered"] == 0 and snap["allowance"] == {}
     assert snap["frozen"] is False
     assert {k: v for k, v in snap["counts"].items() if v} == {"running": 3, "queued": 2, "completed": 1}
     pools = snap["pools"]
     assert set(pools) == {"claude", "codex", "gemini"}
     for entry in pools.values():
         assert set(entry) == POOL_KEYS
+        assert entry.pop("allowance") is None  # none configured
+    runs_today = {name: entry.pop("usage_today") for name, entry in pools.items()}
+    assert runs_today == {
+        "claude": {"runs": 2, "tokens": 0, "usd": 0.0},
+        "codex": {"runs": 1, "tokens": 0, "usd": 0.0},
+        "gemini": {"runs": 1, "tokens": 0, "usd": 0.0},
+    }
     # without rates there is no daily limit; whether spawns are still counted is not specified
     assert pools["claude"].pop("daily_used") in (0, 2)
     assert pools["codex"].pop("daily_used") in (0, 1)

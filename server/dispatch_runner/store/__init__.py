@@ -18,6 +18,7 @@ from .base import (
     RunExit,
     RunRow,
     Store,
+    Usage,
     WorkspaceRow,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "RunExit",
     "RunRow",
     "Store",
+    "Usage",
     "WorkspaceRow",
     "open_store",
 ]

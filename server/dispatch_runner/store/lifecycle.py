@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
 from .. import policy
-from ..errors import QueueBusy
+from ..errors import LimitRefused, QueueBusy
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
 from .base import HostCaps, Limits, RunExit, WorkspaceRow
@@ -377,6 +377,29 @@ def plan_eta(
         position=position, limit=cap, runtimes_s=counts.runtimes, gate_wait_s=gate_wait
     )
     return EtaPlan(position=position, eta_s=eta, gate_wait_s=gate_wait)
+
+
+def check_allowance(
+    lane: Lane, limits: Limits, spent: Mapping[str, policy.Spent], *, now: float, max_wait_s: float | None
+) -> float:
+    """How long a dispatch waits for its pool's or agent's allowance to renew (0: it has some
+    left); refused (LimitRefused) when that is longer than its max_wait_s."""
+    used = allowance_used(lane, limits, spent, now)
+    if used is None:
+        return 0.0
+    key, reset = used
+    wait = reset - now
+    if max_wait_s is not None and wait > max_wait_s:
+        allowance = limits.allowance[key]
+        measure = policy.exhausted(allowance, spent.get(key, policy.Spent()))
+        raise LimitRefused(
+            "allowance",
+            f"refused: {key!r} has used its daily allowance of {measure} "
+            f"({getattr(allowance, measure or 'runs'):g}); it renews at {policy.iso(reset)}, "
+            f"in {wait:.0f}s, more than max_wait_s={max_wait_s:g}. Pick another agent, wait, or "
+            "raise allowance in agents.yaml; nothing was queued",
+        )
+    return wait
 
 
 def check_max_wait(eta: EtaPlan, *, pool: str, max_wait_s: float | None) -> None:

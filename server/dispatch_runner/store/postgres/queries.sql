@@ -326,6 +326,11 @@ INSERT INTO spend (key, day, runs, tokens, usd) VALUES (%s, %s, %s, %s, %s)
    ON CONFLICT (key, day) DO UPDATE SET runs = spend.runs + excluded.runs,
    tokens = spend.tokens + excluded.tokens, usd = spend.usd + excluded.usd;
 
+-- name: mark_allowance_exhausted
+-- once per key and day: the first claim that finds an allowance used up says so (event)
+INSERT INTO settings (key, value) VALUES (%s, %s)
+   ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE settings.value <> excluded.value;
+
 -- name: spend_of
 SELECT key, runs, tokens, usd FROM spend WHERE day = %s AND key IN ({keys});
 

@@ -6,6 +6,7 @@ probes the indexes it names and writes the plan, inside the claim's IMMEDIATE tr
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import cached_property
 
 from ... import policy
@@ -52,6 +53,7 @@ class QueueSide(SQLCore):
                 now=now,
             )
             lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
+            eta = _after_allowance(db, ws, eta, limits, now=now, max_wait_s=max_wait_s)
             db.execute(db.q.insert_workspace, insert_args(ws, now))
             extra = {"remote": True} if ws.remote else {}
             self._event(
@@ -86,6 +88,9 @@ class QueueSide(SQLCore):
             return ClaimResult(None, None)
         pick = _Pick(db, now, host_of(peer), can)
         best, wake = pick(limits, lock=lambda pools: self._lock_pools(db, pools))
+        for key, renews in pick.used_up:
+            if db.execute(db.q.mark_allowance_exhausted, (f"allowance:{key}", str(renews))).rowcount:
+                self._event(db, "AllowanceExhausted", now, None, None, key=key, until=renews)
         later = db.execute(db.q.next_not_before, (now,)).fetchone()[0]
         if later is not None:
             wake.append(float(later))
@@ -93,6 +98,28 @@ class QueueSide(SQLCore):
         if best is None:
             return ClaimResult(None, wake_at)
         return ClaimResult(_take(db, best, now, limits, peer), wake_at)
+
+
+def _after_allowance(
+    db: Conn,
+    ws: NewWorkspace,
+    eta: lifecycle.EtaPlan,
+    limits: Limits,
+    *,
+    now: float,
+    max_wait_s: float | None,
+) -> lifecycle.EtaPlan:
+    """The ETA once the pool's or agent's allowance renews, if it is used up (refused past
+    max_wait_s)."""
+    keys = [k for k in policy.allowance_keys(ws.pool, ws.model) if k in limits.allowance]
+    if not keys:
+        return eta
+    lane = lifecycle.Lane(ws.pool, ws.model)
+    spent = read_spent(db, keys, limits.rates, now)
+    wait = lifecycle.check_allowance(lane, limits, spent, now=now, max_wait_s=max_wait_s)
+    if not wait:
+        return eta
+    return replace(eta, eta_s=max(eta.eta_s or 0.0, wait), gate_wait_s=max(eta.gate_wait_s, wait))
 
 
 class _QueueCounts:
@@ -157,6 +184,7 @@ class _Pick:
 
     def __init__(self, db: Conn, now: float, host: str, can: HostCaps | None) -> None:
         self.db, self.now, self.host, self.can = db, now, host, can
+        self.used_up: list[tuple[str, float]] = []  # allowances found used up: (key, renews at)
 
     def __call__(
         self, limits: Limits, *, lock: Callable[[list[str]], None]
@@ -174,6 +202,7 @@ class _Pick:
             for key in policy.allowance_keys(lane.pool, lane.model)
             if key in limits.allowance
         }
+        spent = read_spent(db, budgeted, limits.rates, self.now) if budgeted else None
         taken, wake = lifecycle.open_lanes(
             lanes,
             pools=pools,
@@ -181,8 +210,12 @@ class _Pick:
             running_model=running_model,
             limits=limits,
             now=self.now,
-            spent=read_spent(db, budgeted, limits.rates, self.now) if budgeted else None,
+            spent=spent,
         )
+        if spent is not None:
+            self.used_up = [
+                u for lane in lanes if (u := lifecycle.allowance_used(lane, limits, spent, self.now))
+            ]
         return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
 
     def _head(self, lane: lifecycle.Lane) -> WorkspaceRow | None:

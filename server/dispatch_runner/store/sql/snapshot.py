@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ... import policy
-from ...policy import Spent
 from ...model import Priority
+from ...policy import Spent
 from ..base import Limits, WorkspaceRow
 from .conn import Conn, Row
 from .rows import read_pool_state, read_spent, workspace_row
