@@ -19,7 +19,20 @@ MAX_FUNCTION_LINES = 50
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "core",
-        frozenset({"model", "policy", "errors", "argv", "validate", "actions", "outputs", "events", "watch"}),
+        frozenset(
+            {
+                "model",
+                "policy",
+                "allowance",
+                "errors",
+                "argv",
+                "validate",
+                "actions",
+                "outputs",
+                "events",
+                "watch",
+            }
+        ),
     ),
     ("settings", frozenset({"config", "workspaces"})),
     ("store", frozenset({"store"})),

@@ -66,41 +66,6 @@ DEFAULT_RATE: Final = RateConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Allowance:
-    """A daily budget of a pool or an agent (agents.yaml `allowance:`, reference 001); None: no
-    limit on that measure. Days run reset to reset (the pool's `rates.reset_utc`)."""
-
-    runs: int | None = None
-    tokens: int | None = None
-    usd: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Spent:
-    """What a pool or an agent spent in one day."""
-
-    runs: int = 0
-    tokens: int = 0
-    usd: float = 0.0
-
-
-def exhausted(allowance: Allowance | None, spent: Spent) -> str | None:
-    """The measure of `allowance` that `spent` has used up (runs, tokens, usd), or None."""
-    if allowance is None:
-        return None
-    for measure in ("runs", "tokens", "usd"):
-        limit = getattr(allowance, measure)
-        if limit is not None and getattr(spent, measure) >= limit:
-            return measure
-    return None
-
-
-def allowance_keys(pool: str, model: str | None) -> tuple[str, ...]:
-    """The keys an allowance may be set on for a lane: its pool and its agent (`pool:model`)."""
-    return (pool, f"{pool}:{model}") if model else (pool,)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolState:
     """Durable per-pool state (survives restarts)."""
 

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from dispatch_runner.allowance import Allowance
 from dispatch_runner.errors import InvalidArgument, LimitRefused
 from dispatch_runner.model import Outcome
-from dispatch_runner.policy import Allowance, PoolLimit
+from dispatch_runner.policy import PoolLimit
 from dispatch_runner.store import Limits, Store, Usage
 from tests.store.test_contract import (
     NEXT_RESET,
+    NO_LIMITS,
     T0,
     claim,
     enqueue,
@@ -32,7 +34,7 @@ def budget(**allowance: Allowance) -> Limits:
     return Limits(concurrency={"claude": PoolLimit(total=5)}, allowance=allowance)
 
 
-def run_once(store: Store, wid: str, *, now: float = T0, limits: Limits = Limits(), **exit: Any) -> None:
+def run_once(store: Store, wid: str, *, now: float = T0, limits: Limits = NO_LIMITS, **exit: Any) -> None:
     got = must_claim(store, now, limits)
     assert got.workspace.id == wid
     start(store, got.run_id, now)

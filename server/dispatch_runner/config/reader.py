@@ -12,8 +12,9 @@ import yaml
 
 from .. import argv as argvlib
 from ..errors import ConfigError, InvalidArgument
-from ..model import LABEL_RE, MODEL_RE, AgentRef
-from ..policy import Allowance, PoolLimit, RateConfig
+from ..model import MODEL_RE, AgentRef
+from ..policy import PoolLimit, RateConfig
+from . import sections
 from .schema import (
     INPUT_MODES,
     OUTPUT_KINDS,
@@ -22,7 +23,6 @@ from .schema import (
     STDIN_MODES,
     AgentDef,
     Config,
-    PoolPolicy,
     defaults,
 )
 from .yaml_reader import YamlReader as _Reader
@@ -40,7 +40,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
     if root is None:
         return config
     top = reader.mapping(root, "(top level)")
-    sections: dict[str, Callable[[_Reader, yaml.Node, Config], Config]] = {
+    readers: dict[str, Callable[[_Reader, yaml.Node, Config], Config]] = {
         "version": _version,
         # the environment (and so the --store flag) wins over the file
         "store": (lambda r, n, c: c) if env.get("DISPATCH_RUNNER_STORE") else _store,
@@ -51,13 +51,13 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         "templates": _templates,
         "tools": _tools,
         "notify": _notify,
-        "host": _host,
-        "pools": _pools,
-        "allowance": _allowance,
+        "host": sections.host,
+        "pools": sections.pools,
+        "allowance": sections.allowance,
     }
-    reader.only(top, tuple(sections), "")
+    reader.only(top, tuple(readers), "")
     for name, (_, node) in top.items():
-        config = sections[name](reader, node, config)
+        config = readers[name](reader, node, config)
     try:
         default_pool: str | None = AgentRef.parse(config.default_agent).pool
     except InvalidArgument:
@@ -251,13 +251,6 @@ def _stdin(r: _Reader, v: yaml.Node, at: str) -> str:
     return mode
 
 
-def _flag(r: _Reader, v: yaml.Node, at: str) -> bool:
-    value = r.scalar(v, at)
-    if not isinstance(value, bool):
-        raise r.fail(v, at, "expected true or false")
-    return value
-
-
 def _output(r: _Reader, v: yaml.Node, at: str) -> str:
     kind = r.string(v, at)
     if kind not in OUTPUT_KINDS:
@@ -274,7 +267,7 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
     "max_attempts": lambda r, v, at: int(r.number(v, at, integer=True, minimum=1)),
     "timeout_s": lambda r, v, at: r.number(v, at, minimum=0) or None,
     "stdin": _stdin,
-    "end_of_options": _flag,
+    "end_of_options": sections.flag,
     "resume_command": lambda r, v, at: _resume_command(r, v, at),
     "input": lambda r, v, at: _choice(r, v, at, INPUT_MODES, "how it reads messages while it runs"),
     "max_turns_flag": lambda r, v, at: _option(r, v, at),
@@ -379,80 +372,6 @@ def _store(r: _Reader, node: yaml.Node, c: Config) -> Config:
     if not value.startswith(("postgresql://", "postgres://")):
         raise r.fail(node, "store", "use sqlite:///path/to/state.db or postgresql://user@host/dbname")
     return replace(c, store_url=value)
-
-
-def _labels(r: _Reader, node: yaml.Node, where: str) -> frozenset[str]:
-    labels = r.strings(node, where)
-    for label in labels:
-        if not LABEL_RE.match(label):
-            raise r.fail(
-                node,
-                where,
-                f"{label!r} is not a label: use letters, digits and ._/@:+- (e.g. gpu, repo:shop)",
-            )
-    return frozenset(labels)
-
-
-def _host(r: _Reader, node: yaml.Node, c: Config) -> Config:
-    items = r.mapping(node, "host")
-    r.only(items, ("labels",), "host")
-    if "labels" not in items:
-        return c
-    return replace(c, host_labels=_labels(r, items["labels"][1], "host.labels"))
-
-
-_POOL_KEYS: Final = (
-    "labels",
-    "max_attempts",
-    "timeout_s",
-    "retry_timeouts",
-    "startup_timeout_s",
-    "idle_timeout_s",
-    "kill_stalled",
-)
-
-
-def _pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
-    """Per-pool policy: retries, time limits and watchdogs, and `labels` (a host runs the pool
-    only if it has them all)."""
-    found: dict[str, PoolPolicy] = {}
-    for pool, (_, value) in r.mapping(node, "pools").items():
-        where = f"pools.{pool}"
-        items = r.mapping(value, where)
-        r.only(items, _POOL_KEYS, where)
-        kw: dict[str, Any] = {}
-        for name, (_, v) in items.items():
-            at = f"{where}.{name}"
-            if name == "labels":
-                kw[name] = _labels(r, v, at)
-            elif name == "max_attempts":
-                kw[name] = int(r.number(v, at, integer=True, minimum=1))
-            elif name in ("retry_timeouts", "kill_stalled"):
-                kw[name] = _flag(r, v, at)
-            else:
-                kw[name] = r.number(v, at, minimum=0) or None  # 0: none
-        found[pool] = PoolPolicy(**kw)
-    return replace(c, pools=found)
-
-
-def _allowance(r: _Reader, node: yaml.Node, c: Config) -> Config:
-    """Daily budgets per pool or agent: `claude: {runs: 200, tokens: 5000000, usd: 50}`."""
-    found: dict[str, Allowance] = {}
-    for key, (key_node, value) in r.mapping(node, "allowance").items():
-        where = f"allowance.{key}"
-        try:
-            ref = AgentRef.parse(key)
-        except InvalidArgument:
-            raise r.fail(key_node, where, "name a pool (claude) or an agent (claude:opus)") from None
-        items = r.mapping(value, where)
-        r.only(items, ("runs", "tokens", "usd"), where)
-        kw: dict[str, Any] = {}
-        for name, (_, v) in items.items():
-            integer = name != "usd"
-            number = r.number(v, f"{where}.{name}", integer=integer, minimum=0)
-            kw[name] = int(number) if integer else float(number)
-        found[str(ref)] = Allowance(**kw)
-    return replace(c, allowance=found)
 
 
 def _notify(r: _Reader, node: yaml.Node, c: Config) -> Config:

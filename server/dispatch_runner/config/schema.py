@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Final
 
 from .. import argv as argvlib
+from ..allowance import Allowance
 from ..errors import UnknownAgent
 from ..model import AgentRef
-from ..policy import DEFAULT_MAX_ATTEMPTS, Allowance, PoolLimit, RateConfig
+from ..policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
 
 OUTPUT_KINDS: Final = (
     "claude-stream-json",

@@ -10,7 +10,7 @@ from typing import Any
 import anyio.to_thread
 
 from .. import workspaces
-from ..actions import DispatchRequest
+from ..actions import DispatchRequest, MessageRequest
 from ..errors import WorkspaceUnavailable
 from ..launch import supervisor
 from ..store import NewWorkspace, WorkspaceRow
@@ -53,7 +53,6 @@ class Dispatcher:
                     self.core.config,
                     req,
                     origin=origin,
-                    parent=parent,
                     client=client,
                     fleet=Fleet(self.core.caps(fresh=True), self.core.store.peers),
                     lineage=tree,
@@ -74,13 +73,24 @@ class Dispatcher:
         running agent that reads input)."""
         check_dispatch_values(req)
         workspace = followups.check_resume(self.core.config, req)
-        row, delivered = await followups.send(self.core.store, workspace, req.task)
-        await self.core.publish_new()
-        if row.state != "running":
-            await anyio.to_thread.run_sync(self.drainer.drain_sync)
+        row, delivered = await self._follow_up(workspace, req.task)
         fresh = await self.core.db(self.core.store.get_workspace, workspace)
         result = self._result(fresh or row, deduplicated=False, eta_s=None)
         return {**result, "resumed": True, "delivered": delivered}
+
+    async def message(self, req: MessageRequest) -> dict[str, Any]:
+        """A message to a workspace: live to its running agent when it reads input, else queued
+        as the input of a run that resumes its session."""
+        followups.check_message(self.core.config, req)
+        row, delivered = await self._follow_up(req.workspace, req.text)
+        return followups.message_result(row, delivered)
+
+    async def _follow_up(self, workspace: str, text: str) -> tuple[WorkspaceRow, str]:
+        row, delivered = await followups.send(self.core.store, workspace, text)
+        await self.core.publish_new()
+        if row.state != "running":  # a resume run was queued: start it if a slot is free
+            await anyio.to_thread.run_sync(self.drainer.drain_sync)
+        return row, delivered
 
     def _dispatch_sync(self, new: NewWorkspace, max_wait_s: float | None) -> dict[str, Any]:
         """Files, the enqueue transaction and the first drain in one worker-thread hop."""

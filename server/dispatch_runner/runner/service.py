@@ -34,7 +34,6 @@ from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
-from . import followups
 from .collector import Collector
 from .control import Killer
 from .core import Core, RunnerStatistics, peer_id
@@ -122,9 +121,8 @@ class Runner:
         parent: str | None = None,
         client: str | None = None,
     ) -> dict[str, Any]:
-        """`origin`: the connection to push the completion to; `client`: who is owed it if
-        that connection is gone (mcp/push.py); `parent`: the workspace whose agent dispatches
-        (by default the DISPATCH_RUNNER_PARENT of this process's environment)."""
+        """`origin`: the connection to push the completion to; `client`: who is owed it when
+        that one is gone (mcp/push.py); `parent`: default DISPATCH_RUNNER_PARENT."""
         return await self.dispatcher.dispatch(req, origin=origin, parent=parent, client=client)
 
     async def status(self, req: StatusRequest) -> dict[str, Any]:
@@ -146,14 +144,7 @@ class Runner:
         return await self.killer.kill(req)
 
     async def message(self, req: MessageRequest) -> dict[str, Any]:
-        """Send a message to a workspace: live to its running agent when it reads input, else
-        queued as the input of a run that resumes its session."""
-        followups.check_message(self.core.config, req)
-        row, delivered = await followups.send(self.core.store, req.workspace, req.text)
-        await self.core.publish_new()
-        if row.state != "running":
-            await self.drain()
-        return followups.message_result(row, delivered)
+        return await self.dispatcher.message(req)
 
     async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
         return await self.collector.gc(req)

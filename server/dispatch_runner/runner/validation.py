@@ -29,32 +29,27 @@ def new_workspace(
     req: DispatchRequest,
     *,
     origin: str | None,
-    parent: str | None,
     fleet: Fleet,
     client: str | None = None,
     lineage: "Lineage | None" = None,
 ) -> NewWorkspace:
-    """The workspace a valid dispatch stores; raises a DispatchError for an invalid one. May run
-    git, resolve paths and read the fleet's peers: call it off the event loop."""
-    check_dispatch_values(req)
+    """The workspace a dispatch stores (its values already checked: check_dispatch_values);
+    raises a DispatchError for an invalid one. May run git, resolve paths and read the fleet's
+    peers: call it off the event loop."""
     check_size(cfg, req.task)
     agent_def = cfg.agent_def(ref := AgentRef.parse(req.agent or cfg.default_agent))
     model = ref.model or agent_def.model
-    template_name = _template(cfg, req.template)
+    template_name, template_text = _template(cfg, req.template)
     cwd_path, repo_path = _places(cfg, req.cwd, req.repo)
     placement = place(ref, agent_def, req, pinned=bool(cwd_path or repo_path), fleet=fleet)
-    path = cfg.workspace_root / (ws_id := workspaces.new_id())
-    branch = f"runner/{ws_id}" if repo_path else None
-    run_dir = cwd_path or (path / "worktree" if repo_path else path / "work")
-    template_text = cfg.templates[template_name]
+    ws_id, path, branch, run_dir = _directories(cfg, cwd_path, repo_path)
     prompt = argvlib.expand(
         template_text, {"task": req.task, "workspace": str(run_dir), "branch": branch or ""}
     )
-    spec = runfiles.agent_spec(
+    agent_spec = runfiles.agent_spec(
         agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
     )
-    spec = with_run_limits(spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
-    lineage = lineage or Lineage()
+    spec = with_run_limits(agent_spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
     _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
     return NewWorkspace(
         id=ws_id,
@@ -72,16 +67,29 @@ def new_workspace(
         repo=str(repo_path) if repo_path else None,
         branch=branch,
         idempotency_key=req.idempotency_key,
-        max_attempts=req.max_attempts or cfg.max_attempts_for(ref.pool),
-        timeout_s=req.timeout_s or cfg.timeout_for(ref.pool),
         origin=origin,
-        parent=lineage.parent,
-        depth=lineage.depth,
-        root=lineage.root,
         client=client,
         spec=spec,
+        **_limits(cfg, ref.pool, req),
+        **(lineage or Lineage()).fields(),
         **placement.fields(),
     )
+
+
+def _limits(cfg: Config, pool: str, req: DispatchRequest) -> dict[str, Any]:
+    """Tries and time: the dispatch's own, else the pool's, agent's or the default."""
+    return {
+        "max_attempts": req.max_attempts or cfg.max_attempts_for(pool),
+        "timeout_s": req.timeout_s or cfg.timeout_for(pool),
+    }
+
+
+def _directories(cfg: Config, cwd: Path | None, repo: Path | None) -> tuple[str, Path, str | None, Path]:
+    """A new workspace's id, its directory, its branch (for a repo's worktree) and where its agent
+    runs: `cwd`, the worktree, or a fresh `work` directory."""
+    path = cfg.workspace_root / (ws_id := workspaces.new_id())
+    branch = f"runner/{ws_id}" if repo else None
+    return ws_id, path, branch, cwd or (path / "worktree" if repo else path / "work")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,9 @@ class Lineage:
     parent: str | None = None
     depth: int = 1
     root: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"parent": self.parent, "depth": self.depth, "root": self.root}
 
 
 def with_run_limits(
@@ -158,7 +169,7 @@ def check_size(cfg: Config, task: str) -> None:
         )
 
 
-def _template(cfg: Config, name: str | None) -> str:
+def _template(cfg: Config, name: str | None) -> tuple[str, str]:
     template_name = name or cfg.default_template
     if template_name not in cfg.templates:
         raise InvalidArgument(
@@ -167,7 +178,7 @@ def _template(cfg: Config, name: str | None) -> str:
             f"{', '.join(sorted(cfg.templates))}); add it under templates: "
             "in agents.yaml",
         )
-    return template_name
+    return template_name, cfg.templates[template_name]
 
 
 def _places(cfg: Config, cwd: str | None, repo: str | None) -> tuple[Path | None, Path | None]:

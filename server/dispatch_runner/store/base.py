@@ -5,8 +5,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from ..allowance import Allowance
 from ..model import Event, Outcome
-from ..policy import Allowance, PoolLimit, PoolState, RateConfig
+from ..policy import PoolLimit, PoolState, RateConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

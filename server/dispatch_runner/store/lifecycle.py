@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
-from .. import policy
-from ..errors import LimitRefused, QueueBusy
+from .. import allowance, policy
+from ..errors import QueueBusy
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
 from .base import HostCaps, Limits, RunExit, WorkspaceRow
@@ -231,7 +231,7 @@ def open_lanes(
     running_model: Mapping[tuple[str, str | None], int],
     limits: Limits,
     now: float,
-    spent: Mapping[str, policy.Spent] | None = None,
+    spent: Mapping[str, allowance.Spent] | None = None,
 ) -> tuple[list[Lane], list[float]]:
     """Capacity-first: the lanes a claim may take from now — the pool's time gate (backoff, daily
     limit, pacing) is open, neither the pool's nor the agent's allowance is used up (`spent`:
@@ -241,7 +241,7 @@ def open_lanes(
     wake: list[float] = []
     gates: dict[str, policy.PoolGate] = {}
     for lane in lanes:
-        if spent is not None and (used := allowance_used(lane, limits, spent, now)) is not None:
+        if spent is not None and (used := allowance.used_up(lane.pool, lane.model, limits, spent, now)):
             wake.append(used[1])
             continue
         if lane.pool not in gates:
@@ -261,22 +261,6 @@ def open_lanes(
         ):
             taken.append(lane)
     return taken, wake
-
-
-def allowance_used(
-    lane: Lane, limits: Limits, spent: Mapping[str, policy.Spent], now: float
-) -> tuple[str, float] | None:
-    """The key whose allowance this lane has used up today and the reset that renews it."""
-    for key in policy.allowance_keys(lane.pool, lane.model):
-        if policy.exhausted(limits.allowance.get(key), spent.get(key, policy.Spent())):
-            return key, spend_day(limits.rates.get(lane.pool), now)[1]
-    return None
-
-
-def spend_day(rate: RateConfig | None, now: float) -> tuple[str, float]:
-    """The reset-to-reset day a pool's spend counts on, and when the next one starts."""
-    start, end = policy.day_bounds((rate or policy.DEFAULT_RATE).reset_utc, _dt(now))
-    return start.isoformat(), end.timestamp()
 
 
 class Ordered(Protocol):
@@ -377,29 +361,6 @@ def plan_eta(
         position=position, limit=cap, runtimes_s=counts.runtimes, gate_wait_s=gate_wait
     )
     return EtaPlan(position=position, eta_s=eta, gate_wait_s=gate_wait)
-
-
-def check_allowance(
-    lane: Lane, limits: Limits, spent: Mapping[str, policy.Spent], *, now: float, max_wait_s: float | None
-) -> float:
-    """How long a dispatch waits for its pool's or agent's allowance to renew (0: it has some
-    left); refused (LimitRefused) when that is longer than its max_wait_s."""
-    used = allowance_used(lane, limits, spent, now)
-    if used is None:
-        return 0.0
-    key, reset = used
-    wait = reset - now
-    if max_wait_s is not None and wait > max_wait_s:
-        allowance = limits.allowance[key]
-        measure = policy.exhausted(allowance, spent.get(key, policy.Spent()))
-        raise LimitRefused(
-            "allowance",
-            f"refused: {key!r} has used its daily allowance of {measure} "
-            f"({getattr(allowance, measure or 'runs'):g}); it renews at {policy.iso(reset)}, "
-            f"in {wait:.0f}s, more than max_wait_s={max_wait_s:g}. Pick another agent, wait, or "
-            "raise allowance in agents.yaml; nothing was queued",
-        )
-    return wait
 
 
 def check_max_wait(eta: EtaPlan, *, pool: str, max_wait_s: float | None) -> None:

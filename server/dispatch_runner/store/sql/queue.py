@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from ... import policy
+from ... import allowance, policy
 from ...model import WorkspaceState
 from .. import lifecycle
 from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, WorkspaceRow
@@ -111,12 +111,11 @@ def _after_allowance(
 ) -> lifecycle.EtaPlan:
     """The ETA once the pool's or agent's allowance renews, if it is used up (refused past
     max_wait_s)."""
-    keys = [k for k in policy.allowance_keys(ws.pool, ws.model) if k in limits.allowance]
+    keys = [k for k in allowance.allowance_keys(ws.pool, ws.model) if k in limits.allowance]
     if not keys:
         return eta
-    lane = lifecycle.Lane(ws.pool, ws.model)
     spent = read_spent(db, keys, limits.rates, now)
-    wait = lifecycle.check_allowance(lane, limits, spent, now=now, max_wait_s=max_wait_s)
+    wait = allowance.check_wait(ws.pool, ws.model, limits, spent, now=now, max_wait_s=max_wait_s)
     if not wait:
         return eta
     return replace(eta, eta_s=max(eta.eta_s or 0.0, wait), gate_wait_s=max(eta.gate_wait_s, wait))
@@ -199,7 +198,7 @@ class _Pick:
         budgeted = {
             key
             for lane in lanes
-            for key in policy.allowance_keys(lane.pool, lane.model)
+            for key in allowance.allowance_keys(lane.pool, lane.model)
             if key in limits.allowance
         }
         spent = read_spent(db, budgeted, limits.rates, self.now) if budgeted else None
@@ -214,7 +213,9 @@ class _Pick:
         )
         if spent is not None:
             self.used_up = [
-                u for lane in lanes if (u := lifecycle.allowance_used(lane, limits, spent, self.now))
+                u
+                for lane in lanes
+                if (u := allowance.used_up(lane.pool, lane.model, limits, spent, self.now))
             ]
         return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
 

@@ -4,7 +4,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...policy import PoolState, RateConfig, Spent
+from ...allowance import Spent, spend_day
+from ...policy import PoolState, RateConfig
 from .. import lifecycle
 from ..base import NewWorkspace, RunRow, Usage, WorkspaceRow
 from .conn import Conn, Row
@@ -97,7 +98,7 @@ def read_spent(
     """Today's spend of pools and agents (`pool` or `pool:model` keys), each on its pool's day."""
     by_day: dict[str, list[str]] = {}
     for key in keys:
-        by_day.setdefault(lifecycle.spend_day(rates.get(key.split(":", 1)[0]), now)[0], []).append(key)
+        by_day.setdefault(spend_day(rates.get(key.split(":", 1)[0]), now)[0], []).append(key)
     spent: dict[str, Spent] = {}
     for day, some in by_day.items():
         sql = db.q.expand("spend_of", keys=db.q.marks(len(some)))
@@ -123,7 +124,7 @@ def add_spend(
     usd: float,
 ) -> None:
     """Count spend on the pool's day, for the pool and (when it names a model) its agent."""
-    day = lifecycle.spend_day(rate, now)[0]
+    day = spend_day(rate, now)[0]
     for key in {pool, agent_key or pool}:
         db.execute(db.q.add_spend, (key, day, runs, tokens, usd))
 
@@ -186,20 +187,27 @@ def workspace_row(row: Row) -> WorkspaceRow:
         host=row["host"],
         requires=requires_of(row),
         dir_host=row["dir_host"],
-        usage=Usage(
+        **_reported(row),
+    )
+
+
+def _reported(row: Row) -> dict[str, Any]:
+    """A workspace's report-back columns: usage, what changed, stalls, its tree, follow-ups."""
+    return {
+        "usage": Usage(
             turns=row["turns"],
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
             cost_usd=row["cost_usd"],
         ),
-        diff=json.loads(row["diff"]) if row["diff"] else None,
-        commits=json.loads(row["commits"]) if row["commits"] else None,
-        stalled_at=row["stalled_at"],
-        depth=row["depth"],
-        root=row["root"],
-        client=row["client"],
-        next_input=row["next_input"],
-    )
+        "diff": json.loads(row["diff"]) if row["diff"] else None,
+        "commits": json.loads(row["commits"]) if row["commits"] else None,
+        "stalled_at": row["stalled_at"],
+        "depth": row["depth"],
+        "root": row["root"],
+        "client": row["client"],
+        "next_input": row["next_input"],
+    }
 
 
 def run_row(row: Row) -> RunRow:

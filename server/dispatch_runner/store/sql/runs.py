@@ -7,8 +7,7 @@ a never-started claim's slot given back); this side loads the rows and writes th
 import json
 from typing import Any
 
-from ...events import TERMINAL_EVENTS
-from ...model import Outcome
+from ...model import TERMINAL_EVENTS, Outcome
 from ...policy import RateConfig
 from .. import lifecycle
 from ..base import Lease, RunExit, RunRow, WorkspaceRow
@@ -193,13 +192,18 @@ class RunSide(SQLCore):
             add_spend(
                 db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0
             )
-        for event in plan.events:
-            event_id = self._event(db, event.type, now, ws.id, ws.origin, **event.data)
-            owed = ws.client or ws.origin
-            if event.type in TERMINAL_EVENTS and owed:
-                db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
+        self._exit_events(db, ws, plan, now)
         if plan.finished and plan.outcome is not Outcome.KILLED:
             self._follow_up(db, read_workspace(db, ws.id), now)
+
+    def _exit_events(self, db: Conn, ws: WorkspaceRow, plan: lifecycle.ExitPlan, now: float) -> None:
+        """The exit's events; a completion is also owed to the client that dispatched it (the
+        outbox, in the same transaction: it is delivered even if that client's server died)."""
+        owed = ws.client or ws.origin
+        for event in plan.events:
+            event_id = self._event(db, event.type, now, ws.id, ws.origin, **event.data)
+            if event.type in TERMINAL_EVENTS and owed:
+                db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
 
     def _follow_up(self, db: Conn, ws: WorkspaceRow, now: float) -> None:
         """Messages sent while the run ran (and not taken live) become the input of a new run

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ... import policy
+from ...allowance import Allowance, Spent, exhausted
 from ...model import Priority
-from ...policy import Spent
 from ..base import Limits, WorkspaceRow
 from .conn import Conn, Row
 from .rows import read_pool_state, read_spent, workspace_row
@@ -106,7 +106,7 @@ def _agent_allowance(db: Conn, *, now: float, limits: Limits) -> dict[str, Any]:
     return {k: _against(limits.allowance[k], spent.get(k, Spent())) for k in sorted(keys)}
 
 
-def _against(allowance: policy.Allowance | None, used: Spent) -> dict[str, Any] | None:
+def _against(allowance: Allowance | None, used: Spent) -> dict[str, Any] | None:
     if allowance is None:
         return None
     out: dict[str, Any] = {
@@ -114,7 +114,7 @@ def _against(allowance: policy.Allowance | None, used: Spent) -> dict[str, Any] 
         for m in ("runs", "tokens", "usd")
         if getattr(allowance, m) is not None
     }
-    out["exhausted"] = policy.exhausted(allowance, used)
+    out["exhausted"] = exhausted(allowance, used)
     return out
 
 

@@ -1,0 +1,94 @@
+"""The sections of agents.yaml about policy rather than agents: this host's labels, per-pool
+policy (`pools:`) and daily allowances (`allowance:`)."""
+
+from dataclasses import replace
+from typing import Any, Final
+
+import yaml
+
+from ..allowance import Allowance
+from ..errors import InvalidArgument
+from ..model import LABEL_RE, AgentRef
+from .schema import Config, PoolPolicy
+from .yaml_reader import YamlReader as _Reader
+
+
+def flag(r: _Reader, v: yaml.Node, at: str) -> bool:
+    value = r.scalar(v, at)
+    if not isinstance(value, bool):
+        raise r.fail(v, at, "expected true or false")
+    return value
+
+
+def _labels(r: _Reader, node: yaml.Node, where: str) -> frozenset[str]:
+    labels = r.strings(node, where)
+    for label in labels:
+        if not LABEL_RE.match(label):
+            raise r.fail(
+                node,
+                where,
+                f"{label!r} is not a label: use letters, digits and ._/@:+- (e.g. gpu, repo:shop)",
+            )
+    return frozenset(labels)
+
+
+def host(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    items = r.mapping(node, "host")
+    r.only(items, ("labels",), "host")
+    if "labels" not in items:
+        return c
+    return replace(c, host_labels=_labels(r, items["labels"][1], "host.labels"))
+
+
+_POOL_KEYS: Final = (
+    "labels",
+    "max_attempts",
+    "timeout_s",
+    "retry_timeouts",
+    "startup_timeout_s",
+    "idle_timeout_s",
+    "kill_stalled",
+)
+
+
+def pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    """Per-pool policy: retries, time limits and watchdogs, and `labels` (a host runs the pool
+    only if it has them all)."""
+    found: dict[str, PoolPolicy] = {}
+    for pool, (_, value) in r.mapping(node, "pools").items():
+        where = f"pools.{pool}"
+        items = r.mapping(value, where)
+        r.only(items, _POOL_KEYS, where)
+        kw: dict[str, Any] = {}
+        for name, (_, v) in items.items():
+            at = f"{where}.{name}"
+            if name == "labels":
+                kw[name] = _labels(r, v, at)
+            elif name == "max_attempts":
+                kw[name] = int(r.number(v, at, integer=True, minimum=1))
+            elif name in ("retry_timeouts", "kill_stalled"):
+                kw[name] = flag(r, v, at)
+            else:
+                kw[name] = r.number(v, at, minimum=0) or None  # 0: none
+        found[pool] = PoolPolicy(**kw)
+    return replace(c, pools=found)
+
+
+def allowance(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    """Daily budgets per pool or agent: `claude: {runs: 200, tokens: 5000000, usd: 50}`."""
+    found: dict[str, Allowance] = {}
+    for key, (key_node, value) in r.mapping(node, "allowance").items():
+        where = f"allowance.{key}"
+        try:
+            ref = AgentRef.parse(key)
+        except InvalidArgument:
+            raise r.fail(key_node, where, "name a pool (claude) or an agent (claude:opus)") from None
+        items = r.mapping(value, where)
+        r.only(items, ("runs", "tokens", "usd"), where)
+        kw: dict[str, Any] = {}
+        for name, (_, v) in items.items():
+            integer = name != "usd"
+            number = r.number(v, f"{where}.{name}", integer=integer, minimum=0)
+            kw[name] = int(number) if integer else float(number)
+        found[str(ref)] = Allowance(**kw)
+    return replace(c, allowance=found)
