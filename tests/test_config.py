@@ -20,6 +20,7 @@ from dispatch_runner.config import (
 )
 from dispatch_runner.errors import ConfigError, UnknownAgent
 from dispatch_runner.model import AgentRef
+from dispatch_runner.allowance import Allowance
 from dispatch_runner.policy import PoolLimit, RateConfig
 
 PATH = "/etc/dispatch/agents.yaml"
@@ -495,3 +496,87 @@ def test_any_nested_concurrency_mapping_parses_to_the_same_limits(
         nested["total"] = total
     config = parse(yaml.safe_dump({"concurrency": {pool: nested}}))
     assert config.concurrency == {pool: PoolLimit(total=total, models=limits)}
+
+
+# ---- report-back: pool policy, allowance, follow-ups, the tree of sub-agents -------------------
+
+
+def test_pool_policy_allowance_and_tree_limits() -> None:
+    c = parse(
+        "dispatch: {max_depth: 3, max_descendants: 25, timeout_s: 100}\n"
+        "pools:\n"
+        "  claude: {max_attempts: 2, timeout_s: 3600, retry_timeouts: true, startup_timeout_s: 120,\n"
+        "           idle_timeout_s: 900, kill_stalled: true, labels: [gpu]}\n"
+        "allowance:\n"
+        "  claude: {runs: 200, tokens: 5000000, usd: 50}\n"
+        "  claude:opus: {usd: 12.5}\n"
+    )
+    assert (c.max_depth, c.max_descendants) == (3, 25)
+    pool = c.pool_policy("claude")
+    assert (pool.max_attempts, pool.timeout_s, pool.retry_timeouts) == (2, 3600, True)
+    assert (pool.startup_timeout_s, pool.idle_timeout_s, pool.kill_stalled) == (120, 900, True)
+    assert c.pool_labels == {"claude": frozenset({"gpu"})}
+    assert c.max_attempts_for("claude") == 2 and c.max_attempts_for("codex") == 3
+    assert c.timeout_for("claude") == 3600 and c.timeout_for("codex") == 100
+    assert c.allowance["claude"] == Allowance(runs=200, tokens=5_000_000, usd=50.0)
+    assert c.allowance["claude:opus"] == Allowance(usd=12.5)
+    assert (parse("").max_depth, parse("").max_descendants) == (2, 10)
+
+
+def test_builtin_claude_and_codex_resume_their_sessions_and_claude_reads_live_input() -> None:
+    c = parse("")
+    claude, codex = c.agents["claude"], c.agents["codex"]
+    assert claude.resume_command is not None and "{session_id}" in claude.resume_command
+    assert claude.resume_command[claude.resume_command.index("{session_id}") - 1] == "--resume"
+    assert claude.input == "stream-json" and "--input-format" in claude.command
+    assert (claude.max_turns_flag, claude.max_cost_flag) == ("--max-turns", "--max-budget-usd")
+    assert codex.resume_command is not None
+    assert codex.resume_command[-3:] == ("resume", "{session_id}", "-") and codex.input == "none"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "says"),
+    [
+        ("pools:\n  claude: {timeout: 5}\n", 2, "pools.claude.timeout", "timeout_s"),
+        ("pools:\n  claude: {kill_stalled: 1}\n", 2, "pools.claude.kill_stalled", "true or false"),
+        ("pools:\n  claude: {idle_timeout_s: -1}\n", 2, "pools.claude.idle_timeout_s", ">="),
+        ("allowance:\n  claude: {dollars: 5}\n", 2, "allowance.claude.dollars", "usd"),
+        ("allowance:\n  '-x': {runs: 5}\n", 2, "allowance.-x", "name a pool"),
+        ("allowance:\n  claude: {runs: 1.5}\n", 2, "allowance.claude.runs", "integer"),
+        ("dispatch: {max_depth: 0}\n", 1, "dispatch.max_depth", ">= 1"),
+        (
+            "agents:\n  x:\n    command: [x, '{session_id}']\n",
+            3,
+            "agents.x.command",
+            "belongs in resume_command",
+        ),
+        (
+            "agents:\n  x:\n    command: [x]\n    resume_command: [x, --continue]\n",
+            4,
+            "agents.x.resume_command",
+            "add {session_id}",
+        ),
+        ("agents:\n  x:\n    command: [x]\n    input: json\n", 4, "agents.x.input", "stream-json"),
+        (
+            "agents:\n  x:\n    command: [x]\n    max_turns_flag: 'rm -rf'\n",
+            4,
+            "agents.x.max_turns_flag",
+            "an option",
+        ),
+    ],
+)
+def test_bad_report_back_settings_are_refused_with_the_field(
+    text: str, line: int, field: str, says: str
+) -> None:
+    error = refused(text)
+    assert (error.line, error.field) == (line, field), str(error)
+    assert says in str(error)
+
+
+def test_a_new_command_line_keeps_no_live_input_or_resume_it_does_not_declare() -> None:
+    plain = parse("agents:\n  claude:\n    command: [claude, -p, --output-format, stream-json, --verbose]\n")
+    assert (plain.agents["claude"].input, plain.agents["claude"].resume_command) == ("none", None)
+    live = parse("agents:\n  claude:\n    command: [claude, -p, --input-format, stream-json]\n")
+    assert live.agents["claude"].input == "stream-json"
+    kept = parse("agents:\n  claude:\n    model: opus\n")  # no new command: the built-in's abilities stay
+    assert kept.agents["claude"].resume_command == parse("").agents["claude"].resume_command

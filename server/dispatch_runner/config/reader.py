@@ -275,6 +275,12 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
 }
 
 
+def _reads_stream_json(command: tuple[str, ...]) -> bool:
+    """`--input-format stream-json` (claude's live input) is on the command line."""
+    pairs = zip(command, command[1:], strict=False)
+    return "--input-format=stream-json" in command or ("--input-format", "stream-json") in pairs
+
+
 def _resume_command(r: _Reader, v: yaml.Node, at: str) -> tuple[str, ...]:
     argv = _command(r, v, at)
     if not any("session_id" in argvlib.names(el) for el in argv):
@@ -312,6 +318,10 @@ def _agent_fields(
         and any({"prompt", "prompt_file"} & set(argvlib.names(el)) for el in changes["command"])
     ):
         changes["stdin"] = "none"  # a command that takes the prompt itself: not on stdin as well
+    if "command" in changes:  # a new command line: what the old one could do is not known of it
+        if "input" not in changes:
+            changes["input"] = "stream-json" if _reads_stream_json(changes["command"]) else "none"
+        changes.setdefault("resume_command", None)
     agent = replace(agent, **changes)
     node = items["command"][1] if "command" in items else None
     if agent.end_of_options and "end_of_options" not in items:
