@@ -163,7 +163,28 @@ def status_view(r: dict[str, Any]) -> RenderableType:
         parts.append(_workspaces(r["workspaces"], now))
     if r.get("bus_dropped"):
         parts.append(Text(f"bus: {r['bus_dropped']} events dropped by slow subscribers"))
+    if r.get("undelivered"):
+        parts.append(Text(f"{r['undelivered']} completions not yet delivered to the session that asked"))
     return Group(*parts)
+
+
+def _spent(pool: dict[str, Any]) -> Text:
+    """Today's tokens and dollars, against the pool's allowance when it has one (red: used up)."""
+    used = pool.get("usage_today") or {}
+    allowance = pool.get("allowance") or {}
+    parts = []
+    for measure in ("usd", "tokens"):
+        value = used.get(measure) or 0
+        limit = (allowance.get(measure) or {}).get("limit")
+        if value or limit is not None:
+            parts.append(
+                _amount(measure, value) + (f"/{_amount(measure, limit)}" if limit is not None else "")
+            )
+    return Text(" ".join(parts) or "-", style="red" if allowance.get("exhausted") else "")
+
+
+def _amount(measure: str, value: float) -> str:
+    return f"${value:.2f}" if measure == "usd" else f"{value:,.0f} tok"
 
 
 def _table(*columns: str) -> Table:
@@ -175,7 +196,16 @@ def _table(*columns: str) -> Table:
 
 def _pools(pools: dict[str, Any], now: datetime) -> Table:
     t = _table(
-        "POOL", "RUNNING", "QUEUED", "MODELS", "DAILY", "BACKOFF", "NEXT SPAWN", "OLDEST QUEUED", "DONE/1M"
+        "POOL",
+        "RUNNING",
+        "QUEUED",
+        "MODELS",
+        "DAILY",
+        "SPENT TODAY",
+        "BACKOFF",
+        "NEXT SPAWN",
+        "OLDEST QUEUED",
+        "DONE/1M",
     )
     for name, p in pools.items():
         models = ", ".join(f"{m} {v['running']}/{v['limit'] or '∞'}" for m, v in p["models"].items())
@@ -186,6 +216,7 @@ def _pools(pools: dict[str, Any], now: datetime) -> Table:
             str(p["queued"]),
             models or "-",
             daily,
+            _spent(p),
             until(p["backoff_until"], now),
             until(p["next_spawn_at"], now),
             ago(p["oldest_queued_at"], now),
@@ -247,12 +278,42 @@ def workspace_view(r: dict[str, Any]) -> RenderableType:
     for k in keys:
         if r.get(k) is not None:
             t.add_row(k, state_text(r[k]) if k == "state" else Text(one_line(str(r[k]), 200)))
+    for k, text in _reported(r):
+        t.add_row(k, Text(text, style="yellow" if k == "stalled" else ""))
     parts: list[RenderableType] = [t]
     if r.get("summary"):
         parts += [Text("\nsummary:", style="bold"), Text(r["summary"])]
     if r.get("log_tail"):
         parts += [Text("\nlog tail:", style="bold"), Text(r["log_tail"])]
     return Group(*parts)
+
+
+def _reported(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What its runs reported, as rows for people: session, spend, changes, stalls, children."""
+    rows = []
+    if r.get("session_id"):
+        rows.append(("session", str(r["session_id"])))
+    usage = r.get("usage") or {}
+    tokens = [f"{usage[k]:,} {k.split('_')[0]}" for k in ("input_tokens", "output_tokens") if usage.get(k)]
+    spend = [f"${r['cost_usd']:.4f}"] if r.get("cost_usd") is not None else []
+    turns = [f"{r['turns']} turns"] if r.get("turns") else []
+    if tokens or spend or turns:
+        rows.append(("spent", ", ".join(spend + turns + tokens)))
+    if r.get("diff"):
+        d = r["diff"]
+        names = ", ".join(d.get("names") or [])
+        rows.append(
+            ("changed", f"{d['files']} files +{d['insertions']} -{d['deletions']}  {one_line(names, 120)}")
+        )
+    if r.get("commits"):
+        rows.append(("commits", "; ".join(one_line(c["subject"], 60) for c in r["commits"][:5])))
+    if r.get("stalled"):
+        rows.append(("stalled", f"no output since {r.get('stalled_since')}"))
+    if r.get("backoff_until"):
+        rows.append(("waits until", str(r["backoff_until"])))
+    if r.get("children"):
+        rows.append(("children", ", ".join(f"{c['workspace']} ({c['state']})" for c in r["children"])))
+    return rows
 
 
 def _fields(r: dict[str, Any]) -> str:

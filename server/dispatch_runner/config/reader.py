@@ -1,6 +1,7 @@
 """Strict reading of agents.yaml: unknown keys and wrong types are refused with file, line and
 field, and a sentence that says what to write instead."""
 
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -277,7 +278,7 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
 
 def _reads_stream_json(command: tuple[str, ...]) -> bool:
     """`--input-format stream-json` (claude's live input) is on the command line."""
-    pairs = zip(command, command[1:], strict=False)
+    pairs = itertools.pairwise(command)
     return "--input-format=stream-json" in command or ("--input-format", "stream-json") in pairs
 
 
