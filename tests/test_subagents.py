@@ -4,6 +4,7 @@ dispatch.max_depth or the tree's dispatch.max_descendants, through the real MCP 
 real CLI run by a real agent; kill --tree takes a whole tree."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,15 @@ def nesting(home: Home, *, depth: int, descendants: int) -> None:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgres":
+        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
+    return str(request.param)
+
+
 def store_of(home: Home) -> Store:
-    return open_store(f"sqlite:///{home.path / 'state.db'}")
+    return open_store(os.environ.get("DISPATCH_RUNNER_STORE") or f"sqlite:///{home.path / 'state.db'}")
 
 
 def tree(store: Store, top: str) -> dict[str, Any]:
@@ -60,7 +68,9 @@ def stderr_of(store: Store, workspace: str) -> str:
     return "".join(p.read_text() for p in sorted(Path(row.path).glob("run-*.err.log")))
 
 
-async def test_a_run_s_own_dispatch_is_its_child_and_the_depth_limit_stops_the_recursion(home: Home) -> None:
+async def test_a_run_s_own_dispatch_is_its_child_and_the_depth_limit_stops_the_recursion(
+    home: Home, backend: str
+) -> None:
     nesting(home, depth=2, descendants=10)
     async with connect(home.path) as (client, _):
         top = ok(await client.call_tool("dispatch", {"task": "again"}))["workspace"]
@@ -119,7 +129,9 @@ async def test_the_descendant_budget_stops_a_deep_tree(home: Home) -> None:
         store.close()
 
 
-async def test_a_session_inside_a_run_is_refused_past_the_depth_with_the_limit_to_raise(home: Home) -> None:
+async def test_a_session_inside_a_run_is_refused_past_the_depth_with_the_limit_to_raise(
+    home: Home, backend: str
+) -> None:
     """An MCP server started by a sub-agent inherits its environment (DISPATCH_RUNNER_PARENT)."""
     home.write_config()
     async with connect(home.path) as (client, _):
