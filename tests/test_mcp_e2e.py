@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
-TOOLS = {"dispatch", "status", "logs", "kill", "poke", "stop", "start", "wait"}
+TOOLS = {"dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait"}
 META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,9 +68,13 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
             "max_attempts",
             "requires",
             "host",
+            "resume",
+            "max_cost_usd",
+            "max_turns",
         }
         assert all(p.get("description") for p in dispatch["properties"].values())
-        assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all"}
+        assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all", "tree"}
+        assert set(tools["message"].input_schema["properties"]) == {"workspace", "text"}
         assert set(tools["wait"].input_schema["properties"]) == {"workspaces", "timeout_s", "mode"}
         assert tools["wait"].input_schema["properties"]["timeout_s"]["default"] == 50
         assert set(tools["status"].input_schema["properties"]) == {
