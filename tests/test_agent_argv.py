@@ -244,7 +244,8 @@ def test_a_task_larger_than_one_argument_reaches_a_builtin_on_stdin(home: Home) 
     task = "x" * (300 * 1024)
     row = run_to_end(task=task, agent="claude", template="none")
     assert row["state"] == "completed", row
-    assert parsed_lines(home)[row["workspace"]]["prompt_bytes"] == len(task) + 1  # prompt.md's newline
+    # the built-in claude reads live input: the prompt arrives as the text of a stream-json message
+    assert parsed_lines(home)[row["workspace"]]["prompt_bytes"] == len(task)
 
 
 def test_a_task_too_big_for_an_argv_agent_is_refused_at_dispatch_naming_size_limit_and_fix(

@@ -94,7 +94,7 @@ def _begins_with_client_text(element: Element) -> bool:
     if isinstance(element, str):
         return False
     first = next((seg for seg in element if seg != ""), "")
-    return isinstance(first, dict)
+    return isinstance(first, dict) and first["ref"] in CLIENT_TEXT
 
 
 def _compile_element(element: str, values: Mapping[str, str | None]) -> Element:

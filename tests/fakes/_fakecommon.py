@@ -19,10 +19,17 @@ given more than once, the first occurrence wins.
     @counter=PATH      increment the integer in file PATH on every run (flock'ed)
     @fail-until=N      with @counter: runs 1..N-1 fail (exit 1), run N and later succeed
     @fail-fixture=NAME the fixture replayed by a failing @fail-until run (default: per fake)
+    @silent=SECONDS    print nothing at all (stdout or stderr) for that long at the start
+    @turns=N           (fake_claude, stream-json) N assistant messages, @sleep before each, then
+                       a result with num_turns N (instead of a fixture)
+    @cost=USD          (fake_claude) the result reports total_cost_usd USD
+    @commit=FILENAME   at startup, write FILENAME and commit it (git, in the working directory)
+                       with subject "fake: add FILENAME" (before any @write)
 
 ``FAKE_AGENT_LOG=/path``: one JSON line per event, appended with a single O_APPEND write:
 ``start`` (first thing), ``parsed`` (the options the CLI's parser saw, ``prompt`` and
-``prompt_bytes``), ``child`` / ``escaped`` (with ``child_pid``), ``sleep`` (right before sleeping: all
+``prompt_bytes``, and what the fake read from its options, e.g. ``resume``), ``message`` (a user
+message read from stdin while it runs, ``text``), ``child`` / ``escaped`` (with ``child_pid``), ``sleep`` (right before sleeping: all
 setup is done, signal dispositions are final), ``end`` (with ``code``, or ``signal`` when ended
 by SIGTERM/SIGINT/SIGHUP). Every line has event, pid, t, argv, cwd, ws, ppid, pgid.
 A run ended by SIGKILL has no ``end`` line.
@@ -49,7 +56,10 @@ FIXTURES_DIR = os.environ.get("FAKE_AGENT_FIXTURES") or os.path.join(
 
 USAGE_EXIT = 2  # bad arguments / bad directive / unknown fixture
 
-_VALUE_DIRECTIVES = ("fixture", "sleep", "exit", "write", "counter", "fail-until", "fail-fixture")
+_VALUE_DIRECTIVES = (
+    "fixture", "sleep", "exit", "write", "counter", "fail-until", "fail-fixture",
+    "silent", "turns", "cost", "commit",
+)  # fmt: skip
 _FLAG_DIRECTIVES = ("ratelimit", "ignore-term", "child", "escape")
 # "@name" or "@name=value", not preceded by a word char (so e-mail addresses don't match).
 _DIRECTIVE_RE = re.compile(r"(?<![\w@])@([a-z][a-z-]*)(?:=([^\s'\"`]*))?(?![\w-])")
@@ -77,6 +87,10 @@ class Directives:
         self.counter: str | None = None
         self.fail_until: int | None = None
         self.fail_fixture: str | None = None
+        self.silent: float = 0.0
+        self.turns: int | None = None
+        self.cost: float | None = None
+        self.commit: str | None = None
         self.ratelimit = False
         self.ignore_term = False
         self.child = False
@@ -108,17 +122,17 @@ def _set_value(d: Directives, name: str, value: str | None) -> None:
     if not value:
         raise UsageError(f"directive @{name} needs a value: @{name}=...")
     attr = name.replace("-", "_")
-    if name == "sleep":
+    if name in ("sleep", "silent", "cost"):
         if not _NUMBER_RE.fullmatch(value):
-            raise UsageError(f"@sleep needs seconds (e.g. @sleep=0.5), got {value!r}")
-        d.sleep = float(value)
-    elif name in ("exit", "fail-until"):
+            raise UsageError(f"@{name} needs a number (e.g. @{name}=0.5), got {value!r}")
+        setattr(d, attr, float(value))
+    elif name in ("exit", "fail-until", "turns"):
         if not value.isdigit() or (name == "exit" and int(value) > 255):
             raise UsageError(f"@{name} needs an integer (0..255 for @exit), got {value!r}")
         setattr(d, attr, int(value))
     elif name in ("fixture", "fail-fixture"):
         setattr(d, attr, check_fixture_name(value))
-    else:  # write, counter
+    else:  # write, counter, commit
         setattr(d, attr, value)
 
 
@@ -134,7 +148,9 @@ def check_fixture_name(name: str) -> str:
 
 
 class Output:
-    """What a run prints: ``pre_*`` before the @sleep, ``post_*`` after it."""
+    """What a run prints: ``pre_*`` before the @sleep, ``post_*`` after it. With ``steps``, each
+    step's stdout comes after an @sleep of its own (and post_* right after the last). ``then``
+    runs last, before the exit (e.g. answering user messages read from stdin)."""
 
     def __init__(
         self,
@@ -143,10 +159,14 @@ class Output:
         pre_out: bytes = b"",
         pre_err: bytes = b"",
         post_err: bytes = b"",
+        steps: list[bytes] | None = None,
+        then: Callable[[Fake], None] | None = None,
     ) -> None:
         self.pre_out, self.pre_err = pre_out, pre_err
         self.post_out, self.post_err = post_out, post_err
         self.code = code
+        self.steps = steps
+        self.then = then
 
 
 def read_fixture(name: str) -> tuple[bytes, bytes, int]:
@@ -171,6 +191,23 @@ def replay(name: str, stderr_first: bool = False) -> Output:
     else:
         o.post_err = err
     return o
+
+
+def rewrite(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """``data`` with ``change`` applied to each JSON object line (in place); other lines, and
+    lines ``change`` leaves as they were, keep their bytes."""
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            before = json.dumps(obj, sort_keys=True)
+            change(obj)
+            if json.dumps(obj, sort_keys=True) != before:
+                lines[i] = json.dumps(obj, separators=(",", ":")).encode()
+    return b"\n".join(lines)
 
 
 def jsonl(data: bytes) -> list[dict[str, Any]]:
@@ -259,6 +296,8 @@ class Fake:
     def setup(self, d: Directives) -> None:
         if d.ignore_term:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if d.commit:
+            commit_file(d.commit, f"written by {self.name} pid {os.getpid()}\n")
         if d.write:
             with open(d.write, "w", encoding="utf-8") as f:
                 f.write(f"written by {self.name} pid {os.getpid()} in {os.getcwd()}\n")
@@ -304,16 +343,40 @@ class Fake:
             self.spawn_child(d.ignore_term)
         if d.escape:
             self.spawn_child(d.ignore_term, escape=True)
+        self.pause(d.silent, "silent")
         write_all(1, out.pre_out)
         write_all(2, out.pre_err)
-        if d.sleep > 0:
-            self.log("sleep", seconds=d.sleep)
-            deadline = time.monotonic() + d.sleep
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(left)
+        for step in out.steps or ():
+            self.pause(d.sleep)
+            write_all(1, step)
+        if out.steps is None:
+            self.pause(d.sleep)
         write_all(1, out.post_out)
         write_all(2, out.post_err)
+        if out.then is not None:
+            out.then(self)
         self.finish(out.code if d.exit is None else d.exit)
+
+    def pause(self, seconds: float, event: str = "sleep") -> None:
+        if seconds <= 0:
+            return
+        self.log(event, seconds=seconds)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(left)
+
+
+def commit_file(name: str, text: str) -> None:
+    """Write ``name`` and commit it in the working directory's git repository."""
+    import subprocess  # only needed here
+
+    with open(name, "w", encoding="utf-8") as f:
+        f.write(text)
+    who = ["-c", "user.name=fake", "-c", "user.email=fake@example.invalid"]
+    for args in (["add", "--", name], [*who, "commit", "-q", "-m", f"fake: add {name}"]):
+        done = subprocess.run(["git", *args], capture_output=True, check=False)
+        if done.returncode != 0:
+            raise UsageError(f"@commit={name}: git {args[-3:]} failed: {done.stderr.decode().strip()}")
 
 
 def bump_counter(path: str) -> int:
@@ -400,6 +463,7 @@ def main(
             options=sorted(ctx.get("options", {})),
             prompt=prompt[:2000],
             prompt_bytes=len(prompt.encode()),
+            **ctx.get("log", {}),
         )
         d = parse_directives(prompt + "\n" + os.environ.get("FAKE_AGENT_DIRECTIVES", ""))
         fake.setup(d)

@@ -10,6 +10,9 @@ output of the real CLI is not faked). ``-C/--cd DIR`` changes the working direct
 ``@write`` lands there); ``-o/--output-last-message FILE`` writes the final agent message.
 Unknown ``--flags`` are accepted as boolean switches; flags taking a value are in VALUE_FLAGS.
 
+``exec … resume ID`` continues thread ID: the ``thread.started`` event names ID (logged as ``resume``
+in the ``parsed`` event).
+
 Directives in the prompt: see _fakecommon.py. Codex specifics: ``@ratelimit`` and a run failed by
 ``@fail-until`` replay ``codex-err-429-rate-limit`` (or ``@fail-fixture``).
 """
@@ -30,6 +33,7 @@ from _fakecommon import (
     read_fixture,
     read_stdin_prompt,
     replay,
+    rewrite,
     split_args,
 )
 
@@ -68,6 +72,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
         "json": bool(opts.get("--json") or opts.get("--experimental-json")),
         "resume": resume,
         "last_message": os.path.abspath(last_message) if isinstance(last_message, str) else None,
+        "log": {"resume": resume},
     }
     change_dir(opts.get("-C") or opts.get("--cd"))
     return prompt, ctx
@@ -92,6 +97,14 @@ def pick_fixture(d: Directives, failing: bool) -> str:
     return "codex-plain"
 
 
+def continued(thread: str) -> Any:
+    def change(obj: dict[str, Any]) -> None:
+        if obj.get("type") == "thread.started":
+            obj["thread_id"] = thread
+
+    return change
+
+
 def final_message(stdout: bytes) -> str | None:
     texts = [
         o["item"].get("text", "")
@@ -109,7 +122,12 @@ def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int
         with open(ctx["last_message"], "w", encoding="utf-8") as f:
             f.write(message)
     if ctx["json"]:
-        return replay(name, stderr_first=True)
+        out = replay(name, stderr_first=True)
+        thread = ctx["resume"] if ctx["resume"] not in (None, "--last") else None
+        if thread is not None:
+            change = continued(thread)
+            out.pre_out, out.post_out = rewrite(out.pre_out, change), rewrite(out.post_out, change)
+        return out
     return Output(pre_err=err, post_out=b"" if message is None else (message + "\n").encode(),
                   code=code)  # fmt: skip
 

@@ -262,7 +262,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ..mcp.server import serve
 
     token = args.token or os.environ.get("DISPATCH_RUNNER_TOKEN")
-    return serve(config, transport=args.transport, host=args.host, port=args.port, token=token)
+    session = args.session or os.environ.get("DISPATCH_RUNNER_SESSION") or None
+    return serve(
+        config, transport=args.transport, host=args.host, port=args.port, token=token, session=session
+    )
 
 
 def _drain(config: Config) -> int:

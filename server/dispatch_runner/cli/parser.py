@@ -106,6 +106,14 @@ def _serve(s: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
     s.add_argument("--token", help="bearer token HTTP clients must send (or DISPATCH_RUNNER_TOKEN)")
     s.add_argument(
+        "--session",
+        metavar="KEY",
+        help="the client this server's sessions belong to (or DISPATCH_RUNNER_SESSION): a "
+        "completion missed while no session of it was connected arrives, once, at the next one. "
+        "Default: over stdio the process that started the server; over HTTP none (a connection "
+        "may send X-Dispatch-Session: KEY)",
+    )
+    s.add_argument(
         "--drain",
         action="store_true",
         help="no MCP: run the queue until it is empty, "

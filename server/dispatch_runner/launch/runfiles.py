@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .. import argv as argvlib
 from ..model import Outcome
 from ..policy import RateConfig
-from ..store.base import POOL_FAULTS, RunExit, spawn_reason
+from ..store.base import POOL_FAULTS, RunExit, Usage, spawn_reason
 from ..workspaces import PROMPT_FILE, atomic_write
 from . import supervisor
 
@@ -27,7 +27,19 @@ if TYPE_CHECKING:  # config pulls in yaml: the shim never needs it
     from ..config import AgentDef
 
 LIVE_PEER_S = 10.0  # a peer that heartbeat this recently (every 2 s) drains the queue
-EXIT_FIELDS = ("outcome", "exit_code", "summary", "session_id", "detail", "retry_at", "ended_reason")
+EXIT_FIELDS = (
+    "outcome",
+    "exit_code",
+    "summary",
+    "session_id",
+    "detail",
+    "retry_at",
+    "ended_reason",
+    "final",
+    "diff",
+    "commits",
+)
+USAGE_FIELDS = ("turns", "input_tokens", "output_tokens", "cost_usd")
 
 # ---- the spec a run starts from -----------------------------------------------------------------
 
@@ -141,6 +153,7 @@ def write_exit_file(path: Path, run_id: int, result: RunExit, *, ended_at: float
     record: dict[str, Any] = {"run_id": run_id, "ended_at": ended_at}
     record.update({name: getattr(result, name) for name in EXIT_FIELDS})
     record["outcome"] = result.outcome.value
+    record["usage"] = {name: getattr(result.usage, name) for name in USAGE_FIELDS}
     atomic_write(exit_file(path, run_id), json.dumps(record))
 
 
@@ -156,6 +169,9 @@ def read_exit_file(path: Path, run_id: int) -> tuple[RunExit, float] | None:
             return lost(), time.time()
         fields: dict[str, Any] = {name: data.get(name) for name in EXIT_FIELDS}
         fields["outcome"] = Outcome(data["outcome"])
+        fields["final"] = bool(fields["final"])  # absent in an exit file of an older shim
+        used = data["usage"] if isinstance(data.get("usage"), dict) else {}
+        fields["usage"] = Usage(**{name: used.get(name) for name in USAGE_FIELDS})
         return RunExit(**fields), float(data.get("ended_at") or time.time())
     except (OSError, ValueError, KeyError, TypeError):
         return lost(), time.time()

@@ -2,12 +2,14 @@
 
 It claims its reservation (compare-and-set reserved -> running, so a reservation that was given
 back never starts a second agent), starts the agent in its own session and process group with
-stdin /dev/null and output to files, waits, and records exit code, end time and result summary
-with a compare-and-set — whether or not any dispatch-runner peer is alive. The exit is also
-written to an exit file first, so recovery can record it if the shim dies right after.
-While the agent runs, the shim renews the run's lease (its heartbeat across hosts): a run whose
-lease expired is taken for lost by any peer of the fleet, so a shim whose lease was lost stops
-its agent rather than let it run twice.
+output to files (stdin: /dev/null, a pipe with its prompt, or its live input), watches it, and
+records exit code, end time, result summary, usage and the changes it made with a
+compare-and-set — whether or not any dispatch-runner peer is alive. The exit is also written to
+an exit file first, so recovery can record it if the shim dies right after.
+While the agent runs (launch/watching.py), the shim renews the run's lease (its heartbeat across
+hosts: a shim whose lease was lost stops its agent rather than let it run twice), follows its
+output (time limit, startup and idle watchdogs, budgets) and hands it live messages. A follow-up
+run continues the agent's session (resume_argv).
 Imports stay light (stdlib + our stdlib-only modules): this runs once per agent.
 """
 
@@ -17,8 +19,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,13 +31,20 @@ from .. import argv as argvlib
 from ..errors import StoreError
 from ..model import Outcome
 from ..outputs import parse_output, read_tail
-from ..store.base import RunExit, Store
+from ..policy import RateConfig
+from ..store.base import RunExit, Store, WorkspaceRow
 from ..workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
-from . import supervisor
+from . import gitdiff, supervisor, watching
 from .runfiles import ensure_drainer, rate_from_spec, read_spec, start_failure, write_exit_file
+from .watching import LeaseKeeper, LiveInput, Stop, Watch, say
 
 RECORD_RETRY_S = 600.0  # how long a shim keeps trying to record an exit in an unwritable store
 DISK_FULL_BYTES = 64 * 1024  # less than this left: the disk is full
+LEASE_UNRENEWED = "the run's lease could not be renewed (the store is unreachable): stopped"
+
+
+class CannotResume(Exception):
+    """A follow-up run cannot continue its agent's session; the message says why and what to do."""
 
 
 class Shim:
@@ -54,7 +63,9 @@ class Shim:
         self.lease = LeaseKeeper(
             self.store, self.run_id, spec.get("lease_s"), float(spec.get("kill_grace_s", 10))
         )
-        self._task_text: str | None = None
+        self.watch: Watch | None = None
+        self.live: LiveInput | None = None
+        self._row: WorkspaceRow | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = True
@@ -79,6 +90,8 @@ class Shim:
         out_path, err_path = run_log_paths(self.path, int(self.spec["attempt"]))
         try:
             self._start_agent(out_path, err_path)
+        except CannotResume as exc:  # what the store holds will not change: no retry
+            return self._finish(RunExit(outcome=Outcome.FAILED, exit_code=None, detail=str(exc), final=True))
         except (OSError, ValueError) as exc:  # ValueError: an undecodable legacy prompt.md
             where = getattr(exc, "filename", None) or (self.spec.get("argv") or ["?"])[0]
             return self._finish(start_failure(exc, where=str(where), what="agent"))
@@ -92,13 +105,15 @@ class Shim:
             self.terminated = True
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
         self.store.release()  # the agent may run for hours: hold no database connection meanwhile
-        timed_out = self._wait()
-        self._leave_nothing_behind()
-        return self._finish(self._outcome(out_path, err_path, timed_out=timed_out))
+        stop = self._wait()
+        leave_nothing_behind(self.agent.pid, self.agent_start, self.spec, subreaper=self.subreaper)
+        result = self._outcome(out_path, err_path, stop)
+        return self._finish(with_changes(result, self._workspace(), self.spec))
 
-    def _outcome(self, out_path: Path, err_path: Path, *, timed_out: bool) -> RunExit:
-        """The run's end as the agent's output, exit status and our own signals tell it."""
-        assert self.agent is not None
+    def _outcome(self, out_path: Path, err_path: Path, stop: Stop | None) -> RunExit:
+        """The run's end as the agent's output, exit status and our own signals tell it, with
+        what it spent."""
+        assert self.agent is not None and self.watch is not None
         code = self.agent.returncode
         exit_code = code if code >= 0 else 128 - code
         parsed = parse_output(
@@ -116,15 +131,14 @@ class Shim:
             session_id=parsed.session_id,
             detail=parsed.detail,
             retry_at=parsed.retry_at,
+            usage=self.watch.usage(parsed),
         )
         if self.fenced:
-            return RunExit(outcome=Outcome.LOST, exit_code=exit_code, detail=self.fenced)
-        if timed_out:
-            return replace(
-                result, outcome=Outcome.TIMED_OUT, detail=f"timed out after {self.spec['timeout_s']:g}s"
-            )
+            return RunExit(outcome=Outcome.LOST, exit_code=exit_code, detail=self.fenced, usage=result.usage)
         if self.terminated:
             return replace(result, outcome=Outcome.KILLED, detail="killed by a signal to the shim")
+        if stop is not None:
+            return stop.ended(result)
         if result.outcome is Outcome.FAILED and disk_full(self.path):
             # the agent's writes (and its log) failed: say so, rather than "exit code 1"
             return replace(
@@ -136,17 +150,16 @@ class Shim:
 
     def _start_agent(self, out_path: Path, err_path: Path) -> None:
         """Start the agent: its own session and group, output to files, the prompt on a pipe to
-        its stdin or as data in its argv. The prompt is rebuilt here from the task in the store
-        and the template in the spec: prompt.md is the agent's to read (and to spoil), never
-        the source of a retry's prompt."""
+        its stdin (with live input: the first of its user messages) or as data in its argv."""
         cwd = self.spec["cwd"]
         if not os.path.isdir(cwd):
             raise FileNotFoundError(errno.ENOENT, "the working directory no longer exists", cwd)
-        prompt = self._prompt()
-        argv = argvlib.render(self.spec["argv"], {"prompt": prompt, "task": self._task()}.__getitem__)
+        prompt, argv = self._command()
         env = dict(os.environ)
         env.update(self.spec.get("env") or {})
-        feed = self.spec.get("stdin") == "prompt"
+        env.setdefault("DISPATCH_RUNNER_STORE", store_url(self.spec))  # where its own dispatches go
+        feed, live = self.spec.get("stdin") == "prompt", self.spec.get("input") == "stream-json"
+        self.watch = Watch(self.spec, out_path, err_path, store=self.store)
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(out_path, "ab"))
             err = files.enter_context(open(err_path, "ab"))
@@ -156,55 +169,95 @@ class Shim:
                 env=env,
                 stdout=out,
                 stderr=err,
-                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if feed or live else subprocess.DEVNULL,
                 start_new_session=True,
             )
-        if feed:
-            assert self.agent.stdin is not None
-            # a pipe (no disk needed), filled by a thread: a prompt may be larger than its buffer
-            threading.Thread(
-                target=_feed, args=(self.agent.stdin, prompt.encode() + b"\n"), daemon=True
-            ).start()
+        if self.agent.stdin is None:
+            return
+        if live:
+            first = prompt if feed else None
+            self.live = LiveInput(self.store, self.agent.stdin, self.spec, self.watch.tracker, first)
+            self.live.start()
+        else:  # a pipe (no disk needed)
+            watching.feed(self.agent.stdin, prompt.encode() + b"\n")
+
+    def _command(self) -> tuple[str, list[str]]:
+        """The prompt and the argv. A follow-up run (its workspace has a next input) continues
+        the agent's session by resume_argv, with that input as the prompt, as it was written;
+        any other run's prompt is rebuilt here from the task in the store and the template in
+        the spec: prompt.md is the agent's to read (and to spoil), never a retry's source."""
+        row = self._workspace()
+        resume = self.spec.get("resume_argv")
+        if row is not None and row.next_input is not None and resume and row.session_id:
+            if not argvlib.SESSION_ID_RE.match(row.session_id):
+                raise CannotResume(
+                    f"cannot resume the agent's session: its agent reported {row.session_id[:80]!r}, "
+                    "which is not a session id (letters, digits and ._:-); dispatch the follow-up "
+                    "as a new task instead"
+                )
+            values = {"prompt": row.next_input, "task": row.next_input, "session_id": row.session_id}
+            return row.next_input, argvlib.render(resume, values.__getitem__)
+        prompt = self._prompt()
+        return prompt, argvlib.render(self.spec["argv"], {"prompt": prompt, "task": self._task()}.__getitem__)
+
+    def _workspace(self) -> WorkspaceRow | None:
+        if self._row is None:
+            self._row = self.store.get_workspace(str(self.spec["workspace"]))
+        return self._row
 
     def _task(self) -> str:
-        if self._task_text is None:
-            row = self.store.get_workspace(str(self.spec["workspace"]))
-            self._task_text = row.task if row is not None else ""
-        return self._task_text
+        row = self._workspace()
+        return row.task if row is not None else ""
 
     def _prompt(self) -> str:
         template = self.spec.get("template_text")
         if template is None:  # a spec from before prompts were rebuilt: prompt.md is all there is
             return (self.path / PROMPT_FILE).read_text(encoding="utf-8").removesuffix("\n")
-        prompt = argvlib.expand(template, {"task": self._task(), "workspace": str(self.spec["cwd"])})
+        row = self._workspace()
+        values = {
+            "task": self._task(),
+            "workspace": str(self.spec["cwd"]),
+            "branch": (row and row.branch) or "",
+        }
+        prompt = argvlib.expand(template, values)
         _refresh(self.path / PROMPT_FILE, prompt + "\n")  # what {prompt_file} hands the agent
         return prompt
 
-    def _wait(self) -> bool:
-        """Wait for the agent while the lease thread renews; True when it timed out. Without a
-        renewal by the lease's fence time, the agent is stopped: another host may soon take the
-        run for lost and start it again."""
-        assert self.agent is not None
-        timeout = self.spec.get("timeout_s")
-        deadline = None if timeout is None else time.monotonic() + float(timeout)
+    def _wait(self) -> Stop | None:
+        """Watch the agent until it ends, while the lease thread renews; the Stop when the watch
+        stopped it. Without a renewal by the lease's fence time, the agent is stopped: another
+        host may soon take the run for lost and start it again."""
+        assert self.agent is not None and self.watch is not None
         self.lease.start(self._on_verdict)
+        answered = 0
         try:
-            while True:
-                steps = [s for s in (self.lease.fence_in(), _left(deadline)) if s is not None]
-                try:
-                    self.agent.wait(timeout=min(steps) if steps else None)
-                    return False
-                except subprocess.TimeoutExpired:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
-                        self.agent.wait()
-                        return True
-                    if self.lease.fence_in() == 0:
-                        self._on_verdict(
-                            "the run's lease could not be renewed (the store is unreachable): stopped"
-                        )
+            while not self._ended_within(self.watch.wait_s()):
+                stop = self.watch.look()
+                if stop is not None:
+                    supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
+                    self.agent.wait()
+                    return stop
+                if self.live is not None and self.watch.tracker.results > answered:
+                    answered = self.watch.tracker.results
+                    self.live.nudge()  # it answered: close its input now if nothing else waits
+                if self.lease.fence_in() == 0:
+                    self._on_verdict(LEASE_UNRENEWED)
+            return None
         finally:
             self.lease.stop()
+            if self.live is not None:
+                self.live.stop()
+            self.watch.catch_up()
+
+    def _ended_within(self, wait_s: float) -> bool:
+        """Wait for the agent's end, at most wait_s (less when the lease's fence time is near)."""
+        assert self.agent is not None
+        fence = self.lease.fence_in()
+        try:
+            self.agent.wait(timeout=wait_s if fence is None else min(wait_s, fence))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
 
     def _on_verdict(self, verdict: str) -> None:
         """From the lease thread (or the wait, at the fence time): a kill, or the lease is lost."""
@@ -222,19 +275,6 @@ class Shim:
     def _grace(self) -> float:
         return float(self.spec.get("kill_grace_s", 10))
 
-    def _leave_nothing_behind(self) -> None:
-        """Children the agent left in its group go, and so do descendants that left the group or
-        the session: as a subreaper this shim inherited them all; without one, they are found
-        by the run's environment marker (a scan of every process)."""
-        assert self.agent is not None
-        supervisor.terminate_group(self.agent.pid, grace_s=1.0)
-        if self.subreaper:
-            supervisor.stop_children(keep=None, grace_s=1.0)
-            return
-        marker = {k: v for k, v in (self.spec.get("env") or {}).items() if k in supervisor.MARKER_KEYS}
-        if len(marker) == 2:
-            supervisor.terminate_marked(marker, grace_s=1.0, started_since=self.agent_start)
-
     def _finish(self, result: RunExit) -> int:
         """Record the end. The store is what counts; the exit file (written first, so recovery can
         record the end if this process dies right here), status.json and our own log are best
@@ -245,7 +285,8 @@ class Shim:
         except OSError as exc:
             say(f"cannot write the exit file: {exc}")
         supervisor.crash_point("shim-before-record")
-        row = self._record(result, ended_at)
+        rate = rate_from_spec(self.spec.get("rate"))
+        row = record(self.store, self.run_id, result, ended_at=ended_at, rate=rate)
         if row is not None:
             write_status(row, now=time.time())
         try:
@@ -255,93 +296,47 @@ class Shim:
         self.store.close()
         return 0
 
-    def _record(self, result: RunExit, ended_at: float) -> Any:
-        """record_exit, retried while the store cannot be written (a full disk under it): while
-        this process lives the run is not taken for lost, and the end is recorded once space
-        frees."""
-        rate = rate_from_spec(self.spec.get("rate"))
-        deadline = time.monotonic() + RECORD_RETRY_S
-        delay = 0.5
-        while True:
-            try:
-                return self.store.record_exit(self.run_id, result, now=ended_at, rate=rate)
-            except StoreError as exc:
-                if time.monotonic() > deadline:
-                    say(f"giving up recording the exit: {exc}")
-                    raise
-                say(f"cannot record the exit yet, retrying: {exc}")
-                time.sleep(delay)  # waiting for the store to become writable again: nothing to wait on
-                delay = min(delay * 2, 10.0)
+
+def leave_nothing_behind(
+    agent_pid: int, agent_start: int, spec: Mapping[str, Any], *, subreaper: bool
+) -> None:
+    """Children the agent left in its group go, and so do descendants that left the group or
+    the session: as a subreaper this shim inherited them all; without one, they are found
+    by the run's environment marker (a scan of every process)."""
+    supervisor.terminate_group(agent_pid, grace_s=1.0)
+    if subreaper:
+        supervisor.stop_children(keep=None, grace_s=1.0)
+        return
+    marker = {k: v for k, v in (spec.get("env") or {}).items() if k in supervisor.MARKER_KEYS}
+    if len(marker) == 2:
+        supervisor.terminate_marked(marker, grace_s=1.0, started_since=agent_start)
 
 
-class LeaseKeeper:
-    """The run's lease, renewed every third of `lease_s` by a thread of its own while the agent
-    runs (no lease for a spec without one), so a renewal that hangs on an unreachable store never
-    holds up the wait. A renewal that finds the run ended elsewhere, or a kill asked for, is
-    reported to `on_verdict` at once. The shim stops its agent by `fence_in()`: while the lease
-    it last got still holds, early enough for the agent to be gone (kill_grace_s) before any
-    other host may take the lease for expired."""
+def with_changes(result: RunExit, row: WorkspaceRow | None, spec: Mapping[str, Any]) -> RunExit:
+    """What the run changed in its git working tree, from the commit its workspace started at
+    (a `repo` dispatch's worktree)."""
+    if row is None or not row.base_commit:
+        return result
+    where, base = spec["cwd"], row.base_commit
+    return replace(result, diff=gitdiff.diff_stat(where, base), commits=gitdiff.commits(where, base))
 
-    def __init__(self, store: Store, run_id: int, lease_s: float | None, kill_grace_s: float) -> None:
-        self.store, self.run_id = store, run_id
-        self.lease_s = float(lease_s) if lease_s else None
-        self.margin = min(kill_grace_s + 1.0, (self.lease_s or 0) / 2)
-        self.fence_at = 0.0  # monotonic: stop the agent by then unless renewed
-        self._stop = threading.Event()
 
-    def first(self, now: float) -> float | None:
-        if self.lease_s is None:
-            return None
-        self.fence_at = time.monotonic() + self.lease_s - self.margin
-        return now + self.lease_s
-
-    def fence_in(self) -> float | None:
-        """Seconds until the agent must be stopped for want of a renewal (None: no lease)."""
-        return None if self.lease_s is None else max(0.0, self.fence_at - time.monotonic())
-
-    def start(self, on_verdict: Any) -> None:
-        if self.lease_s is not None:
-            threading.Thread(target=self._loop, args=(on_verdict,), daemon=True, name="lease").start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self, on_verdict: Any) -> None:
-        assert self.lease_s is not None
-        while not self._stop.wait(self.lease_s / 3):
-            verdict = self.renew()
-            if verdict is not None and not self._stop.is_set():
-                on_verdict(verdict)
-                if verdict != "kill":
-                    return
-
-    def renew(self) -> str | None:
-        """None (renewed, or not yet: the store is unreachable), "kill", or why the lease is lost."""
-        assert self.lease_s is not None
-        asked, now = time.monotonic(), time.time()
+def record(store: Store, run_id: int, result: RunExit, *, ended_at: float, rate: RateConfig | None) -> Any:
+    """record_exit, retried while the store cannot be written (a full disk under it): while
+    this process lives the run is not taken for lost, and the end is recorded once space
+    frees."""
+    deadline = time.monotonic() + RECORD_RETRY_S
+    delay = 0.5
+    while True:
         try:
-            lease = self.store.renew_lease(self.run_id, until=now + self.lease_s)
+            return store.record_exit(run_id, result, now=ended_at, rate=rate)
         except StoreError as exc:
-            say(f"cannot renew the run's lease yet ({exc}); its agent stops in {self.fence_in():.0f}s")
-            return None
-        finally:
-            self.store.release()
-        if not lease.held:
-            return "the run was ended elsewhere (its lease had expired): its agent was stopped"
-        self.fence_at = asked + self.lease_s - self.margin
-        return "kill" if lease.kill_requested else None
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _feed(pipe: Any, data: bytes) -> None:
-    """Write the prompt to the agent's stdin and close it; an agent that stops reading (or
-    exits) ends the feed quietly."""
-    with contextlib.suppress(OSError, ValueError):
-        with pipe:
-            pipe.write(data)
+            if time.monotonic() > deadline:
+                say(f"giving up recording the exit: {exc}")
+                raise
+            say(f"cannot record the exit yet, retrying: {exc}")
+            time.sleep(delay)  # waiting for the store to become writable again: nothing to wait on
+            delay = min(delay * 2, 10.0)
 
 
 def _refresh(path: Path, text: str) -> None:
@@ -363,12 +358,6 @@ def disk_full(path: Path) -> bool:
         return False
     free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
     return free * st.f_frsize < DISK_FULL_BYTES
-
-
-def say(message: str) -> None:
-    """A line in the shim's log; best effort (the log may sit on a full disk)."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"shim: {message}", file=sys.stderr, flush=True)
 
 
 def store_url(spec: dict[str, Any]) -> str:

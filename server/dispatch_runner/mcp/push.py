@@ -1,22 +1,20 @@
-"""What the MCP surface pushes: the connected clients of this process (each with the origin key
-its dispatches carry) and the notifications sent when the runner's bus reports an event.
+"""What the MCP surface pushes when the runner's bus reports an event.
 
-On a finished run: `notifications/claude/channel` to the session that dispatched it (and to
-every session with `notify: all`, or that opted in with `status(subscribe=true)`), an MCP log
-message to every session, and `notifications/resources/updated` to subscribers.
+On a finished run: `notifications/claude/channel` to a session of the client that dispatched it,
+exactly once (the outbox, delivery.py), and live to every session with `notify: all` or that
+opted in with `status(subscribe=true)`; an MCP log message to every session; and
+`notifications/resources/updated` to subscribers.
 """
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from itertools import count
-from typing import Any, Final, get_args
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, get_args
 
 import anyio
 import anyio.abc
 from mcp.server.connection import Connection
-from mcp.server.session import ServerSession
 from mcp_types import LoggingLevel
 
 from ..actions import StatusRequest
@@ -24,8 +22,21 @@ from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Event
 from ..policy import duration_text
 from ..runner import Runner
-from .private import connection_of
+from .clients import Client, Clients
 
+if TYPE_CHECKING:  # delivery.py builds on this module's messages
+    from .delivery import Outbox
+
+__all__ = [  # Clients too: it lived here before clients.py
+    "CHANNEL_METHOD",
+    "Clients",
+    "Pusher",
+    "channel_message",
+    "is_pushed",
+    "resource_uris",
+    "send_channel",
+    "workspace_view",
+]
 log = logging.getLogger("dispatch_runner.mcp")
 
 CHANNEL_METHOD: Final = "notifications/claude/channel"
@@ -35,47 +46,6 @@ SEND_TIMEOUT_S: Final = 2.0  # a client that stops reading must not stall pushes
 SUMMARY_LINES: Final = 8
 SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
-
-
-@dataclass(eq=False, kw_only=True)
-class Client:
-    """One client connection: its origin key and what it asked to receive."""
-
-    key: str
-    connection: Connection | None
-    everything: bool = False  # status(subscribe=true): every completion, not only its own
-    log_level: LoggingLevel = "info"
-    resources: set[str] = field(default_factory=set)
-
-
-class Clients:
-    """The clients connected to this process. Keys are unique across peers and restarts (the peer
-    id holds host, pid and process start time), so `event.origin` names exactly one session."""
-
-    def __init__(self, peer: str) -> None:
-        self._peer = peer
-        self._seq = count(1)
-        self._by_connection: dict[Connection, Client] = {}
-
-    def of(self, session: ServerSession) -> Client:
-        connection = connection_of(session)
-        client = self._by_connection.get(connection)
-        if client is not None:
-            return client
-        client = Client(key=f"{self._peer}/{next(self._seq)}", connection=connection)
-        if not connection.has_standalone_channel:
-            # stateless 2026-era request: nothing can be pushed to it, nothing to remember
-            client.connection = None
-            return client
-        self._by_connection[connection] = client
-        connection.exit_stack.callback(self._by_connection.pop, connection, None)
-        return client
-
-    def __iter__(self) -> Iterator[Client]:
-        return iter(list(self._by_connection.values()))
-
-    def __len__(self) -> int:
-        return len(self._by_connection)
 
 
 def is_pushed(event: Event) -> bool:
@@ -140,35 +110,68 @@ def _one_line(text: object) -> str:
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
+async def workspace_view(runner: Runner, workspace: str | None) -> dict[str, Any]:
+    """What a channel message says of the workspace beyond its event (label, summary, reason)."""
+    if not workspace:
+        return {}
+    try:
+        view: dict[str, Any] = await runner.status(StatusRequest(workspace=workspace, log_lines=0))
+    except DispatchError:
+        return {}
+    return view
+
+
+async def send_channel(connection: Connection, message: tuple[str, dict[str, str]]) -> None:
+    """Send a channel event; raises when the connection is closed (the SDK's own notify drops
+    it silently, and a completion owed to the client must then go to another session)."""
+    content, meta = message
+    await connection.outbound.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
+
+
 @dataclass(frozen=True, slots=True)
 class PusherStatistics:
     clients: int  # connected sessions that can receive pushes
-    pushed: int  # channel notifications sent
+    pushed: int  # channel notifications sent (owed completions included)
     failed: int  # sends that failed (a broken connection)
+    delivered: int  # owed completions sent to a session of their client
+    released: int  # owed completions given back after a failed send
 
 
 class Pusher:
-    """Reads the runner's bus and sends each event's notifications to the right clients."""
+    """Reads the runner's bus and sends each event's notifications to the right clients; runs
+    the outbox's deliveries beside it."""
 
-    def __init__(self, runner: Runner, clients: Clients) -> None:
+    def __init__(self, runner: Runner, clients: Clients, outbox: "Outbox") -> None:
         self.runner = runner
         self.clients = clients
+        self.outbox = outbox
         self.pushed = 0
         self.failed = 0
         self._seen: OrderedDict[int, None] = OrderedDict()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         sub = self.runner.bus.subscribe(1024)
-        task_status.started()
         try:
-            async for event in sub.receive:
-                if self._first_time(event):
-                    await self.handle(event)
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.outbox.run)
+                task_status.started()
+                async for event in sub.receive:
+                    if event.type in TERMINAL_EVENTS:
+                        self.outbox.wake()  # a completion may be owed to a session here
+                    if self._first_time(event):
+                        await self.handle(event)
+                tg.cancel_scope.cancel()
         finally:
             self.runner.bus.unsubscribe(sub)
 
     def statistics(self) -> "PusherStatistics":
-        return PusherStatistics(clients=len(self.clients), pushed=self.pushed, failed=self.failed)
+        return PusherStatistics(
+            clients=len(self.clients),
+            pushed=self.pushed + self.outbox.delivered,
+            failed=self.failed + self.outbox.released,
+            delivered=self.outbox.delivered,
+            released=self.outbox.released,
+        )
 
     def _first_time(self, event: Event) -> bool:
         # The runner may publish one stored event twice when two readers race on its cursor;
@@ -187,7 +190,7 @@ class Pusher:
             return
         message: tuple[str, dict[str, str]] | None = None
         if is_pushed(event):
-            message = channel_message(event, await self._view(event.workspace))
+            message = channel_message(event, await workspace_view(self.runner, event.workspace))
         uris = resource_uris(event)
         for client in self.clients:
             with anyio.move_on_after(SEND_TIMEOUT_S):
@@ -197,21 +200,10 @@ class Pusher:
                     self.failed += 1
                     log.exception("push to client %s failed", client.key)
 
-    async def _view(self, workspace: str | None) -> dict[str, Any]:
-        if not workspace:
-            return {}
-        try:
-            view: dict[str, Any] = await self.runner.status(StatusRequest(workspace=workspace, log_lines=0))
-        except DispatchError:
-            return {}
-        return view
-
-    def wants_channel(self, client: Client, event: Event) -> bool:
-        return (
-            client.everything
-            or self.runner.config.notify == "all"
-            or (event.origin is not None and event.origin == client.key)
-        )
+    def wants_channel(self, client: Client) -> bool:
+        """Sessions that take every completion live. The dispatching client's own session gets
+        its completion from the outbox (delivery.py), exactly once."""
+        return client.everything or self.runner.config.notify == "all"
 
     async def _send(
         self, client: Client, event: Event, message: tuple[str, dict[str, str]] | None, uris: set[str]
@@ -221,7 +213,7 @@ class Pusher:
             return
         if message is not None:
             content, meta = message
-            if self.wants_channel(client, event):
+            if self.wants_channel(client) and client.reserve(event.id):
                 await connection.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
                 self.pushed += 1
             level: LoggingLevel = "info" if meta["state"] == "completed" else "warning"

@@ -29,8 +29,10 @@ from ..actions import LogsRequest, StatusRequest
 from ..config import Config
 from ..errors import InvalidArgument, UnknownWorkspace
 from ..runner import Runner
+from .clients import Clients, process_client, session_key
+from .delivery import Outbox
 from .private import lowlevel
-from .push import LOG_LEVELS, Clients, Pusher
+from .push import LOG_LEVELS, Pusher
 from .tools import argument_checker, build_tools
 from .transports import CHANNEL_CAPABILITY, check_bind, serve_http, serve_stdio, stdin_closed
 
@@ -61,7 +63,8 @@ duration_s="...">; its text starts with the outcome (completed, failed, killed o
 the reason and the first lines of the result. Events pushed: AgentCompleted, AgentFailed, \
 AgentKilled, AgentLost, TaskDeadLettered (failed for good after its retries). The same arrive \
 as MCP log messages. No polling needed; without channel events (or to be sure), use wait or \
-status. Runs survive the end of this session; their results stay readable with status. Errors \
+status. Runs survive the end of this session; their results stay readable with status, and one \
+that ends while no session of yours is connected arrives, once, when one connects again. Errors \
 are sentences that say what to change (an unknown agent lists the configured ones).
 """
 
@@ -69,8 +72,10 @@ are sentences that say what to change (an unknown agent lists the configured one
 # ---- building the server -----------------------------------------------------------------------
 
 
-def build_server(runner: Runner) -> tuple[MCPServer, Clients, Pusher]:
-    clients = Clients(runner.peer)
+def build_server(runner: Runner, *, identity: str | None = None) -> tuple[MCPServer, Clients, Pusher]:
+    """The server, its connections and what pushes to them. `identity`: the client behind this
+    process's connections (clients.process_client), None when each connection stands alone."""
+    clients = Clients(runner.peer, identity)
     tools = build_tools(runner, clients, prefix=runner.config.tools_prefix)
     mcp = MCPServer(
         "runner",
@@ -82,14 +87,14 @@ def build_server(runner: Runner) -> tuple[MCPServer, Clients, Pusher]:
     )
     _add_resources(mcp, runner)
     _add_handlers(mcp, clients)
-    return mcp, clients, Pusher(runner, clients)
+    return mcp, clients, Pusher(runner, clients, Outbox(runner, clients))
 
 
 def _tracker(clients: Clients) -> ServerMiddleware[Any]:
     async def track_clients(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
         if ctx.method != "initialize":  # known from notifications/initialized on: pushes may start
-            clients.of(ctx.session)
+            clients.of(ctx.session, getattr(ctx.request, "headers", None))  # HTTP: a starlette Request
         return result
 
     return track_clients
@@ -189,10 +194,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
+    session: str | None = None,
 ) -> int:
-    """Serve MCP until stdin closes (stdio) or SIGTERM/SIGINT. Returns the exit status."""
+    """Serve MCP until stdin closes (stdio) or SIGTERM/SIGINT. Returns the exit status.
+    `session`: the key naming this server's client (--session, DISPATCH_RUNNER_SESSION)."""
     if transport not in ("stdio", "sse", "http"):
         raise InvalidArgument("transport", f"unknown transport {transport!r}; use stdio, sse or http")
+    named = session_key(session) if session else None  # a bad key is refused before anything starts
     if transport != "stdio":
         check_bind(host, token)
     elif stdin_closed():
@@ -204,19 +212,16 @@ def serve(
     # send_log_message is deprecated only for the 2026 era; our clients speak 2025-11-25
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
     runner = Runner(config, kind="stdio" if transport == "stdio" else "http")
-    where = (
-        "stdio"
-        if transport == "stdio"
-        else f"{'streamable HTTP' if transport == 'http' else 'SSE'} at http://{host}:{port}/"
-        f"{'mcp' if transport == 'http' else 'sse'}"
-    )
-    sys.stderr.write(
-        f"dispatch-runner {__version__}: serving MCP server 'runner' over {where}; store "
-        f"{runner.store_url}; config {config.source}; home {config.home}\n"
-    )
-    sys.stderr.flush()
     try:
-        mcp, _, pusher = build_server(runner)
+        identity = process_client(transport, peer=runner.peer, named=named)
+        where = _where(transport, host, port)
+        sys.stderr.write(
+            f"dispatch-runner {__version__}: serving MCP server 'runner' over {where}; store "
+            f"{runner.store_url}; config {config.source}; home {config.home}; "
+            f"client {identity or 'none (each connection its own)'}\n"
+        )
+        sys.stderr.flush()
+        mcp, _, pusher = build_server(runner, identity=identity)
         # The SDK's import graph is large: moved out of the collector's reach, it costs neither
         # GC pauses while serving nor ~0.6 s of collection at exit (stdin closed -> exit < 1 s).
         gc.freeze()
@@ -227,3 +232,10 @@ def serve(
     finally:
         runner.close()
     return 0
+
+
+def _where(transport: str, host: str, port: int) -> str:
+    if transport == "stdio":
+        return "stdio"
+    kind, path = ("streamable HTTP", "mcp") if transport == "http" else ("SSE", "sse")
+    return f"{kind} at http://{host}:{port}/{path}"

@@ -23,7 +23,8 @@ from ..actions import DispatchRequest, KillRequest, LogsRequest, MessageRequest,
 from ..errors import DispatchError
 from ..runner import Runner
 from . import arguments as args
-from .push import Clients
+from .clients import Clients
+from .delivery import handed_over
 
 log = logging.getLogger("dispatch_runner.mcp")
 
@@ -83,8 +84,9 @@ DESCRIPTIONS: Final = {
         "Wait until the given workspaces finish (mode all) or one of them does (mode any), or "
         "until timeout_s passes (default 50 s, under common 60 s tool timeouts), sending progress "
         "notifications meanwhile. Returns {done, workspaces: [{workspace, state, exit_code, "
-        "summary, duration_s}]}. If done is false, call it again. For clients that do not show "
-        "channel events this is how results arrive."
+        "summary, duration_s}], undelivered} (undelivered: their completions no session had "
+        "received yet; now they count as received here). If done is false, call it again. For "
+        "clients that do not show channel events this is how results arrive."
     ),
 }
 
@@ -180,9 +182,14 @@ def _session_tools(runner: Runner, clients: Clients) -> dict[str, Callable[..., 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(value, total, message)
 
+        async def waited() -> dict[str, Any]:
+            result = await runner.wait(req, progress=progress)
+            await handed_over(runner, clients.of(ctx.session), result["undelivered"])
+            return result
+
         ids = [workspaces] if isinstance(workspaces, str) else workspaces
         req = WaitRequest(workspaces=ids, timeout_s=timeout_s, mode=mode)
-        return await invoke("wait", runner.wait(req, progress=progress))
+        return await invoke("wait", waited())
 
     return {"dispatch": _dispatch_tool(runner, clients), "status": status, "wait": wait}
 
@@ -225,7 +232,8 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
             max_cost_usd=max_cost_usd,
             max_turns=max_turns,
         )
-        return await invoke("dispatch", runner.dispatch(req, origin=clients.of(ctx.session).key))
+        client = clients.of(ctx.session)
+        return await invoke("dispatch", runner.dispatch(req, origin=client.key, client=client.identity))
 
     return dispatch
 

@@ -15,8 +15,8 @@ from ..actions import LogsRequest, Progress, StatusRequest, WaitRequest
 from ..config import Config
 from ..errors import InvalidArgument, UnknownWorkspace
 from ..launch import supervisor
-from ..model import WorkspaceState
-from ..policy import MAX_WAIT_TIMEOUT_S
+from ..model import Event, WorkspaceState
+from ..policy import MAX_WAIT_TIMEOUT_S, iso
 from ..store import WorkspaceRow
 from . import remote
 from .core import Core
@@ -183,7 +183,14 @@ class Queries:
             self.core.bus.unsubscribe(sub)
         done_count = sum(1 for r in rows if WorkspaceState(r.state).finished)
         done = done_count == len(rows) if req.mode == "all" else done_count > 0
-        return {"done": done, "workspaces": [wait_row(r) for r in rows]}
+        # completions of these workspaces no session has received (a session whose server died);
+        # the MCP surface counts those owed to its caller as delivered by this answer
+        owed = await self.core.db(self.core.store.undelivered_of, [r.id for r in rows])
+        return {
+            "done": done,
+            "workspaces": [wait_row(r) for r in rows],
+            "undelivered": [_undelivered(o.event) for o in owed],
+        }
 
     async def _wait_loop(
         self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None, events: Any
@@ -211,6 +218,18 @@ class Queries:
                 await events.receive()
             if not core.serving:
                 await core.publish_new()
+
+
+def _undelivered(event: Event) -> dict[str, Any]:
+    data = event.data
+    return {
+        "workspace": event.workspace,
+        "event": event.type,
+        "event_id": event.id,
+        "state": data.get("state"),
+        "exit_code": data.get("exit_code"),
+        "at": iso(event.at),
+    }
 
 
 def _check_logs_request(req: LogsRequest) -> None:

@@ -8,18 +8,20 @@ a plan and write it with the backend's named queries (`db.q.<name>`).
     reads.py    events, workspaces, the status snapshot (snapshot.py)
     control.py  freeze, kill, peers, garbage collection
     followups.py  messages and resume runs, the tree of sub-agents
+    outbox.py   completions owed to clients, each delivered once
     rows.py     rows to values and back;  queries.py  reading queries.sql and migrations/
 """
 
 from .control import ControlSide
 from .followups import FollowUpSide
+from .outbox import OutboxSide
 from .queue import QueueSide
 from .reads import ReadSide
 from .rows import LANE_SEP, lane_of
 from .runs import RunSide
 
 
-class SQLStore(QueueSide, RunSide, ReadSide, ControlSide, FollowUpSide):
+class SQLStore(QueueSide, RunSide, ReadSide, ControlSide, FollowUpSide, OutboxSide):
     """The Store protocol over a backend's core: one side per concern."""
 
 

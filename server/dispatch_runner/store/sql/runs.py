@@ -24,7 +24,65 @@ from .rows import (
 )
 
 
-class RunSide(SQLCore):
+class WatchSide(SQLCore):
+    """What a shim writes while its agent runs: the stall flag, and live messages taken."""
+
+    def set_stalled(self, run_id: int, since: float | None, *, now: float) -> bool:
+        """The run's agent has been silent since `since` (None: it spoke again). True when the
+        workspace's flag changed; flagging it appends AgentStalled."""
+
+        def tx(db: Conn) -> bool:
+            if db.execute(db.q.set_stalled, (since, run_id, since)).rowcount != 1:
+                return False
+            if since is not None:
+                run = db.execute(db.q.started_run, (run_id,)).fetchone()
+                self._event(
+                    db,
+                    "AgentStalled",
+                    now,
+                    run["id"],
+                    run["origin"],
+                    agent=run["agent"],
+                    run=run_id,
+                    since=since,
+                    idle_s=round(now - since, 3),
+                )
+            return True
+
+        return self._write(tx)
+
+    def take_messages(self, workspace_id: str, run_id: int, *, now: float) -> list[str]:
+        """The messages waiting for the workspace, taken live by its running agent (run_id's,
+        which reads input): marked delivered, each with a MessageDelivered event. Empty when
+        none waits or the run no longer runs (they stay for the run that resumes its session)."""
+        if not self._read(self.q.pending_messages, (workspace_id,)):
+            return []  # the common case costs a read, not a write transaction
+
+        def tx(db: Conn) -> list[str]:
+            ws = db.execute(db.q.workspace_for_update, (workspace_id,)).fetchone()
+            if ws is None or ws["state"] != "running" or ws["current_run"] != run_id:
+                return []
+            taken: list[str] = []
+            for r in db.execute(db.q.pending_messages, (workspace_id,)).fetchall():
+                if db.execute(db.q.deliver_message, (now, "live", run_id, r["id"])).rowcount == 1:
+                    taken.append(r["text"])
+                    self._event(
+                        db,
+                        "MessageDelivered",
+                        now,
+                        workspace_id,
+                        ws["origin"],
+                        agent=ws["agent"],
+                        message=r["id"],
+                        run=run_id,
+                        how="live",
+                    )
+            return taken
+
+        return self._write(tx)
+
+
+class RunSide(WatchSide):
     def start_run(
         self,
         run_id: int,

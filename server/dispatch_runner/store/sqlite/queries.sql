@@ -377,17 +377,25 @@ UPDATE workspaces SET state = 'queued', next_input = ?, attempts = 0, not_before
 INSERT INTO outbox (client, workspace, event, created_at) VALUES (?, ?, ?, ?);
 
 -- name: outbox_pending
--- completions owed to a client, after a cursor
-SELECT o.id, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
+-- completions owed to a client that no session has received, after a cursor (an outbox id)
+SELECT o.id, o.client, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
    JOIN events e ON e.id = o.event
    WHERE o.client = ? AND o.delivered_at IS NULL AND o.id > ? ORDER BY o.id LIMIT ?;
 
 -- name: outbox_deliver
-UPDATE outbox SET delivered_at = ?, delivered_to = ? WHERE event = ? AND delivered_at IS NULL;
+-- compare-and-set: the one session that takes a completion sends it
+UPDATE outbox SET delivered_at = ?, delivered_to = ?
+   WHERE workspace = ? AND event = ? AND client = ? AND delivered_at IS NULL;
+
+-- name: outbox_release
+-- a send that failed: the completion is owed again
+UPDATE outbox SET delivered_at = NULL, delivered_to = NULL
+   WHERE workspace = ? AND event = ? AND delivered_to = ? AND delivered_at IS NOT NULL;
 
 -- name: outbox_undelivered
 SELECT count(*) FROM outbox WHERE delivered_at IS NULL;
 
 -- name: outbox_undelivered_of
-SELECT o.workspace, e.type, e.at, e.data FROM outbox o JOIN events e ON e.id = o.event
+SELECT o.id, o.client, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
+   JOIN events e ON e.id = o.event
    WHERE o.delivered_at IS NULL AND o.workspace IN ({ids}) ORDER BY o.id;
