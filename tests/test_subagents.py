@@ -86,6 +86,8 @@ async def test_a_run_s_own_dispatch_is_its_child_and_the_depth_limit_stops_the_r
         )
         [child] = store.subtree([top])
         assert tree(store, top) == {top: ("completed", 1, None), child: ("failed", 2, top)}
+        child_row = store.get_workspace(child)
+        assert child_row is not None and child_row.runs == 1  # its parent's end never took its run
         said = stderr_of(store, child)
         assert "depth 3" in said and "dispatch.max_depth = 2" in said and "nothing was queued" in said
         assert [c["workspace"] for c in store.children(top)] == [child]

@@ -136,12 +136,6 @@ def test_two_peers_racing_for_one_completion_deliver_it_once(backend: Backend) -
     assert two.owed(CLIENT) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs.py _exit_events writes an outbox row for every terminal event: also a lost run "
-    "that is retried (state queued) and the AgentFailed twin of a dead letter (mcp/delivery.py "
-    "settles those without a push); it should write one only for the event that ends the workspace",
-)
 def test_only_the_end_of_a_workspace_is_owed_once_retries_and_dead_letter_twins_are_not(store: Store) -> None:
     store.enqueue(
         replace(new_ws("w1", origin="peer-a/1", max_attempts=2), client=CLIENT),

@@ -304,10 +304,10 @@ def leave_nothing_behind(
     the session: as a subreaper this shim inherited them all; without one, they are found
     by the run's environment marker (a scan of every process)."""
     supervisor.terminate_group(agent_pid, grace_s=1.0)
-    if subreaper:
-        supervisor.stop_children(keep=None, grace_s=1.0)
-        return
     marker = {k: v for k, v in (spec.get("env") or {}).items() if k in supervisor.MARKER_KEYS}
+    if subreaper:
+        supervisor.stop_children(keep=None, grace_s=1.0, marker=marker if len(marker) == 2 else None)
+        return
     if len(marker) == 2:
         supervisor.terminate_marked(marker, grace_s=1.0, started_since=agent_start)
 

@@ -164,14 +164,19 @@ def children_of(pid: int) -> list[int]:
     return [c for c in _children_pids(pid) if is_alive(c, None)]
 
 
-def stop_children(*, keep: int | None, grace_s: float, rounds: int = 5) -> int:
+def stop_children(
+    *, keep: int | None, grace_s: float, rounds: int = 5, marker: Mapping[str, str] | None = None
+) -> int:
     """Stop every child of this process but `keep` — as a subreaper, that is every descendant its
     agent left behind — with its process group: SIGTERM, SIGKILL after grace_s, reaped; again for
-    what they leave (their children come to us in turn). Returns how many were stopped."""
+    what they leave (their children come to us in turn). With `marker` (the run's), a child that
+    does not carry it is spared: a runner its agent started (a nested dispatch) starts its own
+    runs' shims, fork server and drainer unmarked, and those outlive the agent that asked for
+    them. Returns how many were stopped."""
     me = os.getpid()
     total = 0
     for _ in range(rounds):
-        found = {c: proc_start(c) for c in children_of(me) if c != keep}
+        found = {c: proc_start(c) for c in children_of(me) if c != keep and _ours(c, marker)}
         if not found:
             break
         total += len(found)
@@ -183,6 +188,18 @@ def stop_children(*, keep: int | None, grace_s: float, rounds: int = 5) -> int:
                 os.waitpid(pid, os.WNOHANG)
     _reap_quietly(keep)
     return total
+
+
+def _ours(pid: int, marker: Mapping[str, str] | None) -> bool:
+    """The process carries the run's marker (or there is no marker to tell, or it has exited
+    and only its zombie is left to reap)."""
+    if not marker:
+        return True
+    try:
+        environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    except OSError:
+        return True
+    return not environ or {f"{k}={v}".encode() for k, v in marker.items()} <= environ
 
 
 def _reap_quietly(keep: int | None) -> None:

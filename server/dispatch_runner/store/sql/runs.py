@@ -258,9 +258,12 @@ class RunSide(WatchSide):
         """The exit's events; a completion is also owed to the client that dispatched it (the
         outbox, in the same transaction: it is delivered even if that client's server died)."""
         owed = ws.client or ws.origin
+        # the one event that ends the workspace (a dead letter's, not its AgentFailed twin; none
+        # for a run that is retried)
+        ending = [e for e in plan.events if e.type in TERMINAL_EVENTS][-1:] if plan.finished else []
         for event in plan.events:
             event_id = self._event(db, event.type, now, ws.id, ws.origin, **event.data)
-            if event.type in TERMINAL_EVENTS and owed:
+            if owed and event in ending:
                 db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
 
     def _follow_up(self, db: Conn, ws: WorkspaceRow, now: float) -> None:
