@@ -26,7 +26,7 @@ pytestmark = [
 ]
 
 TOOLS = {"dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait"}
-META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s"}
+META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s", "host", "cost_usd"}
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -5,8 +5,6 @@ across peers), can be given back after a failed send, and is read by cursor."""
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-import pytest
-
 from dispatch_runner.model import Outcome
 from dispatch_runner.store import Limits, Store
 from tests.store.conftest import Backend

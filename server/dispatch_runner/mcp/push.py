@@ -46,6 +46,7 @@ SEND_TIMEOUT_S: Final = 2.0  # a client that stops reading must not stall pushes
 SUMMARY_LINES: Final = 8
 SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
+NOTICES: Final = frozenset({"AgentStalled", "AgentRetrying"})
 
 
 def is_pushed(event: Event) -> bool:
@@ -103,7 +104,38 @@ def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[st
         meta["duration_s"] = f"{float(duration):.3f}"
     if data.get("ended_reason"):
         meta["reason"] = str(data["ended_reason"])
+    if view.get("host"):
+        meta["host"] = str(view["host"])
+    if view.get("cost_usd") is not None:
+        meta["cost_usd"] = f"{float(view['cost_usd']):.4f}"
     return "\n".join(parts), meta
+
+
+def notice_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]] | None:
+    """A running workspace's notice for the session that dispatched it: it went silent
+    (AgentStalled), or its provider's limit sent it back to the queue (why and until when)."""
+    data, ws = event.data, event.workspace or "?"
+    agent = str(data.get("agent") or view.get("agent") or "agent")
+    meta = {"event": event.type, "workspace": ws, "agent": agent}
+    if event.type == "AgentStalled":
+        idle = duration_text(float(data.get("idle_s") or 0))
+        content = (
+            f"stalled: sub-agent {agent} in workspace {ws} has written no output for {idle} and is "
+            f"still running. Read its output with logs, send it a message, or kill it."
+        )
+        return content, {**meta, "state": "running", "reason": "stalled"}
+    if event.type == "AgentRetrying" and data.get("outcome") == "rate_limited":
+        until = view.get("backoff_until")
+        reason = str(data.get("reason") or "rate limited").strip().rstrip(".")
+        content = (
+            f"rate_limited: sub-agent {agent} in workspace {ws} hit its provider's limit and is "
+            "queued again (not counted as an attempt)"
+            + (f"; its pool waits until {until}" if until else "")
+            + f". Reason: {reason}."
+        )
+        extra = {"until": str(until)} if until else {}
+        return content, {**meta, "state": "queued", "reason": "rate_limited", **extra}
+    return None
 
 
 def _one_line(text: object) -> str:
@@ -191,6 +223,10 @@ class Pusher:
         message: tuple[str, dict[str, str]] | None = None
         if is_pushed(event):
             message = channel_message(event, await workspace_view(self.runner, event.workspace))
+        elif event.type in NOTICES:
+            notice = notice_message(event, await workspace_view(self.runner, event.workspace))
+            if notice is not None:
+                await self._notify(event, notice)
         uris = resource_uris(event)
         for client in self.clients:
             with anyio.move_on_after(SEND_TIMEOUT_S):
@@ -199,6 +235,19 @@ class Pusher:
                 except Exception:  # one broken connection must not end pushes for the others
                     self.failed += 1
                     log.exception("push to client %s failed", client.key)
+
+    async def _notify(self, event: Event, notice: tuple[str, dict[str, str]]) -> None:
+        """A notice goes to the dispatching session and to those that take every event."""
+        content, meta = notice
+        for client in self.clients:
+            if client.connection is None or not (client.key == event.origin or self.wants_channel(client)):
+                continue
+            with anyio.move_on_after(SEND_TIMEOUT_S):
+                try:
+                    await client.connection.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
+                    self.pushed += 1
+                except Exception:  # a broken connection: the notice is only a hint
+                    self.failed += 1
 
     def wants_channel(self, client: Client) -> bool:
         """Sessions that take every completion live. The dispatching client's own session gets
