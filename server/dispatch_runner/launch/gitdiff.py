@@ -7,6 +7,7 @@ Stdlib only: the per-run shim imports this.
 """
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Final
@@ -61,13 +62,25 @@ def diff_stat(run_dir: Path | str, base: str) -> dict[str, Any] | None:
     return {"files": files, "insertions": insertions, "deletions": deletions, "names": names[:MAX_NAMES]}
 
 
+MAX_COUNT_BYTES = 64 * 1024 * 1024  # a new file's lines are counted in its first 64 MiB
+
+
 def _lines(path: Path) -> int:
     """Lines of a new text file as git counts them (a last line without a newline counts);
     0 for a binary file (a NUL byte) or one that cannot be read."""
-    count, last = 0, b"\n"
+    count, last, read = 0, b"\n", 0
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_COUNT_CHUNK):
+        # a regular file only, never followed through a link (a FIFO would hang the shim, a link
+        # to a huge log read it all): git counts a link as one line
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 1 if path.is_symlink() else 0
+    try:
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return 0
+            while read < MAX_COUNT_BYTES and (chunk := f.read(_COUNT_CHUNK)):
+                read += len(chunk)
                 if b"\0" in chunk:
                     return 0
                 count += chunk.count(b"\n")

@@ -69,6 +69,7 @@ class Shim:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = True
+        halt(self.live)
         if self.agent is not None:
             supervisor.signal_group(self.agent.pid, signal.SIGTERM)
 
@@ -225,8 +226,7 @@ class Shim:
 
     def _wait(self) -> Stop | None:
         """Watch the agent until it ends, while the lease thread renews; the Stop when the watch
-        stopped it. Without a renewal by the lease's fence time, the agent is stopped: another
-        host may soon take the run for lost and start it again."""
+        stopped it. Unrenewed by its lease's fence time, it is stopped (it would soon be lost)."""
         assert self.agent is not None and self.watch is not None
         self.lease.start(self._on_verdict)
         answered = 0
@@ -234,6 +234,7 @@ class Shim:
             while not self._ended_within(self.watch.wait_s()):
                 stop = self.watch.look()
                 if stop is not None:
+                    halt(self.live)
                     supervisor.terminate_group(self.agent.pid, grace_s=self._grace())
                     self.agent.wait()
                     return stop
@@ -262,6 +263,7 @@ class Shim:
     def _on_verdict(self, verdict: str) -> None:
         """From the lease thread (or the wait, at the fence time): a kill, or the lease is lost."""
         assert self.agent is not None
+        halt(self.live)
         if verdict == "kill":
             if not self.terminated:
                 self.terminated = True  # asked by a peer of another host (or one that went away)
@@ -295,6 +297,12 @@ class Shim:
             say(f"cannot start a drainer: {exc}")
         self.store.close()
         return 0
+
+
+def halt(live: LiveInput | None) -> None:
+    """A stopping agent takes no more live messages: they stay pending."""
+    if live is not None:
+        live.halt()
 
 
 def leave_nothing_behind(

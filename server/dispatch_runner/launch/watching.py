@@ -197,6 +197,12 @@ class LiveInput:
     def nudge(self) -> None:
         self._wake.set()
 
+    def halt(self) -> None:
+        """The agent is being stopped: take no more messages (they stay pending, for the run
+        that resumes the session), without waiting (a signal handler may call it)."""
+        self._stop.set()
+        self._wake.set()
+
     def stop(self, wait_s: float = 2.0) -> None:
         """The agent ended: no more messages are taken (one being taken now is let finish, so
         the shim records the end after it)."""
@@ -205,6 +211,14 @@ class LiveInput:
         self._thread.join(wait_s)
 
     def _run(self) -> None:
+        """The connection stays open while it polls (a light PostgreSQL store would otherwise
+        connect anew every second, per running agent); it goes when input ends."""
+        try:
+            self._feed()
+        finally:
+            self.store.release()
+
+    def _feed(self) -> None:
         with contextlib.suppress(OSError, ValueError), self.pipe:  # the agent stopped reading
             if self.first is not None:
                 self._send(self.first)
@@ -230,8 +244,6 @@ class LiveInput:
         except StoreError as exc:
             say(f"cannot read the workspace's messages yet: {exc}")
             return None
-        finally:
-            self.store.release()
 
 
 def feed(pipe: IO[bytes], data: bytes) -> None:

@@ -95,7 +95,6 @@ class Client:
     everything: bool = False  # status(subscribe=true): every completion, not only its own
     log_level: LoggingLevel = "info"
     resources: set[str] = field(default_factory=set)
-    cursor: int = 0  # the outbox up to this row is settled for this connection
     _sent: dict[int, None] = field(default_factory=dict, init=False, repr=False)
 
     @property

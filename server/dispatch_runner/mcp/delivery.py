@@ -11,8 +11,8 @@ dispatching one is gone: it left this process, or its process is gone (crashed, 
 restarted: no longer a registered peer), or — its process still living — once ORIGIN_GRACE_S
 have passed since the completion (a live server takes its own within milliseconds). Each session
 looks when it connects, when a completion reaches this process, when a session leaves, when a
-held-back completion falls due, and every POLL_S (one given back by another process). What it
-has looked at is behind a cursor.
+held-back completion falls due, and every POLL_S (one given back by another process), reading
+what is still undelivered from the start (an index of undelivered rows).
 """
 
 import logging
@@ -93,12 +93,13 @@ class Outbox:
 
     async def deliver(self, client: Client) -> float:
         """Take and send, oldest first, what `client`'s client is owed; returns when a completion
-        held back falls due (inf: none is). The cursor stops before the first one held back; a
-        send that fails ends the pass (the connection is broken or stalled: later, or another
-        session)."""
+        held back falls due (inf: none is). A send that fails ends the pass (the connection is
+        broken or stalled: later, or another session)."""
         if client.connection is None:
             return math.inf
-        due, after, settled = math.inf, client.cursor, True
+        # from the start each time: owed() reads only what is still undelivered (an index), and a
+        # completion another session took and gave back (its send failed) must be seen again
+        due, after = math.inf, 0
         while True:
             page = await _db(self.runner.store.owed, client.owed_to, after=after, limit=PAGE)
             peers = await self._live_peers(page)
@@ -106,11 +107,9 @@ class Outbox:
                 after = owed.id
                 at = due_at(owed.event, client, self.clients, peers=peers, grace_s=self.grace_s)
                 if at > time.time():
-                    due, settled = min(due, at), False
+                    due = min(due, at)
                 elif not await self._take(client, owed.client, owed.event):
                     return due
-                elif settled:
-                    client.cursor = owed.id
             if len(page) < PAGE:
                 return due
 

@@ -262,8 +262,14 @@ class Pusher:
             return
         if message is not None:
             content, meta = message
-            if self.wants_channel(client) and client.reserve(event.id):
-                await connection.notify(CHANNEL_METHOD, {"content": content, "meta": meta})
+            # the dispatching session's own completion comes from the outbox (delivery.py), which
+            # sends it once; a live push that fails must not count as sent there
+            if client.key != event.origin and self.wants_channel(client) and client.reserve(event.id):
+                try:
+                    await send_channel(connection, message)
+                except BaseException:
+                    client.unreserve(event.id)
+                    raise
                 self.pushed += 1
             level: LoggingLevel = "info" if meta["state"] == "completed" else "warning"
             if LOG_LEVELS.index(level) >= LOG_LEVELS.index(client.log_level):

@@ -21,7 +21,7 @@ from .validation import Lineage, check_size
 LIVE_WAIT_S: Final = 5.0  # how long `message` waits for a running agent to take a message live
 LIVE_POLL_S: Final = 0.1
 # what a resume keeps from its workspace: only the follow-up's own text and order may be given
-RESUME_ALLOWS: Final = frozenset({"task", "resume", "priority", "label", "max_wait_s"})
+RESUME_ALLOWS: Final = frozenset({"task", "resume"})
 
 
 def parent_from_env() -> str | None:
@@ -37,10 +37,14 @@ def lineage(store: Store, config: Config, parent: str | None) -> Lineage:
     if not workspaces.ID_RE.match(parent):
         raise InvalidArgument("parent", f"DISPATCH_RUNNER_PARENT {parent[:60]!r} is not a workspace id")
     row = store.get_workspace(parent)
-    if row is not None:
-        depth, root = row.depth + 1, row.root or row.id
-    else:  # dispatched into another store than its parent's: the environment says how deep
-        depth, root = _env_depth() + 1, parent
+    if row is None:  # a made-up parent would start a fresh tree with a fresh budget
+        raise LimitRefused(
+            "parent",
+            f"refused: DISPATCH_RUNNER_PARENT names workspace {parent}, which this store does not "
+            "know: a sub-agent dispatches into the store of the run it is part of "
+            "(DISPATCH_RUNNER_STORE, as its run set it); nothing was queued",
+        )
+    depth, root = row.depth + 1, row.root or row.id
     if depth > config.max_depth:
         raise LimitRefused(
             "max_depth",
@@ -61,13 +65,6 @@ def lineage(store: Store, config: Config, parent: str | None) -> Lineage:
     return Lineage(parent=parent, depth=depth, root=root)
 
 
-def _env_depth() -> int:
-    try:
-        return max(int(os.environ.get("DISPATCH_RUNNER_DEPTH", "1")), 1)
-    except ValueError:
-        return 1
-
-
 def check_resume(config: Config, req: DispatchRequest) -> str:
     """A resume names an existing workspace and gives only the follow-up's text (and order):
     its agent, directory and template are the workspace's."""
@@ -82,7 +79,7 @@ def check_resume(config: Config, req: DispatchRequest) -> str:
         raise InvalidArgument(
             given[0],
             f"resume continues workspace {req.resume} with its own agent, directory and settings: "
-            f"leave out {', '.join(given)} (give task, and priority or label if needed)",
+            f"leave out {', '.join(given)} (give only task: the follow-up)",
         )
     workspace = str(req.resume)
     if not workspaces.ID_RE.match(workspace):

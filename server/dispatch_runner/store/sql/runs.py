@@ -251,7 +251,9 @@ class RunSide(WatchSide):
                 db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0
             )
         self._exit_events(db, ws, plan, now)
-        if plan.finished and plan.outcome is not Outcome.KILLED:
+        # a run stopped for good (killed, its budget or time spent) takes no follow-up by itself:
+        # its messages stay pending, for a follow-up someone asks for
+        if plan.finished and plan.outcome is not Outcome.KILLED and not result.final:
             self._follow_up(db, read_workspace(db, ws.id), now)
 
     def _exit_events(self, db: Conn, ws: WorkspaceRow, plan: lifecycle.ExitPlan, now: float) -> None:
