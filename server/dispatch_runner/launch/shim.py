@@ -156,9 +156,7 @@ class Shim:
         if not os.path.isdir(cwd):
             raise FileNotFoundError(errno.ENOENT, "the working directory no longer exists", cwd)
         prompt, argv = self._command()
-        env = dict(os.environ)
-        env.update(self.spec.get("env") or {})
-        env.setdefault("DISPATCH_RUNNER_STORE", store_url(self.spec))  # where its own dispatches go
+        env = agent_env(self.spec)
         feed, live = self.spec.get("stdin") == "prompt", self.spec.get("input") == "stream-json"
         self.watch = Watch(self.spec, out_path, err_path, store=self.store)
         with contextlib.ExitStack() as files:
@@ -299,6 +297,14 @@ class Shim:
         return 0
 
 
+def agent_env(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The agent's environment: ours, its spec's, and where its own dispatches go."""
+    env = {**os.environ, **(spec.get("env") or {})}
+    env.setdefault("DISPATCH_RUNNER_STORE", store_url(spec))
+    env.pop("DISPATCH_RUNNER_SESSION", None)  # a runner it starts is a client of its own, not ours
+    return env
+
+
 def halt(live: LiveInput | None) -> None:
     """A stopping agent takes no more live messages: they stay pending."""
     if live is not None:
@@ -368,7 +374,7 @@ def disk_full(path: Path) -> bool:
     return free * st.f_frsize < DISK_FULL_BYTES
 
 
-def store_url(spec: dict[str, Any]) -> str:
+def store_url(spec: Mapping[str, Any]) -> str:
     """The store's whole URL: from the environment the peer gave this shim (it holds the password
     the spec file, on disk beside the agent's files, leaves out); a spec written before that by
     an older peer still names the store itself."""

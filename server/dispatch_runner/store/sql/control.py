@@ -107,7 +107,8 @@ class ControlSide(SQLCore):
         ]
 
     def forget(self, workspaces: Sequence[str], *, events_before: float) -> int:
-        """Delete these finished workspaces with their runs, and every event older than
+        """Delete these finished workspaces with their runs, messages and owed completions (a
+        completion no session took by then is never taken), and every event older than
         `events_before`. Their files are removed by the caller first."""
 
         def tx(db: Conn) -> int:
@@ -115,7 +116,8 @@ class ControlSide(SQLCore):
             for chunk in range(0, len(workspaces), GC_CHUNK):
                 part = list(workspaces[chunk : chunk + GC_CHUNK])
                 ids = db.q.marks(len(part))
-                db.execute(db.q.expand("forget_runs", ids=ids), part)
+                for owned in ("forget_runs", "forget_outbox", "forget_messages"):
+                    db.execute(db.q.expand(owned, ids=ids), part)
                 gone += db.execute(db.q.expand("forget_workspaces", ids=ids), part).rowcount
             db.execute(db.q.forget_events, (events_before,))
             return gone

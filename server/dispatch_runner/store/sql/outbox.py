@@ -21,8 +21,11 @@ PAGE: Final = 100
 class OutboxSide(SQLCore):
     def owed(self, client: str, *, after: int = 0, limit: int = PAGE) -> list[Owed]:
         """The completions owed to `client` that no session has received, oldest first, from
-        past the cursor `after` (an outbox id: what a delivery scan has already looked at)."""
-        return [_owed(r) for r in self._read(self.q.outbox_pending, (client, after, limit))]
+        past the cursor `after` (an outbox id: what a delivery scan has already looked at). Every
+        peer's sessions ask at each completion: a read that never waits behind a write."""
+        args = (client, after, limit)
+        rows = self._reading(lambda db: db.execute(db.q.outbox_pending, args).fetchall(), separate=True)
+        return [_owed(r) for r in rows]
 
     def undelivered_of(self, workspaces: Sequence[str]) -> list[Owed]:
         """The completions of these workspaces that no session has received (whoever is owed them)."""

@@ -313,6 +313,12 @@ SELECT * FROM workspaces WHERE ended_at IS NOT NULL AND ended_at < ? AND state N
 -- name: forget_runs
 DELETE FROM runs WHERE workspace IN ({ids});
 
+-- name: forget_outbox
+DELETE FROM outbox WHERE workspace IN ({ids});
+
+-- name: forget_messages
+DELETE FROM messages WHERE workspace IN ({ids});
+
 -- name: forget_workspaces
 DELETE FROM workspaces WHERE id IN ({ids}) AND state NOT IN ('queued', 'running');
 
