@@ -83,6 +83,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtur
     kill_leftovers(h.path)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store a test's runners share: the home's SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
+    return str(request.param)
+
+
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"
 ) -> T:

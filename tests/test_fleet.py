@@ -38,14 +38,6 @@ SPECIAL_MISSING = "  special:\n    command: [/nonexistent/special-cli, '{prompt}
 SPECIAL_HERE = f"  special:\n    command: [{PY}, {FAKE_AGENT}, '{{prompt}}']\n"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The fleet's store for the tests that span hosts: the home's SQLite file, or PostgreSQL."""
-    if request.param == "postgres":
-        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
-    return str(request.param)
-
-
 @pytest.fixture
 def here(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("DISPATCH_RUNNER_HOST_ID", "host-a")

@@ -27,12 +27,11 @@ AGENTS = f"""\
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "postgres":
-        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
+@pytest.fixture
+def chat(home: Home, backend: str) -> str:
+    """The home's config with a resumable claude that reads live input, on `backend`'s store."""
     home.write_config(AGENTS)
-    return str(request.param)
+    return backend
 
 
 def cli(*args: str) -> tuple[int, Any, str]:
@@ -54,7 +53,7 @@ def parsed(home: Home, ws: str) -> list[dict[str, Any]]:
     return [e for e in fake_events(home.agent_log) if e["ws"] == ws and e["event"] == "parsed"]
 
 
-def test_dispatch_resume_on_the_cli_continues_the_session(home: Home, backend: str) -> None:
+def test_dispatch_resume_on_the_cli_continues_the_session(home: Home, chat: str) -> None:
     code, sent, err = cli("dispatch", "write the plan", "--agent", "chat", "--wait")
     assert code == 0, err
     ws = sent["workspace"] if "workspace" in sent else sent["workspaces"][0]["workspace"]
@@ -72,7 +71,7 @@ def test_dispatch_resume_on_the_cli_continues_the_session(home: Home, backend: s
     assert done["cost_usd"] == pytest.approx(2 * first["cost_usd"])  # summed over its runs
 
 
-def test_a_follow_up_that_cannot_be_delivered_is_refused_with_the_reason(home: Home, backend: str) -> None:
+def test_a_follow_up_that_cannot_be_delivered_is_refused_with_the_reason(home: Home, chat: str) -> None:
     code, _, err = cli("dispatch", "x", "--resume", "ws-0101-000000-abcdef")
     assert code == 2 and "ws-0101-000000-abcdef" in err
     code, sent, err = cli("dispatch", "@exit=3", "--agent", "agent", "--max-attempts", "1", "--wait")
@@ -84,7 +83,7 @@ def test_a_follow_up_that_cannot_be_delivered_is_refused_with_the_reason(home: H
 
 
 async def test_the_message_tool_reaches_a_running_agent_live_and_an_ended_one_by_resuming(
-    home: Home, backend: str
+    home: Home, chat: str
 ) -> None:
     async with connect(home.path) as (client, seen):
         ws = ok(await client.call_tool("dispatch", {"task": "first @sleep=3", "agent": "chat"}))["workspace"]

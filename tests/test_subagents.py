@@ -45,13 +45,6 @@ def nesting(home: Home, *, depth: int, descendants: int) -> None:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "postgres":
-        monkeypatch.setenv("DISPATCH_RUNNER_STORE", request.getfixturevalue("pg_url"))
-    return str(request.param)
-
-
 def store_of(home: Home) -> Store:
     return open_store(os.environ.get("DISPATCH_RUNNER_STORE") or f"sqlite:///{home.path / 'state.db'}")
 
