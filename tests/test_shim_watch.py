@@ -6,17 +6,15 @@ measures, the exit file, the budget rule."""
 
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from dispatch_runner.actions import DispatchRequest, MessageRequest, StatusRequest, WaitRequest
-from dispatch_runner.config import load_config
 from dispatch_runner.launch import gitdiff, runfiles
 from dispatch_runner.launch.watching import over_budget, user_message
 from dispatch_runner.model import Event, Outcome
@@ -27,6 +25,7 @@ from tests.conftest import PY, Home, until
 from tests.fakes import FAKE_CLAUDE, FAKE_CODEX
 from tests.fakes.overlap import events as fake_events
 from tests.store.test_contract import NO_LIMITS, T0, must_claim, new_ws, start
+from tests.test_runner import serving as runner_serving
 
 CLAUDE_SESSION = "8723ada8-da2a-4f6e-ac20-8ae08afb34e3"  # in the claude-plain-* transcripts
 CODEX_THREAD = "01a2097c-b9a7-7700-b030-b3633de5c94a"  # in codex-plain
@@ -53,17 +52,9 @@ AGENTS = f"""\
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def serving(home: Home, pools: str = "") -> AsyncIterator[Runner]:
-    home.write_config(AGENTS + (f"pools:\n{pools}" if pools else ""))
-    runner = Runner(load_config(), kind="test")
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.serve)
-            yield runner
-            tg.cancel_scope.cancel()
-    finally:
-        runner.close()
+def serving(home: Home, pools: str = "") -> AbstractAsyncContextManager[Runner]:
+    """A serving runner with these agents (and pools: policy)."""
+    return runner_serving(home, AGENTS + (f"pools:\n{pools}" if pools else ""))
 
 
 async def dispatch(runner: Runner, task: str, **kw: Any) -> str:

@@ -55,6 +55,21 @@ def tree(store: Store, top: str) -> dict[str, Any]:
     return {w: (r.state, r.depth, r.parent) for w, r in zip(ids, store.workspaces(ids), strict=True) if r}
 
 
+async def ended_tree(home: Home, store: Store, *, size: int) -> str:
+    """Dispatch the self-dispatching agent from a client session; its top workspace, once the
+    tree under it has `size` workspaces and every one of them ended."""
+    async with connect(home.path) as (client, _):
+        top = str(ok(await client.call_tool("dispatch", {"task": "again"}))["workspace"])
+    wait_for(
+        lambda: (
+            len(t := tree(store, top)) == size and all(s in ("completed", "failed") for s, _, _ in t.values())
+        ),
+        timeout=30,
+        message=f"a tree of {size} to end",
+    )
+    return top
+
+
 def stderr_of(store: Store, workspace: str) -> str:
     row = store.get_workspace(workspace)
     assert row is not None
@@ -65,18 +80,9 @@ async def test_a_run_s_own_dispatch_is_its_child_and_the_depth_limit_stops_the_r
     home: Home, backend: str
 ) -> None:
     nesting(home, depth=2, descendants=10)
-    async with connect(home.path) as (client, _):
-        top = ok(await client.call_tool("dispatch", {"task": "again"}))["workspace"]
     store = store_of(home)
     try:
-        wait_for(
-            lambda: (
-                len(tree(store, top)) == 2
-                and all(s in ("completed", "failed") for s, _, _ in tree(store, top).values())
-            ),
-            timeout=30,
-            message="the top and its child to end",
-        )
+        top = await ended_tree(home, store, size=2)
         [child] = store.subtree([top])
         assert tree(store, top) == {top: ("completed", 1, None), child: ("failed", 2, top)}
         child_row = store.get_workspace(child)
@@ -104,18 +110,9 @@ def ok_status(home: Home, workspace: str) -> dict[str, Any]:
 
 async def test_the_descendant_budget_stops_a_deep_tree(home: Home) -> None:
     nesting(home, depth=10, descendants=2)
-    async with connect(home.path) as (client, _):
-        top = ok(await client.call_tool("dispatch", {"task": "again"}))["workspace"]
     store = store_of(home)
     try:
-        wait_for(
-            lambda: (
-                len(t := tree(store, top)) == 3
-                and all(s in ("completed", "failed") for s, _, _ in t.values())
-            ),
-            timeout=30,
-            message="a tree of three to end",
-        )
+        top = await ended_tree(home, store, size=3)
         states = sorted((depth, state) for state, depth, _ in tree(store, top).values())
         assert states == [(1, "completed"), (2, "completed"), (3, "failed")]
         last = next(w for w, (_, depth, _) in tree(store, top).items() if depth == 3)
