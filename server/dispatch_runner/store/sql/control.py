@@ -116,8 +116,9 @@ class ControlSide(SQLCore):
             for chunk in range(0, len(workspaces), GC_CHUNK):
                 part = list(workspaces[chunk : chunk + GC_CHUNK])
                 ids = db.q.marks(len(part))
-                for owned in ("forget_runs", "forget_outbox", "forget_messages"):
-                    db.execute(db.q.expand(owned, ids=ids), part)
+                db.execute(db.q.expand("forget_runs", ids=ids), part)
+                db.execute(db.q.expand("forget_outbox", ids=ids), part)
+                db.execute(db.q.expand("forget_messages", ids=ids), part)
                 gone += db.execute(db.q.expand("forget_workspaces", ids=ids), part).rowcount
             db.execute(db.q.forget_events, (events_before,))
             return gone
