@@ -29,6 +29,9 @@ MAX_ATTEMPTS_LIMIT: Final = 100
 MAX_TIMEOUT_S: Final = 7 * 86400.0
 MAX_QUEUE_WAIT_S: Final = 7 * 86400.0
 MAX_WAIT_TIMEOUT_S: Final = 3600.0
+# The not_before of a held workspace (waiting for others, or for its group's cap): 9999-12-31.
+# No claim reaches it and no peer wakes for it; the event that releases it sets its real time.
+HELD_UNTIL: Final = 253402300799.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

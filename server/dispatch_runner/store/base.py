@@ -28,6 +28,18 @@ class HostCaps:
     labels: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One entry of a preference list: an agent (with its model variant) and the pool it runs in."""
+
+    agent: str
+    pool: str
+    model: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "pool": self.pool, "model": self.model}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewWorkspace:
     id: str
@@ -58,6 +70,16 @@ class NewWorkspace:
     depth: int = 1  # 1: dispatched by a client; parent's depth + 1 when dispatched from a run
     root: str | None = None  # the top of its tree of sub-agents (None: it is a top itself)
     client: str | None = None  # the client its completion is owed to (outbox; see mcp/push.py)
+    route: Sequence["RouteEntry"] = ()  # a preference list: the claim takes the first with room
+    group: str | None = None  # the fan-out group it belongs to
+    held: str | None = None  # why it is not claimable yet ("after", "group"); None: it is
+    after: Sequence[str] = ()  # workspaces it waits for
+    after_mode: str | None = None  # success (cancel when one failed) | always
+    not_before: float | None = None  # not claimed before this time
+    share_key: str | None = None  # whose share of the queue it is (fair share), None: nobody's
+    preemptible: bool = True
+    sandbox: str | None = None  # read-only | workspace-write | full (None: the agent's own)
+    ask: str | None = None  # off | on-miss | always
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +132,17 @@ class WorkspaceRow:
     root: str | None = None
     client: str | None = None
     next_input: str | None = None  # a follow-up: the input of its next run, which resumes its session
+    route: Sequence["RouteEntry"] = ()
+    routed: Mapping[str, Any] | None = None  # the entry a routed claim took and why: {agent, why}
+    group: str | None = None
+    held: str | None = None
+    after_mode: str | None = None
+    share_key: str | None = None
+    share_rank: int = 0
+    promoted_at: float | None = None
+    preemptible: bool = True
+    sandbox: str | None = None
+    ask: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

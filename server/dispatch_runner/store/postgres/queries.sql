@@ -64,8 +64,9 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires, dir_host, depth, root, client)
-   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,0,%s,%s,%s,%s,%s,1,%s,%s,%s,%s,%s,%s);
+   origin, parent, spec, rev, host, requires, dir_host, depth, root, client,
+   route, group_id, held, after_mode, share_key, share_rank, preemptible, sandbox, ask)
+   VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,1,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s);
 
 -- name: server_time
 SELECT extract(epoch FROM clock_timestamp())::double precision;
@@ -141,7 +142,7 @@ SELECT * FROM workspaces
 
 -- name: next_not_before
 SELECT min(not_before) FROM workspaces
-   WHERE state = 'queued' AND not_before > %s;
+   WHERE state = 'queued' AND not_before > %s AND not_before < 253402300799;
 
 -- name: reserve_run
 INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,

@@ -5,9 +5,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...allowance import Spent, spend_day
-from ...policy import PoolState, RateConfig
+from ...policy import HELD_UNTIL, PoolState, RateConfig
 from .. import lifecycle
-from ..base import NewWorkspace, RunRow, Usage, WorkspaceRow
+from ..base import NewWorkspace, RouteEntry, RunRow, Usage, WorkspaceRow
 from .conn import Conn, Row
 
 LANE_SEP = "\x1f"
@@ -33,8 +33,8 @@ def lane_from(lane: str) -> lifecycle.Lane:
     return lifecycle.Lane(pool, model or None)
 
 
-def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
-    """The parameters of `insert_workspace`."""
+def insert_args(ws: NewWorkspace, now: float, *, share_rank: int = 0) -> tuple[Any, ...]:
+    """The parameters of `insert_workspace`. A held workspace waits at HELD_UNTIL."""
     return (
         ws.id,
         ws.pool,
@@ -54,6 +54,7 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         ws.idempotency_key,
         ws.max_attempts,
         ws.timeout_s,
+        HELD_UNTIL if ws.held else (ws.not_before or 0.0),
         now,
         now,
         ws.origin,
@@ -65,6 +66,15 @@ def insert_args(ws: NewWorkspace, now: float) -> tuple[Any, ...]:
         ws.depth,
         ws.root,
         ws.client,
+        json.dumps([e.to_json() for e in ws.route]) if ws.route else None,
+        ws.group,
+        ws.held,
+        ws.after_mode,
+        ws.share_key,
+        share_rank,
+        ws.preemptible,
+        ws.sandbox,
+        ws.ask,
     )
 
 
@@ -206,6 +216,7 @@ def _reported(row: Row) -> dict[str, Any]:
         "depth": row["depth"],
         "root": row["root"],
         "client": row["client"],
+        **_scheduled(row),
         "next_input": row["next_input"],
     }
 
@@ -231,3 +242,24 @@ def run_row(row: Row) -> RunRow:
         lease_until=row["lease_until"],
         outcome=row["outcome"],
     )
+
+
+def route_of(text: str | None) -> tuple[RouteEntry, ...]:
+    return tuple(RouteEntry(e["agent"], e["pool"], e["model"]) for e in json.loads(text)) if text else ()
+
+
+def _scheduled(row: Row) -> dict[str, Any]:
+    """A workspace's routing and scheduling columns."""
+    return {
+        "route": route_of(row["route"]),
+        "routed": json.loads(row["routed"]) if row["routed"] else None,
+        "group": row["group_id"],
+        "held": row["held"],
+        "after_mode": row["after_mode"],
+        "share_key": row["share_key"],
+        "share_rank": row["share_rank"],
+        "promoted_at": row["promoted_at"],
+        "preemptible": bool(row["preemptible"]),
+        "sandbox": row["sandbox"],
+        "ask": row["ask"],
+    }

@@ -64,8 +64,9 @@ SELECT * FROM workspaces WHERE id IN ({ids});
 INSERT INTO workspaces (id, pool, model, lane, agent, task, template,
    priority, label, state, path, run_dir, cwd, repo, branch, base_commit,
    idempotency_key, max_attempts, timeout_s, not_before, created_at, updated_at,
-   origin, parent, spec, rev, host, requires, dir_host, depth, root, client)
-   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,1,?,?,?,?,?,?);
+   origin, parent, spec, rev, host, requires, dir_host, depth, root, client,
+   route, group_id, held, after_mode, share_key, share_rank, preemptible, sandbox, ask)
+   VALUES (?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?);
 
 -- name: server_time
 SELECT (julianday('now') - 2440587.5) * 86400.0;
@@ -141,7 +142,7 @@ SELECT * FROM workspaces INDEXED BY workspaces_queue
 
 -- name: next_not_before
 SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
-   WHERE state = 'queued' AND not_before > ?;
+   WHERE state = 'queued' AND not_before > ? AND not_before < 253402300799;
 
 -- name: reserve_run
 INSERT INTO runs (workspace, pool, attempt, phase, claimed_by, claimed_at, spawn_mark,

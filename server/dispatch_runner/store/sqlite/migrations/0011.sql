@@ -1,0 +1,15 @@
+-- 11: cron schedules. Each fires as an ordinary dispatch; peers race for a tick with a
+--     compare-and-set on next_run_at (one wins; a failed submit puts the tick back).
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    dispatch TEXT NOT NULL,           -- JSON: the dispatch arguments
+    next_run_at REAL NOT NULL,
+    last_run_at REAL,
+    last_workspace TEXT,
+    client TEXT,
+    origin TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX schedules_due ON schedules (next_run_at);
