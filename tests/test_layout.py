@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "outputs",
                 "events",
                 "watch",
+                "cron",
             }
         ),
     ),

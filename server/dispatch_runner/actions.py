@@ -6,7 +6,7 @@ against DISPATCH_FIELDS, so a new argument is added in one place. Values are che
 runner (validate.py), not here: a request carries what the client sent.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
@@ -16,8 +16,8 @@ Result = dict[str, Any]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DispatchRequest:
-    task: str
-    agent: str | None = None
+    task: str = ""  # empty only for a fan-out of `tasks`
+    agent: str | Sequence[str] | None = None  # an agent, a preference list, or a route's name
     cwd: str | None = None
     repo: str | None = None
     template: str | None = None
@@ -32,6 +32,16 @@ class DispatchRequest:
     resume: str | None = None  # a workspace whose agent session this task continues
     max_cost_usd: float | None = None
     max_turns: int | None = None
+    # routing and scheduling (DESIGN §8)
+    preemptible: bool | None = None  # None: true below critical
+    sandbox: str | None = None  # read-only | workspace-write | full
+    ask: str | None = None  # off | on-miss | always
+    not_before: str | float | None = None  # ISO time, or seconds from now
+    after: Sequence[str] | None = None  # workspaces this one waits for
+    after_mode: str | None = None  # success (default) | always
+    tasks: Sequence[str] | None = None  # fan-out: one workspace per task, under one group
+    items: Sequence[str] | None = None  # fan-out: `task` with {item}, once per item
+    group_concurrency: int | None = None  # at most this many of the group released at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +79,23 @@ class MessageRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApproveRequest:
+    request: str  # an approval request's id (status lists the pending ones)
+    decision: str  # allow | deny
+    note: str | None = None  # told to the agent with a denial
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionRequest:
+    """What a sub-agent's CLI asks its permission-prompt tool (the runner's approval server)."""
+
+    workspace: str
+    tool_name: str
+    input: Mapping[str, Any]
+    tool_use_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WaitRequest:
     workspaces: Sequence[str]
     timeout_s: float | None = 50.0
@@ -80,6 +107,15 @@ class GcRequest:
     older_than_s: float | None = None
     dry_run: bool = False
     force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRequest:
+    action: str  # create | list | delete
+    cron: str | None = None  # 5 fields (create)
+    timezone: str | None = None  # IANA name (create; default UTC)
+    dispatch: Mapping[str, Any] | None = None  # the dispatch arguments each tick submits (create)
+    id: str | None = None  # the schedule (delete)
 
 
 # the arguments a client may send to dispatch, in the order the tool lists them
@@ -101,8 +137,12 @@ class Actions(Protocol):
     async def logs(self, req: LogsRequest) -> Result: ...
     async def kill(self, req: KillRequest) -> Result: ...
     async def message(self, req: MessageRequest) -> Result: ...
+    async def approve(self, req: ApproveRequest, *, by: str = "cli") -> Result: ...
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> Result: ...
     async def gc(self, req: GcRequest) -> Result: ...
+    async def schedule(
+        self, req: ScheduleRequest, *, origin: str | None = None, client: str | None = None
+    ) -> Result: ...
     async def stop(self) -> Result: ...
     async def start(self) -> Result: ...
     async def poke(self) -> Result: ...

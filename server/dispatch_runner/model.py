@@ -161,6 +161,14 @@ EVENT_TYPES: Final = (
     "AllowanceExhausted",
     "MessageQueued",
     "MessageDelivered",
+    "AgentPreempted",
+    "AgentRouted",
+    "ApprovalRequested",
+    "ApprovalAnswered",
+    "ScheduleFired",
+    "GroupCompleted",
+    "PoolLimitChanged",
+    "AgentPromoted",
 )
 # Events that end a workspace and are pushed to clients.
 TERMINAL_EVENTS: Final = frozenset(

@@ -7,7 +7,7 @@ Hypothesis can explore it. Times are aware UTC datetimes or epoch seconds (float
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
 
@@ -77,6 +77,8 @@ class PoolState:
     last_spawn: float | None = None
     daily_count: int = 0
     daily_day: str | None = None
+    effective_limit: int | None = None  # an adaptive pool's current limit (None: its configured one)
+    clean_streak: int = 0  # clean runs since the adaptive limit last changed
 
 
 # ---- time helpers -------------------------------------------------------------------------
@@ -171,13 +173,13 @@ def after_spawn(rate: RateConfig | None, state: PoolState, now: datetime) -> Poo
     default 06:00 UTC reset when the pool has no rates), so status can always show it."""
     rate = rate or DEFAULT_RATE
     today = day_key(rate, now)
-    return PoolState(
-        backoff_until=state.backoff_until,
-        fail_count=state.fail_count,
-        last_spawn=now.timestamp(),
-        daily_count=daily_used(rate, state, now) + 1,
-        daily_day=today,
+    return _with(
+        state, last_spawn=now.timestamp(), daily_count=daily_used(rate, state, now) + 1, daily_day=today
     )
+
+
+def _with(state: PoolState, **changes: object) -> PoolState:
+    return replace(state, **changes)  # type: ignore[arg-type]
 
 
 def undo_spawn(
@@ -190,13 +192,7 @@ def undo_spawn(
     count = state.daily_count
     if day is not None and state.daily_day == day and count > 0:
         count -= 1
-    return PoolState(
-        backoff_until=state.backoff_until,
-        fail_count=state.fail_count,
-        last_spawn=last,
-        daily_count=count,
-        daily_day=state.daily_day,
-    )
+    return _with(state, last_spawn=last, daily_count=count)
 
 
 def has_capacity(
@@ -210,6 +206,40 @@ def has_capacity(
         return False
     model_cap = limit.model_limit(model)
     return model_cap is None or model_running < model_cap
+
+
+# ---- adaptive limits (AIMD) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Aimd:
+    """`pools.X.adaptive`: the pool's effective limit halves on a rate limit (never under
+    `floor`) and grows back by one after `clean_streak` clean runs (never over its limit)."""
+
+    floor: int = 1
+    clean_streak: int = 5
+
+
+def effective_limit(aimd: Aimd | None, limit: PoolLimit | None, state: PoolState) -> PoolLimit | None:
+    """The limit a claim obeys: an adaptive pool's current one, within [floor, configured]."""
+    if aimd is None or limit is None or limit.total_limit is None or state.effective_limit is None:
+        return limit
+    total = min(max(state.effective_limit, aimd.floor), limit.total_limit)
+    return replace(limit, total=total)
+
+
+def adapt(aimd: Aimd, configured: int, state: PoolState, *, rate_limited: bool, clean: bool) -> PoolState:
+    """The pool's adaptive limit after a run: multiplicative decrease on a rate limit, additive
+    increase by one after a streak of clean runs; other runs (failures, kills) change nothing."""
+    current = min(max(state.effective_limit or configured, aimd.floor), configured)
+    if rate_limited:
+        return _with(state, effective_limit=max(aimd.floor, current // 2), clean_streak=0)
+    if not clean:
+        return state
+    streak = state.clean_streak + 1
+    if streak >= aimd.clean_streak and current < configured:
+        return _with(state, effective_limit=current + 1, clean_streak=0)
+    return _with(state, effective_limit=current, clean_streak=min(streak, aimd.clean_streak))
 
 
 # ---- retries, dead letters, rate-limit backoff ---------------------------------------------
@@ -371,6 +401,6 @@ def exceeds_max_wait(
     return position > 0 or gate_wait_s > max_wait_s
 
 
-def order_key(priority: int, created_at: float, seq: int) -> tuple[int, float, int]:
-    """Priority first (critical=0), then oldest."""
-    return (priority, created_at, seq)
+def order_key(priority: int, created_at: float, seq: int, share_rank: int = 0) -> tuple[int, int, float, int]:
+    """Priority first (critical=0), then the fair-share round (0 without fair share), then oldest."""
+    return (priority, share_rank, created_at, seq)

@@ -5,9 +5,15 @@ documented ones (README, tool schemas): policy.MAX_* and config.max_task_bytes.
 """
 
 import math
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
 from .errors import InvalidArgument
+
+# Bounds of a dispatch's scheduling arguments (README, tool schemas).
+MAX_NOT_BEFORE_S: Final = 7 * 86400.0  # not_before at most 7 days ahead
+MAX_GROUP_SIZE: Final = 100  # tasks (or items) of one fan-out
+MAX_AFTER: Final = 100  # workspaces (or groups) one dispatch may wait for
 
 
 def text(field: str, value: Any, *, max_chars: int | None = None, required: bool = False) -> str | None:
@@ -80,3 +86,36 @@ def human_size(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.0f} KiB"
     return f"{n} bytes"
+
+
+def when(field: str, value: Any, *, now: float, max_ahead_s: float = MAX_NOT_BEFORE_S) -> float | None:
+    """A time given as ISO-8601 with an offset or Z ("2026-05-01T09:00:00+02:00") or as seconds
+    from `now` (a number): its epoch seconds, or None when it is not after `now` (the past means
+    now). Refused past `max_ahead_s` from now, and without an offset (whose local time?)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidArgument(
+                field,
+                f"{field} {_shown(value)} is not an ISO-8601 time; give e.g. 2026-05-01T09:00:00Z "
+                "(with Z or an offset such as +02:00), or a number of seconds from now",
+            ) from None
+        if moment.tzinfo is None:
+            raise InvalidArgument(
+                field,
+                f"{field} {_shown(value)} has no UTC offset; add Z (UTC) or an offset such as +02:00",
+            )
+        at = moment.timestamp()
+    else:
+        seconds = number(field, value, minimum=0, maximum=max_ahead_s, unit=" s")
+        at = now + (seconds or 0.0)
+    if at > now + max_ahead_s:
+        raise InvalidArgument(
+            field,
+            f"{field} is {(at - now) / 86400:.1f} days ahead; it may be at most {max_ahead_s / 86400:g} days "
+            "ahead (schedule recurring or later work with the schedule tool)",
+        )
+    return at if at > now else None

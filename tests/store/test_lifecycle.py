@@ -174,7 +174,7 @@ def test_a_lane_opens_only_with_an_open_gate_and_room_in_pool_and_model(
 ) -> None:
     limits = Limits(concurrency={"p": PoolLimit(total=total, models={"m": model_cap})})
     pool = PoolState(backoff_until=NOW + 30 if backoff else None)
-    taken, wake = open_lanes(
+    opened = open_lanes(
         [Lane("p", "m")],
         pools={"p": pool},
         running_pool={"p": running},
@@ -183,13 +183,15 @@ def test_a_lane_opens_only_with_an_open_gate_and_room_in_pool_and_model(
         now=NOW,
     )
     room = running < total and model_running < model_cap
-    assert (taken == [Lane("p", "m")]) is (room and not backoff)
-    assert wake == ([NOW + 30] if backoff else [])
+    assert (opened.taken == [Lane("p", "m")]) is (room and not backoff)
+    assert opened.wake == ([NOW + 30] if backoff else [])
+    if not opened.taken:  # it says why: its gate first, else it is full
+        assert opened.why[Lane("p", "m")].startswith("backoff" if backoff else "full")
 
 
 def test_pacing_closes_a_lane_until_its_time() -> None:
     limits = Limits(rates={"p": RateConfig(sustained_delay=60)})
-    taken, wake = open_lanes(
+    opened = open_lanes(
         [Lane("p", None)],
         pools={"p": PoolState(last_spawn=NOW - 10)},
         running_pool={},
@@ -197,7 +199,8 @@ def test_pacing_closes_a_lane_until_its_time() -> None:
         limits=limits,
         now=NOW,
     )
-    assert taken == [] and wake == [NOW + 50]
+    assert opened.taken == [] and opened.wake == [NOW + 50]
+    assert opened.why[Lane("p", None)].startswith("pacing until")
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 100), st.integers(1, 1000)), max_size=8))

@@ -177,6 +177,8 @@ def request_of(args: argparse.Namespace) -> Any:
 
     if args.command == "dispatch":
         given = {f: getattr(args, f) for f in actions.DISPATCH_FIELDS if f not in ("task", "cwd", "repo")}
+        if given["agent"] and "," in given["agent"]:  # a preference list: claude:opus,codex
+            given["agent"] = [a.strip() for a in given["agent"].split(",")]
         return actions.DispatchRequest(task=_task(args), cwd=_here(args.cwd), repo=_here(args.repo), **given)
     if args.command == "status":
         return actions.StatusRequest(

@@ -126,7 +126,11 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         "task", nargs="?", metavar="TASK", help="what the sub-agent should do; '-' reads it from stdin"
     )
     d.add_argument("--task-file", metavar="FILE", help="read the task from FILE instead")
-    d.add_argument("--agent", help="base[:model], e.g. claude, codex:gpt-5.4 (status lists them)")
+    d.add_argument(
+        "--agent",
+        help="base[:model], e.g. claude or codex:gpt-5.4; a preference list claude:opus,codex (the "
+        "first with room runs it); or a route's name from agents.yaml",
+    )
     where = d.add_mutually_exclusive_group()
     where.add_argument("--cwd", metavar="DIR", help="run in DIR (relative to here)")
     where.add_argument(
@@ -161,6 +165,12 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         "--resume",
         metavar="WORKSPACE",
         help="TASK is a follow-up: continue WORKSPACE's agent session in its directory, as a new run",
+    )
+    d.add_argument(
+        "--preemptible",
+        action=argparse.BooleanOptionalAction,
+        help="a critical dispatch into a full pool may stop this run and queue it again "
+        "(default: yes below critical, where the pool allows preemption)",
     )
     _dispatch_limits(d)
 

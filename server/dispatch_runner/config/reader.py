@@ -15,7 +15,7 @@ from .. import argv as argvlib
 from ..errors import ConfigError, InvalidArgument
 from ..model import MODEL_RE, AgentRef
 from ..policy import PoolLimit, RateConfig
-from . import sections
+from . import sandboxes, sections
 from .schema import (
     INPUT_MODES,
     OUTPUT_KINDS,
@@ -55,6 +55,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         "host": sections.host,
         "pools": sections.pools,
         "allowance": sections.allowance,
+        "routes": sections.routes,
     }
     reader.only(top, tuple(readers), "")
     for name, (_, node) in top.items():
@@ -69,6 +70,14 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
             "dispatch.default_agent",
             f"no agent {config.default_agent!r} (known: {', '.join(sorted(config.agents))})",
         )
+    for name, entries in config.routes.items():
+        unknown = [e for e in entries if AgentRef.parse(e).pool not in config.agents]
+        if unknown:
+            raise reader.fail(
+                top["routes"][1],
+                f"routes.{name}",
+                f"no agent {unknown[0]!r} (known: {', '.join(sorted(config.agents))})",
+            )
     if config.default_template not in config.templates:
         raise reader.fail(
             top.get("dispatch", (None, None))[1],
@@ -98,6 +107,9 @@ _DISPATCH_KEYS: Final = (
     "max_task_bytes",
     "max_depth",
     "max_descendants",
+    "approval_timeout_s",
+    "fair_share",
+    "promote_after_s",
 )
 
 
@@ -116,6 +128,10 @@ def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
             if not roots:
                 raise r.fail(value, where, "list at least one directory")
             changes[name] = tuple(p.resolve() for p in roots)
+        elif name == "fair_share":
+            changes[name] = sections.flag(r, value, where)
+        elif name == "promote_after_s":  # 0: never
+            changes[name] = r.number(value, where, minimum=0) or None
         elif name in ("max_attempts", "max_task_bytes", "max_depth", "max_descendants"):
             changes[name] = int(r.number(value, where, integer=True, minimum=1))
         elif name == "lease_s":  # 0 would turn leases off: another host could never judge a run
@@ -193,6 +209,8 @@ _AGENT_KEYS: Final = (
     "input",
     "max_turns_flag",
     "max_cost_flag",
+    "sandbox",
+    "ask",
 )
 
 
@@ -273,6 +291,8 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
     "input": lambda r, v, at: _choice(r, v, at, INPUT_MODES, "how it reads messages while it runs"),
     "max_turns_flag": lambda r, v, at: _option(r, v, at),
     "max_cost_flag": lambda r, v, at: _option(r, v, at),
+    "sandbox": sandboxes.agent_sandbox,
+    "ask": sandboxes.agent_ask,
 }
 
 

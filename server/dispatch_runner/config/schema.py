@@ -10,7 +10,9 @@ from .. import argv as argvlib
 from ..allowance import Allowance
 from ..errors import UnknownAgent
 from ..model import AgentRef
-from ..policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
+from ..policy import DEFAULT_MAX_ATTEMPTS, Aimd, PoolLimit, RateConfig
+from . import sandboxes
+from .sandboxes import FlagMap, SandboxPolicy
 
 OUTPUT_KINDS: Final = (
     "claude-stream-json",
@@ -55,6 +57,9 @@ class AgentDef:
     input: str = "none"  # "stream-json": reads user messages on stdin while it runs (live messages)
     max_turns_flag: str | None = None  # the CLI's own option for a dispatch's max_turns
     max_cost_flag: str | None = None  # … and for its max_cost_usd
+    # the CLI's options for each sandbox level (and network_off), and for each ask mode
+    sandbox: FlagMap = field(default_factory=dict)
+    ask: FlagMap = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +73,10 @@ class PoolPolicy:
     idle_timeout_s: float | None = None  # no output for this long: flagged stalled
     kill_stalled: bool = False
     labels: frozenset[str] = frozenset()
+    sandbox: SandboxPolicy | None = None  # default and ceiling of its runs' sandbox level
+    ask: str | None = None  # off | on-miss | always (None: off)
+    adaptive: Aimd | None = None  # AIMD on the pool's concurrency limit
+    preempt_after_s: float | None = None  # `preemption: {min_runtime_s}`; None: never preempted
 
 
 _CLAUDE: Final = ("claude", "-p")
@@ -87,6 +96,8 @@ BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
         input="stream-json",
         max_turns_flag="--max-turns",
         max_cost_flag="--max-budget-usd",
+        sandbox=sandboxes.CLAUDE_SANDBOX,
+        ask=sandboxes.CLAUDE_ASK,
     ),
     "codex": AgentDef(
         name="codex",
@@ -94,8 +105,16 @@ BUILTIN_AGENTS: Final[Mapping[str, AgentDef]] = {
         output="codex-json",
         stdin="prompt",
         resume_command=(*_CODEX, "-m", "{model}", "resume", "{session_id}", "-"),
+        sandbox=sandboxes.CODEX_SANDBOX,
+        ask=sandboxes.CODEX_ASK,
     ),
-    "gemini": AgentDef(name="gemini", command=("gemini", "-m", "{model}"), stdin="prompt"),
+    "gemini": AgentDef(
+        name="gemini",
+        command=("gemini", "-m", "{model}"),
+        stdin="prompt",
+        sandbox=sandboxes.GEMINI_SANDBOX,
+        ask=sandboxes.GEMINI_ASK,
+    ),
     "opencode": AgentDef(name="opencode", command=("opencode", "run", "-m", "{model}"), stdin="prompt"),
 }
 
@@ -133,6 +152,10 @@ class Config:
     allowance: Mapping[str, Allowance] = field(default_factory=dict)  # by pool or agent
     max_depth: int = DEFAULT_MAX_DEPTH  # how deep sub-agents may dispatch sub-agents
     max_descendants: int = DEFAULT_MAX_DESCENDANTS  # workspaces under one top-level dispatch
+    approval_timeout_s: float = sandboxes.DEFAULT_APPROVAL_TIMEOUT_S  # unanswered: denied then
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name: preference list
+    fair_share: bool = True  # interleave one priority level's senders round-robin
+    promote_after_s: float | None = 3600.0  # queued this long: one level more urgent (None: never)
 
     @property
     def pool_labels(self) -> Mapping[str, frozenset[str]]:
@@ -140,6 +163,13 @@ class Config:
 
     def pool_policy(self, pool: str) -> PoolPolicy:
         return self.pools.get(pool) or PoolPolicy()
+
+    def adaptive_for(self, pool: str) -> tuple[Aimd, int] | None:
+        """An adaptive pool's AIMD and its configured limit (None: not adaptive, or unlimited)."""
+        aimd = self.pool_policy(pool).adaptive
+        limit = self.concurrency.get(pool)
+        total = limit.total_limit if limit else None
+        return (aimd, total) if aimd is not None and total is not None else None
 
     def agent_def(self, ref: AgentRef) -> AgentDef:
         known = self.agents.get(ref.pool)

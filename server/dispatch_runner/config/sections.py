@@ -9,6 +9,8 @@ import yaml
 from ..allowance import Allowance
 from ..errors import InvalidArgument
 from ..model import LABEL_RE, AgentRef
+from ..policy import Aimd
+from . import sandboxes
 from .schema import Config, PoolPolicy
 from .yaml_reader import YamlReader as _Reader
 
@@ -48,7 +50,13 @@ _POOL_KEYS: Final = (
     "startup_timeout_s",
     "idle_timeout_s",
     "kill_stalled",
+    "adaptive",
+    "preemption",
+    "sandbox",
+    "ask",
 )
+# sandbox and approval policy (sandboxes.py)
+_POLICY_READERS: Final = {"sandbox": sandboxes.pool_sandbox, "ask": sandboxes.pool_ask}
 
 
 def pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -68,10 +76,60 @@ def pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
                 kw[name] = int(r.number(v, at, integer=True, minimum=1))
             elif name in ("retry_timeouts", "kill_stalled"):
                 kw[name] = flag(r, v, at)
+            elif name == "adaptive":
+                kw[name] = _adaptive(r, v, at)
+            elif name == "preemption":
+                kw["preempt_after_s"] = _preemption(r, v, at)
+            elif name in _POLICY_READERS:
+                kw[name] = _POLICY_READERS[name](r, v, at)
             else:
                 kw[name] = r.number(v, at, minimum=0) or None  # 0: none
         found[pool] = PoolPolicy(**kw)
     return replace(c, pools=found)
+
+
+def _adaptive(r: _Reader, v: yaml.Node, at: str) -> Aimd | None:
+    """`adaptive: true` (the defaults), `false`, or `{floor, clean_streak}`."""
+    if isinstance(v, yaml.ScalarNode):
+        return Aimd() if flag(r, v, at) else None
+    items = r.mapping(v, at)
+    r.only(items, ("floor", "clean_streak"), at)
+    kw = {k: int(r.number(n, f"{at}.{k}", integer=True, minimum=1)) for k, (_, n) in items.items()}
+    return Aimd(**kw)
+
+
+def _preemption(r: _Reader, v: yaml.Node, at: str) -> float | None:
+    """`preemption: {min_runtime_s: 30}` (or `true`: 30 s, `false`: never)."""
+    if isinstance(v, yaml.ScalarNode):
+        return DEFAULT_MIN_RUNTIME_S if flag(r, v, at) else None
+    items = r.mapping(v, at)
+    r.only(items, ("min_runtime_s",), at)
+    if "min_runtime_s" not in items:
+        return DEFAULT_MIN_RUNTIME_S
+    return r.number(items["min_runtime_s"][1], f"{at}.min_runtime_s", minimum=0)
+
+
+DEFAULT_MIN_RUNTIME_S: Final = 30.0
+
+
+def routes(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    """Named preference lists: `routes: {fast: ["claude:haiku", "gemini"]}`; each entry an agent
+    this file defines (checked once every agent is read)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, (key_node, value) in r.mapping(node, "routes").items():
+        where = f"routes.{name}"
+        if name in c.agents or ":" in name:
+            raise r.fail(key_node, where, "a route's name must not be an agent's (pick another name)")
+        entries = r.strings(value, where)
+        if not entries:
+            raise r.fail(value, where, "list at least one agent")
+        for entry in entries:
+            try:
+                AgentRef.parse(entry)
+            except InvalidArgument as exc:
+                raise r.fail(value, where, str(exc)) from None
+        found[name] = tuple(entries)
+    return replace(c, routes=found)
 
 
 def allowance(r: _Reader, node: yaml.Node, c: Config) -> Config:

@@ -11,14 +11,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import time as dtime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import argv as argvlib
 from ..model import Outcome
-from ..policy import RateConfig
+from ..policy import Aimd, RateConfig
 from ..store.base import POOL_FAULTS, RunExit, Usage, spawn_reason
 from ..workspaces import PROMPT_FILE, atomic_write
 from . import supervisor
@@ -119,6 +119,19 @@ def rate_from_spec(spec: Mapping[str, Any] | None) -> RateConfig | None:
         burst_window=spec.get("burst_window", 0.0),
         burst_delay=spec.get("burst_delay", 0.0),
     )
+
+
+def adaptive_to_spec(adaptive: tuple[Aimd, int] | None) -> list[int] | None:
+    """An adaptive pool's [floor, clean_streak, configured limit], for the shim that records the
+    run's end."""
+    return [adaptive[0].floor, adaptive[0].clean_streak, adaptive[1]] if adaptive else None
+
+
+def adaptive_from_spec(spec: Sequence[int] | None) -> tuple[Aimd, int] | None:
+    if not spec:
+        return None
+    floor, streak, limit = spec
+    return Aimd(floor=floor, clean_streak=streak), limit
 
 
 def start_failure(exc: OSError | ValueError, *, where: str, what: str = "run") -> RunExit:

@@ -31,11 +31,18 @@ from .. import argv as argvlib
 from ..errors import StoreError
 from ..model import Outcome
 from ..outputs import parse_output, read_tail
-from ..policy import RateConfig
+from ..policy import Aimd, RateConfig
 from ..store.base import RunExit, Store, WorkspaceRow
 from ..workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 from . import gitdiff, supervisor, watching
-from .runfiles import ensure_drainer, rate_from_spec, read_spec, start_failure, write_exit_file
+from .runfiles import (
+    adaptive_from_spec,
+    ensure_drainer,
+    rate_from_spec,
+    read_spec,
+    start_failure,
+    write_exit_file,
+)
 from .watching import LeaseKeeper, LiveInput, Stop, Watch, say
 
 RECORD_RETRY_S = 600.0  # how long a shim keeps trying to record an exit in an unwritable store
@@ -286,7 +293,8 @@ class Shim:
             say(f"cannot write the exit file: {exc}")
         supervisor.crash_point("shim-before-record")
         rate = rate_from_spec(self.spec.get("rate"))
-        row = record(self.store, self.run_id, result, ended_at=ended_at, rate=rate)
+        adaptive = adaptive_from_spec(self.spec.get("adaptive"))
+        row = record(self.store, self.run_id, result, ended_at=ended_at, rate=rate, adaptive=adaptive)
         if row is not None:
             write_status(row, now=time.time())
         try:
@@ -335,7 +343,15 @@ def with_changes(result: RunExit, row: WorkspaceRow | None, spec: Mapping[str, A
     return replace(result, diff=gitdiff.diff_stat(where, base), commits=gitdiff.commits(where, base))
 
 
-def record(store: Store, run_id: int, result: RunExit, *, ended_at: float, rate: RateConfig | None) -> Any:
+def record(
+    store: Store,
+    run_id: int,
+    result: RunExit,
+    *,
+    ended_at: float,
+    rate: RateConfig | None,
+    adaptive: tuple[Aimd, int] | None = None,
+) -> Any:
     """record_exit, retried while the store cannot be written (a full disk under it): while
     this process lives the run is not taken for lost, and the end is recorded once space
     frees."""
@@ -343,7 +359,7 @@ def record(store: Store, run_id: int, result: RunExit, *, ended_at: float, rate:
     delay = 0.5
     while True:
         try:
-            return store.record_exit(run_id, result, now=ended_at, rate=rate)
+            return store.record_exit(run_id, result, now=ended_at, rate=rate, adaptive=adaptive)
         except StoreError as exc:
             if time.monotonic() > deadline:
                 say(f"giving up recording the exit: {exc}")

@@ -25,11 +25,13 @@ Task = Annotated[
     ),
 ]
 Agent = Annotated[
-    str | None,
+    str | list[str] | None,
     Field(
-        description="Which agent runs it, base[:model]: "
-        "'claude', 'claude:opus', 'codex:gpt-5.4'. Default: the "
-        "configured default agent."
+        description="Which agent runs it, base[:model]: 'claude', 'claude:opus', 'codex:gpt-5.4'; "
+        "or a preference list (the first with room runs it, one that hits a rate limit passes it "
+        "on): ['claude:opus', 'codex']; or a route's name from agents.yaml. Default: the "
+        "configured default agent.",
+        max_length=8,
     ),
 ]
 Cwd = Annotated[
@@ -116,6 +118,14 @@ Resume = Annotated[
     Field(
         description="A workspace id: task is a follow-up that continues that workspace's agent "
         "session in its directory, as a new run (give only task, priority or label)."
+    ),
+]
+Preemptible = Annotated[
+    bool | None,
+    Field(
+        description="Whether a critical dispatch into a full pool may stop this run and queue it "
+        "again (default: true below critical, where the pool allows preemption).",
+        strict=True,
     ),
 ]
 MaxCostUsd = Annotated[

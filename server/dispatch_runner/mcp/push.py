@@ -46,7 +46,7 @@ SEND_TIMEOUT_S: Final = 2.0  # a client that stops reading must not stall pushes
 SUMMARY_LINES: Final = 8
 SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
-NOTICES: Final = frozenset({"AgentStalled", "AgentRetrying"})
+NOTICES: Final = frozenset({"AgentStalled", "AgentRetrying", "AgentPreempted"})
 
 
 def is_pushed(event: Event) -> bool:
@@ -124,6 +124,13 @@ def notice_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str
             f"still running. Read its output with logs, send it a message, or kill it."
         )
         return content, {**meta, "state": "running", "reason": "stalled"}
+    if event.type == "AgentPreempted":
+        content = (
+            f"preempted: sub-agent {agent} in workspace {ws} was stopped to free its slot for a "
+            "critical dispatch and is queued again (not counted as an attempt; it resumes its "
+            "session where its agent can)."
+        )
+        return content, {**meta, "state": "queued", "reason": "preempted"}
     if event.type == "AgentRetrying" and data.get("outcome") == "rate_limited":
         until = view.get("backoff_until")
         reason = str(data.get("reason") or "rate limited").strip().rstrip(".")

@@ -213,6 +213,7 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
         resume: args.Resume = None,
         max_cost_usd: args.MaxCostUsd = None,
         max_turns: args.MaxTurns = None,
+        preemptible: args.Preemptible = None,
     ) -> types.CallToolResult:
         req = DispatchRequest(
             task=task,
@@ -231,6 +232,7 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
             resume=resume,
             max_cost_usd=max_cost_usd,
             max_turns=max_turns,
+            preemptible=preemptible,
         )
         client = clients.of(ctx.session)
         return await invoke("dispatch", runner.dispatch(req, origin=client.key, client=client.identity))

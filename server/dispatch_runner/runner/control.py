@@ -45,7 +45,7 @@ class Killer:
         limiter = anyio.CapacityLimiter(KILL_THREADS)
         async with anyio.create_task_group() as tg:
             for run in plan.to_signal:
-                tg.start_soon(partial(anyio.to_thread.run_sync, self._kill_run, run, limiter=limiter))
+                tg.start_soon(partial(anyio.to_thread.run_sync, self.stop_run, run, limiter=limiter))
         await core.publish_new()
         result: dict[str, Any] = {
             "killed": sorted({r.workspace for r in plan.to_signal}),
@@ -57,7 +57,7 @@ class Killer:
             result["elsewhere"] = elsewhere
         return result
 
-    def _kill_run(self, run: RunRow) -> None:
+    def stop_run(self, run: RunRow) -> None:
         """SIGTERM the agent's group, SIGKILL after the grace; wait until the exit is recorded."""
         store = self.core.store
         deadline = time.monotonic() + self.core.config.kill_grace_s + KILL_SLACK_S

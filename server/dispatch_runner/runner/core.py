@@ -4,6 +4,7 @@ publishing of committed events onto the bus."""
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,8 +18,7 @@ from .. import workspaces
 from ..config import Config
 from ..events import Bus, BusStatistics, Event
 from ..launch import launcher, runfiles, supervisor
-from ..model import Outcome
-from ..store import HostCaps, Limits, RunExit, Store, WorkspaceRow
+from ..store import HostCaps, Limits, RunExit, RunRow, Store, WorkspaceRow
 
 log = logging.getLogger("dispatch_runner")
 EVENT_BATCH = 500
@@ -91,6 +91,9 @@ class Core:
         self.wake_at: float | None = None
         self._cursor = store.last_event_id()
         self._publish_lock = anyio.Lock()
+        # stops a run a claim marked for preemption (the Killer's, set by the service); a peer
+        # without one leaves it to the run's shim, which sees the mark at its next lease renewal
+        self.stop_run: Callable[[RunRow], None] | None = None
 
     def statistics(self) -> RunnerStatistics:
         c = self.counts
@@ -106,8 +109,17 @@ class Core:
 
     @property
     def limits(self) -> Limits:
+        cfg = self.config
         return Limits(
-            concurrency=self.config.concurrency, rates=self.config.rates, allowance=self.config.allowance
+            concurrency=cfg.concurrency,
+            rates=cfg.rates,
+            allowance=cfg.allowance,
+            adaptive={pool: p.adaptive for pool, p in cfg.pools.items() if p.adaptive},
+            preempt_after_s={
+                pool: p.preempt_after_s for pool, p in cfg.pools.items() if p.preempt_after_s is not None
+            },
+            fair_share=cfg.fair_share,
+            promote_after_s=cfg.promote_after_s,
         )
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -118,12 +130,13 @@ class Core:
         self, run_id: int, result: RunExit, *, now: float | None = None, lease_ended_by: float | None = None
     ) -> WorkspaceRow | None:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
-        rate = None
-        if result.outcome is Outcome.RATE_LIMITED:
-            run = self.store.get_run(run_id)
-            rate = self.config.rates.get(run.pool) if run else None
+        run = self.store.get_run(run_id)
+        rate = self.config.rates.get(run.pool) if run else None
+        adaptive = self.config.adaptive_for(run.pool) if run else None
         now = time.time() if now is None else now
-        row = self.store.record_exit(run_id, result, now=now, rate=rate, lease_ended_by=lease_ended_by)
+        row = self.store.record_exit(
+            run_id, result, now=now, rate=rate, lease_ended_by=lease_ended_by, adaptive=adaptive
+        )
         if row is not None:
             self.record_status(row)
         return row
@@ -165,6 +178,12 @@ class Core:
 
     def drainer_spec(self) -> dict[str, Any]:
         return runfiles.drainer_spec(config_source=self.config.source, home=self.config.home)
+
+    def preempt(self, run: RunRow) -> None:
+        """Stop a run a claim chose to preempt (SIGTERM, SIGKILL after the grace), off this thread."""
+        self.counts["preempted"] += 1
+        if self.stop_run is not None:
+            threading.Thread(target=self.stop_run, args=(run,), name="preempt", daemon=True).start()
 
     def nudge(self) -> None:
         """Wake the background loop now (a slot may have freed, a config changed)."""

@@ -14,7 +14,7 @@ from ..actions import DispatchRequest, MessageRequest
 from ..errors import WorkspaceUnavailable
 from ..launch import supervisor
 from ..store import NewWorkspace, WorkspaceRow
-from . import followups
+from . import fanout, followups, scheduling
 from .core import Core
 from .draining import Drainer
 from .placement import Fleet
@@ -31,6 +31,9 @@ class Dispatcher:
     def __init__(self, core: Core, drainer: Drainer) -> None:
         self.core = core
         self.drainer = drainer
+        self.fanout = fanout.FanOut(
+            core, drainer, prepare=_prepare_files, discard=_discard_files, shape=self._result
+        )
 
     async def dispatch(
         self,
@@ -42,11 +45,14 @@ class Dispatcher:
     ) -> dict[str, Any]:
         if req.resume is not None:
             return await self._resume(req)
+        if fanout.fans_out(req):
+            return await self.fanout.dispatch(req, origin=origin, parent=parent, client=client)
         parent = parent or followups.parent_from_env()
 
         def attempt() -> dict[str, Any]:
             # validation resolves paths and may run git: off the event loop, with the rest
             check_dispatch_values(req)
+            schedule = scheduling.plan(self.core.store, req, now=time.time())
             tree = followups.lineage(self.core.store, self.core.config, parent)
             for _ in range(ID_TRIES):
                 new = new_workspace(
@@ -58,7 +64,7 @@ class Dispatcher:
                     lineage=tree,
                 )
                 try:
-                    return self._dispatch_sync(new, req.max_wait_s)
+                    return self._dispatch_sync(schedule.apply(new), schedule.max_wait(req.max_wait_s))
                 except _IdTaken:
                     continue  # another dispatch drew the same id this second: draw again
             raise WorkspaceUnavailable(str(self.core.config.workspace_root), "no free workspace id")
@@ -66,6 +72,20 @@ class Dispatcher:
         result = await anyio.to_thread.run_sync(attempt)
         await self.core.publish_new()
         return result
+
+    def check(self, req: DispatchRequest) -> None:
+        """What dispatch would refuse, refused without storing or writing anything (a schedule's
+        dispatch, checked when the schedule is made). May run git: call it off the event loop.
+        A check that dispatch adds belongs here too."""
+        scheduling.check_schedule_values(req)
+        if fanout.fans_out(req):  # each item as its own dispatch
+            requests = self.fanout.requests(req)
+        else:
+            requests = [req]
+        fleet = Fleet(self.core.caps(fresh=True), self.core.store.peers)
+        for each in requests:
+            check_dispatch_values(each)
+            new_workspace(self.core.config, each, origin=None, fleet=fleet)
 
     async def _resume(self, req: DispatchRequest) -> dict[str, Any]:
         """A follow-up task for an existing workspace: a new run of it that resumes its agent's
@@ -128,9 +148,11 @@ class Dispatcher:
     ) -> dict[str, Any]:
         """`eta_s` is null when it cannot be known (a full pool that has finished no run yet);
         `frozen` says why nothing starts while the queue is stopped; `host` is where it runs, or
-        must run (null: any host of the fleet that has its agent, once one takes it)."""
+        must run (null: any host of the fleet that has its agent, once one takes it). Its schedule
+        too (scheduling.schedule_view), and why it was cancelled at once (a need that failed)."""
         store = self.core.store
         queued = row.state == "queued"
+        cancelled = {"reason": row.reason} if row.state == "cancelled" else {}
         return {
             "workspace": row.id,
             "status": row.state,
@@ -141,6 +163,8 @@ class Dispatcher:
             "deduplicated": deduplicated,
             "frozen": queued and store.is_frozen(),
             "host": host or row.host,
+            **scheduling.schedule_view(row, scheduling.waiting(store, row)),
+            **cancelled,
         }
 
 

@@ -12,6 +12,7 @@ from .. import workspaces
 from ..config import Config, PoolPolicy
 from ..launch import launcher, runfiles, supervisor
 from ..store import Claim, WorkspaceRow
+from . import sandboxing
 from .core import Core
 from .validation import with_run_limits
 
@@ -31,6 +32,8 @@ class Drainer:
                 now=None, limits=self.core.limits, peer=self.core.peer, can=self.core.caps()
             )
             self.core.schedule(result.wake_at)
+            if result.preempt is not None:
+                self.core.preempt(result.preempt)
             if result.claim is None:
                 return spawned
             if self._spawn(result.claim):
@@ -59,6 +62,7 @@ class Drainer:
             "kill_grace_s": config.kill_grace_s,
             "lease_s": config.lease_s,
             "rate": runfiles.rate_to_spec(config.rates.get(ws.pool)),
+            "adaptive": runfiles.adaptive_to_spec(config.adaptive_for(ws.pool)),
             "drainer": self.core.drainer_spec(),
             **_watch_spec(config.pool_policy(ws.pool)),
         }
@@ -116,6 +120,8 @@ class Drainer:
         spec = with_run_limits(
             spec, agent_def, max_cost_usd=ws.spec.get("max_cost_usd"), max_turns=ws.spec.get("max_turns")
         )
+        # the sandbox and approval flags of this host's agent definition, for the same policy
+        spec = sandboxing.with_policy(spec, agent_def, sandboxing.Policy.of(ws), self.core.config, ws.id)
         return replace(ws, path=str(path), run_dir=str(run_dir), spec=spec)
 
     def _current_spec(self, ws: WorkspaceRow) -> Mapping[str, Any]:

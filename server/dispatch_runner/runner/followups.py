@@ -16,6 +16,7 @@ from ..actions import DispatchRequest, MessageRequest
 from ..config import Config
 from ..errors import InvalidArgument, LimitRefused, UnknownWorkspace
 from ..store import Store, WorkspaceRow
+from .sandboxing import Policy
 from .validation import Lineage, check_size
 
 LIVE_WAIT_S: Final = 5.0  # how long `message` waits for a running agent to take a message live
@@ -62,7 +63,7 @@ def lineage(store: Store, config: Config, parent: str | None) -> Lineage:
             f"Finish with the ones it has, or raise dispatch.max_descendants in {config.source}; "
             "nothing was queued",
         )
-    return Lineage(parent=parent, depth=depth, root=root)
+    return Lineage(parent=parent, depth=depth, root=root, policy=Policy.of(row))
 
 
 def check_resume(config: Config, req: DispatchRequest) -> str:

@@ -18,7 +18,7 @@ from ..launch import supervisor
 from ..model import Event, WorkspaceState
 from ..policy import MAX_WAIT_TIMEOUT_S, iso
 from ..store import WorkspaceRow
-from . import remote
+from . import groups, remote, scheduling
 from .core import Core
 from .views import tail_lines, wait_row, workspace_view
 
@@ -38,6 +38,9 @@ class Queries:
         validate.text("workspace", req.workspace, max_chars=200)
         validate.text("agent", req.agent, max_chars=200)
         validate.text("state", req.state, max_chars=200)
+        if req.workspace and groups.is_group_id(req.workspace):
+            view: dict[str, Any] = await self.core.db(groups.status_of, self.core.store, req.workspace)
+            return view
         if req.workspace:
             return await self._workspace_status(req.workspace, req.log_lines)
         states = [s.value for s in WorkspaceState]
@@ -96,7 +99,7 @@ class Queries:
         if row.state == "queued":
             until = (await self.core.db(store.pool_state, row.pool)).backoff_until
             backoff = until if until is not None and until > time.time() else None
-        return workspace_view(
+        view = workspace_view(
             row,
             pid=run.agent_pid if run and row.state == "running" else None,
             log_tail=tail,
@@ -104,6 +107,8 @@ class Queries:
             children=children,
             backoff_until=backoff,
         )
+        waiting = await self.core.db(scheduling.waiting, store, row)
+        return {**view, **scheduling.schedule_view(row, waiting)}
 
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         """A page of one run's output: `lines` from line `offset`, `next_offset` to ask for the
@@ -171,7 +176,8 @@ class Queries:
         return found
 
     async def wait(self, req: WaitRequest, *, progress: Progress | None = None) -> dict[str, Any]:
-        ids = _check_wait_request(req)
+        given = _check_wait_request(req)
+        ids = await self.core.db(groups.expand_ids, self.core.store, given)  # a group: its members
         for ws_id in ids:
             if await self.core.db(self.core.store.get_workspace, ws_id) is None:
                 raise UnknownWorkspace(ws_id)
@@ -185,12 +191,16 @@ class Queries:
         done = done_count == len(rows) if req.mode == "all" else done_count > 0
         # completions of these workspaces no session has received (a session whose server died);
         # the MCP surface counts those owed to its caller as delivered by this answer
-        owed = await self.core.db(self.core.store.undelivered_of, [r.id for r in rows])
-        return {
+        given_groups = [g for g in given if groups.is_group_id(g)]
+        owed = await self.core.db(self.core.store.undelivered_of, [r.id for r in rows] + given_groups)
+        result = {
             "done": done,
             "workspaces": [wait_row(r) for r in rows],
             "undelivered": [_undelivered(o.event) for o in owed],
         }
+        if given_groups:  # each group's state and counts; its members are among `workspaces`
+            result["groups"] = await self.core.db(groups.summaries, self.core.store, given_groups)
+        return result
 
     async def _wait_loop(
         self, ids: list[str], deadline_s: float, mode: str, progress: Progress | None, events: Any

@@ -1,11 +1,11 @@
 """The service: one `Runner` per peer. It implements the actions (`dispatch_runner.actions`) by
 handing each to the part that owns it, and runs the background loop that keeps the queue
-moving: wake-ups from the store, recovery, heartbeats, config reloads, the drain and the
-collection of old workspaces.
+moving: wake-ups from the store, recovery, heartbeats, config reloads, the drain, cron
+schedules and the collection of old workspaces.
 
     Runner ── Dispatcher (validation) ── Drainer ── launch (shims)
        │   ── Queries (status, logs, wait)   ── Killer   ── Collector (gc)
-       │   ── Recovery
+       │   ── Recovery      ── Scheduler (cron schedules)
        └── Core: config, store, bus, launcher, counters, wake-ups, event publishing
 """
 
@@ -20,12 +20,15 @@ import anyio.abc
 import anyio.to_thread
 
 from ..actions import (
+    ApproveRequest,
     DispatchRequest,
     GcRequest,
     KillRequest,
     LogsRequest,
     MessageRequest,
+    PermissionRequest,
     Progress,
+    ScheduleRequest,
     StatusRequest,
     WaitRequest,
 )
@@ -34,6 +37,7 @@ from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
+from .approvals import Approvals
 from .collector import Collector
 from .control import Killer
 from .core import Core, RunnerStatistics, peer_id
@@ -41,6 +45,7 @@ from .dispatching import Dispatcher
 from .draining import Drainer
 from .queries import Queries
 from .recovery import Recovery
+from .schedules import Scheduler
 
 log = logging.getLogger("dispatch_runner")
 WATCH_POLL_S = 0.5  # the poll under the wake-up hints
@@ -70,7 +75,10 @@ class Runner:
         self.dispatcher = Dispatcher(self.core, self.drainer)
         self.queries = Queries(self.core, self.recover)
         self.killer = Killer(self.core)
+        self.core.stop_run = self.killer.stop_run
         self.collector = Collector(self.core, self.recovery.forget_dead_peers)
+        self.approvals = Approvals(self.core)
+        self.scheduler = Scheduler(self.core, self.dispatch, self.dispatcher.check)
         self._config_mtime = _mtime(config.source)
 
     # ---- the public face ----------------------------------------------------------------------
@@ -143,11 +151,30 @@ class Runner:
     async def kill(self, req: KillRequest) -> dict[str, Any]:
         return await self.killer.kill(req)
 
+    async def approve(self, req: ApproveRequest, *, by: str = "cli") -> dict[str, Any]:
+        """Answer a sub-agent's pending permission request (`by`: who answers)."""
+        return await self.approvals.approve(req, by=by)
+
+    async def ask_permission(self, req: PermissionRequest) -> dict[str, Any]:
+        """A sub-agent's permission request, parked until answered or denied at its deadline;
+        the answer as Claude Code's permission-prompt tool gives it."""
+        return await self.approvals.park(req)
+
     async def message(self, req: MessageRequest) -> dict[str, Any]:
         return await self.dispatcher.message(req)
 
     async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
         return await self.collector.gc(req)
+
+    async def schedule(
+        self, req: ScheduleRequest, *, origin: str | None = None, client: str | None = None
+    ) -> dict[str, Any]:
+        """Cron schedules: create (owed to `client`, like a dispatch), list, delete."""
+        return await self.scheduler.schedule(req, origin=origin, client=client)
+
+    async def fire_due(self, now: float) -> list[dict[str, Any]]:
+        """Fire the schedules due at `now` whose ticks this peer wins (serve does it by itself)."""
+        return await self.scheduler.fire_due(now)
 
     async def stop(self) -> dict[str, Any]:
         frozen = await self.core.db(self.core.store.set_frozen, True, now=time.time())
@@ -199,6 +226,7 @@ class Runner:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch)
                 tg.start_soon(self._collect_garbage)
+                tg.start_soon(self.scheduler.run)
                 task_status.started()
                 await self._tick(drain_only)
                 tg.cancel_scope.cancel()

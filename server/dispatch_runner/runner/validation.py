@@ -16,9 +16,10 @@ from ..errors import InvalidArgument, TaskTooLarge
 from ..launch import runfiles, supervisor
 from ..model import AgentRef, Priority
 from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S
-from ..store import NewWorkspace
+from ..store import NewWorkspace, RouteEntry
 from ..validate import human_size
-from .placement import Fleet, place
+from . import routing, sandboxing
+from .placement import Fleet, Placement, place
 
 MAX_COST_USD = 100_000.0  # bounds of a dispatch's spend limits
 MAX_TURNS = 10_000
@@ -37,25 +38,36 @@ def new_workspace(
     raises a DispatchError for an invalid one. May run git, resolve paths and read the fleet's
     peers: call it off the event loop."""
     check_size(cfg, req.task)
-    agent_def = cfg.agent_def(ref := AgentRef.parse(req.agent or cfg.default_agent))
-    model = ref.model or agent_def.model
     template_name, template_text = _template(cfg, req.template)
     cwd_path, repo_path = _places(cfg, req.cwd, req.repo)
-    placement = place(ref, agent_def, req, pinned=bool(cwd_path or repo_path), fleet=fleet)
     ws_id, path, branch, run_dir = _directories(cfg, cwd_path, repo_path)
     prompt = argvlib.expand(
         template_text, {"task": req.task, "workspace": str(run_dir), "branch": branch or ""}
     )
-    agent_spec = runfiles.agent_spec(
-        agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
-    )
-    spec = with_run_limits(agent_spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
-    _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
+    pinned = bool(cwd_path or repo_path)
+
+    def entry(ref: AgentRef) -> tuple[RouteEntry, Placement]:
+        agent_def = cfg.agent_def(ref)
+        model = ref.model or agent_def.model
+        placement = place(ref, agent_def, req, pinned=pinned, fleet=fleet)
+        agent_spec = runfiles.agent_spec(
+            agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
+        )
+        spec = with_run_limits(agent_spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
+        policy = sandboxing.resolve(cfg, ref.pool, agent_def, req, parent=(lineage or Lineage()).above())
+        spec = sandboxing.with_policy(spec, agent_def, policy, cfg, ws_id)
+        _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
+        name = f"{ref.pool}:{model}" if model else ref.pool
+        return RouteEntry(name, ref.pool, model, spec), placement
+
+    route, placement = routing.resolve(routing.refs(cfg, req.agent), entry)
+    first = route[0]
     return NewWorkspace(
         id=ws_id,
-        pool=ref.pool,
-        model=model,
-        agent=f"{ref.pool}:{model}" if model else ref.pool,
+        pool=first.pool,
+        model=first.model,
+        agent=first.agent,
+        route=route if len(route) > 1 else (),
         task=req.task,
         prompt=prompt,
         template=template_name,
@@ -69,8 +81,11 @@ def new_workspace(
         idempotency_key=req.idempotency_key,
         origin=origin,
         client=client,
-        spec=spec,
-        **_limits(cfg, ref.pool, req),
+        share_key=client or origin or "",  # whose share of the queue (fair share): the session's
+        preemptible=req.preemptible if req.preemptible is not None else True,
+        spec=first.spec,
+        **sandboxing.columns(first.spec),
+        **_limits(cfg, first.pool, req),
         **(lineage or Lineage()).fields(),
         **placement.fields(),
     )
@@ -100,9 +115,14 @@ class Lineage:
     parent: str | None = None
     depth: int = 1
     root: str | None = None
+    policy: sandboxing.Policy = sandboxing.UNRESTRICTED  # what the parent's run may do
 
     def fields(self) -> dict[str, Any]:
         return {"parent": self.parent, "depth": self.depth, "root": self.root}
+
+    def above(self) -> sandboxing.Parent | None:
+        """The run that dispatches this one (a sub-agent never gets more than it)."""
+        return sandboxing.Parent(self.parent, self.policy) if self.parent else None
 
 
 def with_run_limits(

@@ -85,11 +85,14 @@ def workspace_view(
         "path": row.path,
         "branch": row.branch,
         **report(row),
+        "route": [e.agent for e in row.route] or None,  # its preference list, if it has one
+        "routed": row.routed,  # the entry a routed claim took: {agent, skipped: {agent: why}}
+        "preemptible": row.preemptible,
         "stalled": row.stalled_at is not None,
         "stalled_since": iso(row.stalled_at),
         "backoff_until": iso(backoff_until),
         "parent": row.parent,
         "depth": row.depth,
         "children": children or [],
-        "group": None,
+        "group": row.group,
     }

@@ -7,6 +7,7 @@ PostgreSQL (`postgresql://…`; many hosts). Driver errors stop here as StoreErr
 import re
 
 from .base import (
+    Approval,
     Claim,
     ClaimResult,
     EnqueueResult,
@@ -15,8 +16,10 @@ from .base import (
     Lease,
     Limits,
     NewWorkspace,
+    RouteEntry,
     RunExit,
     RunRow,
+    ScheduleRow,
     Store,
     Usage,
     WorkspaceRow,
@@ -58,6 +61,7 @@ def _without_password(url: str) -> str:
 
 
 __all__ = [
+    "Approval",
     "Claim",
     "ClaimResult",
     "EnqueueResult",
@@ -66,8 +70,10 @@ __all__ = [
     "Lease",
     "Limits",
     "NewWorkspace",
+    "RouteEntry",
     "RunExit",
     "RunRow",
+    "ScheduleRow",
     "Store",
     "Usage",
     "WorkspaceRow",

@@ -7,7 +7,7 @@ events (the same property tests cover the plans for all of them).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
@@ -66,31 +66,47 @@ def plan_exit(
     result: RunExit,
     pool: PoolState,
     *,
-    kill_requested: bool,
+    kill_requested: int,
     requeues_before: int,
     now: float,
     rate: RateConfig | None,
     run_id: int,
+    adaptive: tuple[policy.Aimd, int] | None = None,
 ) -> ExitPlan:
     """What a run's end does: the workspace's next state (retry, dead letter, rate-limit requeue,
-    lost), its pool's state (backoff, fail count, a never-started claim's slot given back) and
-    the events the transition emits."""
-    outcome, detail, ended_reason = _how_it_ended(result, kill_requested=kill_requested)
-    decision = policy.decide_exit(
-        outcome,
-        attempts_before=ws.attempts,
-        max_attempts=ws.max_attempts,
-        detail=detail,
-        requeues_before=requeues_before,
-        final=result.final and outcome is result.outcome,
-    )
+    lost, back to the queue when preempted), its pool's state (backoff, fail count, a
+    never-started claim's slot given back, an adaptive limit) and the events it emits.
+    `kill_requested`: 0 none, KILL (on request) or PREEMPT (for a critical dispatch)."""
+    preempted = kill_requested == PREEMPT and result.outcome is not Outcome.SUCCEEDED
+    outcome, detail, ended_reason = _how_it_ended(result, kill_requested=bool(kill_requested))
+    if preempted:  # not an attempt: it goes back to the queue, to resume where it can
+        decision = policy.ExitDecision(WorkspaceState.QUEUED, "preempted", counts_attempt=False)
+        ended_reason = "preempted"
+    else:
+        decision = policy.decide_exit(
+            outcome,
+            attempts_before=ws.attempts,
+            max_attempts=ws.max_attempts,
+            detail=detail,
+            requeues_before=requeues_before,
+            final=result.final and outcome is result.outcome,
+        )
     check_transition(WorkspaceState(ws.state), decision.state)
     counts = decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED)
     # a run that never started reached no provider: its pacing mark and daily slot go back
     new_pool = plan_give_back(run, pool) if run.reserved else pool
     new_pool, backoff = _pool_after_exit(new_pool, outcome, result, now=now, rate=rate)
+    changed: tuple[PlannedEvent, ...] = ()
+    if adaptive is not None and not run.reserved:
+        new_pool, changed = _adapt(ws.pool, new_pool, outcome, adaptive)
     common = _common_data(ws, run, result, decision, ended_reason=ended_reason, run_id=run_id, now=now)
-    events = _exit_events(outcome, decision, now, common)
+    if preempted:
+        events: tuple[PlannedEvent, ...] = (
+            PlannedEvent(type="AgentPreempted", data={"state": "queued", **common}),
+        )
+    else:
+        events = _exit_events(outcome, decision, now, common)
+    events = (*changed, *events)
     if backoff is not None:  # first: the pool's state changed before the workspace's events
         events = (
             PlannedEvent(type="PoolBackoff", data={"pool": ws.pool, **backoff, "reason": result.detail}),
@@ -107,6 +123,29 @@ def plan_exit(
         pool=new_pool if new_pool != pool else None,
         events=events,
     )
+
+
+KILL: Final = 1  # runs.kill_requested: a kill on request
+PREEMPT: Final = 2  # … a stop to free the slot for a critical dispatch (back to the queue)
+
+
+def _adapt(
+    pool: str, state: PoolState, outcome: Outcome, adaptive: tuple[policy.Aimd, int]
+) -> tuple[PoolState, tuple[PlannedEvent, ...]]:
+    """AIMD on an adaptive pool's limit; PoolLimitChanged when it moved."""
+    aimd, configured = adaptive
+    before = min(state.effective_limit or configured, configured)
+    after = policy.adapt(
+        aimd,
+        configured,
+        state,
+        rate_limited=outcome is Outcome.RATE_LIMITED,
+        clean=outcome is Outcome.SUCCEEDED,
+    )
+    if after.effective_limit is None or after.effective_limit == before:
+        return after, ()
+    data = {"pool": pool, "limit": after.effective_limit, "was": before, "configured": configured}
+    return after, (PlannedEvent(type="PoolLimitChanged", data=data),)
 
 
 def _common_data(
@@ -157,27 +196,9 @@ def _pool_after_exit(
                 fail_count=fails,
             ).timestamp()
         until = max(until, state.backoff_until or 0.0)
-        return (
-            PoolState(
-                backoff_until=until,
-                fail_count=fails,
-                last_spawn=state.last_spawn,
-                daily_count=state.daily_count,
-                daily_day=state.daily_day,
-            ),
-            {"until": until, "fail_count": fails},
-        )
+        return replace(state, backoff_until=until, fail_count=fails), {"until": until, "fail_count": fails}
     if outcome is Outcome.SUCCEEDED and state.fail_count:
-        return (
-            PoolState(
-                backoff_until=state.backoff_until,
-                fail_count=0,
-                last_spawn=state.last_spawn,
-                daily_count=state.daily_count,
-                daily_day=state.daily_day,
-            ),
-            None,
-        )
+        return replace(state, fail_count=0), None
     return state, None
 
 
@@ -223,6 +244,13 @@ class Lane:
     model: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    taken: list[Lane]  # the lanes a claim may take from now
+    wake: list[float]  # when a time-gated one opens
+    why: dict[Lane, str]  # why each other lane is closed: "full", "backoff until …", …
+
+
 def open_lanes(
     lanes: Sequence[Lane],
     *,
@@ -232,40 +260,58 @@ def open_lanes(
     limits: Limits,
     now: float,
     spent: Mapping[str, allowance.Spent] | None = None,
-) -> tuple[list[Lane], list[float]]:
+) -> Opened:
     """Capacity-first: the lanes a claim may take from now — the pool's time gate (backoff, daily
     limit, pacing) is open, neither the pool's nor the agent's allowance is used up (`spent`:
-    today's spend of every key with an allowance) and the pool and the model have room — and the
-    times at which a time-gated pool opens (a full lane opens on a completion, not at a time)."""
-    taken: list[Lane] = []
-    wake: list[float] = []
+    today's spend of every key with an allowance) and the pool and the model have room (an
+    adaptive pool's effective limit) — and the times at which a time-gated pool opens (a full
+    lane opens on a completion, not at a time)."""
+    out = Opened([], [], {})
     gates: dict[str, policy.PoolGate] = {}
     for lane in lanes:
+        state = pools.get(lane.pool, PoolState())
         if spent is not None and (used := allowance.used_up(lane.pool, lane.model, limits, spent, now)):
-            wake.append(used[1])
+            out.wake.append(used[1])
+            out.why[lane] = f"allowance used up until {policy.iso(used[1])}"
             continue
         if lane.pool not in gates:
-            gates[lane.pool] = policy.pool_gate(
-                limits.rates.get(lane.pool), pools.get(lane.pool, PoolState()), _dt(now)
-            )
+            gates[lane.pool] = policy.pool_gate(limits.rates.get(lane.pool), state, _dt(now))
         gate = gates[lane.pool]
         if not gate.open:
             if gate.wake_at is not None:
-                wake.append(gate.wake_at.timestamp())
+                out.wake.append(gate.wake_at.timestamp())
+            until = f" until {policy.iso(gate.wake_at.timestamp())}" if gate.wake_at else ""
+            out.why[lane] = f"{gate.reason}{until}"
             continue
         if policy.has_capacity(
-            limits.concurrency.get(lane.pool),
+            limit_of(lane.pool, limits, state),
             pool_running=running_pool.get(lane.pool, 0),
             model=lane.model,
             model_running=running_model.get((lane.pool, lane.model), 0),
         ):
-            taken.append(lane)
-    return taken, wake
+            out.taken.append(lane)
+        else:
+            out.why[lane] = "full"
+    return out
+
+
+def limit_of(pool: str, limits: Limits, state: PoolState) -> policy.PoolLimit | None:
+    """The limit a claim obeys in `pool`: its configured one, or an adaptive pool's current one."""
+    return policy.effective_limit(limits.adaptive.get(pool), limits.concurrency.get(pool), state)
+
+
+def pool_full(pool: str, limits: Limits, running: int, state: PoolState) -> bool:
+    """Whether the pool's own total (not only a model's limit) is what keeps it full."""
+    limit = limit_of(pool, limits, state)
+    total = limit.total_limit if limit else None
+    return total is not None and running >= total
 
 
 class Ordered(Protocol):
     @property
     def priority(self) -> int: ...
+    @property
+    def share_rank(self) -> int: ...
     @property
     def created_at(self) -> float: ...
     @property
@@ -289,7 +335,9 @@ def fits_labels(requires: Sequence[str], can: HostCaps | None) -> bool:
 
 def best_head(heads: Iterable[H]) -> H | None:
     """The head a claim takes: priority first (critical = 0), then the oldest."""
-    return min(heads, key=lambda h: policy.order_key(h.priority, h.created_at, h.seq), default=None)
+    return min(
+        heads, key=lambda h: policy.order_key(h.priority, h.created_at, h.seq, h.share_rank), default=None
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,7 +393,7 @@ def plan_eta(
     no limit at all only the time gate can delay it."""
     gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
     gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
-    limit = limits.concurrency.get(pool)
+    limit = limit_of(pool, limits, state)
     total = limit.total_limit if limit else None
     model_cap = limit.model_limit(model) if limit else None
     lane = model_cap is not None and (total is None or model_cap < total)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ...model import WorkspaceState, check_transition
 from ..base import HostCaps, KillPlan, RunRow, WorkspaceRow
+from . import deps
 from .conn import Conn
 from .core import Conflict, SQLCore
 from .rows import host_of, read_frozen, read_workspace, run_row, workspace_row
@@ -48,11 +49,14 @@ class ControlSide(SQLCore):
                 if ws.state == WorkspaceState.QUEUED:
                     check_transition(WorkspaceState.QUEUED, WorkspaceState.CANCELLED)
                     if db.execute(db.q.cancel_workspace, (now, now, ws.id)).rowcount != 1:
+                        if read_workspace(db, ws.id).state == WorkspaceState.CANCELLED:
+                            continue  # cancelled just now with a need of it (deps.py)
                         raise Conflict(f"{ws.id} was claimed meanwhile")  # retried: then it is killed
                     self._event(
                         db, "AgentCancelled", now, ws.id, ws.origin, agent=ws.agent, state="cancelled"
                     )
                     cancelled.append(read_workspace(db, ws.id))
+                    deps.ended(self, db, cancelled[-1], now)  # its dependents, its group
                 elif ws.current_run is not None:
                     db.execute(db.q.request_kill, (ws.current_run,))
                     signal.append(run_row(db.execute(db.q.run, (ws.current_run,)).fetchone()))
@@ -107,9 +111,9 @@ class ControlSide(SQLCore):
         ]
 
     def forget(self, workspaces: Sequence[str], *, events_before: float) -> int:
-        """Delete these finished workspaces with their runs, messages and owed completions (a
-        completion no session took by then is never taken), and every event older than
-        `events_before`. Their files are removed by the caller first."""
+        """Delete these finished workspaces with their runs, messages, approval requests and owed
+        completions (a completion no session took by then is never taken), and every event older
+        than `events_before`. Their files are removed by the caller first."""
 
         def tx(db: Conn) -> int:
             gone = 0
@@ -119,6 +123,7 @@ class ControlSide(SQLCore):
                 db.execute(db.q.expand("forget_runs", ids=ids), part)
                 db.execute(db.q.expand("forget_outbox", ids=ids), part)
                 db.execute(db.q.expand("forget_messages", ids=ids), part)
+                db.execute(db.q.expand("forget_approvals", ids=ids), part)
                 gone += db.execute(db.q.expand("forget_workspaces", ids=ids), part).rowcount
             db.execute(db.q.forget_events, (events_before,))
             return gone

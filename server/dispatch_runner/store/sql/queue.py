@@ -4,29 +4,31 @@ The lifecycle decides (plan_eta, open_lanes, best_head, plan_take); this side on
 probes the indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
 """
 
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
+from typing import Any
 
 from ... import allowance, policy
 from ...model import WorkspaceState
 from .. import lifecycle
-from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, WorkspaceRow
+from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, RouteEntry, WorkspaceRow
+from . import deps
 from .conn import Conn
 from .core import Conflict, SQLCore
+from .pick import Pick
 from .rows import (
     add_spend,
     agent_key,
     host_of,
     insert_args,
-    lane_from,
     lane_of,
     read_frozen,
     read_pool_state,
     read_spent,
     read_workspace,
-    requires_of,
     save_pool_state,
     workspace_row,
 )
@@ -38,30 +40,33 @@ class QueueSide(SQLCore):
     def enqueue(
         self, ws: NewWorkspace, *, now: float, max_wait_s: float | None, limits: Limits
     ) -> EnqueueResult:
-        def tx(db: Conn) -> EnqueueResult:
-            if ws.idempotency_key:
-                row = db.execute(db.q.workspace_by_idempotency_key, (ws.idempotency_key,)).fetchone()
-                if row is not None:
-                    existing = workspace_row(row)
-                    return EnqueueResult(existing, True, _position(db, existing), 0.0)
-            eta = lifecycle.plan_eta(
-                ws.pool,
-                ws.model,
-                read_pool_state(db, ws.pool),
-                _QueueCounts(db, ws.pool, ws.model, ws.priority),
-                limits=limits,
-                now=now,
-            )
-            lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
-            eta = _after_allowance(db, ws, eta, limits, now=now, max_wait_s=max_wait_s)
-            db.execute(db.q.insert_workspace, insert_args(ws, now))
-            extra = {"remote": True} if ws.remote else {}
-            self._event(
-                db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority, **extra
-            )
-            return EnqueueResult(read_workspace(db, ws.id), False, eta.position, eta.eta_s)
+        return self._write(lambda db: self._enqueue_in(db, ws, now=now, max_wait_s=max_wait_s, limits=limits))
 
-        return self._write(tx)
+    def _enqueue_in(
+        self, db: Conn, ws: NewWorkspace, *, now: float, max_wait_s: float | None, limits: Limits
+    ) -> EnqueueResult:
+        """One workspace into the queue, inside the caller's transaction (a fan-out's members
+        share one: store/sql/groups.py)."""
+        if ws.idempotency_key:
+            row = db.execute(db.q.workspace_by_idempotency_key, (ws.idempotency_key,)).fetchone()
+            if row is not None:
+                existing = workspace_row(row)
+                return EnqueueResult(existing, True, _position(db, existing), 0.0)
+        eta = lifecycle.plan_eta(
+            ws.pool,
+            ws.model,
+            read_pool_state(db, ws.pool),
+            _QueueCounts(db, ws.pool, ws.model, ws.priority),
+            limits=limits,
+            now=now,
+        )
+        lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
+        eta = _after_allowance(db, ws, eta, limits, now=now, max_wait_s=max_wait_s)
+        db.execute(db.q.insert_workspace, insert_args(ws, now, share_rank=_share_rank(db, ws, limits)))
+        extra = {"remote": True} if ws.remote else {}
+        self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority, **extra)
+        deps.admit(self, db, ws, now)  # its needs, its group's cap: it may be released or cancelled
+        return EnqueueResult(read_workspace(db, ws.id), False, eta.position, eta.eta_s)
 
     def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
         return self._reading(lambda db: _runtimes(db, pool, limit))
@@ -86,8 +91,12 @@ class QueueSide(SQLCore):
     def _claim(self, db: Conn, now: float, limits: Limits, peer: str, can: HostCaps | None) -> ClaimResult:
         if read_frozen(db):
             return ClaimResult(None, None)
-        pick = _Pick(db, now, host_of(peer), can)
+        if limits.promote_after_s:
+            for row in db.execute(db.q.promote_queued, (now, now - limits.promote_after_s)).fetchall():
+                self._event(db, "AgentPromoted", now, row["id"], row["origin"], priority=row["priority"])
+        pick = Pick(db, now, host_of(peer), can)
         best, wake = pick(limits, lock=lambda pools: self._lock_pools(db, pools))
+        preempt = pick.preemption(limits)
         for key, renews in pick.used_up:
             if db.execute(db.q.mark_allowance_exhausted, (f"allowance:{key}", str(renews))).rowcount:
                 self._event(db, "AllowanceExhausted", now, None, None, key=key, until=renews)
@@ -96,8 +105,38 @@ class QueueSide(SQLCore):
             wake.append(float(later))
         wake_at = min(wake) if wake else None
         if best is None:
-            return ClaimResult(None, wake_at)
-        return ClaimResult(_take(db, best, now, limits, peer), wake_at)
+            return ClaimResult(None, wake_at, preempt=preempt)
+        if pick.entry is not None:
+            routed = _route(db, best, pick.entry, pick.why)
+            if routed is not None:
+                self._event(db, "AgentRouted", now, best.id, best.origin, **routed)
+            best = read_workspace(db, best.id)
+        return ClaimResult(_take(db, best, now, limits, peer), wake_at, preempt=preempt)
+
+
+def _share_rank(db: Conn, ws: NewWorkspace, limits: Limits) -> int:
+    """Fair share (start-time fair queueing): a sender's next task takes the round after its last
+    one still queued at this priority of the pool, and never one the level has already passed —
+    so one sender's burst of 50 interleaves with another's single task instead of starving it."""
+    if not limits.fair_share or ws.share_key is None:
+        return 0
+    floor = db.execute(db.q.share_floor, (ws.pool, ws.priority)).fetchone()[0]
+    last = db.execute(db.q.share_last, (ws.pool, ws.priority, ws.share_key)).fetchone()[0]
+    return max(int(floor or 0), int(last) + 1 if last is not None else 0)
+
+
+def _route(db: Conn, ws: WorkspaceRow, entry: RouteEntry, why: Mapping[str, str]) -> dict[str, Any] | None:
+    """A routed claim takes `entry`: the workspace moves to its pool and agent, and records why
+    the entries before it were passed over (AgentRouted's data, when it moved or skipped any)."""
+    skipped = {
+        e.agent: why.get(f"{e.pool}:{e.model or ''}", "no room") for e in ws.route[: ws.route.index(entry)]
+    }
+    routed = {"agent": entry.agent, "skipped": skipped}
+    args = (entry.pool, entry.model, lane_of(entry.pool, entry.model), entry.agent, json.dumps(entry.spec))
+    db.execute(db.q.route_take, (*args, json.dumps(routed), ws.id))
+    if entry.agent != ws.agent or skipped:
+        return {"agent": entry.agent, "from": ws.agent, "skipped": skipped}
+    return None
 
 
 def _after_allowance(
@@ -160,85 +199,8 @@ def _runtimes(db: Conn, pool: str, limit: int) -> list[float]:
 def _position(db: Conn, ws: WorkspaceRow) -> int:
     if ws.state != WorkspaceState.QUEUED:
         return 0
-    args = (ws.pool, ws.priority, ws.priority, ws.created_at, ws.created_at, ws.seq)
+    args = (ws.pool, ws.priority, ws.share_rank, ws.created_at, ws.seq)
     return int(db.execute(db.q.queue_position, args).fetchone()[0])
-
-
-def _running_counts(db: Conn) -> tuple[dict[str, int], dict[tuple[str, str | None], int]]:
-    """Running (and reserved) runs per pool and per (pool, model)."""
-    pools: dict[str, int] = {}
-    models: dict[tuple[str, str | None], int] = {}
-    for r in db.execute(db.q.running_by_lane):
-        pools[r["pool"]] = pools.get(r["pool"], 0) + r["n"]
-        models[(r["pool"], r["model"])] = r["n"]
-    return pools, models
-
-
-class _Pick:
-    """The best head among the lanes the lifecycle opens and this host can run, one index probe
-    per open lane (a page of it, when the lane's first workspaces need another host or labels
-    this one lacks); and the times at which a time-gated pool opens."""
-
-    PAGE = 16
-
-    def __init__(self, db: Conn, now: float, host: str, can: HostCaps | None) -> None:
-        self.db, self.now, self.host, self.can = db, now, host, can
-        self.used_up: list[tuple[str, float]] = []  # allowances found used up: (key, renews at)
-
-    def __call__(
-        self, limits: Limits, *, lock: Callable[[list[str]], None]
-    ) -> tuple[WorkspaceRow | None, list[float]]:
-        """The pools with queued work are locked (`lock`, in sorted order) before their runs are
-        counted."""
-        db = self.db
-        lanes = [lane_from(r[0]) for r in db.execute(db.q.queued_lanes).fetchall()]
-        lock(sorted({lane.pool for lane in lanes}))
-        running_pool, running_model = _running_counts(db)
-        pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
-        budgeted = {
-            key
-            for lane in lanes
-            for key in allowance.allowance_keys(lane.pool, lane.model)
-            if key in limits.allowance
-        }
-        spent = read_spent(db, budgeted, limits.rates, self.now) if budgeted else None
-        taken, wake = lifecycle.open_lanes(
-            lanes,
-            pools=pools,
-            running_pool=running_pool,
-            running_model=running_model,
-            limits=limits,
-            now=self.now,
-            spent=spent,
-        )
-        if spent is not None:
-            self.used_up = [
-                u
-                for lane in lanes
-                if (u := allowance.used_up(lane.pool, lane.model, limits, spent, self.now))
-            ]
-        return lifecycle.best_head(h for lane in taken if (h := self._head(lane)) is not None), wake
-
-    def _head(self, lane: lifecycle.Lane) -> WorkspaceRow | None:
-        """The lane's first workspace this host may run. A host without labels asks SQL for the
-        first that requires none; one with labels reads on page by page (keyed on the queue
-        order: each row is read once) past those that require labels it lacks."""
-        db, key = self.db, lane_of(lane.pool, lane.model)
-        runs_pool = lifecycle.runs_pool(self.can, lane.pool)
-        if runs_pool and (self.can is None or not self.can.labels):
-            row = db.execute(db.q.lane_head_plain, (key, self.now, self.host)).fetchone()
-            return workspace_row(row) if row is not None else None
-        sql = db.q.lane_head if runs_pool else db.q.lane_head_pinned
-        after: tuple[int, float, int] = (-1, 0.0, 0)
-        while True:
-            rows = db.execute(sql, (key, self.now, self.host, *after, self.PAGE)).fetchall()
-            for row in rows:
-                if lifecycle.fits_labels(requires_of(row), self.can):  # before decoding the whole row
-                    return workspace_row(row)
-            if len(rows) < self.PAGE:
-                return None
-            last = rows[-1]
-            after = (last["priority"], last["created_at"], last["seq"])
 
 
 def _take(db: Conn, ws: WorkspaceRow, now: float, limits: Limits, peer: str) -> Claim:

@@ -93,12 +93,16 @@ def read_pool_state(db: Conn, pool: str) -> PoolState:
         last_spawn=row["last_spawn"],
         daily_count=row["daily_count"],
         daily_day=row["daily_day"],
+        effective_limit=row["effective_limit"],
+        clean_streak=row["clean_streak"],
     )
 
 
 def save_pool_state(db: Conn, pool: str, s: PoolState) -> None:
+    last = (s.last_spawn, s.daily_count, s.daily_day)
     db.execute(
-        db.q.save_pool_state, (pool, s.backoff_until, s.fail_count, s.last_spawn, s.daily_count, s.daily_day)
+        db.q.save_pool_state,
+        (pool, s.backoff_until, s.fail_count, *last, s.effective_limit, s.clean_streak),
     )
 
 
@@ -245,7 +249,11 @@ def run_row(row: Row) -> RunRow:
 
 
 def route_of(text: str | None) -> tuple[RouteEntry, ...]:
-    return tuple(RouteEntry(e["agent"], e["pool"], e["model"]) for e in json.loads(text)) if text else ()
+    return (
+        tuple(RouteEntry(e["agent"], e["pool"], e["model"], e["spec"]) for e in json.loads(text))
+        if text
+        else ()
+    )
 
 
 def _scheduled(row: Row) -> dict[str, Any]:
@@ -262,4 +270,5 @@ def _scheduled(row: Row) -> dict[str, Any]:
         "preemptible": bool(row["preemptible"]),
         "sandbox": row["sandbox"],
         "ask": row["ask"],
+        "release_not_before": row["release_not_before"],
     }

@@ -8,9 +8,10 @@ import json
 from typing import Any
 
 from ...model import TERMINAL_EVENTS, Outcome
-from ...policy import RateConfig
+from ...policy import Aimd, RateConfig
 from .. import lifecycle
 from ..base import Lease, RunExit, RunRow, WorkspaceRow
+from . import deps
 from .conn import Conn
 from .core import Conflict, SQLCore
 from .rows import (
@@ -21,6 +22,10 @@ from .rows import (
     run_row,
     save_pool_state,
     spawn_mark,
+)
+
+PREEMPTED_INPUT = (
+    "You were stopped to free a slot for urgent work (preempted). Continue the task where you left off."
 )
 
 
@@ -161,13 +166,16 @@ class RunSide(WatchSide):
         now: float,
         rate: RateConfig | None,
         lease_ended_by: float | None = None,
+        adaptive: tuple[Aimd, int] | None = None,
     ) -> WorkspaceRow | None:
         """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
 
         Returns the updated workspace, or None when the exit was already recorded (by the shim or
         by recovery, whichever came first). With `lease_ended_by` (a judge of another host's lease),
         only while the run's lease still ends by then: a renewal that came meanwhile wins."""
-        return self._write(lambda db: self._record_exit(db, run_id, result, now, rate, lease_ended_by))
+        return self._write(
+            lambda db: self._record_exit(db, run_id, result, now, rate, lease_ended_by, adaptive)
+        )
 
     def _record_exit(
         self,
@@ -177,6 +185,7 @@ class RunSide(WatchSide):
         now: float,
         rate: RateConfig | None,
         lease_ended_by: float | None = None,
+        adaptive: tuple[Aimd, int] | None = None,
     ) -> WorkspaceRow | None:
         run = db.execute(db.q.run, (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
@@ -196,11 +205,12 @@ class RunSide(WatchSide):
             spawn_mark(run),
             result,
             read_pool_state(db, ws.pool),
-            kill_requested=bool(run["kill_requested"]),
+            kill_requested=int(run["kill_requested"]),
             requeues_before=requeues,
             now=now,
             rate=rate,
             run_id=run_id,
+            adaptive=adaptive,
         )
         self._write_exit(db, ws, run_id, result, plan, now, rate)
         return read_workspace(db, ws.id)
@@ -244,6 +254,12 @@ class RunSide(WatchSide):
                 ws.id,
             ),
         )
+        if (
+            plan.ended_reason == "preempted"
+            and (result.session_id or ws.session_id)
+            and ws.spec.get("resume_argv")
+        ):
+            db.execute(db.q.set_next_input, (PREEMPTED_INPUT, ws.id))  # its next run resumes the session
         if plan.pool is not None:
             save_pool_state(db, ws.pool, plan.pool)
         if used.tokens or used.cost_usd:
@@ -259,14 +275,18 @@ class RunSide(WatchSide):
     def _exit_events(self, db: Conn, ws: WorkspaceRow, plan: lifecycle.ExitPlan, now: float) -> None:
         """The exit's events; a completion is also owed to the client that dispatched it (the
         outbox, in the same transaction: it is delivered even if that client's server died)."""
-        owed = ws.client or ws.origin
+        # a fan-out member's completion is owed as part of its group's (GroupCompleted, deps.py)
+        owed = None if ws.group else ws.client or ws.origin
+        grouped = {"group": ws.group} if ws.group else {}
         # the one event that ends the workspace (a dead letter's, not its AgentFailed twin; none
         # for a run that is retried)
         ending = [e for e in plan.events if e.type in TERMINAL_EVENTS][-1:] if plan.finished else []
         for event in plan.events:
-            event_id = self._event(db, event.type, now, ws.id, ws.origin, **event.data)
+            event_id = self._event(db, event.type, now, ws.id, ws.origin, **{**event.data, **grouped})
             if owed and event in ending:
                 db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
+        if plan.finished:  # what waited for it: dependents, its group
+            deps.ended(self, db, read_workspace(db, ws.id), now)
 
     def _follow_up(self, db: Conn, ws: WorkspaceRow, now: float) -> None:
         """Messages sent while the run ran (and not taken live) become the input of a new run

@@ -10,7 +10,9 @@ from typing import Any
 from ... import policy
 from ...allowance import Allowance, Spent, exhausted
 from ...model import Priority
+from .. import lifecycle
 from ..base import Limits, WorkspaceRow
+from .approvals import pending_rows
 from .conn import Conn, Row
 from .rows import read_pool_state, read_spent, workspace_row
 
@@ -35,6 +37,7 @@ def snapshot(
         "allowance": _agent_allowance(db, now=now, limits=limits),
         "counts": counts,
         "undelivered": int(db.execute(db.q.outbox_undelivered).fetchone()[0]),
+        "approvals": pending_rows(db, now),  # permission requests waiting for an answer
         "workspaces": [
             _short(workspace_row(r), now, r["run_host"]) for r in _recent(db, agent, state, limit)
         ],
@@ -87,6 +90,9 @@ def _pool_times(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limit
         e["next_spawn_at"] = policy.iso(gate.wake_at.timestamp()) if gate.wake_at else None
         e["oldest_queued_at"] = policy.iso(e.pop("_oldest"))
         e["throughput_1m"] = thr.get(name, 0)
+        limit = lifecycle.limit_of(name, limits, ps)  # an adaptive pool's current limit
+        e["effective_limit"] = limit.total_limit if limit else None
+        e["adaptive"] = name in limits.adaptive
 
 
 def _pool_spend(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits) -> None:

@@ -78,7 +78,7 @@ SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
 -- the 1-based place of a queued workspace in its pool's queue: an index-only count
 SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
    WHERE state = 'queued' AND pool = ? AND
-   (priority < ? OR (priority = ? AND (created_at < ? OR (created_at = ? AND seq <= ?))));
+   (priority, share_rank, created_at, seq) <= (?, ?, ?, ?);
 
 -- ---- what an ETA counts (lifecycle.plan_eta asks for the ones it needs) -----------------------
 
@@ -123,22 +123,22 @@ WITH RECURSIVE l(lane) AS (
 -- over; the claimer checks each one's requires against its labels)
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
-   AND (host IS NULL OR host = ?) AND (priority, created_at, seq) > (?, ?, ?)
-   ORDER BY priority, created_at, seq LIMIT ?;
+   AND (host IS NULL OR host = ?) AND (priority, share_rank, created_at, seq) > (?, ?, ?, ?)
+   ORDER BY priority, share_rank, created_at, seq LIMIT ?;
 
 -- name: lane_head_plain
 -- the head of one lane for a host without labels: only workspaces that require none fit
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
    AND (host IS NULL OR host = ?) AND requires IS NULL
-   ORDER BY priority, created_at, seq LIMIT 1;
+   ORDER BY priority, share_rank, created_at, seq LIMIT 1;
 
 -- name: lane_head_pinned
 -- a page of the same, of a pool this host has no agent for: only workspaces pinned to this host
 SELECT * FROM workspaces INDEXED BY workspaces_queue
    WHERE state = 'queued' AND lane = ? AND not_before <= ?
-   AND host = ? AND (priority, created_at, seq) > (?, ?, ?)
-   ORDER BY priority, created_at, seq LIMIT ?;
+   AND host = ? AND (priority, share_rank, created_at, seq) > (?, ?, ?, ?)
+   ORDER BY priority, share_rank, created_at, seq LIMIT ?;
 
 -- name: next_not_before
 SELECT min(not_before) FROM workspaces INDEXED BY workspaces_not_before
@@ -160,10 +160,11 @@ SELECT * FROM pool_state WHERE pool = ?;
 
 -- name: save_pool_state
 INSERT INTO pool_state (pool, backoff_until, fail_count, last_spawn, daily_count,
-   daily_day) VALUES (?,?,?,?,?,?) ON CONFLICT (pool) DO UPDATE SET
+   daily_day, effective_limit, clean_streak) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pool) DO UPDATE SET
    backoff_until = excluded.backoff_until, fail_count = excluded.fail_count,
    last_spawn = excluded.last_spawn, daily_count = excluded.daily_count,
-   daily_day = excluded.daily_day;
+   daily_day = excluded.daily_day,
+   effective_limit = excluded.effective_limit, clean_streak = excluded.clean_streak;
 
 -- ---- runs ------------------------------------------------------------------------------------
 
@@ -406,3 +407,174 @@ SELECT count(*) FROM outbox WHERE delivered_at IS NULL;
 SELECT o.id, o.client, o.event, o.workspace, e.type, e.at, e.origin, e.data FROM outbox o
    JOIN events e ON e.id = o.event
    WHERE o.delivered_at IS NULL AND o.workspace IN ({ids}) ORDER BY o.id;
+
+-- ---- approvals: sub-agents' permission requests (store/sql/approvals.py) ----------------------
+
+-- name: insert_approval
+INSERT INTO approvals (id, workspace, run, tool, input, tool_use_id, created_at, deadline)
+   VALUES (?,?,?,?,?,?,?,?);
+
+-- name: approval
+SELECT a.*, w.agent, w.origin FROM approvals a LEFT JOIN workspaces w ON w.id = a.workspace
+   WHERE a.id = ?;
+
+-- name: answer_approval
+-- compare-and-set: the first answer wins, and a person's only before the deadline
+UPDATE approvals SET decision = ?, note = ?, answered_at = ?, answered_by = ?
+   WHERE id = ? AND decision IS NULL AND deadline > ?;
+
+-- name: approvals_pending
+-- what is still waiting: a request of a run that has ended waits for nothing
+SELECT a.*, w.agent, w.origin FROM approvals a JOIN workspaces w ON w.id = a.workspace
+   WHERE a.decision IS NULL AND a.deadline > ? AND w.state = 'running'
+   ORDER BY a.created_at, a.id LIMIT ?;
+
+-- name: forget_approvals
+DELETE FROM approvals WHERE workspace IN ({ids});
+
+-- ---- routing, fair share, promotion, preemption ----------------------------------------------
+
+-- name: routed_heads
+-- the first queued workspaces with a preference list (workspaces_routed: empty unless used)
+SELECT * FROM workspaces INDEXED BY workspaces_routed 
+   WHERE state = 'queued' AND route IS NOT NULL AND not_before <= ? AND (host IS NULL OR host = ?)
+   ORDER BY priority, share_rank, created_at, seq LIMIT ?;
+
+-- name: route_take
+-- a routed claim moves the workspace to the entry it takes, and says why
+UPDATE workspaces SET pool = ?, model = ?, lane = ?, agent = ?, spec = ?, routed = ?
+   WHERE id = ?;
+
+-- name: share_floor
+-- fair share: the round a priority level of a pool's queue has reached
+SELECT min(share_rank) FROM workspaces WHERE state = 'queued' AND pool = ? AND priority = ?;
+
+-- name: share_last
+-- … and the last round a sender holds in it
+SELECT max(share_rank) FROM workspaces
+   WHERE state = 'queued' AND pool = ? AND priority = ? AND share_key = ?;
+
+-- name: promote_queued
+-- work queued longer than promote_after_s moves one level up (never into critical), to the front
+UPDATE workspaces SET priority = priority - 1, share_rank = 0, promoted_at = ?, rev = rev + 1
+   WHERE state = 'queued' AND priority > 1 AND coalesce(promoted_at, created_at) <= ?
+   AND not_before < 253402300799
+   RETURNING id, priority, origin;
+
+-- name: critical_head
+SELECT id FROM workspaces
+   WHERE state = 'queued' AND lane = ? AND priority = 0 AND not_before <= ? LIMIT 1;
+
+-- name: preempting_in_pool
+SELECT count(*) FROM runs WHERE pool = ? AND phase IN ('reserved', 'running') AND kill_requested = 2;
+
+-- name: preempt_victim
+-- the lowest-priority preemptible run of the pool (or of the lane, when its model's limit binds)
+-- that has run long enough; the youngest of those (the least work lost)
+SELECT r.* FROM workspaces w JOIN runs r ON r.id = w.current_run
+   WHERE w.state = 'running' AND w.pool = ? AND (w.lane = ? OR ?) AND w.priority > 0
+   AND w.preemptible AND r.phase = 'running' AND r.kill_requested = 0 AND r.started_at <= ?
+   ORDER BY w.priority DESC, r.started_at DESC LIMIT 1;
+
+-- name: request_preempt
+UPDATE runs SET kill_requested = 2 WHERE id = ? AND kill_requested = 0;
+
+-- name: set_next_input
+UPDATE workspaces SET next_input = ? WHERE id = ?;
+
+-- ---- dependencies and fan-out groups (store/sql/deps.py, groups.py) -------------------------
+
+-- name: insert_dep
+INSERT INTO deps (workspace, needs) VALUES (?, ?);
+
+-- name: dependents
+-- the workspaces that wait for one that just ended
+SELECT w.* FROM deps d JOIN workspaces w ON w.id = d.workspace WHERE d.needs = ? ORDER BY w.seq;
+
+-- name: drop_dep
+DELETE FROM deps WHERE workspace = ? AND needs = ?;
+
+-- name: drop_deps_of
+DELETE FROM deps WHERE workspace = ?;
+
+-- name: deps_left
+SELECT count(*) FROM deps WHERE workspace = ?;
+
+-- name: waiting_for
+SELECT needs FROM deps WHERE workspace = ? ORDER BY needs;
+
+-- name: set_release_not_before
+UPDATE workspaces SET release_not_before = ? WHERE id = ?;
+
+-- name: release_held
+-- a held workspace becomes claimable: at its own not_before, or at once
+UPDATE workspaces SET held = NULL, not_before = coalesce(release_not_before, 0), updated_at = ?,
+   rev = rev + 1 WHERE id = ? AND state = 'queued' AND held IS NOT NULL;
+
+-- name: hold_for_group
+UPDATE workspaces SET held = 'group', updated_at = ?, rev = rev + 1
+   WHERE id = ? AND state = 'queued' AND held IS NOT NULL;
+
+-- name: cancel_dependent
+-- a workspace whose need ended otherwise than completed (after_mode success)
+UPDATE workspaces SET state = 'cancelled', reason = ?, held = NULL, ended_reason = 'after',
+   ended_at = ?, updated_at = ?, rev = rev + 1 WHERE id = ? AND state = 'queued';
+
+-- name: insert_group
+INSERT INTO groups (id, size, concurrency, client, origin, created_at) VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: group
+SELECT * FROM groups WHERE id = ?;
+
+-- name: group_members
+SELECT * FROM workspaces WHERE group_id = ? ORDER BY seq;
+
+-- name: group_active
+-- members released and not ended: what the group's cap counts
+SELECT count(*) FROM workspaces
+   WHERE group_id = ? AND state IN ('queued', 'running') AND held IS NULL;
+
+-- name: group_unfinished
+SELECT count(*) FROM workspaces WHERE group_id = ? AND state IN ('queued', 'running');
+
+-- name: group_next_held
+SELECT id FROM workspaces WHERE group_id = ? AND state = 'queued' AND held = 'group'
+   ORDER BY seq LIMIT 1;
+
+-- name: end_group
+UPDATE groups SET ended_at = ? WHERE id = ? AND ended_at IS NULL;
+
+-- ---- cron schedules ---------------------------------------------------------------------------
+
+-- name: schedules_count
+SELECT count(*) FROM schedules;
+
+-- name: insert_schedule
+INSERT INTO schedules (id, cron, timezone, dispatch, next_run_at, last_run_at, last_workspace,
+   last_error, client, origin, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?);
+
+-- name: schedules_all
+SELECT * FROM schedules ORDER BY created_at, id LIMIT ?;
+
+-- name: schedule_by_id
+SELECT * FROM schedules WHERE id = ?;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE id = ?;
+
+-- name: schedules_due
+SELECT * FROM schedules WHERE next_run_at <= ? ORDER BY next_run_at, id LIMIT ?;
+
+-- name: schedule_next_at
+SELECT min(next_run_at) FROM schedules;
+
+-- name: schedule_take_tick
+-- compare-and-set: the one peer that moves next_run_at on from the tick it read fires the tick
+UPDATE schedules SET next_run_at = ?, last_run_at = ? WHERE id = ? AND next_run_at = ?;
+
+-- name: schedule_put_back
+-- a submit that failed: the tick is due again (unless the schedule changed meanwhile)
+UPDATE schedules SET next_run_at = ?, last_run_at = ?, last_error = ? WHERE id = ? AND next_run_at = ?;
+
+-- name: schedule_fired
+UPDATE schedules SET last_workspace = ?, last_error = NULL WHERE id = ?;

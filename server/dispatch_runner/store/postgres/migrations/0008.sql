@@ -8,6 +8,7 @@ CREATE TABLE schedules (
     next_run_at DOUBLE PRECISION NOT NULL,
     last_run_at DOUBLE PRECISION,
     last_workspace TEXT,
+    last_error TEXT,                  -- why the last submit failed (the tick was put back)
     client TEXT,
     origin TEXT,
     created_at DOUBLE PRECISION NOT NULL

@@ -6,6 +6,7 @@ CREATE TABLE approvals (
     run BIGINT,
     tool TEXT NOT NULL,
     input TEXT NOT NULL,              -- JSON: what the agent asked to do
+    tool_use_id TEXT,                 -- the agent's id of the tool call
     created_at DOUBLE PRECISION NOT NULL,
     deadline DOUBLE PRECISION NOT NULL,
     decision TEXT,                    -- allow | deny

@@ -6,6 +6,7 @@ CREATE TABLE approvals (
     run INTEGER,
     tool TEXT NOT NULL,
     input TEXT NOT NULL,              -- JSON: what the agent asked to do
+    tool_use_id TEXT,                 -- the agent's id of the tool call
     created_at REAL NOT NULL,
     deadline REAL NOT NULL,
     decision TEXT,                    -- allow | deny
