@@ -13,7 +13,10 @@ from dispatch_runner.mcp.tools import build_tools
 from dispatch_runner.runner import Runner
 from tests.conftest import Home
 
-CLI_ONLY = {"task_file", "wait", "follow", "json", "config", "home", "store", "help", "command"}
+CLI_ONLY = {
+    *("task_file", "wait", "follow", "json", "config", "home", "store", "help", "command"),
+    *("items_file", "tasks_file"),  # a fan-out's items or tasks, read from a file
+}
 
 
 def test_the_dispatch_tool_takes_exactly_the_declared_fields(home: Home) -> None:
@@ -24,7 +27,7 @@ def test_the_dispatch_tool_takes_exactly_the_declared_fields(home: Home) -> None
         runner.close()
     schema = tools["dispatch"].fn_metadata.arg_model.model_json_schema()
     assert tuple(schema["properties"]) == actions.DISPATCH_FIELDS
-    assert schema["required"] == ["task"]
+    assert schema.get("required", []) == []  # task too: a fan-out gives tasks instead
 
 
 def test_the_dispatch_command_has_an_option_for_each_declared_field() -> None:
@@ -43,6 +46,7 @@ def test_every_request_is_frozen_and_keyword_only() -> None:
         actions.KillRequest,
         actions.WaitRequest,
         actions.GcRequest,
+        actions.ScheduleRequest,
     ):
         params = getattr(cls, "__dataclass_params__")  # noqa: B009 - dataclass introspection
         assert params.frozen and all(f.kw_only for f in fields(cls)), cls.__name__

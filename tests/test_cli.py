@@ -49,6 +49,7 @@ def test_dispatch_json_prints_the_tool_result_object(home: Home) -> None:
         "deduplicated",
         "frozen",
         "host",
+        *("not_before", "held", "after", "after_mode", "group"),  # its schedule
     }
     assert result["status"] == "running" and result["agent"] == "agent"
     assert result["host"] == socket.gethostname()  # claimed by this dispatch, on this host
@@ -113,6 +114,7 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "depth",
         "children",
         "group",
+        *("not_before", "held", "after", "after_mode"),  # its schedule
     }
     assert one["state"] == "completed" and "fake-agent: done" in one["log_tail"]
     assert one["ended_reason"] is None

@@ -25,7 +25,19 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
-TOOLS = {"dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait"}
+TOOLS = {
+    "dispatch",
+    "status",
+    "logs",
+    "kill",
+    "message",
+    "poke",
+    "stop",
+    "start",
+    "wait",
+    "approve",
+    "schedule",
+}
 META_KEYS = {"event", "workspace", "agent", "state", "exit_code", "duration_s", "host", "cost_usd"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +65,7 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
             assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", tool.name) and "__" not in tool.name
             assert tool.description and len(tool.description) <= 2048
         dispatch = tools["dispatch"].input_schema
-        assert dispatch["required"] == ["task"]
+        assert "required" not in dispatch  # task too: a fan-out gives tasks instead
         assert set(dispatch["properties"]) == {
             "task",
             "agent",
@@ -71,6 +83,8 @@ async def test_tools_are_listed_with_the_design_names_and_model_facing_schemas(h
             "resume",
             "max_cost_usd",
             "max_turns",
+            *("preemptible", "sandbox", "ask"),
+            *("not_before", "after", "after_mode", "tasks", "items", "group_concurrency"),
         }
         assert all(p.get("description") for p in dispatch["properties"].values())
         assert set(tools["kill"].input_schema["properties"]) == {"workspace", "agent", "all", "tree"}

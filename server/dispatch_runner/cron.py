@@ -11,12 +11,14 @@ hourly job stays hourly in real time.
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
-
 from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 MARGIN: Final = timedelta(hours=4)  # more than twice any zone's DST jump (Antarctica/Troll: 2 h)
 MAX_STEPS: Final = 5000  # candidate times looked at for one answer (a minutely job near a jump: ~500)
@@ -57,14 +59,15 @@ def parse(expr: str, timezone: str | None = None) -> Cron:
             "cron", f"cron {expr!r} uses R or H (random or hashed values); write the values out"
         )
     text = " ".join(fields)
+    lib = _lib()
     try:
-        croniter(text, datetime(2000, 1, 1))
-    except (CroniterBadCronError, CroniterError, ValueError) as exc:
+        lib.croniter(text, datetime(2000, 1, 1))
+    except (lib.CroniterError, ValueError) as exc:
         raise InvalidArgument("cron", f"cron {expr!r} is not valid: {exc}") from None
     cron = Cron(text, zone, fields[0].startswith("*") or fields[1].startswith("*"))
     try:
         next_fire(cron, datetime(2000, 1, 1, tzinfo=UTC).timestamp())
-    except (CroniterBadDateError, LookupError):
+    except (lib.CroniterBadDateError, LookupError):
         raise InvalidArgument(
             "cron", f"cron {expr!r} never fires (no such date, e.g. the 30th of February)"
         ) from None
@@ -91,7 +94,7 @@ def next_fire(cron: Cron, after: float) -> float:
     """The first instant (epoch seconds) strictly after `after` at which `cron` fires."""
     # near a jump, a time before `after` on the wall clock may still be ahead (the repeated hour)
     start = _wall(cron.zone, after) - (MARGIN if _near_jump(cron.zone, after) else timedelta(0))
-    steps = croniter(cron.expr, start)
+    steps: croniter = _lib().croniter(cron.expr, start)
     best: tuple[float, datetime] | None = None
     for _ in range(MAX_STEPS):
         wall = steps.get_next(datetime)
@@ -116,6 +119,14 @@ def iso(instant: float | None) -> str | None:
     if instant is None:
         return None
     return datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _lib() -> ModuleType:
+    """croniter, imported when a schedule is first read: with dateutil it costs ~40 ms, which
+    no CLI command but `schedule` should pay."""
+    import croniter
+
+    return croniter
 
 
 def _wall(zone: ZoneInfo, instant: float) -> datetime:

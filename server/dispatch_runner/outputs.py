@@ -354,8 +354,13 @@ def parse_output(
     t.feed(stdout.encode("utf-8", "replace") + b"\n")  # the newline ends a last line that had none
     if kind == "gemini-json":  # its failures are printed on stderr
         t.feed(stderr.encode("utf-8", "replace") + b"\n")
-    if not t.reported:  # ended without its final object (killed, crashed): what it last said
-        p = replace(_text("", stderr, exit_code, patterns, now), summary=t.said or last_lines(stderr) or None)
+    if not t.reported:  # ended without its final object (killed, crashed): what it last said, and
+        # the session it had opened (the CLI keeps it on disk: a preempted run resumes it)
+        p = replace(
+            _text("", stderr, exit_code, patterns, now),
+            summary=t.said or last_lines(stderr) or None,
+            session_id=t.session_id,
+        )
     elif exit_code == 0 and not t.failed:
         p = Parsed(Outcome.SUCCEEDED, t.said, t.session_id)
     else:

@@ -25,6 +25,8 @@ given more than once, the first occurrence wins.
     @cost=USD          (fake_claude) the result reports total_cost_usd USD
     @commit=FILENAME   at startup, write FILENAME and commit it (git, in the working directory)
                        with subject "fake: add FILENAME" (before any @write)
+    @ask=TOOL          (fake_claude) ask for permission to use TOOL through the permission-prompt
+                       tool, as Claude Code does, and answer with what it said
 
 ``FAKE_AGENT_LOG=/path``: one JSON line per event, appended with a single O_APPEND write:
 ``start`` (first thing), ``parsed`` (the options the CLI's parser saw, ``prompt`` and
@@ -58,7 +60,7 @@ USAGE_EXIT = 2  # bad arguments / bad directive / unknown fixture
 
 _VALUE_DIRECTIVES = (
     "fixture", "sleep", "exit", "write", "counter", "fail-until", "fail-fixture",
-    "silent", "turns", "cost", "commit",
+    "silent", "turns", "cost", "commit", "ask",
 )  # fmt: skip
 _FLAG_DIRECTIVES = ("ratelimit", "ignore-term", "child", "escape")
 # "@name" or "@name=value", not preceded by a word char (so e-mail addresses don't match).
@@ -91,6 +93,7 @@ class Directives:
         self.turns: int | None = None
         self.cost: float | None = None
         self.commit: str | None = None
+        self.ask: str | None = None
         self.ratelimit = False
         self.ignore_term = False
         self.child = False
@@ -132,7 +135,7 @@ def _set_value(d: Directives, name: str, value: str | None) -> None:
         setattr(d, attr, int(value))
     elif name in ("fixture", "fail-fixture"):
         setattr(d, attr, check_fixture_name(value))
-    else:  # write, counter, commit
+    else:  # write, counter, commit, ask
         setattr(d, attr, value)
 
 

@@ -25,6 +25,15 @@ N assistant messages, one after each @sleep, then a result with num_turns N; ``@
 result's total_cost_usd. Also: ``@ratelimit`` replays
 ``claude-err-429-{stream-json,json}``; a run failed by ``@fail-until`` replays
 ``claude-err-529-*`` (overloaded), or ``claude-err-429-*`` with ``@ratelimit``, or ``@fail-fixture``.
+
+``@ask=TOOL`` asks for permission to use TOOL (input ``{"command": "echo asked"}``) the way the
+real CLI does in print mode: with ``--permission-prompt-tool mcp__SERVER__TOOL`` and
+``--mcp-config JSON`` (or a file of it) it starts SERVER as the config says (a real stdio
+subprocess, with this process's environment plus the config's ``env``), calls TOOL with
+``{tool_name, input, tool_use_id}`` through a real MCP client and reads the JSON text it returns;
+without a prompt tool the request is denied, as print mode denies what it would have prompted
+for. The result's text is ``allowed: TOOL`` or ``denied: MESSAGE``; the answer is logged as a
+``permission`` event (``behavior``, ``message``, ``updated_input``).
 """
 
 from __future__ import annotations
@@ -135,6 +144,8 @@ def pick_fixture(fmt: str, d: Directives, failing: bool) -> str:
 
 
 def build_output(ctx: dict[str, Any], d: Directives, failing: bool, attempt: int | None) -> Output:
+    if d.ask is not None and not failing:
+        return permission_output(ctx["options"], d.ask)
     if ctx["format"] == "stream-json" and d.turns is not None and not failing:
         out = turns_output(d.turns, d.cost)
     elif ctx["format"] != "text":
@@ -204,6 +215,61 @@ def answer_messages(fake: Fake, session: str, cost: float | None, turns: int) ->
         reply = f"echo: {text}"
         answer = assistant(1000 + n, reply, session) + result(reply, session, turns=turns + n, cost=cost)
         write_all(1, answer)
+
+
+ASKED_INPUT = {"command": "echo asked"}
+
+
+def permission_output(options: dict[str, Any], tool: str) -> Output:
+    """Ask for permission to use `tool`, then end with what the answer was."""
+    prompt_tool, config = options.get("--permission-prompt-tool"), options.get("--mcp-config")
+    if isinstance(prompt_tool, str) and isinstance(config, str):
+        answer = ask_permission(prompt_tool, config, tool, ASKED_INPUT)
+    else:
+        answer = {
+            "behavior": "deny",
+            "message": f"Claude requested permissions to use {tool}, but you haven't granted it yet.",
+        }
+    allowed = answer.get("behavior") == "allow"
+    text = f"allowed: {tool}" if allowed else f"denied: {answer.get('message')}"
+    init = line({"type": "system", "subtype": "init", "session_id": SESSION, "model": "fake"})
+    out = Output(pre_out=init, post_out=result(text, SESSION, turns=1, cost=None))
+    out.then = lambda fake: fake.log(
+        "permission",
+        behavior=answer.get("behavior"),
+        message=answer.get("message"),
+        updated_input=answer.get("updatedInput"),
+    )
+    return out
+
+
+def ask_permission(prompt_tool: str, config: str, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """Call the permission-prompt tool as Claude Code does: the server named by
+    ``mcp__SERVER__TOOL``, started from the MCP config, answers with the text of a JSON object."""
+    import anyio  # the MCP SDK only here: the other runs of the fake start light
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    prefix, server, name = prompt_tool.split("__", 2)
+    if prefix != "mcp":
+        raise UsageError(f"--permission-prompt-tool {prompt_tool!r} is not an MCP tool (mcp__server__tool)")
+    if not config.lstrip().startswith("{"):
+        with open(config, encoding="utf-8") as f:
+            config = f.read()
+    spec = json.loads(config)["mcpServers"][server]
+    params = StdioServerParameters(
+        command=spec["command"], args=spec.get("args", []), env={**os.environ, **spec.get("env", {})}
+    )
+    arguments = {"tool_name": tool, "input": tool_input, "tool_use_id": "toolu_fake_0001"}
+
+    async def call() -> dict[str, Any]:
+        async with Client(stdio_client(params), mode="legacy") as client:
+            answered = await client.call_tool(name, arguments)
+        text = "".join(getattr(block, "text", "") for block in answered.content)
+        answer: dict[str, Any] = json.loads(text)
+        return answer
+
+    return anyio.run(call)
 
 
 def text_output(name: str) -> Output:

@@ -163,6 +163,16 @@ def test_fair_share_interleaves_two_senders_within_a_priority(store: Store) -> N
     assert order(store, limits, T0 + 20) == ["hot", "a0", "b0", "a1", "b1", "a2", "a3"]
 
 
+def test_a_running_task_counts_as_its_senders_turn(store: Store) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1)})
+    put(store, replace(new_ws("a0"), share_key="A"), limits, T0)
+    start(store, must_claim(store, T0, limits).run_id, T0)
+    for i in (1, 2):
+        put(store, replace(new_ws(f"a{i}"), share_key="A"), limits, T0 + i)
+    put(store, replace(new_ws("b0"), share_key="B"), limits, T0 + 5)
+    assert order(store, Limits(), T0 + 10) == ["b0", "a1", "a2"]
+
+
 def test_without_fair_share_the_queue_is_oldest_first(store: Store) -> None:
     limits = Limits(fair_share=False)
     for i in range(3):

@@ -12,10 +12,10 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from ..actions import LogsRequest, StatusRequest, WaitRequest
+from .dispatched import dispatch_view, group_dispatch_view, group_view
 from .view import (
     FINISHED,
     console,
-    dispatch_view,
     duration,
     run_action,
     state_text,
@@ -95,6 +95,8 @@ def _emit(out: Console, as_json: bool, run: int, stream: str, line: str) -> None
 
 def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]) -> int:
     """dispatch --wait / --follow: the run's end, and its outcome as the exit code."""
+    if "size" in dispatched:  # a fan-out: its group's end
+        return _until_group_done(runner, args, dispatched)
     ws = dispatched["workspace"]
     if not args.json:  # with --json: one object, the dispatch and its outcome, at the end
         console().print(dispatch_view(dispatched))
@@ -115,6 +117,22 @@ def until_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]
         if row.get("summary"):
             console().print(Text(row["summary"]))
     return 0 if row["state"] == "completed" else 1
+
+
+def _until_group_done(runner: Any, args: argparse.Namespace, dispatched: dict[str, Any]) -> int:
+    """Every member's end (--follow waits the same: members' outputs would interleave); exit 0
+    only when every one completed."""
+    group = dispatched["group"]
+    if not args.json:
+        console().print(group_dispatch_view(dispatched))
+    while not run_action(runner.wait(WaitRequest(workspaces=[group], timeout_s=WAIT_SLICE_S)))["done"]:
+        pass
+    outcome = run_action(runner.status(StatusRequest(workspace=group)))
+    if args.json:
+        print(json.dumps({**dispatched, "outcome": outcome}, indent=2))
+    else:
+        console().print(group_view(outcome))
+    return 0 if outcome["state"] == "completed" else 1
 
 
 def watch(runner: Any, args: argparse.Namespace, config_error: str | None) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Config, config_path, home_dir, load_config
 from ..errors import ConfigError, DispatchError, InvalidArgument, LimitRefused, QueueBusy
+from . import schedules
 from .parser import build_parser
 
 OK, RUN_FAILED, USAGE, REFUSED, TIMED_OUT, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 3, 4, 130, 141
@@ -66,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         "doctor": _doctor,
         "serve": _serve,
         "completion": _completion,
+        "approval-server": _approval_server,
     }
     if args.command in simple:
         return simple[args.command](args)
@@ -176,10 +178,16 @@ def request_of(args: argparse.Namespace) -> Any:
     from .. import actions
 
     if args.command == "dispatch":
+        from . import fanout
+
         given = {f: getattr(args, f) for f in actions.DISPATCH_FIELDS if f not in ("task", "cwd", "repo")}
         if given["agent"] and "," in given["agent"]:  # a preference list: claude:opus,codex
             given["agent"] = [a.strip() for a in given["agent"].split(",")]
-        return actions.DispatchRequest(task=_task(args), cwd=_here(args.cwd), repo=_here(args.repo), **given)
+        given.update(fanout.arguments(args))
+        # a fan-out of --each tasks has no TASK of its own
+        fans_tasks = given["tasks"] is not None and args.task is None and not args.task_file
+        task = "" if fans_tasks else _task(args)
+        return actions.DispatchRequest(task=task, cwd=_here(args.cwd), repo=_here(args.repo), **given)
     if args.command == "status":
         return actions.StatusRequest(
             workspace=args.workspace, agent=args.agent, state=args.state, limit=args.limit
@@ -189,6 +197,10 @@ def request_of(args: argparse.Namespace) -> Any:
     if args.command == "message":
         text = sys.stdin.read() if args.text == "-" else args.text
         return actions.MessageRequest(workspace=args.workspace, text=text)
+    if args.command == "approve":
+        return actions.ApproveRequest(request=args.request, decision=args.decision, note=args.note)
+    if args.command == "schedule":
+        return schedules.request(args)
     if args.command == "wait":
         return actions.WaitRequest(workspaces=args.workspaces, timeout_s=args.timeout_s, mode=args.mode)
     if args.command == "gc":
@@ -268,6 +280,16 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(
         config, transport=args.transport, host=args.host, port=args.port, token=token, session=session
     )
+
+
+def _approval_server(args: argparse.Namespace) -> int:
+    """The approval server of a workspace's runs, over stdio (mcp/approvals.py)."""
+    workspace = args.workspace or os.environ.get("DISPATCH_RUNNER_PARENT")
+    if not workspace:
+        raise InvalidArgument("workspace", "name the workspace whose runs ask: --workspace WORKSPACE")
+    from ..mcp.approvals import serve_approvals
+
+    return serve_approvals(_config(args), workspace)
 
 
 def _drain(config: Config) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 from .. import __version__
+from . import fanout, schedules
 
 SECONDS = "SECONDS"
 EXIT_HELP = """\
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _control(cmd)
+    _approvals(cmd)
+    schedules.add_parser(cmd)
     _maintenance(cmd)
     return p
 
@@ -172,11 +175,46 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         help="a critical dispatch into a full pool may stop this run and queue it again "
         "(default: yes below critical, where the pool allows preemption)",
     )
+    fanout.add_options(d)  # --not-before, --after, fan-out
     _dispatch_limits(d)
 
 
+def _dispatch_policy(d: argparse.ArgumentParser) -> None:
+    """What the sub-agent may do (agents.yaml pools.X.sandbox / ask; README "Sandbox and approvals")."""
+    d.add_argument(
+        "--sandbox",
+        choices=("read-only", "workspace-write", "full"),
+        help="what it may do without asking, mapped to its CLI's own flags (default: its pool's; "
+        "never past the pool's ceiling, nor past the run that dispatches it)",
+    )
+    d.add_argument(
+        "--ask",
+        choices=("off", "on-miss", "always"),
+        help="a permission it lacks: off refuses it; on-miss/always park the request for "
+        "`dispatch-runner approve` (claude only; default: its pool's, else off)",
+    )
+
+
+def _approvals(cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """approve, and the approval server an agent's CLI starts."""
+    a = cmd("approve", "answer a sub-agent's pending permission request (status lists them)")
+    a.add_argument("request", metavar="REQUEST", help="the request's id (apr-…)")
+    a.add_argument("decision", choices=("allow", "deny"))
+    a.add_argument("--note", help="told to the sub-agent with the answer")
+    s = cmd(
+        "approval-server",
+        "serve the permission-prompt MCP tool over stdio (an agent's CLI starts it; not for people)",
+        json_help=None,
+    )
+    s.add_argument(
+        "--workspace", metavar="WORKSPACE", help="whose runs ask (default: $DISPATCH_RUNNER_PARENT)"
+    )
+
+
 def _dispatch_limits(d: argparse.ArgumentParser) -> None:
-    """How long it may queue, run and retry, and whether the command waits for the end."""
+    """What it may do, how long it may queue, run and retry, and whether the command waits for
+    the end."""
+    _dispatch_policy(d)
     d.add_argument(
         "--max-wait",
         type=float,

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..policy import duration_text
+from . import schedules
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
 STATE_STYLE = {
@@ -108,39 +109,15 @@ def show(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print(json.dumps(result, indent=2))
         return
     out = console()
+    from .dispatched import dispatch_view, group_dispatch_view, group_view  # builds on this module
+
     if args.command == "status":
-        out.print(status_view(result) if "pools" in result else workspace_view(result))
+        views = {"pools": status_view, "members": group_view}
+        out.print(next((v for k, v in views.items() if k in result), workspace_view)(result))
     elif args.command == "dispatch":
-        out.print(dispatch_view(result))
+        out.print(group_dispatch_view(result) if "size" in result else dispatch_view(result))
     else:
         out.print(Text(_PLAIN.get(args.command, _fields)(result)))
-
-
-def dispatch_view(r: dict[str, Any]) -> Text:
-    line = Text(f"{r['workspace']}  ")
-    line.append_text(state_text(r["status"]))
-    line.append(f"  {r['agent']}")
-    if r["status"] == "queued" and not r.get("frozen"):
-        eta = (
-            f"~{span(r['eta_s'])}"
-            if r["eta_s"] is not None
-            else "unknown"
-            if r.get("deduplicated")
-            else "unknown (no run of this pool has finished yet)"
-        )
-        line.append(f"  position {r['position']}, eta {eta}")
-    if r.get("frozen"):
-        line.append("  (queue frozen: `dispatch-runner start` resumes it)", style="yellow")
-    if r.get("deduplicated"):
-        line.append("  (the existing workspace for this idempotency key)")
-    if r.get("resumed"):
-        line.append(
-            "  (follow-up delivered live)"
-            if r.get("delivered") == "live"
-            else "  (follow-up queued: a run resumes its agent's session)"
-        )
-    line.append(f"\n{r['path']}")
-    return line
 
 
 def status_view(r: dict[str, Any]) -> RenderableType:
@@ -148,6 +125,8 @@ def status_view(r: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = []
     if r.get("config_error"):
         parts.append(Text(f"config error (built-in defaults shown): {r['config_error']}", style="bold red"))
+    if (r.get("config") or {}).get("error"):
+        parts.append(Text(f"config: {r['config']['error']}", style="bold red"))
     head = Text("queue: ")
     head.append(
         "FROZEN (dispatch-runner start resumes it)" if r["frozen"] else "running",
@@ -165,7 +144,16 @@ def status_view(r: dict[str, Any]) -> RenderableType:
         parts.append(Text(f"bus: {r['bus_dropped']} events dropped by slow subscribers"))
     if r.get("undelivered"):
         parts.append(Text(f"{r['undelivered']} completions not yet delivered to the session that asked"))
+    parts += [_approval_line(a) for a in r.get("approvals") or ()]
     return Group(*parts)
+
+
+def _approval_line(a: dict[str, Any]) -> Text:
+    """A pending approval request, with the command that answers it."""
+    line = Text("approval ", style="bold yellow")
+    line.append(f"{a['request']}  {a['agent']} in {a['workspace']} asks to use {a['tool']}: {a['input']}")
+    line.append(f"\n  dispatch-runner approve {a['request']} allow|deny  (denied at {a['deadline']})")
+    return line
 
 
 def _spent(pool: dict[str, Any]) -> Text:
@@ -210,9 +198,12 @@ def _pools(pools: dict[str, Any], now: datetime) -> Table:
     for name, p in pools.items():
         models = ", ".join(f"{m} {v['running']}/{v['limit'] or '∞'}" for m, v in p["models"].items())
         daily = f"{p['daily_used']}/{p['daily_limit']}" if p["daily_limit"] else str(p["daily_used"])
+        running = f"{p['running']}/{p['limit'] or '∞'}"
+        if p.get("adaptive") and p.get("effective_limit") != p["limit"]:  # AIMD has it lower now
+            running = f"{p['running']}/{p['effective_limit']} (of {p['limit']}, adaptive)"
         t.add_row(
             name,
-            f"{p['running']}/{p['limit'] or '∞'}",
+            running,
             str(p["queued"]),
             models or "-",
             daily,
@@ -271,6 +262,9 @@ def workspace_view(r: dict[str, Any]) -> RenderableType:
         "path",
         "branch",
         "parent",
+        "group",
+        "held",
+        "not_before",
     )
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold", justify="right")
@@ -278,6 +272,8 @@ def workspace_view(r: dict[str, Any]) -> RenderableType:
     for k in keys:
         if r.get(k) is not None:
             t.add_row(k, state_text(r[k]) if k == "state" else Text(one_line(str(r[k]), 200)))
+    if r.get("after"):
+        t.add_row("after", Text(", ".join(r["after"])))
     for k, text in _reported(r):
         t.add_row(k, Text(text, style="yellow" if k == "stalled" else ""))
     parts: list[RenderableType] = [t]
@@ -362,8 +358,10 @@ _PLAIN: dict[str, Callable[[dict[str, Any]], str]] = {
     "wait": _wait,
     "poke": _poke,
     "gc": _gc,
+    "schedule": schedules.text,
     "stop": lambda r: "queue frozen: running agents go on, dispatch still queues",
     "start": lambda r: "queue running: queued work starts as slots allow",
+    "approve": lambda r: f"{r['request']}: {r['decision']} ({r['tool']}, workspace {r['workspace']})",
     "message": lambda r: (
         f"{r['workspace']}: delivered live to its running agent"
         if r["delivered"] == "live"

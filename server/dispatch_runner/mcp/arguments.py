@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field
 
 from ..policy import MAX_ATTEMPTS_LIMIT, MAX_QUEUE_WAIT_S, MAX_TIMEOUT_S, MAX_WAIT_TIMEOUT_S
+from ..validate import MAX_AFTER, MAX_GROUP_SIZE
 
 STRICT: Final[dict[str, Any]] = {"strict": True, "allow_inf_nan": False}
 PriorityName = Literal["critical", "high", "medium", "low"]
@@ -21,7 +22,8 @@ Task = Annotated[
     str,
     Field(
         description="What the sub-agent should do: a complete, "
-        "self-contained instruction (it does not see this conversation)."
+        "self-contained instruction (it does not see this conversation). Required, except for a "
+        "fan-out of tasks."
     ),
 ]
 Agent = Annotated[
@@ -128,6 +130,22 @@ Preemptible = Annotated[
         strict=True,
     ),
 ]
+Sandbox = Annotated[
+    Literal["read-only", "workspace-write", "full"] | None,
+    Field(
+        description="What the sub-agent may do without asking: read-only, workspace-write (edit "
+        "its workspace) or full; mapped to its CLI's own flags. Default: its pool's; never wider "
+        "than the pool's ceiling, nor than the run that dispatches it."
+    ),
+]
+Ask = Annotated[
+    Literal["off", "on-miss", "always"] | None,
+    Field(
+        description="When the sub-agent needs a permission its sandbox lacks: off (refused), "
+        "on-miss or always (parked: you get an approval event and answer with approve). Only for "
+        "agents with a permission-prompt channel (claude). Default: its pool's, else off."
+    ),
+]
 MaxCostUsd = Annotated[
     float | None,
     Field(
@@ -142,6 +160,56 @@ MaxTurns = Annotated[
     int | None,
     Field(
         description="Stop the run (reason budget) after this many agent turns.", ge=1, le=10_000, strict=True
+    ),
+]
+
+NotBefore = Annotated[
+    str | Annotated[float, Field(strict=True)] | None,
+    Field(
+        description="Start no earlier than this: an ISO-8601 time with Z or an offset "
+        "(2026-05-01T09:00:00Z), or a number of seconds from now; at most 7 days ahead, a past "
+        "time means now."
+    ),
+]
+After = Annotated[
+    list[str] | None,
+    Field(
+        description="Workspace ids (a group id stands for its members) this task waits for: it "
+        "starts once every one has ended. Unknown ids are refused.",
+        max_length=MAX_AFTER,
+    ),
+]
+AfterMode = Annotated[
+    Literal["success", "always"] | None,
+    Field(
+        description="With after: success (default) runs it only if every one completed, else it is "
+        'cancelled with reason "after: <id> <state>"; always runs it however they ended.'
+    ),
+]
+Tasks = Annotated[
+    list[str] | None,
+    Field(
+        description="Fan-out: one workspace per task, under one group id (leave task out). "
+        f"1 to {MAX_GROUP_SIZE} tasks; one invalid task queues none.",
+        max_length=MAX_GROUP_SIZE,
+    ),
+]
+Items = Annotated[
+    list[str] | None,
+    Field(
+        description="Fan-out: task holds {item}; one workspace per item, {item} replaced by it "
+        f"(1 to {MAX_GROUP_SIZE} items, each one's label).",
+        max_length=MAX_GROUP_SIZE,
+    ),
+]
+GroupConcurrency = Annotated[
+    int | None,
+    Field(
+        description="Fan-out: at most this many of the group queued or running at once; the "
+        "others start, in order, as those end.",
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        strict=True,
     ),
 ]
 
@@ -231,4 +299,13 @@ LogsLimit = Annotated[
         le=2000,
         strict=True,
     ),
+]
+
+# ---- approve ------------------------------------------------------------------------------------
+ApprovalId = Annotated[
+    str, Field(description="The approval request's id (apr-…), from its event or status's approvals.")
+]
+Decision = Annotated[Literal["allow", "deny"], Field(description="allow or deny what the sub-agent asked.")]
+ApprovalNote = Annotated[
+    str | None, Field(description="Optional: told to the sub-agent with the answer (why, or what instead).")
 ]

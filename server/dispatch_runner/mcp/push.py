@@ -22,7 +22,9 @@ from ..errors import DispatchError
 from ..events import TERMINAL_EVENTS, Event
 from ..policy import duration_text
 from ..runner import Runner
+from .approvals import approval_notice
 from .clients import Client, Clients
+from .group_notice import GROUP_COMPLETED, group_message
 
 if TYPE_CHECKING:  # delivery.py builds on this module's messages
     from .delivery import Outbox
@@ -46,11 +48,16 @@ SEND_TIMEOUT_S: Final = 2.0  # a client that stops reading must not stall pushes
 SUMMARY_LINES: Final = 8
 SUMMARY_CHARS: Final = 800
 SEEN_EVENTS: Final = 4096
-NOTICES: Final = frozenset({"AgentStalled", "AgentRetrying", "AgentPreempted"})
+NOTICES: Final = frozenset({"AgentStalled", "AgentRetrying", "AgentPreempted", "ApprovalRequested"})
 
 
 def is_pushed(event: Event) -> bool:
-    """A run that ended the workspace. A dead-lettered failure is pushed once, as TaskDeadLettered."""
+    """A run that ended the workspace. A dead-lettered failure is pushed once, as TaskDeadLettered.
+    A fan-out member's end is not: its group's (GroupCompleted, one notice for every item) is."""
+    if event.type == GROUP_COMPLETED:
+        return True
+    if event.data.get("group"):
+        return False
     if event.type not in TERMINAL_EVENTS or event.data.get("state") not in FINISHED_STATES:
         return False
     return not (event.type in ("AgentFailed", "AgentLost") and event.data.get("dead_letter"))
@@ -77,6 +84,12 @@ def _first_lines(text: str | None) -> str:
 def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """(content, meta) of a channel event: one paragraph for a person or a model, and string
     meta under identifier keys (Claude Code drops any other key silently)."""
+    if event.type == GROUP_COMPLETED:  # a fan-out's end: a line per item
+        return group_message(event)
+    return _workspace_message(event, view)
+
+
+def _workspace_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     data = event.data
     ws = event.workspace or "?"
     state = str(data.get("state") or view.get("state") or "finished")
@@ -113,7 +126,10 @@ def channel_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[st
 
 def notice_message(event: Event, view: Mapping[str, Any]) -> tuple[str, dict[str, str]] | None:
     """A running workspace's notice for the session that dispatched it: it went silent
-    (AgentStalled), or its provider's limit sent it back to the queue (why and until when)."""
+    (AgentStalled), or its provider's limit sent it back to the queue (why and until when), or
+    its agent asks for a permission (ApprovalRequested: approvals.py)."""
+    if event.type == "ApprovalRequested":
+        return approval_notice(event, view)
     data, ws = event.data, event.workspace or "?"
     agent = str(data.get("agent") or view.get("agent") or "agent")
     meta = {"event": event.type, "workspace": ws, "agent": agent}
@@ -195,7 +211,7 @@ class Pusher:
                 await tg.start(self.outbox.run)
                 task_status.started()
                 async for event in sub.receive:
-                    if event.type in TERMINAL_EVENTS:
+                    if event.type in TERMINAL_EVENTS or event.type == GROUP_COMPLETED:
                         self.outbox.wake()  # a completion may be owed to a session here
                     if self._first_time(event):
                         await self.handle(event)

@@ -19,16 +19,26 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from ..actions import DispatchRequest, KillRequest, LogsRequest, MessageRequest, StatusRequest, WaitRequest
+from ..actions import (
+    DISPATCH_FIELDS,
+    ApproveRequest,
+    DispatchRequest,
+    KillRequest,
+    LogsRequest,
+    MessageRequest,
+    StatusRequest,
+    WaitRequest,
+)
 from ..errors import DispatchError
 from ..runner import Runner
 from . import arguments as args
+from . import schedules
 from .clients import Clients
 from .delivery import handed_over
 
 log = logging.getLogger("dispatch_runner.mcp")
 
-NAMES: Final = ("dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait")
+NAMES: Final = ("dispatch", "status", "logs", "kill", "message", "poke", "stop", "start", "wait", "approve")
 
 DESCRIPTIONS: Final = {
     "dispatch": (
@@ -42,7 +52,12 @@ DESCRIPTIONS: Final = {
         "agent, position, eta_s, path, deduplicated, frozen, host} (host: where it runs; null "
         "while any host of the fleet may take it). resume=<workspace> sends task as a follow-up "
         "that continues that workspace's agent session. max_cost_usd / max_turns stop a run "
-        "that spends more (reason budget)."
+        "that spends more (reason budget). not_before starts it later; after=[ids] once those "
+        "ended (status shows held and after meanwhile). Fan-out: tasks=[...] (or task with "
+        "{item} and items=[...]) makes one workspace per entry under one group and returns "
+        "{group, size, workspaces: [...]}; group_concurrency caps how many run at once; the "
+        "group's end is one channel event with every item's outcome; wait and status take the "
+        "group id."
     ),
     "message": (
         "Send a message to a workspace's agent. A running agent that reads input (claude) gets it "
@@ -54,12 +69,15 @@ DESCRIPTIONS: Final = {
         "Show the runner. Without workspace: per pool running/queued counts, limits, backoff, "
         "daily use and next spawn time, whether the queue is frozen, counts per state and the "
         "latest workspaces (filter with agent, state, limit). With workspace: its state, agent, "
-        "pid, runs, times, exit code, reason, result summary, log tail, path and branch. Cheap; "
+        "pid, runs, times, exit code, reason, result summary, log tail, path and branch (and "
+        "not_before, held, after, group while it waits). With a group id (grp-…): its state, "
+        "counts and every member's state and outcome. Cheap; "
         "call it any time. subscribe=true makes this session receive the completion event of "
         "every workspace, not only of those it dispatched (false undoes it)."
     ),
     "kill": (
-        "Stop work: one workspace id, every workspace of an agent, or all=true; tree=true takes "
+        "Stop work: one workspace id (a group id: all its members), every workspace of an agent, "
+        "or all=true; tree=true takes "
         "the sub-agents a workspace dispatched too. A running agent gets SIGTERM on its process "
         "group (SIGKILL after a grace period) and ends as killed; a queued one is cancelled. "
         "Returns {killed: [ids], cancelled: [ids]}."
@@ -80,8 +98,17 @@ DESCRIPTIONS: Final = {
         "until start is called. Returns {frozen: true}."
     ),
     "start": "Unfreeze the queue; queued work starts as slots allow. Returns {frozen: false}.",
+    "approve": (
+        "Answer a sub-agent's permission request: it wants to do something its sandbox does not "
+        "allow (run a command, edit a file) and waits. Requests arrive as channel events "
+        '(event="ApprovalRequested", with request, tool and what it asked) and are listed by '
+        "status under approvals. decision allow lets it go ahead, deny refuses (note: told to "
+        "the agent). Unanswered by its deadline it is denied. An answer is final. Returns "
+        "{request, workspace, tool, decision, note}."
+    ),
     "wait": (
-        "Wait until the given workspaces finish (mode all) or one of them does (mode any), or "
+        "Wait until the given workspaces (a group id stands for all its members) finish (mode "
+        "all) or one of them does (mode any), or "
         "until timeout_s passes (default 50 s, under common 60 s tool timeouts), sending progress "
         "notifications meanwhile. Returns {done, workspaces: [{workspace, state, exit_code, "
         "summary, duration_s}], undelivered} (undelivered: their completions no session had "
@@ -153,7 +180,7 @@ def build_tools(runner: Runner, clients: Clients, *, prefix: str) -> list[Tool]:
             structured_output=False,
         )
         for name in NAMES
-    ]
+    ] + [schedules.build_tool(runner, clients, invoke, prefix=prefix)]
 
 
 def _session_tools(runner: Runner, clients: Clients) -> dict[str, Callable[..., Any]]:
@@ -191,13 +218,19 @@ def _session_tools(runner: Runner, clients: Clients) -> dict[str, Callable[..., 
         req = WaitRequest(workspaces=ids, timeout_s=timeout_s, mode=mode)
         return await invoke("wait", waited())
 
-    return {"dispatch": _dispatch_tool(runner, clients), "status": status, "wait": wait}
+    async def approve(
+        ctx: Context, request: args.ApprovalId, decision: args.Decision, note: args.ApprovalNote = None
+    ) -> types.CallToolResult:
+        req = ApproveRequest(request=request, decision=decision, note=note)
+        return await invoke("approve", runner.approve(req, by=f"session {clients.of(ctx.session).key}"))
+
+    return {"dispatch": _dispatch_tool(runner, clients), "status": status, "wait": wait, "approve": approve}
 
 
 def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
     async def dispatch(
         ctx: Context,
-        task: args.Task,
+        task: args.Task = "",
         agent: args.Agent = None,
         cwd: args.Cwd = None,
         repo: args.Repo = None,
@@ -214,26 +247,18 @@ def _dispatch_tool(runner: Runner, clients: Clients) -> Callable[..., Any]:
         max_cost_usd: args.MaxCostUsd = None,
         max_turns: args.MaxTurns = None,
         preemptible: args.Preemptible = None,
+        sandbox: args.Sandbox = None,
+        ask: args.Ask = None,
+        not_before: args.NotBefore = None,
+        after: args.After = None,
+        after_mode: args.AfterMode = None,
+        tasks: args.Tasks = None,
+        items: args.Items = None,
+        group_concurrency: args.GroupConcurrency = None,
     ) -> types.CallToolResult:
-        req = DispatchRequest(
-            task=task,
-            agent=agent,
-            cwd=cwd,
-            repo=repo,
-            template=template,
-            priority=priority,
-            label=label,
-            idempotency_key=idempotency_key,
-            max_wait_s=max_wait_s,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            requires=requires,
-            host=host,
-            resume=resume,
-            max_cost_usd=max_cost_usd,
-            max_turns=max_turns,
-            preemptible=preemptible,
-        )
+        # the arguments are DispatchRequest's fields, by name and in order (tests/test_actions.py)
+        given = locals()
+        req = DispatchRequest(**{name: given[name] for name in DISPATCH_FIELDS})
         client = clients.of(ctx.session)
         return await invoke("dispatch", runner.dispatch(req, origin=client.key, client=client.identity))
 

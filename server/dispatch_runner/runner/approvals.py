@@ -91,7 +91,7 @@ class Approvals:
         watcher = store.watcher()
         try:
             while True:
-                found = await self.core.db(store.get_approval, asked.id)
+                found: Approval | None = await self.core.db(store.get_approval, asked.id)
                 if found is None:  # removed with its workspace
                     return replace(asked, decision="deny", note="the request was withdrawn")
                 if found.decision is not None:

@@ -14,6 +14,7 @@ from ..errors import InvalidArgument, UnknownWorkspace
 from ..launch import supervisor
 from ..model import Outcome
 from ..store import RunExit, RunRow
+from . import groups
 from .core import Core
 
 KILL_THREADS = 8  # kills wait out a grace period: never let them take every worker thread
@@ -33,6 +34,8 @@ class Killer:
         validate.text("agent", req.agent, max_chars=200)
         if not targets and req.agent is None and not req.all:
             raise InvalidArgument("workspace", "say what to kill: a workspace id, an agent, or all")
+        # a group's id stands for its members
+        targets = await core.db(groups.expand_ids, core.store, targets, field="workspace")
         for ws_id in targets:
             if await core.db(core.store.get_workspace, ws_id) is None:
                 raise UnknownWorkspace(ws_id)

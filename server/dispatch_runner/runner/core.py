@@ -94,6 +94,7 @@ class Core:
         # stops a run a claim marked for preemption (the Killer's, set by the service); a peer
         # without one leaves it to the run's shim, which sees the mark at its next lease renewal
         self.stop_run: Callable[[RunRow], None] | None = None
+        self.config_error: str | None = None  # the last edit of agents.yaml was invalid: why
 
     def statistics(self) -> RunnerStatistics:
         c = self.counts

@@ -60,6 +60,7 @@ class Queries:
         )
         snap["bus_dropped"] = core.statistics().bus.dropped
         snap["agents"] = self._agents()
+        snap["config"] = {"source": core.config.source, "error": core.config_error}
         return snap
 
     def _agents(self) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ and the dispatch is refused only when none can. The claim then takes the first e
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from .. import validate
 from ..config import Config
 from ..errors import InvalidArgument, UnknownAgent
 from ..model import AgentRef
@@ -14,6 +15,21 @@ from ..store import RouteEntry
 
 MAX_ROUTE = 8  # entries in one preference list
 P = TypeVar("P")
+
+
+def check_agent(agent: object) -> None:
+    """An agent, a route's name or a preference list: strings, at most MAX_ROUTE of them."""
+    if agent is None or isinstance(agent, str):
+        validate.text("agent", agent, max_chars=4096)
+        return
+    if not isinstance(agent, list | tuple) or not agent or len(agent) > MAX_ROUTE:
+        raise InvalidArgument(
+            "agent",
+            f'agent is an agent ("claude"), a route\'s name, or a list of 1-{MAX_ROUTE} agents '
+            'such as ["claude:opus", "codex"]',
+        )
+    for entry in agent:
+        validate.text("agent", entry, required=True, max_chars=200)
 
 
 def refs(cfg: Config, agent: str | Sequence[str] | None) -> list[AgentRef]:

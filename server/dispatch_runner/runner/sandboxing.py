@@ -153,9 +153,9 @@ def policy_flags(agent: AgentDef, policy: Policy, approval: Mapping[str, str]) -
         flags += agent.sandbox.get(policy.sandbox, ())
     if not policy.network:
         flags += agent.sandbox.get(NETWORK_OFF, ())
-    for flag in agent.ask.get(policy.ask or "off", ()):
-        ref = flag[1:-1] if flag.startswith("{") and flag.endswith("}") else None
-        flags.append(approval[ref] if ref in approval else flag)
+    for flag in agent.ask.get(policy.ask, ()) if policy.ask is not None else ():
+        ref = flag[1:-1] if flag.startswith("{") and flag.endswith("}") else ""
+        flags.append(approval.get(ref, flag))
     return flags
 
 

@@ -85,8 +85,10 @@ class Scheduler:
         except DispatchError as exc:
             field = getattr(exc, "field", None)
             where = f"dispatch.{field}" if field else "dispatch"
+            why = str(exc).removesuffix("; nothing was queued")
             raise InvalidArgument(
-                "dispatch", f"{where}: {exc} (the schedule's dispatch would be refused; nothing was stored)"
+                "dispatch",
+                f"the schedule's dispatch would be refused ({where}): {why}; no schedule was stored",
             ) from exc
         row = ScheduleRow(
             id=f"sch-{secrets.token_hex(4)}",
@@ -147,20 +149,27 @@ class Scheduler:
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
             with anyio.CancelScope(shield=True):  # cancelled mid-submit: the tick is tried again
-                args = {"tick": row.next_run_at, "taken": taken, "last_run_at": row.last_run_at}
-                await self.core.db(store.put_back_tick, row.id, **args, error=reason)
-            self._failed(row, now, reason, unexpected=not isinstance(exc, DispatchError))
+                back = {"tick": row.next_run_at, "taken": taken, "last_run_at": row.last_run_at}
+                await self.core.db(store.put_back_tick, row.id, **back, error=reason)
             if not isinstance(exc, Exception):
                 raise
+            self._failed(row, now, reason, unexpected=not isinstance(exc, DispatchError))
             return None
         self._retry_at.pop(row.id, None)
-        workspace, deduplicated = result["workspace"], bool(result.get("deduplicated"))
-        fired = {"tick": row.next_run_at, "workspace": workspace, "origin": row.origin, "now": now}
-        await self.core.db(store.record_fired, row.id, **fired, deduplicated=deduplicated, next_run_at=taken)
+        fired = {
+            "schedule": row.id,
+            "tick": cronlib.iso(row.next_run_at),
+            "workspace": result.get("workspace"),  # or, for a fan-out, its group
+            "group": result.get("group"),
+            "deduplicated": bool(result.get("deduplicated")),
+        }
+        what = str(fired["workspace"] or fired["group"])
+        data = {k: fired[k] for k in ("group", "deduplicated") if fired[k] is not None}
+        args = {"tick": row.next_run_at, "dispatched": what, "origin": row.origin, "now": now}
+        await self.core.db(store.record_fired, row.id, **args, next_run_at=taken, **data)
         await self.core.publish_new()
-        log.info("schedule %s fired its %s tick: %s", row.id, cronlib.iso(row.next_run_at), workspace)
-        tick = cronlib.iso(row.next_run_at)
-        return {"schedule": row.id, "tick": tick, "workspace": workspace, "deduplicated": deduplicated}
+        log.info("schedule %s fired its %s tick: %s", row.id, fired["tick"], what)
+        return fired
 
     def _failed(self, row: ScheduleRow, now: float, reason: str, *, unexpected: bool = False) -> None:
         self._retry_at[row.id] = now + RETRY_S
@@ -185,6 +194,22 @@ class Scheduler:
             with anyio.move_on_after(delay):
                 await self._wake.wait()
             self._wake = anyio.Event()
+
+
+class ScheduleActions:
+    """The Runner's schedule actions (mixed into it: runner/service.py)."""
+
+    scheduler: Scheduler
+
+    async def schedule(
+        self, req: ScheduleRequest, *, origin: str | None = None, client: str | None = None
+    ) -> dict[str, Any]:
+        """Cron schedules: create (its dispatches owed to `client`, like a dispatch), list, delete."""
+        return await self.scheduler.schedule(req, origin=origin, client=client)
+
+    async def fire_due(self, now: float) -> list[dict[str, Any]]:
+        """Fire the schedules due at `now` whose ticks this peer wins (serve does it by itself)."""
+        return await self.scheduler.fire_due(now)
 
 
 def sleep_s(next_at: float | None, retry_at: Mapping[str, float], now: float) -> float:

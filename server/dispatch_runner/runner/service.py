@@ -28,7 +28,6 @@ from ..actions import (
     MessageRequest,
     PermissionRequest,
     Progress,
-    ScheduleRequest,
     StatusRequest,
     WaitRequest,
 )
@@ -45,7 +44,7 @@ from .dispatching import Dispatcher
 from .draining import Drainer
 from .queries import Queries
 from .recovery import Recovery
-from .schedules import Scheduler
+from .schedules import ScheduleActions, Scheduler
 
 log = logging.getLogger("dispatch_runner")
 WATCH_POLL_S = 0.5  # the poll under the wake-up hints
@@ -60,7 +59,7 @@ DRAINER_LOCK_WAIT_S = 5.0
 __all__ = ["Runner", "RunnerStatistics", "peer_id", "run_drainer"]
 
 
-class Runner:
+class Runner(ScheduleActions):
     """The actions and the background loop of one peer. Surfaces use only this class's public
     methods and properties."""
 
@@ -166,16 +165,6 @@ class Runner:
     async def gc(self, req: GcRequest | None = None) -> dict[str, Any]:
         return await self.collector.gc(req)
 
-    async def schedule(
-        self, req: ScheduleRequest, *, origin: str | None = None, client: str | None = None
-    ) -> dict[str, Any]:
-        """Cron schedules: create (owed to `client`, like a dispatch), list, delete."""
-        return await self.scheduler.schedule(req, origin=origin, client=client)
-
-    async def fire_due(self, now: float) -> list[dict[str, Any]]:
-        """Fire the schedules due at `now` whose ticks this peer wins (serve does it by itself)."""
-        return await self.scheduler.fire_due(now)
-
     async def stop(self) -> dict[str, Any]:
         frozen = await self.core.db(self.core.store.set_frozen, True, now=time.time())
         await self.core.publish_new()
@@ -193,7 +182,9 @@ class Runner:
         return {"spawned": spawned, "frozen": await self.core.db(self.core.store.is_frozen)}
 
     async def drain(self) -> list[str]:
-        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
+        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools. A
+        changed agents.yaml applies from this claim on."""
+        self._maybe_reload()
         spawned = await anyio.to_thread.run_sync(self.drainer.drain_sync)
         if spawned:
             await self.core.publish_new()
@@ -307,7 +298,6 @@ class Runner:
         if now - last["beat"] >= HEARTBEAT_S:
             last["beat"] = now
             await self._heartbeat()
-        self._maybe_reload()
         if self.core.wake_at is not None and self.core.wake_at <= time.time():
             self.core.wake_at = None
 
@@ -325,8 +315,12 @@ class Runner:
             fresh = load_config(str(source))
         except DispatchError as exc:
             log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
+            self.core.config_error = (
+                f"{source} changed but is invalid; the previous config is in force: {exc}"
+            )
             return
         self.core.config = fresh
+        self.core.config_error = None
         log.info("reloaded %s", source)
         self.core.nudge()
 

@@ -162,8 +162,11 @@ def _check_fits(
 def check_dispatch_values(req: DispatchRequest) -> None:
     """Types, characters and bounds of a dispatch's arguments, before anything else reads them."""
     validate.text("task", req.task, required=True)
-    for field in ("agent", "cwd", "repo", "template", "priority"):
+    for field in ("cwd", "repo", "template", "priority"):
         validate.text(field, getattr(req, field), max_chars=4096)
+    routing.check_agent(req.agent)
+    if req.preemptible is not None and not isinstance(req.preemptible, bool):
+        raise InvalidArgument("preemptible", "preemptible must be true or false")
     validate.text("label", req.label, max_chars=200)
     validate.text("idempotency_key", req.idempotency_key, max_chars=200)
     if req.idempotency_key is not None and not req.idempotency_key:

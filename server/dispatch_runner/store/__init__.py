@@ -6,8 +6,8 @@ PostgreSQL (`postgresql://…`; many hosts). Driver errors stop here as StoreErr
 
 import re
 
+from .approving import Approval
 from .base import (
-    Approval,
     Claim,
     ClaimResult,
     EnqueueResult,
@@ -19,11 +19,11 @@ from .base import (
     RouteEntry,
     RunExit,
     RunRow,
-    ScheduleRow,
     Store,
     Usage,
     WorkspaceRow,
 )
+from .schedules import ScheduleRow
 
 
 def open_store(url: str, *, light: bool = False) -> Store:

@@ -8,7 +8,9 @@ from typing import Any, Final, Protocol
 from ..allowance import Allowance
 from ..model import Event, Outcome
 from ..policy import Aimd, PoolLimit, PoolState, RateConfig
+from .approving import ApprovalStore
 from .grouping import GroupStore
+from .schedules import ScheduleStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,44 +275,6 @@ class Owed:
     event: Event  # the event that ended the workspace
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Approval:
-    """A sub-agent's permission request (store/sql/approvals.py), parked until a person answers
-    it or its deadline passes (denied then)."""
-
-    id: str
-    workspace: str
-    run: int | None  # the run whose agent asked
-    tool: str  # what the agent asked to use (Bash, Edit, …)
-    input: Mapping[str, Any]  # what it asked to do with it
-    tool_use_id: str | None = None
-    created_at: float
-    deadline: float
-    decision: str | None = None  # allow | deny; None: not answered yet
-    note: str | None = None
-    answered_at: float | None = None
-    answered_by: str | None = None  # who: a session, "cli", or "timeout"
-    agent: str | None = None  # the workspace's agent (read with it)
-    origin: str | None = None  # the session that dispatched the workspace
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleRow:
-    """A cron schedule (store/sql/schedules.py): its dispatch fires at each tick."""
-
-    id: str
-    cron: str  # 5 fields, in `timezone`
-    timezone: str  # IANA name
-    dispatch: Mapping[str, Any]  # the dispatch arguments, as the client gave them
-    next_run_at: float
-    last_run_at: float | None = None  # when a peer last took a tick
-    last_workspace: str | None = None  # what the last fired tick dispatched
-    last_error: str | None = None  # why the last submit failed (its tick was put back)
-    client: str | None = None  # who fired dispatches' completions are owed to
-    origin: str | None = None  # the connection that created it
-    created_at: float
-
-
 class Watcher(Protocol):
     """Wake-up hints that the store changed; the caller still checks and polls."""
 
@@ -318,7 +282,7 @@ class Watcher(Protocol):
     def close(self) -> None: ...
 
 
-class Store(GroupStore, Protocol):
+class Store(GroupStore, ScheduleStore, ApprovalStore, Protocol):
     url: str
     display_url: str  # without a password: what banners and messages show
 
@@ -431,26 +395,3 @@ class Store(GroupStore, Protocol):
     def undelivered_of(self, workspaces: Sequence[str]) -> list[Owed]: ...
     def claim_delivery(self, workspace: str, event_id: int, *, client: str, to: str, now: float) -> bool: ...
     def release_delivery(self, workspace: str, event_id: int, *, to: str) -> bool: ...
-
-    # approvals: sub-agents' permission requests, each answered once (compare-and-set)
-    def request_approval(self, approval: Approval, *, now: float) -> Approval | None: ...
-    def get_approval(self, approval_id: str) -> Approval | None: ...
-    def answer_approval(
-        self, approval_id: str, decision: str, *, note: str | None, by: str, now: float, late: bool = False
-    ) -> tuple[Approval | None, bool]: ...
-    def pending_approvals(self, *, now: float, limit: int = 100) -> list[Approval]: ...
-
-    # cron schedules: each tick taken by one peer (compare-and-set on next_run_at)
-    def add_schedule(self, row: ScheduleRow, *, limit: int) -> bool: ...
-    def schedules(self, limit: int = 1000) -> list[ScheduleRow]: ...
-    def get_schedule(self, schedule_id: str) -> ScheduleRow | None: ...
-    def delete_schedule(self, schedule_id: str) -> bool: ...
-    def due_schedules(self, now: float, limit: int = 100) -> list[ScheduleRow]: ...
-    def next_schedule_at(self) -> float | None: ...
-    def take_tick(self, schedule_id: str, *, tick: float, next_run_at: float, now: float) -> bool: ...
-    def put_back_tick(
-        self, schedule_id: str, *, tick: float, taken: float, last_run_at: float | None, error: str
-    ) -> bool: ...
-    def record_fired(
-        self, schedule_id: str, *, tick: float, workspace: str, origin: str | None, now: float, **data: Any
-    ) -> None: ...

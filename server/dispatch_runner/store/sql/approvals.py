@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ...policy import iso
-from ..base import Approval
+from ..approving import Approval
 from .conn import Conn, Row
 from .core import SQLCore
 

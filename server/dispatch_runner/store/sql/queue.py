@@ -116,13 +116,19 @@ class QueueSide(SQLCore):
 
 def _share_rank(db: Conn, ws: NewWorkspace, limits: Limits) -> int:
     """Fair share (start-time fair queueing): a sender's next task takes the round after its last
-    one still queued at this priority of the pool, and never one the level has already passed —
-    so one sender's burst of 50 interleaves with another's single task instead of starving it."""
+    one queued or running at this priority of the pool, and never one the level has already
+    passed — so one sender's burst of 50 interleaves with another's single task instead of
+    starving it."""
     if not limits.fair_share or ws.share_key is None:
         return 0
-    floor = db.execute(db.q.share_floor, (ws.pool, ws.priority)).fetchone()[0]
-    last = db.execute(db.q.share_last, (ws.pool, ws.priority, ws.share_key)).fetchone()[0]
-    return max(int(floor or 0), int(last) + 1 if last is not None else 0)
+    level = (ws.pool, ws.priority)
+    floors = [r[0] for r in db.execute(db.q.share_floor, (*level, *level)) if r[0] is not None]
+    lasts = [
+        r[0]
+        for r in db.execute(db.q.share_last, (*level, ws.share_key, *level, ws.share_key))
+        if r[0] is not None
+    ]
+    return max(int(min(floors, default=0)), int(max(lasts)) + 1 if lasts else 0)
 
 
 def _route(db: Conn, ws: WorkspaceRow, entry: RouteEntry, why: Mapping[str, str]) -> dict[str, Any] | None:

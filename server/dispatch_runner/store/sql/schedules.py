@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import ScheduleRow
+from ..schedules import ScheduleRow
 from .conn import Conn, Row
 from .core import SQLCore
 
@@ -77,13 +77,14 @@ class ScheduleSide(SQLCore):
         return bool(self._write(lambda db: db.execute(db.q.schedule_put_back, args).rowcount == 1))
 
     def record_fired(
-        self, schedule_id: str, *, tick: float, workspace: str, origin: str | None, now: float, **data: Any
+        self, schedule_id: str, *, tick: float, dispatched: str, origin: str | None, now: float, **data: Any
     ) -> None:
-        """The tick's dispatch was submitted: the schedule names its workspace, and a
-        ScheduleFired event says so (with `data`)."""
+        """The tick's dispatch was submitted: the schedule names what it dispatched (a workspace,
+        or a fan-out's group), and a ScheduleFired event says so (with `data`)."""
+        workspace = dispatched if data.get("group") is None else None
 
         def tx(db: Conn) -> None:
-            db.execute(db.q.schedule_fired, (workspace, schedule_id))
+            db.execute(db.q.schedule_fired, (dispatched, schedule_id))
             self._event(db, "ScheduleFired", now, workspace, origin, schedule=schedule_id, tick=tick, **data)
 
         self._write(tx)

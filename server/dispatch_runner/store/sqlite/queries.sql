@@ -446,13 +446,19 @@ UPDATE workspaces SET pool = ?, model = ?, lane = ?, agent = ?, spec = ?, routed
    WHERE id = ?;
 
 -- name: share_floor
--- fair share: the round a priority level of a pool's queue has reached
-SELECT min(share_rank) FROM workspaces WHERE state = 'queued' AND pool = ? AND priority = ?;
+-- fair share: the round a priority level of a pool has reached (the lowest round queued or
+-- running there: a long run keeps it back, so a new sender's task goes next)
+SELECT min(share_rank) FROM workspaces WHERE state = 'queued' AND pool = ? AND priority = ?
+UNION ALL
+SELECT min(share_rank) FROM workspaces WHERE state = 'running' AND pool = ? AND priority = ?;
 
 -- name: share_last
--- … and the last round a sender holds in it
+-- … and the last round a sender holds in it, queued or running
 SELECT max(share_rank) FROM workspaces
-   WHERE state = 'queued' AND pool = ? AND priority = ? AND share_key = ?;
+   WHERE state = 'queued' AND pool = ? AND priority = ? AND share_key = ?
+UNION ALL
+SELECT max(share_rank) FROM workspaces
+   WHERE state = 'running' AND pool = ? AND priority = ? AND share_key = ?;
 
 -- name: promote_queued
 -- work queued longer than promote_after_s moves one level up (never into critical), to the front

@@ -11,6 +11,7 @@ CREATE TABLE schedules (
     last_error TEXT,                  -- why the last submit failed (the tick was put back)
     client TEXT,
     origin TEXT,
+    host TEXT,                        -- the host whose peers fire it (its cwd or repo is there); NULL: any
     created_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX schedules_due ON schedules (next_run_at);
