@@ -72,6 +72,7 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "allowance",
         "counts",
         "undelivered",
+        "approvals",
         "workspaces",
         "bus_dropped",
         "agents",

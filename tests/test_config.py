@@ -21,7 +21,7 @@ from dispatch_runner.config import (
 )
 from dispatch_runner.errors import ConfigError, UnknownAgent
 from dispatch_runner.model import AgentRef
-from dispatch_runner.policy import PoolLimit, RateConfig
+from dispatch_runner.policy import Aimd, PoolLimit, RateConfig
 
 PATH = "/etc/dispatch/agents.yaml"
 HOME = Path("/srv/runner-home")
@@ -580,3 +580,47 @@ def test_a_new_command_line_keeps_no_live_input_or_resume_it_does_not_declare() 
     assert live.agents["claude"].input == "stream-json"
     kept = parse("agents:\n  claude:\n    model: opus\n")  # no new command: the built-in's abilities stay
     assert kept.agents["claude"].resume_command == parse("").agents["claude"].resume_command
+
+
+# ---- routing and scheduling (issue 13) ------------------------------------------------------------
+
+
+def test_routes_adaptive_pools_preemption_and_fair_share() -> None:
+    cfg = parse(
+        "routes:\n  fast: [claude:haiku, gemini]\n"
+        "pools:\n  claude: {adaptive: true, preemption: {min_runtime_s: 5}}\n"
+        "  codex: {adaptive: {floor: 2, clean_streak: 3}, preemption: true}\n"
+        "concurrency:\n  claude: 4\n"
+        "dispatch: {fair_share: false, promote_after_s: 0}\n"
+    )
+    assert cfg.routes == {"fast": ("claude:haiku", "gemini")}
+    assert cfg.pools["claude"].adaptive == Aimd() and cfg.pools["claude"].preempt_after_s == 5
+    assert cfg.pools["codex"].adaptive == Aimd(floor=2, clean_streak=3)
+    assert cfg.pools["codex"].preempt_after_s == 30
+    assert cfg.adaptive_for("claude") == (Aimd(), 4) and cfg.adaptive_for("codex") is None  # unlimited
+    assert cfg.fair_share is False and cfg.promote_after_s is None
+    assert parse("").fair_share is True and parse("").promote_after_s == 3600
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "says"),
+    [
+        ("routes:\n  fast: [claude, nosuch]\n", 2, "routes.fast", "no agent 'nosuch'"),
+        ("routes:\n  claude: [codex]\n", 2, "routes.claude", "must not be an agent's"),
+        ("routes:\n  fast: []\n", 2, "routes.fast", "list at least one agent"),
+        ("routes:\n  fast: ['-x']\n", 2, "routes.fast", "base[:model]"),
+        ("pools:\n  claude: {adaptive: {floor: 0}}\n", 2, "pools.claude.adaptive.floor", ">= 1"),
+        ("pools:\n  claude: {adaptive: {step: 2}}\n", 2, "pools.claude.adaptive.step", "unknown"),
+        (
+            "pools:\n  claude: {preemption: {min_runtime_s: -1}}\n",
+            2,
+            "pools.claude.preemption.min_runtime_s",
+            "0",
+        ),
+        ("dispatch: {fair_share: 1}\n", 1, "dispatch.fair_share", "true or false"),
+    ],
+)
+def test_bad_routing_and_scheduling_settings_name_line_and_field(
+    text: str, line: int, field: str, says: str
+) -> None:
+    assert_refused(text, line=line, field=field, says=says)

@@ -65,8 +65,10 @@ def test_each_cli_is_started_with_its_own_options_for_each_level(home: Home, bac
         else:
             assert "sandbox_workspace_write.network_access=false" not in argv
     plain = dispatched("no level", "--agent", "claude")  # no policy anywhere: the CLI's own settings
-    run_cli("wait", plain, "--timeout", "60")
-    assert not {"--permission-mode", "--permission-prompt-tool"} & set(argv_of(home, plain))
+    never = dispatched("no approvals", "--agent", "codex", "--ask", "off")
+    run_cli("wait", plain, never, "--timeout", "60")
+    assert not {"--permission-mode", "--permission-prompt-tool", "-c"} & set(argv_of(home, plain))
+    assert has_run(argv_of(home, never), ["-c", 'approval_policy="never"'])
 
 
 async def test_a_level_past_the_pools_ceiling_is_refused_and_the_default_applies(

@@ -20,6 +20,7 @@ from dispatch_runner import cron
 from dispatch_runner.actions import DispatchRequest, KillRequest, ScheduleRequest
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import InvalidArgument
+from dispatch_runner.launch import supervisor
 from dispatch_runner.runner import Runner
 from dispatch_runner.runner.schedules import MAX_SLEEP_S, RETRY_S, Scheduler, sleep_s
 from tests.conftest import Home, until
@@ -259,14 +260,16 @@ async def test_only_one_compare_and_set_takes_a_tick_and_only_its_taker_puts_it_
 ) -> None:
     async with runner_on(home) as runner:
         store = runner.store
-        made = await create(runner, "0 * * * *", task="hourly")
+        made = await create(runner, "0 * * * *", task="hourly", cwd=str(home.root))
+        assert made["host"] == supervisor.host_id()
         tick = tick_of(runner, made["id"])
-        assert [r.id for r in store.due_schedules(tick)] == [made["id"]] and store.due_schedules(
-            tick - 1
-        ) == []
+        here = supervisor.host_id()
+        assert [r.id for r in store.due_schedules(tick, host=here)] == [made["id"]]
+        assert store.due_schedules(tick - 1, host=here) == []
+        assert store.due_schedules(tick, host="another-host") == []  # where its repo is not
         assert store.take_tick(made["id"], tick=tick, next_run_at=tick + 3600, now=tick) is True
         assert store.take_tick(made["id"], tick=tick, next_run_at=tick + 3600, now=tick) is False
-        assert store.next_schedule_at() == tick + 3600
+        assert store.next_schedule_at(host=here) == tick + 3600
         for taken, done in ((tick + 7200, False), (tick + 3600, True)):  # only what it holds
             assert (
                 store.put_back_tick(made["id"], tick=tick, taken=taken, last_run_at=None, error="refused")

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import BASE_CONFIG, PY, Home, until
 from tests.fakes import FAKE_AGENT, FAKE_CLAUDE, FAKE_CODEX
 from tests.fakes.overlap import intervals, max_overlap
-from tests.mcp_helpers import connect, ok
+from tests.mcp_helpers import connect, error, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -136,7 +136,7 @@ async def test_a_critical_dispatch_preempts_a_low_run_which_goes_back_to_the_que
 
 async def test_fair_share_lets_another_sessions_task_go_before_a_burst(home: Home, backend: str) -> None:
     home.write_config("concurrency:\n  agent: 1\n")
-    async with connect(home.path, DISPATCH_RUNNER_SESSION="alice") as (alice, seen):
+    async with connect(home.path, DISPATCH_RUNNER_SESSION="alice") as (alice, _seen):
         async with connect(home.path, DISPATCH_RUNNER_SESSION="bob") as (bob, _):
             first = ok(await alice.call_tool("dispatch", {"task": "a0 @sleep=1", "agent": "agent"}))
             await until(lambda: sleeping(home) == 1, message="a0 running")
@@ -152,7 +152,7 @@ async def test_a_changed_limit_applies_without_a_restart_and_a_bad_edit_keeps_th
     home: Home, backend: str
 ) -> None:
     home.write_config("concurrency:\n  agent: 1\n")
-    async with connect(home.path) as (client, seen):
+    async with connect(home.path) as (client, _seen):
         ids = [
             ok(await client.call_tool("dispatch", {"task": f"job{i} @sleep=60", "agent": "agent"}))[
                 "workspace"
@@ -216,3 +216,19 @@ def events(home: Home) -> list[dict[str, Any]]:
     if not home.agent_log.exists():
         return []
     return [json.loads(line) for line in home.agent_log.read_text().splitlines()]
+
+
+async def test_a_bad_preference_list_is_refused_and_queues_nothing(home: Home, backend: str) -> None:
+    write(home)
+    async with connect(home.path) as (client, _seen):
+        for agent, says in (
+            (["claude"] * 9, "at most 8"),
+            ([], "a list of 1-8 agents"),
+            (["claude", 3], "string"),
+            (["claude", "claude"], "twice"),
+            (["claude", "nosuch"], "nosuch"),
+            ("nosuch", "nosuch"),
+        ):
+            refusal = error(await client.call_tool("dispatch", {"task": "x", "agent": agent}))
+            assert says in refusal, (agent, refusal)
+        assert ok(await client.call_tool("status", {}))["counts"] == {}

@@ -662,6 +662,7 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
         "bus_dropped",
         "allowance",
         "undelivered",
+        "approvals",
     }
     assert snap["undelivered"] == 0 and snap["allowance"] == {}
     assert snap["frozen"] is False

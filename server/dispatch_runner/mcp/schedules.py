@@ -27,7 +27,8 @@ DESCRIPTION: Final = (
     "its completion reaches you like your own dispatch's. Ticks missed while no runner served "
     "fire once, not once each. action=list shows every schedule; action=delete with id removes "
     "one. Returns {schedules: [{id, cron, timezone, next_run_at, last_run_at, last_workspace, "
-    "last_error, dispatch, created_at}]} (times in UTC ISO 8601)."
+    "last_error, dispatch, created_at, host}]} (times in UTC ISO 8601; host: the only host "
+    "whose runners fire it, when its dispatch names a cwd or repo there)."
 )
 ANNOTATIONS: Final = types.ToolAnnotations(destructive_hint=True, open_world_hint=True)
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final
 
+import anyio
+
 from .. import validate
 from ..actions import ApproveRequest, PermissionRequest
 from ..errors import InvalidArgument, UnknownWorkspace
@@ -26,6 +28,7 @@ POLL_S: Final = 0.5  # under the store's wake-ups
 ID_RE: Final = re.compile(r"^apr-[0-9a-f]{12}$")
 DECISIONS: Final = ("allow", "deny")
 TIMEOUT: Final = "timeout"  # answered_by of a request denied at its deadline
+WITHDRAWN: Final = "withdrawn"  # … of one whose agent stopped waiting
 
 
 def new_id() -> str:
@@ -84,7 +87,13 @@ class Approvals:
         parked = await self.core.db(store.request_approval, asked, now=now)
         if parked is None:
             raise UnknownWorkspace(req.workspace)
-        return behavior(await self._answer(parked), req.input)
+        try:
+            answer = await self._answer(parked)
+        except anyio.get_cancelled_exc_class():  # the agent stopped waiting: nobody may answer now
+            with anyio.CancelScope(shield=True):
+                await self._deny_late(parked, note="the agent stopped waiting for an answer", by=WITHDRAWN)
+            raise
+        return behavior(answer, req.input)
 
     async def _answer(self, asked: Approval) -> Approval:
         store = self.core.store
@@ -98,17 +107,18 @@ class Approvals:
                     return found
                 left = asked.deadline - time.time()
                 if left <= 0:
-                    await self._deny_late(asked)
+                    waited = asked.deadline - asked.created_at
+                    note = f"no answer within {waited:g} s (dispatch.approval_timeout_s)"
+                    await self._deny_late(asked, note=note, by=TIMEOUT)
                     continue  # read what stands: this denial, or an answer that came first
                 await watcher.changed(min(left, POLL_S))
         finally:
             watcher.close()
 
-    async def _deny_late(self, asked: Approval) -> None:
-        waited = asked.deadline - asked.created_at
-        note = f"no answer within {waited:g} s (dispatch.approval_timeout_s)"
+    async def _deny_late(self, asked: Approval, *, note: str, by: str) -> None:
+        """Deny it unless someone answered first (at any time: it is past waiting)."""
         answer = self.core.store.answer_approval
-        await self.core.db(answer, asked.id, "deny", note=note, by=TIMEOUT, now=time.time(), late=True)
+        await self.core.db(answer, asked.id, "deny", note=note, by=by, now=time.time(), late=True)
 
 
 def behavior(answer: Approval, asked_input: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,7 +147,7 @@ def _why_not(found: Approval) -> str:
             f"approval request {found.id} is past its deadline ({iso(found.deadline)}) and is "
             "denied; nothing changed"
         )
-    if found.answered_by == TIMEOUT:
+    if found.answered_by in (TIMEOUT, WITHDRAWN):
         return (
             f"approval request {found.id} was not answered by its deadline ({iso(found.deadline)}) "
             "and was denied then; nothing changed"

@@ -19,8 +19,10 @@ import anyio
 import anyio.to_thread
 
 from .. import cron as cronlib
+from .. import validate
 from ..actions import DISPATCH_FIELDS, DispatchRequest, ScheduleRequest
 from ..errors import DispatchError, InvalidArgument, LimitRefused
+from ..launch import supervisor
 from ..store import ScheduleRow
 from . import followups
 from .core import Core
@@ -98,6 +100,8 @@ class Scheduler:
             next_run_at=cronlib.next_fire(cron, now),
             client=client,
             origin=origin,
+            # a dispatch into a directory of this host is made here: this host's peers fire it
+            host=supervisor.host_id() if args.get("cwd") or args.get("repo") else None,
             created_at=now,
         )
         if not self.core.store.add_schedule(row, limit=MAX_SCHEDULES):
@@ -108,7 +112,8 @@ class Scheduler:
         log.info("schedule %s created: %s %s", row.id, row.cron, row.timezone)
         return row
 
-    async def _delete(self, schedule_id: str | None) -> ScheduleRow:
+    async def _delete(self, given: str | None) -> ScheduleRow:
+        schedule_id = validate.text("id", given, max_chars=200)
         if not schedule_id:
             raise InvalidArgument("id", "delete needs id: the schedule's id (schedule list shows them)")
         row: ScheduleRow | None = await self.core.db(self.core.store.get_schedule, schedule_id)
@@ -122,8 +127,10 @@ class Scheduler:
     async def fire_due(self, now: float) -> list[dict[str, Any]]:
         """Fire every schedule due at `now` whose tick this peer wins; what each fired (a tick
         another peer took, or one put back after a failed submit, is not listed)."""
+        self._retry_at = {k: at for k, at in self._retry_at.items() if at > now}
         fired = []
-        for row in await self.core.db(self.core.store.due_schedules, now, DUE_PAGE):
+        due = self.core.store.due_schedules
+        for row in await self.core.db(due, now, host=supervisor.host_id(), limit=DUE_PAGE):
             if self._retry_at.get(row.id, 0.0) > now:
                 continue  # its submit failed a moment ago: not again before RETRY_S
             result = await self._fire(row, now)
@@ -187,7 +194,9 @@ class Scheduler:
             try:
                 await self.fire_due(time.time())
                 delay = sleep_s(
-                    await self.core.db(self.core.store.next_schedule_at), self._retry_at, time.time()
+                    await self.core.db(self.core.store.next_schedule_at, host=supervisor.host_id()),
+                    self._retry_at,
+                    time.time(),
                 )
             except Exception:  # a task edge: log, look again after the longest sleep
                 log.exception("firing schedules failed; retrying in %.0f s", MAX_SLEEP_S)
@@ -264,6 +273,7 @@ def view(row: ScheduleRow) -> dict[str, Any]:
         "last_error": row.last_error,
         "dispatch": dict(row.dispatch),
         "created_at": cronlib.iso(row.created_at),
+        "host": row.host,
     }
 
 

@@ -557,7 +557,7 @@ SELECT count(*) FROM schedules;
 
 -- name: insert_schedule
 INSERT INTO schedules (id, cron, timezone, dispatch, next_run_at, last_run_at, last_workspace,
-   last_error, client, origin, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s);
+   last_error, client, origin, host, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s);
 
 -- name: schedules_all
 SELECT * FROM schedules ORDER BY created_at, id LIMIT %s;
@@ -569,10 +569,12 @@ SELECT * FROM schedules WHERE id = %s;
 DELETE FROM schedules WHERE id = %s;
 
 -- name: schedules_due
-SELECT * FROM schedules WHERE next_run_at <= %s ORDER BY next_run_at, id LIMIT %s;
+-- the due schedules this host's peers may fire (one pinned to another host waits for that host)
+SELECT * FROM schedules WHERE next_run_at <= %s AND (host IS NULL OR host = %s)
+   ORDER BY next_run_at, id LIMIT %s;
 
 -- name: schedule_next_at
-SELECT min(next_run_at) FROM schedules;
+SELECT min(next_run_at) FROM schedules WHERE host IS NULL OR host = %s;
 
 -- name: schedule_take_tick
 -- compare-and-set: the one peer that moves next_run_at on from the tick it read fires the tick

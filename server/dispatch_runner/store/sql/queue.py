@@ -34,7 +34,11 @@ from .rows import (
 )
 
 
+PROMOTE_EVERY_S = 30.0  # how often a peer looks for work queued past promote_after_s
+
+
 class QueueSide(SQLCore):
+    _next_promotion: float = 0.0  # when this peer looks for work to promote again
     # ---- enqueue ----------------------------------------------------------------------------
 
     def enqueue(
@@ -91,7 +95,9 @@ class QueueSide(SQLCore):
     def _claim(self, db: Conn, now: float, limits: Limits, peer: str, can: HostCaps | None) -> ClaimResult:
         if read_frozen(db):
             return ClaimResult(None, None)
-        if limits.promote_after_s:
+        if limits.promote_after_s and now >= self._next_promotion:
+            # a scan of the queue: at most every PROMOTE_EVERY_S per store object (each peer)
+            self._next_promotion = now + min(PROMOTE_EVERY_S, limits.promote_after_s / 10)
             for row in db.execute(db.q.promote_queued, (now, now - limits.promote_after_s)).fetchall():
                 self._event(db, "AgentPromoted", now, row["id"], row["origin"], priority=row["priority"])
         pick = Pick(db, now, host_of(peer), can)

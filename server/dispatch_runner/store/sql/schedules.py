@@ -31,6 +31,7 @@ class ScheduleSide(SQLCore):
             row.last_error,
             row.client,
             row.origin,
+            row.host,
             row.created_at,
         )
 
@@ -53,13 +54,14 @@ class ScheduleSide(SQLCore):
     def delete_schedule(self, schedule_id: str) -> bool:
         return bool(self._write(lambda db: db.execute(db.q.delete_schedule, (schedule_id,)).rowcount == 1))
 
-    def due_schedules(self, now: float, limit: int = 100) -> list[ScheduleRow]:
-        """The schedules whose next tick is at or before `now`, the most overdue first."""
-        return [_schedule(r) for r in self._read(self.q.schedules_due, (now, limit))]
+    def due_schedules(self, now: float, *, host: str, limit: int = 100) -> list[ScheduleRow]:
+        """The schedules `host`'s peers may fire whose next tick is at or before `now`, the most
+        overdue first."""
+        return [_schedule(r) for r in self._read(self.q.schedules_due, (now, host, limit))]
 
-    def next_schedule_at(self) -> float | None:
-        """The earliest next tick of any schedule (None: there is none)."""
-        value = self._read(self.q.schedule_next_at)[0][0]
+    def next_schedule_at(self, *, host: str) -> float | None:
+        """The earliest next tick of the schedules `host`'s peers may fire (None: none)."""
+        value = self._read(self.q.schedule_next_at, (host,))[0][0]
         return None if value is None else float(value)
 
     def take_tick(self, schedule_id: str, *, tick: float, next_run_at: float, now: float) -> bool:
@@ -103,5 +105,6 @@ def _schedule(r: Row) -> ScheduleRow:
         last_error=r["last_error"],
         client=r["client"],
         origin=r["origin"],
+        host=r["host"],
         created_at=float(r["created_at"]),
     )

@@ -557,7 +557,7 @@ SELECT count(*) FROM schedules;
 
 -- name: insert_schedule
 INSERT INTO schedules (id, cron, timezone, dispatch, next_run_at, last_run_at, last_workspace,
-   last_error, client, origin, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?);
+   last_error, client, origin, host, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?);
 
 -- name: schedules_all
 SELECT * FROM schedules ORDER BY created_at, id LIMIT ?;
@@ -569,10 +569,12 @@ SELECT * FROM schedules WHERE id = ?;
 DELETE FROM schedules WHERE id = ?;
 
 -- name: schedules_due
-SELECT * FROM schedules WHERE next_run_at <= ? ORDER BY next_run_at, id LIMIT ?;
+-- the due schedules this host's peers may fire (one pinned to another host waits for that host)
+SELECT * FROM schedules WHERE next_run_at <= ? AND (host IS NULL OR host = ?)
+   ORDER BY next_run_at, id LIMIT ?;
 
 -- name: schedule_next_at
-SELECT min(next_run_at) FROM schedules;
+SELECT min(next_run_at) FROM schedules WHERE host IS NULL OR host = ?;
 
 -- name: schedule_take_tick
 -- compare-and-set: the one peer that moves next_run_at on from the tick it read fires the tick
