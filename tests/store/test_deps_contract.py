@@ -243,3 +243,15 @@ def _claim_all(store: Store, now: float) -> list[str]:
     while (got := claim(store, now)) is not None:
         ids.append(got.workspace.id)
     return ids
+
+
+def test_a_group_is_forgotten_with_its_last_member(store: Store) -> None:
+    group(store, 2, None)
+    for i in range(2):
+        got = must_claim(store, T0 + i)
+        start(store, got.run_id, T0 + i)
+        finish(store, got.run_id, T0 + i + 1)
+    store.forget(["m0"], events_before=T0)
+    assert store.get_group("g1") is not None  # a member is left
+    store.forget(["m1"], events_before=T0)
+    assert store.get_group("g1") is None and store.owed(CLIENT) == []

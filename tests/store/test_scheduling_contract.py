@@ -4,6 +4,9 @@
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from dispatch_runner.errors import QueueBusy
 from dispatch_runner.model import Outcome, Priority
 from dispatch_runner.policy import Aimd, PoolLimit
 from dispatch_runner.store import Limits, NewWorkspace, RouteEntry, Store
@@ -80,6 +83,19 @@ def test_a_routed_workspace_waits_when_every_entry_is_closed_and_takes_the_first
     finish(store, codex_run, T0 + 2)
     assert must_claim(store, T0 + 3, limits).workspace.id == "r1"
     assert ws(store, "r1").agent == "codex"
+
+
+def test_a_routed_dispatch_is_told_the_eta_of_its_soonest_entry_and_refused_only_if_none_fits(
+    store: Store,
+) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1), "codex": PoolLimit(total=1)})
+    occupy(store, "busy", "claude", limits)
+    got = store.enqueue(routed("r1", "claude", "codex"), now=T0, max_wait_s=5, limits=limits)
+    assert (got.position, got.eta_s) == (0, 0.0)  # codex has a free slot
+    assert must_claim(store, T0, limits).workspace.agent == "codex"  # now both pools are full
+    with pytest.raises(QueueBusy, match="claude"):  # the first entry's reason
+        store.enqueue(routed("r2", "claude", "codex"), now=T0, max_wait_s=5, limits=limits)
+    assert store.get_workspace("r2") is None
 
 
 # ---- adaptive limits ----------------------------------------------------------------------------

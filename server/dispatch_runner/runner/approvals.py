@@ -49,6 +49,7 @@ class Approvals:
         if not ID_RE.match(req.request):
             raise _unknown(req.request)
         store, now = self.core.store, time.time()
+        await self._check_waiting(req.request)
         found, won = await self.core.db(
             store.answer_approval, req.request, req.decision, note=req.note, by=by, now=now
         )
@@ -64,6 +65,20 @@ class Approvals:
             "decision": found.decision,
             "note": found.note,
         }
+
+    async def _check_waiting(self, request: str) -> None:
+        """A request still unanswered whose run has ended waits for nothing: no answer is taken."""
+        found: Approval | None = await self.core.db(self.core.store.get_approval, request)
+        if found is None:
+            raise _unknown(request)
+        row = await self.core.db(self.core.store.get_workspace, found.workspace)
+        if found.decision is None and (row is None or row.state != "running"):
+            state = row.state if row is not None else "gone"
+            raise InvalidArgument(
+                "request",
+                f"approval request {request} has nobody waiting for it: workspace {found.workspace} "
+                f"is {state}, so its agent has stopped; nothing changed",
+            )
 
     async def park(self, req: PermissionRequest) -> dict[str, Any]:
         """Park a sub-agent's request until it is answered or its deadline passes; the answer in
@@ -147,7 +162,9 @@ def _why_not(found: Approval) -> str:
             f"approval request {found.id} is past its deadline ({iso(found.deadline)}) and is "
             "denied; nothing changed"
         )
-    if found.answered_by in (TIMEOUT, WITHDRAWN):
+    if found.answered_by == WITHDRAWN:
+        return f"approval request {found.id} was withdrawn ({found.note}); nothing changed"
+    if found.answered_by == TIMEOUT:
         return (
             f"approval request {found.id} was not answered by its deadline ({iso(found.deadline)}) "
             "and was denied then; nothing changed"

@@ -158,7 +158,8 @@ class Dispatcher:
             "status": row.state,
             "agent": row.agent,
             "position": store.queue_position(row.id),
-            "eta_s": (round(eta_s, 1) if eta_s is not None else None) if queued else 0.0,
+            # a held one (waiting for others, or its group's turn) starts at no time we know
+            "eta_s": (round(eta_s, 1) if eta_s is not None and not row.held else None) if queued else 0.0,
             "path": row.path,
             "deduplicated": deduplicated,
             "frozen": queued and store.is_frozen(),

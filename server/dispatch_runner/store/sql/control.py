@@ -125,6 +125,8 @@ class ControlSide(SQLCore):
                 db.execute(db.q.expand("forget_messages", ids=ids), part)
                 db.execute(db.q.expand("forget_approvals", ids=ids), part)
                 gone += db.execute(db.q.expand("forget_workspaces", ids=ids), part).rowcount
+            db.execute(db.q.forget_groups_outbox)  # a fan-out group goes with its last member
+            db.execute(db.q.forget_groups)
             db.execute(db.q.forget_events, (events_before,))
             return gone
 

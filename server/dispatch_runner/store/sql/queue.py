@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from ... import allowance, policy
+from ...errors import DispatchError
 from ...model import WorkspaceState
 from .. import lifecycle
 from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, RouteEntry, WorkspaceRow
@@ -32,7 +33,6 @@ from .rows import (
     save_pool_state,
     workspace_row,
 )
-
 
 PROMOTE_EVERY_S = 30.0  # how often a peer looks for work queued past promote_after_s
 
@@ -56,16 +56,7 @@ class QueueSide(SQLCore):
             if row is not None:
                 existing = workspace_row(row)
                 return EnqueueResult(existing, True, _position(db, existing), 0.0)
-        eta = lifecycle.plan_eta(
-            ws.pool,
-            ws.model,
-            read_pool_state(db, ws.pool),
-            _QueueCounts(db, ws.pool, ws.model, ws.priority),
-            limits=limits,
-            now=now,
-        )
-        lifecycle.check_max_wait(eta, pool=ws.pool, max_wait_s=max_wait_s)
-        eta = _after_allowance(db, ws, eta, limits, now=now, max_wait_s=max_wait_s)
+        eta = _eta(db, ws, limits, now=now, max_wait_s=max_wait_s)
         db.execute(db.q.insert_workspace, insert_args(ws, now, share_rank=_share_rank(db, ws, limits)))
         extra = {"remote": True} if ws.remote else {}
         self._event(db, "AgentQueued", now, ws.id, ws.origin, agent=ws.agent, priority=ws.priority, **extra)
@@ -151,9 +142,42 @@ def _route(db: Conn, ws: WorkspaceRow, entry: RouteEntry, why: Mapping[str, str]
     return None
 
 
+def _eta(
+    db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: float | None
+) -> lifecycle.EtaPlan:
+    """Where a dispatch waits and for how long — with a preference list, on the entry that would
+    start it soonest — refused (QueueBusy, LimitRefused) past its max_wait_s."""
+    lanes = [(e.pool, e.model) for e in ws.route] or [(ws.pool, ws.model)]
+    best: tuple[float, lifecycle.EtaPlan] | None = None
+    refusal: Exception | None = None
+    for pool, model in lanes:
+        eta = lifecycle.plan_eta(
+            pool,
+            model,
+            read_pool_state(db, pool),
+            _QueueCounts(db, pool, model, ws.priority),
+            limits=limits,
+            now=now,
+        )
+        try:
+            lifecycle.check_max_wait(eta, pool=pool, max_wait_s=max_wait_s)
+            eta = _after_allowance(db, pool, model, eta, limits, now=now, max_wait_s=max_wait_s)
+        except DispatchError as exc:
+            refusal = refusal or exc  # the first entry's reason, if none can start in time
+            continue
+        key = eta.eta_s if eta.eta_s is not None else float("inf")
+        if best is None or key < best[0]:
+            best = (key, eta)
+    if best is None:
+        assert refusal is not None
+        raise refusal
+    return best[1]
+
+
 def _after_allowance(
     db: Conn,
-    ws: NewWorkspace,
+    pool: str,
+    model: str | None,
     eta: lifecycle.EtaPlan,
     limits: Limits,
     *,
@@ -162,11 +186,11 @@ def _after_allowance(
 ) -> lifecycle.EtaPlan:
     """The ETA once the pool's or agent's allowance renews, if it is used up (refused past
     max_wait_s)."""
-    keys = [k for k in allowance.allowance_keys(ws.pool, ws.model) if k in limits.allowance]
+    keys = [k for k in allowance.allowance_keys(pool, model) if k in limits.allowance]
     if not keys:
         return eta
     spent = read_spent(db, keys, limits.rates, now)
-    wait = allowance.check_wait(ws.pool, ws.model, limits, spent, now=now, max_wait_s=max_wait_s)
+    wait = allowance.check_wait(pool, model, limits, spent, now=now, max_wait_s=max_wait_s)
     if not wait:
         return eta
     return replace(eta, eta_s=max(eta.eta_s or 0.0, wait), gate_wait_s=max(eta.gate_wait_s, wait))

@@ -586,3 +586,12 @@ UPDATE schedules SET next_run_at = ?, last_run_at = ?, last_error = ? WHERE id =
 
 -- name: schedule_fired
 UPDATE schedules SET last_workspace = ?, last_error = NULL WHERE id = ?;
+
+-- name: forget_groups_outbox
+-- a fan-out group's owed completion goes with the group, once gc has taken its last member
+DELETE FROM outbox WHERE workspace IN (SELECT g.id FROM groups g WHERE g.ended_at IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.group_id = g.id));
+
+-- name: forget_groups
+DELETE FROM groups WHERE ended_at IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.group_id = groups.id);
