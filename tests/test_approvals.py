@@ -117,3 +117,21 @@ async def test_with_ask_off_claude_is_given_no_prompt_tool_and_refuses(home: Hom
         done = await notice(seen, ws, "AgentCompleted")
         assert "denied: Claude requested permissions to use Bash" in done.content
         assert ok(await client.call_tool("status", {}))["approvals"] == []
+
+
+async def test_a_request_of_a_run_that_was_killed_waits_for_nothing(home: Home, backend: str) -> None:
+    home.write_config(ASKING)
+    async with connect(home.path) as (client, seen):
+        ws = ok(await client.call_tool("dispatch", {"task": "tidy up @ask=Bash"}))["workspace"]
+        request = (await notice(seen, ws, "ApprovalRequested")).meta["request"]
+        assert ok(await client.call_tool("kill", {"workspace": ws}))["killed"] == [ws]
+        await notice(seen, ws, "AgentKilled")
+        assert ok(await client.call_tool("status", {}))["approvals"] == []
+        gone = error(await client.call_tool("approve", {"request": request, "decision": "allow"}))
+        # its approval server withdrew it when its agent went, or the run's end says so
+        assert gone.startswith(f"approval request {request} ") and gone.endswith("; nothing changed")
+        assert (
+            "was withdrawn (the agent stopped waiting for an answer)" in gone
+            or f"has nobody waiting for it: workspace {ws} is killed, so its agent has stopped" in gone
+        )
+    assert permission_answers(home, ws) == []  # the agent never heard an answer

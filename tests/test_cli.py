@@ -76,7 +76,9 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "workspaces",
         "bus_dropped",
         "agents",
+        "config",
     }
+    assert overall["config"]["error"] is None and overall["config"]["source"].endswith("agents.yaml")
     assert overall["pools"]["agent"]["usage_today"]["runs"] == 1
     assert overall["undelivered"] == 0
     assert overall["pools"]["agent"]["limit"] == 1
@@ -116,6 +118,7 @@ def test_status_prints_a_table_and_json_matches_the_tool(
         "children",
         "group",
         *("not_before", "held", "after", "after_mode"),  # its schedule
+        *("route", "routed", "preemptible"),  # its routing
     }
     assert one["state"] == "completed" and "fake-agent: done" in one["log_tail"]
     assert one["ended_reason"] is None

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dispatch_runner
+from dispatch_runner.adaptive import Aimd
 from dispatch_runner.allowance import Allowance
 from dispatch_runner.config import (
     BUILTIN_AGENTS,
@@ -21,7 +22,7 @@ from dispatch_runner.config import (
 )
 from dispatch_runner.errors import ConfigError, UnknownAgent
 from dispatch_runner.model import AgentRef
-from dispatch_runner.policy import Aimd, PoolLimit, RateConfig
+from dispatch_runner.policy import PoolLimit, RateConfig
 
 PATH = "/etc/dispatch/agents.yaml"
 HOME = Path("/srv/runner-home")

@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "events",
                 "watch",
                 "cron",
+                "adaptive",
             }
         ),
     ),

@@ -164,7 +164,9 @@ def test_a_truncated_claude_run_falls_back_to_what_its_assistant_messages_said_a
     parsed = parse("claude-truncated-stream-json", CLAUDE)
     assert parsed.outcome is Outcome.FAILED and parsed.detail == "exit code 143"
     assert parsed.summary == "Hello! The answer is 42."
-    assert parsed.session_id is None  # no result: the session is not reported as resumable
+    # no result, but the session it opened (the CLI saves it as it goes): a killed or preempted
+    # run can be resumed
+    assert parsed.session_id == "8723ada8-da2a-4f6e-ac20-8ae08afb34e3"
     # the streamed message's usage is not final (1 output token there, 5 in the lost result)
     assert (parsed.turns, parsed.input_tokens, parsed.output_tokens, parsed.cost_usd) == (1, 10, 1, None)
     t = tracked(CLAUDE, stdout_of("claude-truncated-stream-json"))

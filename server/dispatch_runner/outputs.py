@@ -354,22 +354,16 @@ def parse_output(
     t.feed(stdout.encode("utf-8", "replace") + b"\n")  # the newline ends a last line that had none
     if kind == "gemini-json":  # its failures are printed on stderr
         t.feed(stderr.encode("utf-8", "replace") + b"\n")
-    if not t.reported:  # ended without its final object (killed, crashed): what it last said, and
-        # the session it had opened (the CLI keeps it on disk: a preempted run resumes it)
-        p = replace(
-            _text("", stderr, exit_code, patterns, now),
-            summary=t.said or last_lines(stderr) or None,
-            session_id=t.session_id,
-        )
+    if not t.reported:  # killed or crashed before its final object: what it last said, its session
+        p = replace(_text("", stderr, exit_code, patterns, now), summary=t.said or last_lines(stderr) or None)
+        p = replace(p, session_id=t.session_id)
     elif exit_code == 0 and not t.failed:
         p = Parsed(Outcome.SUCCEEDED, t.said, t.session_id)
     else:
         text = t.final_text or t.error or stderr
         limited = t.limited or (kind.startswith("gemini") and "RESOURCE_EXHAUSTED" in text)
-        summary, reset = t.said or t.final_text, t.rate_limit_reset
-        p = _failure(
-            text, exit_code, patterns, now, summary, t.session_id, rate_limited=limited, resets_at=reset
-        )
+        said, at = t.said or t.final_text, t.rate_limit_reset
+        p = _failure(text, exit_code, patterns, now, said, t.session_id, rate_limited=limited, resets_at=at)
     return replace(
         p, turns=t.turns, input_tokens=t.input_tokens, output_tokens=t.output_tokens, cost_usd=t.cost_usd
     )

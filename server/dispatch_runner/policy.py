@@ -173,13 +173,9 @@ def after_spawn(rate: RateConfig | None, state: PoolState, now: datetime) -> Poo
     default 06:00 UTC reset when the pool has no rates), so status can always show it."""
     rate = rate or DEFAULT_RATE
     today = day_key(rate, now)
-    return _with(
+    return replace(
         state, last_spawn=now.timestamp(), daily_count=daily_used(rate, state, now) + 1, daily_day=today
     )
-
-
-def _with(state: PoolState, **changes: object) -> PoolState:
-    return replace(state, **changes)  # type: ignore[arg-type]
 
 
 def undo_spawn(
@@ -192,7 +188,7 @@ def undo_spawn(
     count = state.daily_count
     if day is not None and state.daily_day == day and count > 0:
         count -= 1
-    return _with(state, last_spawn=last, daily_count=count)
+    return replace(state, last_spawn=last, daily_count=count)
 
 
 def has_capacity(
@@ -206,40 +202,6 @@ def has_capacity(
         return False
     model_cap = limit.model_limit(model)
     return model_cap is None or model_running < model_cap
-
-
-# ---- adaptive limits (AIMD) --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Aimd:
-    """`pools.X.adaptive`: the pool's effective limit halves on a rate limit (never under
-    `floor`) and grows back by one after `clean_streak` clean runs (never over its limit)."""
-
-    floor: int = 1
-    clean_streak: int = 5
-
-
-def effective_limit(aimd: Aimd | None, limit: PoolLimit | None, state: PoolState) -> PoolLimit | None:
-    """The limit a claim obeys: an adaptive pool's current one, within [floor, configured]."""
-    if aimd is None or limit is None or limit.total_limit is None or state.effective_limit is None:
-        return limit
-    total = min(max(state.effective_limit, aimd.floor), limit.total_limit)
-    return replace(limit, total=total)
-
-
-def adapt(aimd: Aimd, configured: int, state: PoolState, *, rate_limited: bool, clean: bool) -> PoolState:
-    """The pool's adaptive limit after a run: multiplicative decrease on a rate limit, additive
-    increase by one after a streak of clean runs; other runs (failures, kills) change nothing."""
-    current = min(max(state.effective_limit or configured, aimd.floor), configured)
-    if rate_limited:
-        return _with(state, effective_limit=max(aimd.floor, current // 2), clean_streak=0)
-    if not clean:
-        return state
-    streak = state.clean_streak + 1
-    if streak >= aimd.clean_streak and current < configured:
-        return _with(state, effective_limit=current + 1, clean_streak=0)
-    return _with(state, effective_limit=current, clean_streak=min(streak, aimd.clean_streak))
 
 
 # ---- retries, dead letters, rate-limit backoff ---------------------------------------------

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from dispatch_runner.adaptive import Aimd
 from dispatch_runner.errors import QueueBusy
 from dispatch_runner.model import Outcome, Priority
-from dispatch_runner.policy import Aimd, PoolLimit
+from dispatch_runner.policy import PoolLimit
 from dispatch_runner.store import Limits, NewWorkspace, RouteEntry, Store
 from tests.store.conftest import Backend
 from tests.store.test_contract import T0, claim, events_since, finish, must_claim, new_ws, start, types, ws

@@ -45,7 +45,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
         "version": _version,
         # the environment (and so the --store flag) wins over the file
         "store": (lambda r, n, c: c) if env.get("DISPATCH_RUNNER_STORE") else _store,
-        "dispatch": _dispatch,
+        "dispatch": sections.dispatch,
         "concurrency": _concurrency,
         "rates": _rates,
         "agents": _agents,
@@ -70,14 +70,7 @@ def parse_config(text: str, path: str, *, home: Path, env: Mapping[str, str]) ->
             "dispatch.default_agent",
             f"no agent {config.default_agent!r} (known: {', '.join(sorted(config.agents))})",
         )
-    for name, entries in config.routes.items():
-        unknown = [e for e in entries if AgentRef.parse(e).pool not in config.agents]
-        if unknown:
-            raise reader.fail(
-                top["routes"][1],
-                f"routes.{name}",
-                f"no agent {unknown[0]!r} (known: {', '.join(sorted(config.agents))})",
-            )
+    sections.check_routes(reader, top.get("routes", (None, None))[1], config)
     if config.default_template not in config.templates:
         raise reader.fail(
             top.get("dispatch", (None, None))[1],
@@ -91,54 +84,6 @@ def _version(r: _Reader, node: yaml.Node, c: Config) -> Config:
     if r.scalar(node, "version") != 1:
         raise r.fail(node, "version", "only version: 1 is supported")
     return c
-
-
-_DISPATCH_KEYS: Final = (
-    "default_agent",
-    "default_template",
-    "workspace_root",
-    "allowed_roots",
-    "max_attempts",
-    "timeout_s",
-    "kill_grace_s",
-    "reservation_timeout_s",
-    "lease_s",
-    "retention_days",
-    "max_task_bytes",
-    "max_depth",
-    "max_descendants",
-    "approval_timeout_s",
-    "fair_share",
-    "promote_after_s",
-)
-
-
-def _dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
-    items = r.mapping(node, "dispatch")
-    r.only(items, _DISPATCH_KEYS, "dispatch")
-    changes: dict[str, Any] = {}
-    for name, (_, value) in items.items():
-        where = f"dispatch.{name}"
-        if name in ("default_agent", "default_template"):
-            changes[name] = r.string(value, where)
-        elif name == "workspace_root":
-            changes[name] = r.dir_path(value, where)
-        elif name == "allowed_roots":
-            roots = r.dir_paths(value, where)
-            if not roots:
-                raise r.fail(value, where, "list at least one directory")
-            changes[name] = tuple(p.resolve() for p in roots)
-        elif name == "fair_share":
-            changes[name] = sections.flag(r, value, where)
-        elif name == "promote_after_s":  # 0: never
-            changes[name] = r.number(value, where, minimum=0) or None
-        elif name in ("max_attempts", "max_task_bytes", "max_depth", "max_descendants"):
-            changes[name] = int(r.number(value, where, integer=True, minimum=1))
-        elif name == "lease_s":  # 0 would turn leases off: another host could never judge a run
-            changes[name] = r.number(value, where, minimum=1)
-        else:
-            changes[name] = r.number(value, where, minimum=0)
-    return replace(c, **changes)
 
 
 def _concurrency(r: _Reader, node: yaml.Node, c: Config) -> Config:
@@ -209,8 +154,7 @@ _AGENT_KEYS: Final = (
     "input",
     "max_turns_flag",
     "max_cost_flag",
-    "sandbox",
-    "ask",
+    *sandboxes.AGENT_FIELDS,  # sandbox, ask
 )
 
 
@@ -291,8 +235,7 @@ _AGENT_FIELDS: Final[Mapping[str, Callable[[_Reader, yaml.Node, str], Any]]] = {
     "input": lambda r, v, at: _choice(r, v, at, INPUT_MODES, "how it reads messages while it runs"),
     "max_turns_flag": lambda r, v, at: _option(r, v, at),
     "max_cost_flag": lambda r, v, at: _option(r, v, at),
-    "sandbox": sandboxes.agent_sandbox,
-    "ask": sandboxes.agent_ask,
+    **sandboxes.AGENT_FIELDS,
 }
 
 

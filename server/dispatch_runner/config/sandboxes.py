@@ -132,6 +132,9 @@ def agent_ask(r: _Reader, v: yaml.Node, at: str) -> FlagMap:
     return {key: _flags(r, node, f"{at}.{key}", refs=APPROVAL_REFS) for key, (_, node) in items.items()}
 
 
+AGENT_FIELDS: Final = {"sandbox": agent_sandbox, "ask": agent_ask}  # agents.X keys read here
+
+
 def _level(r: _Reader, v: yaml.Node, at: str) -> str:
     value = r.string(v, at)
     if value not in LEVELS:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Final
 
 from .. import argv as argvlib
+from ..adaptive import Aimd
 from ..allowance import Allowance
 from ..errors import UnknownAgent
 from ..model import AgentRef
-from ..policy import DEFAULT_MAX_ATTEMPTS, Aimd, PoolLimit, RateConfig
+from ..policy import DEFAULT_MAX_ATTEMPTS, PoolLimit, RateConfig
 from . import sandboxes
 from .sandboxes import FlagMap, SandboxPolicy
 

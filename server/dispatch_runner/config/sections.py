@@ -1,15 +1,15 @@
-"""The sections of agents.yaml about policy rather than agents: this host's labels, per-pool
-policy (`pools:`) and daily allowances (`allowance:`)."""
+"""The sections of agents.yaml about policy rather than agents: `dispatch:`, this host's labels,
+per-pool policy (`pools:`), daily allowances (`allowance:`) and preference lists (`routes:`)."""
 
 from dataclasses import replace
 from typing import Any, Final
 
 import yaml
 
+from ..adaptive import Aimd
 from ..allowance import Allowance
 from ..errors import InvalidArgument
 from ..model import LABEL_RE, AgentRef
-from ..policy import Aimd
 from . import sandboxes
 from .schema import Config, PoolPolicy
 from .yaml_reader import YamlReader as _Reader
@@ -40,6 +40,54 @@ def host(r: _Reader, node: yaml.Node, c: Config) -> Config:
     if "labels" not in items:
         return c
     return replace(c, host_labels=_labels(r, items["labels"][1], "host.labels"))
+
+
+_DISPATCH_KEYS: Final = (
+    "default_agent",
+    "default_template",
+    "workspace_root",
+    "allowed_roots",
+    "max_attempts",
+    "timeout_s",
+    "kill_grace_s",
+    "reservation_timeout_s",
+    "lease_s",
+    "retention_days",
+    "max_task_bytes",
+    "max_depth",
+    "max_descendants",
+    "approval_timeout_s",
+    "fair_share",
+    "promote_after_s",
+)
+
+
+def dispatch(r: _Reader, node: yaml.Node, c: Config) -> Config:
+    items = r.mapping(node, "dispatch")
+    r.only(items, _DISPATCH_KEYS, "dispatch")
+    changes: dict[str, Any] = {}
+    for name, (_, value) in items.items():
+        where = f"dispatch.{name}"
+        if name in ("default_agent", "default_template"):
+            changes[name] = r.string(value, where)
+        elif name == "workspace_root":
+            changes[name] = r.dir_path(value, where)
+        elif name == "allowed_roots":
+            roots = r.dir_paths(value, where)
+            if not roots:
+                raise r.fail(value, where, "list at least one directory")
+            changes[name] = tuple(p.resolve() for p in roots)
+        elif name == "fair_share":
+            changes[name] = flag(r, value, where)
+        elif name == "promote_after_s":  # 0: never
+            changes[name] = r.number(value, where, minimum=0) or None
+        elif name in ("max_attempts", "max_task_bytes", "max_depth", "max_descendants"):
+            changes[name] = int(r.number(value, where, integer=True, minimum=1))
+        elif name == "lease_s":  # 0 would turn leases off: another host could never judge a run
+            changes[name] = r.number(value, where, minimum=1)
+        else:
+            changes[name] = r.number(value, where, minimum=0)
+    return replace(c, **changes)
 
 
 _POOL_KEYS: Final = (
@@ -130,6 +178,16 @@ def routes(r: _Reader, node: yaml.Node, c: Config) -> Config:
                 raise r.fail(value, where, str(exc)) from None
         found[name] = tuple(entries)
     return replace(c, routes=found)
+
+
+def check_routes(r: _Reader, node: yaml.Node | None, c: Config) -> None:
+    """Every route's entries name agents the file (or the built-ins) define: checked once the
+    whole file is read, as `routes:` may come before `agents:`."""
+    for name, entries in c.routes.items():
+        unknown = [e for e in entries if AgentRef.parse(e).pool not in c.agents]
+        if unknown and node is not None:
+            known = ", ".join(sorted(c.agents))
+            raise r.fail(node, f"routes.{name}", f"no agent {unknown[0]!r} (known: {known})")
 
 
 def allowance(r: _Reader, node: yaml.Node, c: Config) -> Config:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import argv as argvlib
+from ..adaptive import Aimd
 from ..model import Outcome
-from ..policy import Aimd, RateConfig
+from ..policy import RateConfig
 from ..store.base import POOL_FAULTS, RunExit, Usage, spawn_reason
 from ..workspaces import PROMPT_FILE, atomic_write
 from . import supervisor

@@ -31,7 +31,6 @@ from .. import argv as argvlib
 from ..errors import StoreError
 from ..model import Outcome
 from ..outputs import parse_output, read_tail
-from ..policy import Aimd, RateConfig
 from ..store.base import RunExit, Store, WorkspaceRow
 from ..workspaces import PROMPT_FILE, atomic_write, run_log_paths, write_status
 from . import gitdiff, supervisor, watching
@@ -292,9 +291,7 @@ class Shim:
         except OSError as exc:
             say(f"cannot write the exit file: {exc}")
         supervisor.crash_point("shim-before-record")
-        rate = rate_from_spec(self.spec.get("rate"))
-        adaptive = adaptive_from_spec(self.spec.get("adaptive"))
-        row = record(self.store, self.run_id, result, ended_at=ended_at, rate=rate, adaptive=adaptive)
+        row = record(self.store, self.run_id, result, ended_at=ended_at, spec=self.spec)
         if row is not None:
             write_status(row, now=time.time())
         try:
@@ -343,18 +340,11 @@ def with_changes(result: RunExit, row: WorkspaceRow | None, spec: Mapping[str, A
     return replace(result, diff=gitdiff.diff_stat(where, base), commits=gitdiff.commits(where, base))
 
 
-def record(
-    store: Store,
-    run_id: int,
-    result: RunExit,
-    *,
-    ended_at: float,
-    rate: RateConfig | None,
-    adaptive: tuple[Aimd, int] | None = None,
-) -> Any:
-    """record_exit, retried while the store cannot be written (a full disk under it): while
-    this process lives the run is not taken for lost, and the end is recorded once space
-    frees."""
+def record(store: Store, run_id: int, result: RunExit, *, ended_at: float, spec: Mapping[str, Any]) -> Any:
+    """record_exit (with the pool's rates and adaptive limit from the run's spec), retried while
+    the store cannot be written (a full disk under it): while this process lives the run is not
+    taken for lost, and the end is recorded once space frees."""
+    rate, adaptive = rate_from_spec(spec.get("rate")), adaptive_from_spec(spec.get("adaptive"))
     deadline = time.monotonic() + RECORD_RETRY_S
     delay = 0.5
     while True:

@@ -155,8 +155,7 @@ class Runner(ScheduleActions):
         return await self.approvals.approve(req, by=by)
 
     async def ask_permission(self, req: PermissionRequest) -> dict[str, Any]:
-        """A sub-agent's permission request, parked until answered or denied at its deadline;
-        the answer as Claude Code's permission-prompt tool gives it."""
+        """Park a sub-agent's permission request; the answer as Claude Code's prompt tool reads it."""
         return await self.approvals.park(req)
 
     async def message(self, req: MessageRequest) -> dict[str, Any]:

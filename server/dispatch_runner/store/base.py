@@ -5,9 +5,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from ..adaptive import Aimd
 from ..allowance import Allowance
 from ..model import Event, Outcome
-from ..policy import Aimd, PoolLimit, PoolState, RateConfig
+from ..policy import PoolLimit, PoolState, RateConfig
 from .approving import ApprovalStore
 from .grouping import GroupStore
 from .schedules import ScheduleStore

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
 from .. import allowance, policy
-from ..errors import QueueBusy
+from ..adaptive import Aimd, adapt, effective_limit
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
 from .base import HostCaps, Limits, RunExit, WorkspaceRow
@@ -71,7 +71,7 @@ def plan_exit(
     now: float,
     rate: RateConfig | None,
     run_id: int,
-    adaptive: tuple[policy.Aimd, int] | None = None,
+    adaptive: tuple[Aimd, int] | None = None,
 ) -> ExitPlan:
     """What a run's end does: the workspace's next state (retry, dead letter, rate-limit requeue,
     lost, back to the queue when preempted), its pool's state (backoff, fail count, a
@@ -79,39 +79,19 @@ def plan_exit(
     `kill_requested`: 0 none, KILL (on request) or PREEMPT (for a critical dispatch)."""
     preempted = kill_requested == PREEMPT and result.outcome is not Outcome.SUCCEEDED
     outcome, detail, ended_reason = _how_it_ended(result, kill_requested=bool(kill_requested))
-    if preempted:  # not an attempt: it goes back to the queue, to resume where it can
-        decision = policy.ExitDecision(WorkspaceState.QUEUED, "preempted", counts_attempt=False)
-        ended_reason = "preempted"
-    else:
-        decision = policy.decide_exit(
-            outcome,
-            attempts_before=ws.attempts,
-            max_attempts=ws.max_attempts,
-            detail=detail,
-            requeues_before=requeues_before,
-            final=result.final and outcome is result.outcome,
-        )
+    decision = _decide(ws, result, outcome, detail, preempted=preempted, requeues_before=requeues_before)
+    ended_reason = "preempted" if preempted else ended_reason
     check_transition(WorkspaceState(ws.state), decision.state)
     counts = decision.counts_attempt and outcome not in (Outcome.SUCCEEDED, Outcome.KILLED)
-    # a run that never started reached no provider: its pacing mark and daily slot go back
-    new_pool = plan_give_back(run, pool) if run.reserved else pool
-    new_pool, backoff = _pool_after_exit(new_pool, outcome, result, now=now, rate=rate)
-    changed: tuple[PlannedEvent, ...] = ()
-    if adaptive is not None and not run.reserved:
-        new_pool, changed = _adapt(ws.pool, new_pool, outcome, adaptive)
+    new_pool, pool_events = _pool_plan(
+        ws.pool, run, pool, outcome, result, now=now, rate=rate, adaptive=adaptive
+    )
     common = _common_data(ws, run, result, decision, ended_reason=ended_reason, run_id=run_id, now=now)
-    if preempted:
-        events: tuple[PlannedEvent, ...] = (
-            PlannedEvent(type="AgentPreempted", data={"state": "queued", **common}),
-        )
-    else:
-        events = _exit_events(outcome, decision, now, common)
-    events = (*changed, *events)
-    if backoff is not None:  # first: the pool's state changed before the workspace's events
-        events = (
-            PlannedEvent(type="PoolBackoff", data={"pool": ws.pool, **backoff, "reason": result.detail}),
-            *events,
-        )
+    events: tuple[PlannedEvent, ...] = (
+        (PlannedEvent(type="AgentPreempted", data={"state": "queued", **common}),)
+        if preempted
+        else _exit_events(outcome, decision, now, common)
+    )
     return ExitPlan(
         outcome=outcome,
         state=decision.state,
@@ -121,8 +101,53 @@ def plan_exit(
         not_before=now + decision.not_before_delay_s,
         finished=decision.state is not WorkspaceState.QUEUED,
         pool=new_pool if new_pool != pool else None,
-        events=events,
+        events=(*pool_events, *events),  # first: the pool's state changed before the workspace's
     )
+
+
+def _decide(
+    ws: WorkspaceRow,
+    result: RunExit,
+    outcome: Outcome,
+    detail: str | None,
+    *,
+    preempted: bool,
+    requeues_before: int,
+) -> policy.ExitDecision:
+    if preempted:  # not an attempt: it goes back to the queue, to resume where it can
+        return policy.ExitDecision(WorkspaceState.QUEUED, "preempted", counts_attempt=False)
+    return policy.decide_exit(
+        outcome,
+        attempts_before=ws.attempts,
+        max_attempts=ws.max_attempts,
+        detail=detail,
+        requeues_before=requeues_before,
+        final=result.final and outcome is result.outcome,
+    )
+
+
+def _pool_plan(
+    name: str,
+    run: SpawnMark,
+    pool: PoolState,
+    outcome: Outcome,
+    result: RunExit,
+    *,
+    now: float,
+    rate: RateConfig | None,
+    adaptive: tuple[Aimd, int] | None,
+) -> tuple[PoolState, tuple[PlannedEvent, ...]]:
+    """The pool after a run's end — a never-started claim's pacing mark and daily slot given back
+    (it reached no provider), a backoff, an adaptive limit moved — and its events."""
+    new_pool = plan_give_back(run, pool) if run.reserved else pool
+    new_pool, backoff = _pool_after_exit(new_pool, outcome, result, now=now, rate=rate)
+    events: tuple[PlannedEvent, ...] = ()
+    if backoff is not None:
+        events = (PlannedEvent(type="PoolBackoff", data={"pool": name, **backoff, "reason": result.detail}),)
+    if adaptive is not None and not run.reserved:
+        new_pool, changed = _adapt(name, new_pool, outcome, adaptive)
+        events = (*events, *changed)
+    return new_pool, events
 
 
 KILL: Final = 1  # runs.kill_requested: a kill on request
@@ -130,12 +155,12 @@ PREEMPT: Final = 2  # … a stop to free the slot for a critical dispatch (back 
 
 
 def _adapt(
-    pool: str, state: PoolState, outcome: Outcome, adaptive: tuple[policy.Aimd, int]
+    pool: str, state: PoolState, outcome: Outcome, aimd_limit: tuple[Aimd, int]
 ) -> tuple[PoolState, tuple[PlannedEvent, ...]]:
     """AIMD on an adaptive pool's limit; PoolLimitChanged when it moved."""
-    aimd, configured = adaptive
+    aimd, configured = aimd_limit
     before = min(state.effective_limit or configured, configured)
-    after = policy.adapt(
+    after = adapt(
         aimd,
         configured,
         state,
@@ -297,7 +322,7 @@ def open_lanes(
 
 def limit_of(pool: str, limits: Limits, state: PoolState) -> policy.PoolLimit | None:
     """The limit a claim obeys in `pool`: its configured one, or an adaptive pool's current one."""
-    return policy.effective_limit(limits.adaptive.get(pool), limits.concurrency.get(pool), state)
+    return effective_limit(limits.adaptive.get(pool), limits.concurrency.get(pool), state)
 
 
 def pool_full(pool: str, limits: Limits, running: int, state: PoolState) -> bool:
@@ -357,63 +382,3 @@ def plan_take(ws: WorkspaceRow, pool: PoolState, *, rate: RateConfig | None, now
     return TakePlan(
         pool=after, spawn_mark=after.last_spawn, prev_last_spawn=pool.last_spawn, counted_day=after.daily_day
     )
-
-
-# ---- enqueue: the position and ETA a dispatch is told ------------------------------------------
-
-
-class QueueCounts(Protocol):
-    """What an ETA may need to know. A backend may read each lazily: `plan_eta` asks only for the
-    counts of the gate that binds, and for runtimes only when the dispatch has to wait."""
-
-    @property
-    def running_pool(self) -> int: ...  # running (and reserved) in the pool
-    @property
-    def running_lane(self) -> int: ...  # … of the dispatch's model
-    @property
-    def ahead_pool(self) -> int: ...  # queued in the pool at the dispatch's priority or more urgent
-    @property
-    def ahead_lane(self) -> int: ...  # … of the dispatch's model
-    @property
-    def runtimes(self) -> Sequence[float]: ...  # the pool's recent runtimes, oldest first
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EtaPlan:
-    position: int  # 1-based place behind the binding gate's free slots; 0: a slot is free
-    eta_s: float | None  # None: unknown (a full gate and no finished run to estimate from)
-    gate_wait_s: float  # the pool's time gate alone (pacing, daily limit, backoff)
-
-
-def plan_eta(
-    pool: str, model: str | None, state: PoolState, counts: QueueCounts, *, limits: Limits, now: float
-) -> EtaPlan:
-    """Where a new dispatch would wait and for how long. The binding gate is the model's own
-    limit when it is tighter than the pool's (then only its lane counts), else the pool's; with
-    no limit at all only the time gate can delay it."""
-    gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
-    gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
-    limit = limit_of(pool, limits, state)
-    total = limit.total_limit if limit else None
-    model_cap = limit.model_limit(model) if limit else None
-    lane = model_cap is not None and (total is None or model_cap < total)
-    cap = model_cap if lane else total
-    if cap is None:
-        return EtaPlan(position=0, eta_s=gate_wait, gate_wait_s=gate_wait)
-    running = counts.running_lane if lane else counts.running_pool
-    ahead = counts.ahead_lane if lane else counts.ahead_pool
-    if running + ahead < cap:
-        return EtaPlan(position=0, eta_s=gate_wait, gate_wait_s=gate_wait)
-    position = ahead + 1 - max(cap - running, 0)
-    eta = policy.estimate_wait_s(
-        position=position, limit=cap, runtimes_s=counts.runtimes, gate_wait_s=gate_wait
-    )
-    return EtaPlan(position=position, eta_s=eta, gate_wait_s=gate_wait)
-
-
-def check_max_wait(eta: EtaPlan, *, pool: str, max_wait_s: float | None) -> None:
-    """Refuse (QueueBusy) a dispatch that would wait past its max_wait_s."""
-    if policy.exceeds_max_wait(
-        eta_s=eta.eta_s, position=eta.position, gate_wait_s=eta.gate_wait_s, max_wait_s=max_wait_s
-    ):
-        raise QueueBusy(pool, eta.eta_s, max_wait_s or 0.0, eta.position)

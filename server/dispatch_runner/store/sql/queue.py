@@ -1,6 +1,6 @@
 """The queue side of a SQL store: enqueue (with its ETA), queue positions and claims.
 
-The lifecycle decides (plan_eta, open_lanes, best_head, plan_take); this side only counts and
+The lifecycle decides (open_lanes, best_head, plan_take; etas.plan_eta); this side only counts and
 probes the indexes it names and writes the plan, inside the claim's IMMEDIATE transaction.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 from ... import allowance, policy
 from ...errors import DispatchError
 from ...model import WorkspaceState
+from .. import eta as etas
 from .. import lifecycle
 from ..base import Claim, ClaimResult, EnqueueResult, HostCaps, Limits, NewWorkspace, RouteEntry, WorkspaceRow
 from . import deps
@@ -142,16 +143,14 @@ def _route(db: Conn, ws: WorkspaceRow, entry: RouteEntry, why: Mapping[str, str]
     return None
 
 
-def _eta(
-    db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: float | None
-) -> lifecycle.EtaPlan:
+def _eta(db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: float | None) -> etas.EtaPlan:
     """Where a dispatch waits and for how long — with a preference list, on the entry that would
     start it soonest — refused (QueueBusy, LimitRefused) past its max_wait_s."""
     lanes = [(e.pool, e.model) for e in ws.route] or [(ws.pool, ws.model)]
-    best: tuple[float, lifecycle.EtaPlan] | None = None
+    best: tuple[float, etas.EtaPlan] | None = None
     refusal: Exception | None = None
     for pool, model in lanes:
-        eta = lifecycle.plan_eta(
+        eta = etas.plan_eta(
             pool,
             model,
             read_pool_state(db, pool),
@@ -160,7 +159,7 @@ def _eta(
             now=now,
         )
         try:
-            lifecycle.check_max_wait(eta, pool=pool, max_wait_s=max_wait_s)
+            etas.check_max_wait(eta, pool=pool, max_wait_s=max_wait_s)
             eta = _after_allowance(db, pool, model, eta, limits, now=now, max_wait_s=max_wait_s)
         except DispatchError as exc:
             refusal = refusal or exc  # the first entry's reason, if none can start in time
@@ -178,12 +177,12 @@ def _after_allowance(
     db: Conn,
     pool: str,
     model: str | None,
-    eta: lifecycle.EtaPlan,
+    eta: etas.EtaPlan,
     limits: Limits,
     *,
     now: float,
     max_wait_s: float | None,
-) -> lifecycle.EtaPlan:
+) -> etas.EtaPlan:
     """The ETA once the pool's or agent's allowance renews, if it is used up (refused past
     max_wait_s)."""
     keys = [k for k in allowance.allowance_keys(pool, model) if k in limits.allowance]
@@ -197,7 +196,7 @@ def _after_allowance(
 
 
 class _QueueCounts:
-    """What an ETA may count (lifecycle.QueueCounts), each read from its index only when the
+    """What an ETA may count (etas.QueueCounts), each read from its index only when the
     lifecycle asks: an unlimited pool counts nothing, a free slot reads no runtimes."""
 
     def __init__(self, db: Conn, pool: str, model: str | None, priority: int) -> None:

@@ -7,8 +7,9 @@ a never-started claim's slot given back); this side loads the rows and writes th
 import json
 from typing import Any
 
+from ...adaptive import Aimd
 from ...model import TERMINAL_EVENTS, Outcome
-from ...policy import Aimd, RateConfig
+from ...policy import RateConfig
 from .. import lifecycle
 from ..base import Lease, RunExit, RunRow, WorkspaceRow
 from . import deps
@@ -23,6 +24,22 @@ from .rows import (
     save_pool_state,
     spawn_mark,
 )
+
+
+def _after_end(
+    db: Conn, ws: WorkspaceRow, result: RunExit, plan: lifecycle.ExitPlan, now: float, rate: RateConfig | None
+) -> None:
+    """A run's end beyond its workspace's row: a preempted run's next run resumes its session
+    (where its agent can), its pool's new state, what it spent."""
+    resumable = (result.session_id or ws.session_id) and ws.spec.get("resume_argv")
+    if plan.ended_reason == "preempted" and resumable:
+        db.execute(db.q.set_next_input, (PREEMPTED_INPUT, ws.id))
+    if plan.pool is not None:
+        save_pool_state(db, ws.pool, plan.pool)
+    used = result.usage
+    if used.tokens or used.cost_usd:
+        add_spend(db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0)
+
 
 PREEMPTED_INPUT = (
     "You were stopped to free a slot for urgent work (preempted). Continue the task where you left off."
@@ -254,18 +271,7 @@ class RunSide(WatchSide):
                 ws.id,
             ),
         )
-        if (
-            plan.ended_reason == "preempted"
-            and (result.session_id or ws.session_id)
-            and ws.spec.get("resume_argv")
-        ):
-            db.execute(db.q.set_next_input, (PREEMPTED_INPUT, ws.id))  # its next run resumes the session
-        if plan.pool is not None:
-            save_pool_state(db, ws.pool, plan.pool)
-        if used.tokens or used.cost_usd:
-            add_spend(
-                db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0
-            )
+        _after_end(db, ws, result, plan, now, rate)
         self._exit_events(db, ws, plan, now)
         # a run stopped for good (killed, its budget or time spent) takes no follow-up by itself:
         # its messages stay pending, for a follow-up someone asks for
