@@ -223,7 +223,7 @@ async def test_a_bad_preference_list_is_refused_and_queues_nothing(home: Home, b
     async with connect(home.path) as (client, _seen):
         for agent, says in (
             (["claude"] * 9, "at most 8"),
-            ([], "a list of 1-8 agents"),
+            ([], "at least 1"),
             (["claude", 3], "string"),
             (["claude", "claude"], "twice"),
             (["claude", "nosuch"], "nosuch"),
@@ -232,3 +232,6 @@ async def test_a_bad_preference_list_is_refused_and_queues_nothing(home: Home, b
             refusal = error(await client.call_tool("dispatch", {"task": "x", "agent": agent}))
             assert says in refusal, (agent, refusal)
         assert ok(await client.call_tool("status", {}))["counts"] == {}
+        # a plain agent name is no list: its length is not a list's
+        named = ok(await client.call_tool("dispatch", {"task": "x", "agent": "codex:gpt-5.4-long-name"}))
+        assert named["agent"] == "codex:gpt-5.4-long-name"

@@ -27,13 +27,12 @@ Task = Annotated[
     ),
 ]
 Agent = Annotated[
-    str | list[str] | None,
+    str | Annotated[list[str], Field(min_length=1, max_length=8)] | None,
     Field(
         description="Which agent runs it, base[:model]: 'claude', 'claude:opus', 'codex:gpt-5.4'; "
         "or a preference list (the first with room runs it, one that hits a rate limit passes it "
         "on): ['claude:opus', 'codex']; or a route's name from agents.yaml. Default: the "
         "configured default agent.",
-        max_length=8,
     ),
 ]
 Cwd = Annotated[

@@ -319,7 +319,7 @@ def argument_problem(tool: Tool, arguments: Mapping[str, Any]) -> str | None:
 
 
 def _describe(exc: ValidationError, tool: Tool) -> str:
-    err = exc.errors()[0]
+    err = _most_telling(exc.errors())
     # keep the argument and list indices; drop union members ("list[str]") from the location
     loc = [str(part) for i, part in enumerate(err["loc"]) if i == 0 or isinstance(part, int)]
     name = loc[0] if loc else "arguments"
@@ -343,6 +343,17 @@ def _describe(exc: ValidationError, tool: Tool) -> str:
         return f"{where} must be {bounds[kind].format(**ctx)} (got {got})"
     phrase = _PHRASES.get(kind) or str(err["msg"])[:1].lower() + str(err["msg"])[1:]
     return f"{where} {phrase} (got {got})"
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """Of a union's errors for the first bad argument (`agent`: a string, or a list), the one about
+    the shape the model sent: a bound or an inner element rather than "must be a string"."""
+    first = errors[0]
+    same = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
+    telling = [e for e in same if not str(e["type"]).endswith("_type")]
+    if telling:
+        return telling[0]
+    return max(same, key=lambda e: len(e["loc"]))
 
 
 def argument_checker(tools: list[Tool]) -> ServerMiddleware[Any]:
