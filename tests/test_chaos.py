@@ -132,7 +132,7 @@ class Chaos:
                 else:
                     async with connect(Path(env["DISPATCH_RUNNER_HOME"]), **env) as (client, _):
                         await self._dispatch_loop(client, "stdio")
-                        await self.done.wait()
+                        await self._hold(client)
             except Exception as exc:  # the peer was SIGKILLed: start a new one
                 self.errors.append(repr(exc)[:300])
             generation += 1
@@ -156,7 +156,7 @@ class Chaos:
                 )
                 async with session(streamable_http_client(f"http://127.0.0.1:{port}/mcp")) as (client, _):
                     await self._dispatch_loop(client, "http")
-                    await self.done.wait()
+                    await self._hold(client)
             finally:
                 if proc.returncode is None:
                     proc.terminate()
@@ -205,6 +205,14 @@ class Chaos:
                 raise
             self.dispatched[job] = result["workspace"]
             self.by_kind[kind] += 1
+
+    async def _hold(self, client: Any) -> None:
+        """Keep the session until the end. A session does not notice that its server died until
+        its next request: ping, so a peer killed after its share of dispatches is restarted too."""
+        while not self.done.is_set():
+            await client.send_ping()
+            with anyio.move_on_after(0.2):
+                await self.done.wait()
 
     async def killer(self) -> None:
         deadline = time.monotonic() + 25
