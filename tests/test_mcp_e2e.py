@@ -269,7 +269,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("dispatch", {"task": "x", "cwd": "/etc"}, r"allowed_roots|allowed roots"),
     ("dispatch", {"task": "   "}, r"task is empty"),
-    ("dispatch", {}, r"dispatch needs the argument task: What the sub-agent should do"),
+    ("dispatch", {}, r"dispatch needs the argument task: what the sub-agent should do.*for a fan-out\)$"),
     ("dispatch", {"task": 5}, r"^task must be a string \(got 5\)$"),
     (
         "dispatch",

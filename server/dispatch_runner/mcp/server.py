@@ -61,7 +61,8 @@ Results: when channels are enabled, each finished workspace you dispatched arriv
 <channel source="runner" event="..." workspace="ws-..." agent="..." state="..." exit_code="..." \
 duration_s="...">; its text starts with the outcome (completed, failed, killed or lost), then \
 the reason and the first lines of the result. Events pushed: AgentCompleted, AgentFailed, \
-AgentKilled, AgentLost, TaskDeadLettered (failed for good after its retries). The same arrive \
+AgentKilled, AgentLost, TaskDeadLettered (failed for good after its retries), GroupCompleted \
+(a fan-out's end). The same arrive \
 as MCP log messages. No polling needed; without channel events (or to be sure), use wait or \
 status. Runs survive the end of this session; their results stay readable with status, and one \
 that ends while no session of yours is connected arrives, once, when one connects again. Errors \

@@ -47,6 +47,7 @@ class Dispatcher:
             return await self._resume(req)
         if fanout.fans_out(req):
             return await self.fanout.dispatch(req, origin=origin, parent=parent, client=client)
+        fanout.check_task_given(req)
         parent = parent or followups.parent_from_env()
 
         def attempt() -> dict[str, Any]:
@@ -138,7 +139,7 @@ class Dispatcher:
         started_here = new.id in self.drainer.drain_sync()
         row = store.get_workspace(new.id)
         assert row is not None
-        if row.state == "queued":  # a claimed one got its status.json from the spawn
+        if row.state != "running":  # a claimed one got its status.json from the spawn
             workspaces.write_status(row, now=time.time())
         host = supervisor.host_id() if started_here else row.host
         return self._result(row, deduplicated=False, eta_s=result.eta_s, host=host)

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .. import validate
+from .. import validate, workspaces
 from ..actions import DispatchRequest
 from ..errors import InvalidArgument, LimitRefused, WorkspaceUnavailable
 from ..launch import supervisor
@@ -33,6 +33,16 @@ Shape = Callable[..., dict[str, Any]]  # Dispatcher._result: a workspace row as 
 
 def fans_out(req: DispatchRequest) -> bool:
     return req.tasks is not None or req.items is not None
+
+
+def check_task_given(req: DispatchRequest) -> None:
+    """A dispatch that is no fan-out needs its task."""
+    if req.task == "" and not fans_out(req):
+        raise InvalidArgument(
+            "task",
+            "task is empty; dispatch needs the argument task: what the sub-agent should do, a complete, "
+            "self-contained instruction (or tasks, or task with {item} and items, for a fan-out)",
+        )
 
 
 def expand_tasks(req: DispatchRequest) -> list[tuple[str, str | None]]:
@@ -178,6 +188,9 @@ class FanOut:
         self.core.counts["dispatched"] += len(members)
         started = set(self.drainer.drain_sync())
         rows = [r for r in store.workspaces([m.id for m in members]) if r is not None]
+        for row in rows:
+            if row.state != "running":  # a claimed one got its status.json from the spawn
+                workspaces.write_status(row, now=time.time())
         return self._result(done, rows, started, {m.workspace.id: m.eta_s for m in done.members})
 
     def _result(
