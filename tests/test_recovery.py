@@ -103,7 +103,7 @@ async def test_changed_config_applies_at_the_next_claim_and_bad_reload_keeps_the
         os.utime(home.config, ns=(1, 1))
         home.write_config("concurrency:\n  agent: 1\n")  # same limit, fresh mtime
         home.config.write_text(home.config.read_text().replace("agent: 1", "agent: [oops]"))
-        await until(lambda: runner._config_mtime == home.config.stat().st_mtime_ns, message="reload seen")
+        await until(lambda: runner.core.config_error is not None, message="the bad edit seen")
         assert runner.config.concurrency["agent"].total == 1  # invalid file: old config kept
         home.write_config("concurrency:\n  agent: 2\n")
         await until(

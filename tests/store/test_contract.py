@@ -630,6 +630,8 @@ POOL_KEYS = {
     "throughput_1m",
     "usage_today",
     "allowance",
+    "effective_limit",  # an adaptive pool's current limit (else its configured one)
+    "adaptive",
 }
 
 
@@ -691,6 +693,8 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
         "next_spawn_at": None,
         "oldest_queued_at": None,
         "throughput_1m": 1,
+        "effective_limit": 2,
+        "adaptive": False,
     }
     assert pools["codex"] == {
         "running": 1,
@@ -702,6 +706,8 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
         "next_spawn_at": None,
         "oldest_queued_at": "2027-01-15T08:00:02.000Z",
         "throughput_1m": 0,
+        "effective_limit": 5,
+        "adaptive": False,
     }
     assert pools["gemini"] == {
         "running": 1,
@@ -714,6 +720,8 @@ def test_snapshot_has_the_design_shape_and_values(store: Store) -> None:
         "next_spawn_at": "2027-01-15T08:01:10.000Z",
         "oldest_queued_at": "2027-01-15T08:00:04.000Z",
         "throughput_1m": 0,
+        "effective_limit": None,
+        "adaptive": False,
     }
 
     rows = snap["workspaces"]

@@ -169,18 +169,19 @@ def _dispatch(d: argparse.ArgumentParser) -> None:
         metavar="WORKSPACE",
         help="TASK is a follow-up: continue WORKSPACE's agent session in its directory, as a new run",
     )
+    fanout.add_options(d)  # --not-before, --after, fan-out
+    _dispatch_limits(d)
+
+
+def _dispatch_policy(d: argparse.ArgumentParser) -> None:
+    """What the sub-agent may do (agents.yaml pools.X.sandbox / ask; README "Sandbox and approvals"),
+    and whether a critical dispatch may stop it (README "Routing and scheduling")."""
     d.add_argument(
         "--preemptible",
         action=argparse.BooleanOptionalAction,
         help="a critical dispatch into a full pool may stop this run and queue it again "
         "(default: yes below critical, where the pool allows preemption)",
     )
-    fanout.add_options(d)  # --not-before, --after, fan-out
-    _dispatch_limits(d)
-
-
-def _dispatch_policy(d: argparse.ArgumentParser) -> None:
-    """What the sub-agent may do (agents.yaml pools.X.sandbox / ask; README "Sandbox and approvals")."""
     d.add_argument(
         "--sandbox",
         choices=("read-only", "workspace-write", "full"),

@@ -40,7 +40,9 @@ def add_parser(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     where = s.add_mutually_exclusive_group()
     where.add_argument("--cwd", metavar="DIR", help="run in DIR (relative to here)")
     where.add_argument("--repo", metavar="DIR", help="a fresh worktree of this git repository per tick")
-    s.add_argument("--priority", choices=("critical", "high", "medium", "low"))
+    s.add_argument(
+        "--priority", choices=("critical", "high", "medium", "low"), help="queue order of each tick's run"
+    )
     s.add_argument("--label", help="short label shown in status and in the completion event")
     s.add_argument("--template", help="prompt template from agents.yaml")
     s.add_argument(

@@ -9,13 +9,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from .. import workspaces
-from ..config import Config
+from ..config import Config, load_config
+from ..errors import DispatchError
 from ..events import Bus, BusStatistics, Event
 from ..launch import launcher, runfiles, supervisor
 from ..store import HostCaps, Limits, RunExit, RunRow, Store, WorkspaceRow
@@ -95,6 +97,7 @@ class Core:
         # without one leaves it to the run's shim, which sees the mark at its next lease renewal
         self.stop_run: Callable[[RunRow], None] | None = None
         self.config_error: str | None = None  # the last edit of agents.yaml was invalid: why
+        self._config_mtime = _mtime(config.source)
 
     def statistics(self) -> RunnerStatistics:
         c = self.counts
@@ -180,6 +183,24 @@ class Core:
     def drainer_spec(self) -> dict[str, Any]:
         return runfiles.drainer_spec(config_source=self.config.source, home=self.config.home)
 
+    def reload_if_changed(self) -> None:
+        """A changed agents.yaml applies from the next claim on; an invalid edit keeps the config
+        in force, logged and shown in status (`config.error`) until the file is fixed."""
+        source = Path(self.config.source)
+        mtime = _mtime(str(source))
+        if mtime is None or mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            fresh = load_config(str(source))
+        except DispatchError as exc:
+            log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
+            self.config_error = f"{source} changed but is invalid; the previous config is in force: {exc}"
+            return
+        self.config, self.config_error = fresh, None
+        log.info("reloaded %s", source)
+        self.nudge()
+
     def preempt(self, run: RunRow) -> None:
         """Stop a run a claim chose to preempt (SIGTERM, SIGKILL after the grace), off this thread."""
         self.counts["preempted"] += 1
@@ -212,3 +233,10 @@ class Core:
                 if len(batch) < EVENT_BATCH:
                     break
             return fresh
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return None

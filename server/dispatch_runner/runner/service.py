@@ -12,7 +12,6 @@ schedules and the collection of old workspaces.
 import fcntl
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,8 +30,7 @@ from ..actions import (
     StatusRequest,
     WaitRequest,
 )
-from ..config import Config, load_config
-from ..errors import DispatchError
+from ..config import Config
 from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
@@ -78,7 +76,6 @@ class Runner(ScheduleActions):
         self.collector = Collector(self.core, self.recovery.forget_dead_peers)
         self.approvals = Approvals(self.core)
         self.scheduler = Scheduler(self.core, self.dispatch, self.dispatcher.check)
-        self._config_mtime = _mtime(config.source)
 
     # ---- the public face ----------------------------------------------------------------------
 
@@ -183,7 +180,7 @@ class Runner(ScheduleActions):
     async def drain(self) -> list[str]:
         """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools. A
         changed agents.yaml applies from this claim on."""
-        self._maybe_reload()
+        self.core.reload_if_changed()
         spawned = await anyio.to_thread.run_sync(self.drainer.drain_sync)
         if spawned:
             await self.core.publish_new()
@@ -300,29 +297,6 @@ class Runner(ScheduleActions):
         if self.core.wake_at is not None and self.core.wake_at <= time.time():
             self.core.wake_at = None
 
-    def _maybe_reload(self) -> None:
-        """A changed agents.yaml applies at the next claim; a reload that fails keeps the old one."""
-        source = Path(self.core.config.source)
-        try:
-            mtime = source.stat().st_mtime_ns
-        except OSError:
-            return
-        if mtime == self._config_mtime:
-            return
-        self._config_mtime = mtime
-        try:
-            fresh = load_config(str(source))
-        except DispatchError as exc:
-            log.error("agents.yaml changed but is invalid, keeping the previous config: %s", exc)
-            self.core.config_error = (
-                f"{source} changed but is invalid; the previous config is in force: {exc}"
-            )
-            return
-        self.core.config = fresh
-        self.core.config_error = None
-        log.info("reloaded %s", source)
-        self.core.nudge()
-
     async def _heartbeat(self) -> None:
         await self.core.heartbeat()
         await self.core.db(self.recovery.forget_dead_peers)
@@ -359,10 +333,3 @@ def run_drainer(config: Config) -> None:
                     break
         finally:
             runner.close()
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return Path(path).stat().st_mtime_ns
-    except OSError:
-        return None

@@ -5,6 +5,7 @@ sentence a model or a person can act on."""
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +45,8 @@ def new_workspace(
     prompt = argvlib.expand(
         template_text, {"task": req.task, "workspace": str(run_dir), "branch": branch or ""}
     )
-    pinned = bool(cwd_path or repo_path)
-
-    def entry(ref: AgentRef) -> tuple[RouteEntry, Placement]:
-        agent_def = cfg.agent_def(ref)
-        model = ref.model or agent_def.model
-        placement = place(ref, agent_def, req, pinned=pinned, fleet=fleet)
-        agent_spec = runfiles.agent_spec(
-            agent_def, model=model, path=path, run_dir=run_dir, branch=branch, template_text=template_text
-        )
-        spec = with_run_limits(agent_spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
-        policy = sandboxing.resolve(cfg, ref.pool, agent_def, req, parent=(lineage or Lineage()).above())
-        spec = sandboxing.with_policy(spec, agent_def, policy, cfg, ws_id)
-        _check_fits(ref, agent_def, ws_id, spec, prompt, req.task)
-        name = f"{ref.pool}:{model}" if model else ref.pool
-        return RouteEntry(name, ref.pool, model, spec), placement
-
+    where = _Where(ws_id, path, run_dir, branch, template_text, prompt, pinned=bool(cwd_path or repo_path))
+    entry = partial(_route_entry, cfg, req, where, fleet=fleet, parent=(lineage or Lineage()).above())
     route, placement = routing.resolve(routing.refs(cfg, req.agent), entry)
     first = route[0]
     return NewWorkspace(
@@ -89,6 +76,49 @@ def new_workspace(
         **(lineage or Lineage()).fields(),
         **placement.fields(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """What every entry of a dispatch's preference list shares: its workspace and prompt."""
+
+    ws_id: str
+    path: Path
+    run_dir: Path
+    branch: str | None
+    template_text: str
+    prompt: str
+    pinned: bool
+
+
+def _route_entry(
+    cfg: Config,
+    req: DispatchRequest,
+    at: _Where,
+    ref: AgentRef,
+    *,
+    fleet: Fleet,
+    parent: sandboxing.Parent | None,
+) -> tuple[RouteEntry, Placement]:
+    """One agent of the dispatch, checked as a dispatch of its own: where it may run, its spec
+    (argv, run limits, sandbox) and that its argv fits."""
+    agent_def = cfg.agent_def(ref)
+    model = ref.model or agent_def.model
+    placement = place(ref, agent_def, req, pinned=at.pinned, fleet=fleet)
+    agent_spec = runfiles.agent_spec(
+        agent_def,
+        model=model,
+        path=at.path,
+        run_dir=at.run_dir,
+        branch=at.branch,
+        template_text=at.template_text,
+    )
+    spec = with_run_limits(agent_spec, agent_def, max_cost_usd=req.max_cost_usd, max_turns=req.max_turns)
+    policy = sandboxing.resolve(cfg, ref.pool, agent_def, req, parent=parent)
+    spec = sandboxing.with_policy(spec, agent_def, policy, cfg, at.ws_id)
+    _check_fits(ref, agent_def, at.ws_id, spec, at.prompt, req.task)
+    name = f"{ref.pool}:{model}" if model else ref.pool
+    return RouteEntry(name, ref.pool, model, spec), placement
 
 
 def _limits(cfg: Config, pool: str, req: DispatchRequest) -> dict[str, Any]:
