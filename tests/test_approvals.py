@@ -7,6 +7,9 @@ of the MCP server `--mcp-config` describes, which it starts as a real subprocess
 `approval-server`) and calls with a real MCP client. On both store backends."""
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -86,6 +89,14 @@ def test_the_cli_lists_and_answers_a_request(home: Home, backend: str) -> None:
     ws = json.loads(run_cli("dispatch", "tidy up @ask=Edit", "--json").stdout)["workspace"]
     [request] = wait_for(lambda: pending(ws), message="the request to be parked")
     assert "asks to use Edit" in run_cli("status").stdout  # the table shows it, with the command
+    inside = subprocess.run(  # the asking agent's own runner (or a sibling's) cannot answer it
+        [sys.executable, "-m", "dispatch_runner.cli", "approve", request["request"], "allow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DISPATCH_RUNNER_PARENT": ws},
+    )
+    assert inside.returncode == 3 and "not a sub-agent of workspace" in inside.stderr
     answered = run_cli("approve", request["request"], "deny", "--note", "not in this repo")
     assert answered.stdout.strip() == f"{request['request']}: deny (Edit, workspace {ws})"
     assert run_cli("wait", ws, "--timeout", "60").returncode == 0

@@ -120,8 +120,13 @@ async def test_a_sub_agent_never_gets_a_wider_sandbox_than_its_parent(home: Home
         narrow = ok(
             await client.call_tool("dispatch", {"task": "child", "agent": "nest", "sandbox": "read-only"})
         )
-        ids = [wide["workspace"], narrow["workspace"]]
+        # a parent with no level runs with its CLI's own settings: its children get read-only
+        unset = ok(await client.call_tool("dispatch", {"task": "child", "agent": "widen"}))
+        ids = [wide["workspace"], narrow["workspace"], unset["workspace"]]
         assert ok(await client.call_tool("wait", {"workspaces": ids, "timeout_s": 50}))["done"]
+        unset_view = ok(await client.call_tool("status", {"workspace": unset["workspace"]}))
+        assert unset_view["state"] == "failed" and unset_view["children"] == []
+        assert "may do (read-only: it runs with its CLI's own settings)" in unset_view["log_tail"]
         refused = ok(await client.call_tool("status", {"workspace": wide["workspace"]}))
         parent = ok(await client.call_tool("status", {"workspace": narrow["workspace"]}))
         [child] = parent["children"]
@@ -131,8 +136,8 @@ async def test_a_sub_agent_never_gets_a_wider_sandbox_than_its_parent(home: Home
     # the refusal is the sub-agent's CLI's exit code 3 and its sentence, nothing was dispatched
     assert refused["state"] == "failed" and refused["exit_code"] == 3 and refused["children"] == []
     assert (
-        f"sandbox 'full' is wider than the 'read-only' sandbox of workspace {wide['workspace']}, "
-        "whose agent dispatches it" in refused["log_tail"] + (refused["summary"] or "")
+        f"sandbox 'full' is wider than what workspace {wide['workspace']}, whose agent dispatches "
+        "it, may do (read-only)" in refused["log_tail"] + (refused["summary"] or "")
     )
     # a default (codex has none here) is the parent's level: the child runs read-only
     assert has_run(argv_of(home, child["workspace"]), EXPECTED["codex", "read-only"])
@@ -197,3 +202,23 @@ def test_a_pools_policy_and_an_agents_own_maps_are_read(tmp_path: Path) -> None:
     assert config.agents["mytool"].sandbox == {"read-only": ("--ro",), "network_off": ()}
     assert config.agents["mytool"].ask["on-miss"] == ("--prompt-tool", "{approval_tool}")
     assert config.agents["claude"].sandbox["full"] == ("--permission-mode", "bypassPermissions")
+
+
+def test_a_sub_agent_asks_at_least_as_often_as_its_parent_and_gets_read_only_under_an_unset_one() -> None:
+    from dispatch_runner.actions import DispatchRequest
+    from dispatch_runner.errors import LimitRefused
+    from dispatch_runner.runner.sandboxing import Parent, Policy, resolve
+
+    cfg = parse_config(
+        "pools:\n  claude: {sandbox: {default: workspace-write}}\n", "agents.yaml", home=Path("/h"), env={}
+    )
+    claude = cfg.agents["claude"]
+    asking = Parent("ws-parent", Policy(sandbox="workspace-write", ask="always"))
+    child = resolve(cfg, "claude", claude, DispatchRequest(task="x", ask="off"), parent=asking)
+    assert (child.sandbox, child.ask) == ("workspace-write", "always")
+    unset = Parent("ws-parent", Policy())
+    assert resolve(cfg, "claude", claude, DispatchRequest(task="x"), parent=unset).sandbox == "read-only"
+    with pytest.raises(LimitRefused, match="it runs with its CLI's own settings"):
+        resolve(cfg, "claude", claude, DispatchRequest(task="x", sandbox="full"), parent=unset)
+    top = resolve(cfg, "claude", claude, DispatchRequest(task="x"), parent=None)
+    assert top.sandbox == "workspace-write"  # a client's dispatch gets its pool's default

@@ -235,6 +235,19 @@ async def test_fire_due_dispatches_each_tick_once_through_the_gate(home: Home, b
         await runner.kill(KillRequest(all=True))
 
 
+async def test_a_tick_fired_by_a_peer_inside_a_run_is_nobodys_sub_agent(
+    home: Home, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with runner_on(home) as runner:
+        made = await create(runner, "* * * * *", task="nightly")
+        inside = await runner.dispatch(DispatchRequest(task="a run @sleep=30", agent="agent"))
+        monkeypatch.setenv("DISPATCH_RUNNER_PARENT", inside["workspace"])  # this peer runs in it
+        [fired] = await runner.fire_due(tick_of(runner, made["id"]))
+        row = runner.store.get_workspace(fired["workspace"])
+        assert row is not None and (row.parent, row.depth, row.root) == (None, 1, None)
+        await runner.kill(KillRequest(all=True))
+
+
 async def test_two_peers_racing_for_one_tick_make_exactly_one_workspace(home: Home, backend: str) -> None:
     async with runner_on(home) as a, runner_on(home) as b:
         made = await create(a, "*/10 * * * *", task="once per tick")

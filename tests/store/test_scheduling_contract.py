@@ -99,6 +99,31 @@ def test_a_routed_dispatch_is_told_the_eta_of_its_soonest_entry_and_refused_only
     assert store.get_workspace("r2") is None
 
 
+def test_a_preempted_routed_run_resumes_on_its_own_agent_not_the_next_entry(store: Store) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1)}, preempt_after_s={"claude": 0})
+    resumable = routed("r1", "claude", "codex", priority=Priority.LOW)
+    entry = replace(resumable.route[0], spec={"argv": ["claude"], "resume_argv": ["claude", "--resume"]})
+    put(store, replace(resumable, route=(entry, resumable.route[1]), spec=entry.spec), limits)
+    run = must_claim(store, T0, limits).run_id
+    start(store, run, T0)
+    put(store, new_ws("urgent", priority=Priority.CRITICAL), limits, T0 + 1)
+    assert store.claim_next(now=T0 + 2, limits=limits, peer="p").preempt is not None
+    back = finish(store, run, T0 + 3, Outcome.FAILED, exit_code=143, session_id="claude-session")
+    assert back is not None and back.state == "queued" and back.next_input is not None
+    assert must_claim(store, T0 + 4, limits).workspace.id == "urgent"
+    assert claim(store, T0 + 5, limits) is None  # codex has room, but its CLI cannot resume that
+    assert ws(store, "r1").agent == "claude"
+
+
+def test_held_and_later_work_is_not_counted_ahead_of_a_new_dispatch(store: Store) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1)})
+    for i in range(3):
+        put(store, replace(new_ws(f"later{i}"), not_before=T0 + 86_400), limits)
+    got = store.enqueue(new_ws("now"), now=T0, max_wait_s=5, limits=limits)
+    assert (got.position, got.eta_s) == (0, 0.0)
+    assert must_claim(store, T0, limits).workspace.id == "now"
+
+
 # ---- adaptive limits ----------------------------------------------------------------------------
 
 
@@ -158,6 +183,19 @@ def test_an_adaptive_limit_halves_on_rate_limits_regrows_after_clean_runs_and_pe
     assert running_cap(store, limits, T0 + 30_003) == 2
     failed = [e.data for e in events_since(store, cursor) if e.type == "PoolLimitChanged"][-1]
     assert failed == {"pool": "claude", "limit": 2, "was": 1, "configured": 4}
+
+
+def test_a_burst_of_rate_limited_runs_halves_the_adaptive_limit_once(store: Store) -> None:
+    aimd = Aimd(floor=1, clean_streak=2)
+    limits = Limits(concurrency={"claude": PoolLimit(total=8)}, adaptive={"claude": aimd})
+    runs = []
+    for i in range(3):
+        put(store, new_ws(f"b{i}"), limits)
+        runs.append(must_claim(store, T0, limits).run_id)
+        start(store, runs[-1], T0)
+    for i, run in enumerate(runs):  # all three hit the provider's limit together
+        store.record_exit(run, _exit(Outcome.RATE_LIMITED), now=T0 + 1 + i, rate=None, adaptive=(aimd, 8))
+    assert store.snapshot(now=T0 + 5, limits=limits)["pools"]["claude"]["effective_limit"] == 4
 
 
 # ---- fair share and promotion -------------------------------------------------------------------
@@ -235,6 +273,35 @@ def test_a_critical_dispatch_preempts_the_lowest_priority_run_that_ran_long_enou
     assert "AgentPreempted" in types(events_since(store, cursor))
     assert must_claim(store, T0 + 43, limits).workspace.id == "urgent"
     assert claim(store, T0 + 44, limits) is None  # never more than the limit
+
+
+def test_a_preempted_run_that_ends_well_anyway_is_completed(store: Store) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1)}, preempt_after_s={"claude": 0})
+    low_run = occupy(store, "low", "claude", limits, T0, priority=Priority.LOW)
+    put(store, new_ws("urgent", priority=Priority.CRITICAL), limits, T0 + 1)
+    assert store.claim_next(now=T0 + 2, limits=limits, peer="p").preempt is not None
+    done = finish(store, low_run, T0 + 3)  # it finished before the signal took effect
+    assert done is not None and (done.state, done.ended_reason) == ("completed", None)
+
+
+def test_a_critical_dispatch_routed_to_a_free_entry_preempts_nothing(store: Store) -> None:
+    limits = Limits(concurrency={"claude": PoolLimit(total=1)}, preempt_after_s={"claude": 0})
+    occupy(store, "low", "claude", limits, T0, priority=Priority.LOW)
+    put(store, routed("urgent", "claude", "codex", priority=Priority.CRITICAL), limits, T0 + 1)
+    result = store.claim_next(now=T0 + 2, limits=limits, peer="p")
+    assert result.claim is not None and result.claim.workspace.agent == "codex"
+    assert result.preempt is None
+
+
+def test_when_a_model_limit_binds_only_a_run_of_that_model_is_preempted(store: Store) -> None:
+    limits = Limits(
+        concurrency={"codex": PoolLimit(total=2, models={"gpt-5.4": 1})}, preempt_after_s={"codex": 0}
+    )
+    occupy(store, "other-model", "codex", limits, T0, priority=Priority.LOW)
+    same = occupy(store, "same-model", "codex:gpt-5.4", limits, T0, priority=Priority.MEDIUM)
+    put(store, new_ws("urgent", "codex:gpt-5.4", priority=Priority.CRITICAL), limits, T0 + 1)
+    victim = store.claim_next(now=T0 + 2, limits=limits, peer="p").preempt
+    assert victim is not None and victim.id == same  # not the lower one: it frees no gpt-5.4 slot
 
 
 def test_no_preemption_without_the_pool_allowing_it_or_of_a_non_preemptible_run(store: Store) -> None:

@@ -19,9 +19,10 @@ import anyio
 
 from .. import validate
 from ..actions import ApproveRequest, PermissionRequest
-from ..errors import InvalidArgument, UnknownWorkspace
+from ..errors import InvalidArgument, LimitRefused, UnknownWorkspace
 from ..policy import iso
 from ..store import Approval
+from . import followups
 from .core import Core
 
 POLL_S: Final = 0.5  # under the store's wake-ups
@@ -67,10 +68,22 @@ class Approvals:
         }
 
     async def _check_waiting(self, request: str) -> None:
-        """A request still unanswered whose run has ended waits for nothing: no answer is taken."""
+        """A request still unanswered whose run has ended waits for nothing: no answer is taken.
+        A sub-agent (this peer runs inside a run) answers only its own sub-agents' requests —
+        never its own, a sibling's or anyone else's."""
         found: Approval | None = await self.core.db(self.core.store.get_approval, request)
         if found is None:
             raise _unknown(request)
+        inside = followups.parent_from_env()
+        if inside is not None and found.workspace not in await self.core.db(
+            self.core.store.subtree, [inside]
+        ):
+            raise LimitRefused(
+                "request",
+                f"refused: approval request {request} belongs to workspace {found.workspace}, which "
+                f"is not a sub-agent of workspace {inside}, where this runner runs; a sub-agent may "
+                "answer only the requests of the sub-agents it dispatched. Nothing changed",
+            )
         row = await self.core.db(self.core.store.get_workspace, found.workspace)
         if found.decision is None and (row is None or row.state != "running"):
             state = row.state if row is not None else "gone"

@@ -185,7 +185,8 @@ class Core:
 
     def reload_if_changed(self) -> None:
         """A changed agents.yaml applies from the next claim on; an invalid edit keeps the config
-        in force, logged and shown in status (`config.error`) until the file is fixed."""
+        in force, logged and shown in status (`config.error`) until the file is fixed. Called by
+        every drain (any thread), before it claims."""
         source = Path(self.config.source)
         mtime = _mtime(str(source))
         if mtime is None or mtime == self._config_mtime:
@@ -199,7 +200,6 @@ class Core:
             return
         self.config, self.config_error = fresh, None
         log.info("reloaded %s", source)
-        self.nudge()
 
     def preempt(self, run: RunRow) -> None:
         """Stop a run a claim chose to preempt (SIGTERM, SIGKILL after the grace), off this thread."""

@@ -48,7 +48,7 @@ class Dispatcher:
         if fanout.fans_out(req):
             return await self.fanout.dispatch(req, origin=origin, parent=parent, client=client)
         fanout.check_task_given(req)
-        parent = parent or followups.parent_from_env()
+        parent = followups.parent_of(parent)
 
         def attempt() -> dict[str, Any]:
             # validation resolves paths and may run git: off the event loop, with the rest

@@ -27,6 +27,7 @@ class Drainer:
         """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools.
         Returns the workspaces started."""
         spawned: list[str] = []
+        self.core.reload_if_changed()  # a changed agents.yaml applies from this claim on
         while True:
             result = self.core.store.claim_next(
                 now=None, limits=self.core.limits, peer=self.core.peer, can=self.core.caps()

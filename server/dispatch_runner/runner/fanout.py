@@ -95,7 +95,7 @@ class FanOut:
         self, req: DispatchRequest, *, origin: str | None, parent: str | None, client: str | None
     ) -> dict[str, Any]:
         items = expand_tasks(req)
-        parent = parent or followups.parent_from_env()
+        parent = followups.parent_of(parent)
 
         def attempt() -> dict[str, Any]:
             store, now = self.core.store, time.time()

@@ -25,9 +25,17 @@ LIVE_POLL_S: Final = 0.1
 RESUME_ALLOWS: Final = frozenset({"task", "resume"})
 
 
+TOP_LEVEL = ""  # a dispatch's parent when it is nobody's sub-agent (a cron tick), wherever it runs
+
+
 def parent_from_env() -> str | None:
     """The workspace whose agent this process runs in (its shim set DISPATCH_RUNNER_PARENT)."""
     return os.environ.get("DISPATCH_RUNNER_PARENT") or None
+
+
+def parent_of(given: str | None) -> str | None:
+    """A dispatch's parent: the one given, none for TOP_LEVEL, else the run this process is in."""
+    return parent_from_env() if given is None else (given or None)
 
 
 def lineage(store: Store, config: Config, parent: str | None) -> Lineage:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from .. import validate
 from ..config import Config
-from ..errors import InvalidArgument, UnknownAgent
+from ..errors import DispatchError, InvalidArgument, UnknownAgent
 from ..model import AgentRef
 from ..store import RouteEntry
 
@@ -62,11 +62,11 @@ def resolve(
     cannot is left out of a list; if none can, the first one's refusal is the answer."""
     made: list[RouteEntry] = []
     placement: P | None = None
-    first_error: InvalidArgument | None = None
+    first_error: DispatchError | None = None
     for ref in refs:
         try:
             route_entry, where = entry(ref)
-        except InvalidArgument as exc:
+        except DispatchError as exc:  # e.g. no host has it, or its sandbox ceiling refuses
             if len(refs) == 1 or isinstance(exc, UnknownAgent):
                 raise  # a typo in a list is an error, not an entry to skip
             first_error = first_error or exc

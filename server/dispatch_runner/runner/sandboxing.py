@@ -83,24 +83,33 @@ def resolve(
     check_values(req)
     box = cfg.pool_policy(pool).sandbox or SandboxPolicy()
     above = parent.policy if parent else Policy()
+    # a parent run with no level runs with its CLI's own settings, which change nothing without
+    # asking (claude -p's default mode, codex exec's read-only): its sub-agents get read-only
+    cap = above.sandbox or (LEVELS[0] if parent is not None else None)
     if req.sandbox is not None:
         _check_ceiling(cfg, pool, req.sandbox, box.ceiling or LEVELS[-1])
-        if parent is not None and above.sandbox is not None and wider(req.sandbox, above.sandbox):
+        if parent is not None and cap is not None and wider(req.sandbox, cap):
             raise LimitRefused(
                 "sandbox",
-                f"refused: sandbox {req.sandbox!r} is wider than the {above.sandbox!r} sandbox of "
-                f"workspace {parent.workspace}, whose agent dispatches it: a sub-agent never gets "
-                f"more than its parent. Ask for {above.sandbox} or narrower (or leave sandbox out "
-                "to get the parent's); nothing was queued",
+                f"refused: sandbox {req.sandbox!r} is wider than what workspace {parent.workspace}, "
+                f"whose agent dispatches it, may do ({cap}"
+                + ("" if above.sandbox else ": it runs with its CLI's own settings")
+                + f"): a sub-agent never gets more than its parent. Ask for {cap} or narrower (or "
+                "leave sandbox out to get the parent's); nothing was queued",
             )
         level: str | None = req.sandbox
     else:
-        level = narrowest(box.default or box.ceiling, above.sandbox)
-    policy = Policy(
-        sandbox=level, ask=req.ask or cfg.pool_policy(pool).ask, network=box.network and above.network
-    )
+        level = narrowest(box.default or box.ceiling, cap)
+    ask = _stricter(req.ask or cfg.pool_policy(pool).ask, above.ask)  # never asks less than its parent
+    policy = Policy(sandbox=level, ask=ask, network=box.network and above.network)
     _check_agent(cfg, pool, agent, policy)
     return policy
+
+
+def _stricter(a: str | None, b: str | None) -> str | None:
+    """Of two ask modes, the one that asks more (off < on-miss < always)."""
+    given = [mode for mode in (a, b) if mode is not None]
+    return max(given, key=ASK_MODES.index) if given else None
 
 
 def _check_ceiling(cfg: Config, pool: str, level: str, ceiling: str) -> None:

@@ -26,6 +26,7 @@ from ..launch import supervisor
 from ..store import ScheduleRow
 from . import followups
 from .core import Core
+from .followups import TOP_LEVEL
 
 log = logging.getLogger("dispatch_runner")
 MAX_SCHEDULES: Final = 1000
@@ -152,7 +153,8 @@ class Scheduler:
         key = f"schedule:{row.id}:{row.next_run_at!r}"
         try:
             req = DispatchRequest(**dispatch_args(row.dispatch), idempotency_key=key)
-            result = await self._dispatch(req, origin=row.origin, client=row.client)
+            # a tick is nobody's sub-agent, even when the peer firing it runs inside a run
+            result = await self._dispatch(req, origin=row.origin, client=row.client, parent=TOP_LEVEL)
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
             with anyio.CancelScope(shield=True):  # cancelled mid-submit: the tick is tried again

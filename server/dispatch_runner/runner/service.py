@@ -178,9 +178,7 @@ class Runner(ScheduleActions):
         return {"spawned": spawned, "frozen": await self.core.db(self.core.store.is_frozen)}
 
     async def drain(self) -> list[str]:
-        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools. A
-        changed agents.yaml applies from this claim on."""
-        self.core.reload_if_changed()
+        """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools."""
         spawned = await anyio.to_thread.run_sync(self.drainer.drain_sync)
         if spawned:
             await self.core.publish_new()

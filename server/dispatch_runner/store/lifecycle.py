@@ -78,7 +78,7 @@ def plan_exit(
     never-started claim's slot given back, an adaptive limit) and the events it emits.
     `kill_requested`: 0 none, KILL (on request) or PREEMPT (for a critical dispatch)."""
     preempted = kill_requested == PREEMPT and result.outcome is not Outcome.SUCCEEDED
-    outcome, detail, ended_reason = _how_it_ended(result, kill_requested=bool(kill_requested))
+    outcome, detail, ended_reason = _how_it_ended(result, kill_requested=kill_requested == KILL)
     decision = _decide(ws, result, outcome, detail, preempted=preempted, requeues_before=requeues_before)
     ended_reason = "preempted" if preempted else ended_reason
     check_transition(WorkspaceState(ws.state), decision.state)
@@ -144,7 +144,10 @@ def _pool_plan(
     events: tuple[PlannedEvent, ...] = ()
     if backoff is not None:
         events = (PlannedEvent(type="PoolBackoff", data={"pool": name, **backoff, "reason": result.detail}),)
-    if adaptive is not None and not run.reserved:
+    # one decrease per rate-limit episode: runs that hit the limit while the pool already backs
+    # off from it (started before it) do not halve it again
+    backing_off = pool.backoff_until is not None and pool.backoff_until > now
+    if adaptive is not None and not run.reserved and not (backing_off and outcome is Outcome.RATE_LIMITED):
         new_pool, changed = _adapt(name, new_pool, outcome, adaptive)
         events = (*events, *changed)
     return new_pool, events
@@ -325,11 +328,21 @@ def limit_of(pool: str, limits: Limits, state: PoolState) -> policy.PoolLimit | 
     return effective_limit(limits.adaptive.get(pool), limits.concurrency.get(pool), state)
 
 
-def pool_full(pool: str, limits: Limits, running: int, state: PoolState) -> bool:
-    """Whether the pool's own total (not only a model's limit) is what keeps it full."""
-    limit = limit_of(pool, limits, state)
-    total = limit.total_limit if limit else None
-    return total is not None and running >= total
+def pool_binds(
+    lane: Lane,
+    limits: Limits,
+    state: PoolState,
+    *,
+    running: tuple[Mapping[str, int], Mapping[tuple[str, str | None], int]],
+) -> bool:
+    """Whether a full lane is full by its pool's total alone (a run of any model of the pool frees
+    its slot), not by its model's own limit (only a run of that model does)."""
+    limit = limit_of(lane.pool, limits, state)
+    if limit is None:
+        return False
+    total, cap = limit.total_limit, limit.model_limit(lane.model)
+    model_full = cap is not None and running[1].get((lane.pool, lane.model), 0) >= cap
+    return total is not None and running[0].get(lane.pool, 0) >= total and not model_full
 
 
 class Ordered(Protocol):

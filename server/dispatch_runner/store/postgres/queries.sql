@@ -75,9 +75,10 @@ SELECT extract(epoch FROM clock_timestamp())::double precision;
 SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
 
 -- name: queue_position
--- the 1-based place of a queued workspace in its pool's queue: an index-only count
+-- the 1-based place of a queued workspace in its pool's queue (held work is behind it): an
+-- index-only count
 SELECT count(*) FROM workspaces
-   WHERE state = 'queued' AND pool = %s AND
+   WHERE state = 'queued' AND pool = %s AND not_before < 253402300799 AND
    (priority, share_rank, created_at, seq) <= (%s, %s, %s, %s);
 
 -- ---- what an ETA counts (lifecycle.plan_eta asks for the ones it needs) -----------------------
@@ -90,11 +91,11 @@ SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = %s AND model 
 
 -- name: queued_ahead_in_pool
 SELECT count(*) FROM workspaces
-   WHERE state = 'queued' AND pool = %s AND priority <= %s;
+   WHERE state = 'queued' AND pool = %s AND priority <= %s AND not_before <= %s;
 
 -- name: queued_ahead_in_lane
 SELECT count(*) FROM workspaces
-   WHERE state = 'queued' AND lane = %s AND priority <= %s;
+   WHERE state = 'queued' AND lane = %s AND priority <= %s AND not_before <= %s;
 
 -- name: recent_runtimes
 -- the agent's own wall time when it is known, else the run's
@@ -443,7 +444,7 @@ SELECT * FROM workspaces
 -- name: route_take
 -- a routed claim moves the workspace to the entry it takes, and says why
 UPDATE workspaces SET pool = %s, model = %s, lane = %s, agent = %s, spec = %s, routed = %s
-   WHERE id = %s;
+   WHERE id = %s AND state = 'queued';
 
 -- name: share_floor
 -- fair share: the round a priority level of a pool has reached (the lowest round queued or

@@ -40,6 +40,8 @@ class Pick:
         self.why: dict[str, str] = {}
         self._open: set[lifecycle.Lane] = set()
         self._closed_full: list[lifecycle.Lane] = []
+        self._running: tuple[dict[str, int], dict[tuple[str, str | None], int]] = ({}, {})
+        self._pools: dict[str, PoolState] = {}
 
     def __call__(
         self, limits: Limits, *, lock: Callable[[list[str]], None]
@@ -54,8 +56,8 @@ class Pick:
         ]
         lanes = list(dict.fromkeys([*queued, *(_lane(e) for ws in routed for e in ws.route)]))
         lock(sorted({lane.pool for lane in lanes}))
-        running_pool, running_model = _running_counts(db)
-        pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
+        running_pool, running_model = self._running = _running_counts(db)
+        pools = self._pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
         budgeted = {
             key
             for lane in lanes
@@ -93,8 +95,13 @@ class Pick:
         return best, opened.wake
 
     def _entry(self, ws: WorkspaceRow) -> RouteEntry | None:
-        """The first entry of a routed workspace with room, that this host can run."""
+        """The first entry of a routed workspace with room, that this host can run. One whose
+        next run resumes its agent's session (a follow-up, a preempted run) stays on its agent:
+        another one's CLI knows nothing of that session."""
+        resuming = ws.next_input is not None and ws.session_id is not None
         for entry in ws.route:
+            if resuming and (entry.pool, entry.model) != (ws.pool, ws.model):
+                continue
             if _lane(entry) in self._open and lifecycle.runs_pool(self.can, entry.pool):
                 return entry
         return None
@@ -135,24 +142,17 @@ class Pick:
                 continue
             if db.execute(db.q.preempting_in_pool, (lane.pool,)).fetchone()[0]:
                 continue
-            pool_full = lifecycle.pool_full(
-                lane.pool, limits, self._running_pool(lane.pool), self._state(lane.pool)
-            )
-            row = db.execute(
-                db.q.preempt_victim, (lane.pool, key, pool_full, self.now - min_runtime)
-            ).fetchone()
+            anywhere = lifecycle.pool_binds(
+                lane, limits, self._pools.get(lane.pool, PoolState()), running=self._running
+            )  # else only a run of its own model frees the slot it needs
+            args = (lane.pool, key, anywhere, self.now - min_runtime)
+            row = db.execute(db.q.preempt_victim, args).fetchone()
             if row is None:
                 continue
             victim = run_row(row)
             if db.execute(db.q.request_preempt, (victim.id,)).rowcount == 1:
                 return victim
         return None
-
-    def _running_pool(self, pool: str) -> int:
-        return _running_counts(self.db)[0].get(pool, 0)
-
-    def _state(self, pool: str) -> PoolState:
-        return read_pool_state(self.db, pool)
 
 
 def _lane(entry: RouteEntry) -> lifecycle.Lane:

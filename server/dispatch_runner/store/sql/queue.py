@@ -82,19 +82,30 @@ class QueueSide(SQLCore):
         """`now=None` reads the clock inside the transaction, after the write lock is held, so
         claim times follow commit order across peers. `can`: what the peer's host can run (None:
         anything but workspaces that require labels)."""
+        self._promote(time.time() if now is None else now, limits.promote_after_s)
         return self._write(lambda db: self._claim(db, time.time() if now is None else now, limits, peer, can))
+
+    def _promote(self, now: float, after_s: float | None) -> None:
+        """Work queued longer than `after_s` moves up a level (AgentPromoted). A scan of the queue,
+        so at most every PROMOTE_EVERY_S per peer; a transaction of its own, taking no pool lock
+        (inside the claim's it would take rows and the event lock before the pools')."""
+        if not after_s or now < self._next_promotion:
+            return
+        self._next_promotion = now + min(PROMOTE_EVERY_S, after_s / 10)
+
+        def tx(db: Conn) -> None:
+            for row in db.execute(db.q.promote_queued, (now, now - after_s)).fetchall():
+                self._event(db, "AgentPromoted", now, row["id"], row["origin"], priority=row["priority"])
+
+        self._write(tx)
 
     def _claim(self, db: Conn, now: float, limits: Limits, peer: str, can: HostCaps | None) -> ClaimResult:
         if read_frozen(db):
             return ClaimResult(None, None)
-        if limits.promote_after_s and now >= self._next_promotion:
-            # a scan of the queue: at most every PROMOTE_EVERY_S per store object (each peer)
-            self._next_promotion = now + min(PROMOTE_EVERY_S, limits.promote_after_s / 10)
-            for row in db.execute(db.q.promote_queued, (now, now - limits.promote_after_s)).fetchall():
-                self._event(db, "AgentPromoted", now, row["id"], row["origin"], priority=row["priority"])
         pick = Pick(db, now, host_of(peer), can)
         best, wake = pick(limits, lock=lambda pools: self._lock_pools(db, pools))
-        preempt = pick.preemption(limits)
+        # a critical head this claim takes needs no victim (routed to a free entry, say)
+        preempt = pick.preemption(limits) if best is None or best.priority > 0 else None
         for key, renews in pick.used_up:
             if db.execute(db.q.mark_allowance_exhausted, (f"allowance:{key}", str(renews))).rowcount:
                 self._event(db, "AllowanceExhausted", now, None, None, key=key, until=renews)
@@ -137,7 +148,8 @@ def _route(db: Conn, ws: WorkspaceRow, entry: RouteEntry, why: Mapping[str, str]
     }
     routed = {"agent": entry.agent, "skipped": skipped}
     args = (entry.pool, entry.model, lane_of(entry.pool, entry.model), entry.agent, json.dumps(entry.spec))
-    db.execute(db.q.route_take, (*args, json.dumps(routed), ws.id))
+    if db.execute(db.q.route_take, (*args, json.dumps(routed), ws.id)).rowcount != 1:
+        raise Conflict(f"{ws.id} left the queue while it was routed")  # another peer took it: again
     if entry.agent != ws.agent or skipped:
         return {"agent": entry.agent, "from": ws.agent, "skipped": skipped}
     return None
@@ -154,7 +166,7 @@ def _eta(db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: 
             pool,
             model,
             read_pool_state(db, pool),
-            _QueueCounts(db, pool, model, ws.priority),
+            _QueueCounts(db, pool, model, ws.priority, now),
             limits=limits,
             now=now,
         )
@@ -199,8 +211,8 @@ class _QueueCounts:
     """What an ETA may count (etas.QueueCounts), each read from its index only when the
     lifecycle asks: an unlimited pool counts nothing, a free slot reads no runtimes."""
 
-    def __init__(self, db: Conn, pool: str, model: str | None, priority: int) -> None:
-        self._db, self._pool, self._model, self._priority = db, pool, model, priority
+    def __init__(self, db: Conn, pool: str, model: str | None, priority: int, now: float) -> None:
+        self._db, self._pool, self._model, self._priority, self._now = db, pool, model, priority, now
 
     def _count(self, sql: str, *args: object) -> int:
         return int(self._db.execute(sql, args).fetchone()[0])
@@ -215,11 +227,13 @@ class _QueueCounts:
 
     @cached_property
     def ahead_pool(self) -> int:
-        return self._count(self._db.q.queued_ahead_in_pool, self._pool, self._priority)
+        return self._count(self._db.q.queued_ahead_in_pool, self._pool, self._priority, self._now)
 
     @cached_property
     def ahead_lane(self) -> int:
-        return self._count(self._db.q.queued_ahead_in_lane, lane_of(self._pool, self._model), self._priority)
+        return self._count(
+            self._db.q.queued_ahead_in_lane, lane_of(self._pool, self._model), self._priority, self._now
+        )
 
     @cached_property
     def runtimes(self) -> Sequence[float]:

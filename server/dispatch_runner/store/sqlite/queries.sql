@@ -75,9 +75,10 @@ SELECT (julianday('now') - 2440587.5) * 86400.0;
 SELECT EXISTS (SELECT 1 FROM workspaces WHERE state IN ('queued', 'running'));
 
 -- name: queue_position
--- the 1-based place of a queued workspace in its pool's queue: an index-only count
+-- the 1-based place of a queued workspace in its pool's queue (held work is behind it): an
+-- index-only count
 SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
-   WHERE state = 'queued' AND pool = ? AND
+   WHERE state = 'queued' AND pool = ? AND not_before < 253402300799 AND
    (priority, share_rank, created_at, seq) <= (?, ?, ?, ?);
 
 -- ---- what an ETA counts (lifecycle.plan_eta asks for the ones it needs) -----------------------
@@ -90,11 +91,11 @@ SELECT count(*) FROM workspaces WHERE state = 'running' AND pool = ? AND model =
 
 -- name: queued_ahead_in_pool
 SELECT count(*) FROM workspaces INDEXED BY workspaces_queue_pool
-   WHERE state = 'queued' AND pool = ? AND priority <= ?;
+   WHERE state = 'queued' AND pool = ? AND priority <= ? AND not_before <= ?;
 
 -- name: queued_ahead_in_lane
 SELECT count(*) FROM workspaces INDEXED BY workspaces_queue
-   WHERE state = 'queued' AND lane = ? AND priority <= ?;
+   WHERE state = 'queued' AND lane = ? AND priority <= ? AND not_before <= ?;
 
 -- name: recent_runtimes
 -- the agent's own wall time when it is known, else the run's
@@ -443,7 +444,7 @@ SELECT * FROM workspaces INDEXED BY workspaces_routed
 -- name: route_take
 -- a routed claim moves the workspace to the entry it takes, and says why
 UPDATE workspaces SET pool = ?, model = ?, lane = ?, agent = ?, spec = ?, routed = ?
-   WHERE id = ?;
+   WHERE id = ? AND state = 'queued';
 
 -- name: share_floor
 -- fair share: the round a priority level of a pool has reached (the lowest round queued or

@@ -19,10 +19,10 @@ ALTER TABLE workspaces ADD COLUMN ask TEXT;
 ALTER TABLE pool_state ADD COLUMN effective_limit INTEGER;
 ALTER TABLE pool_state ADD COLUMN clean_streak INTEGER NOT NULL DEFAULT 0;
 DROP INDEX workspaces_queue;
-CREATE INDEX workspaces_queue ON workspaces (lane, priority, share_rank, created_at, seq)
+CREATE INDEX workspaces_queue ON workspaces (lane, priority, share_rank, created_at, seq, not_before)
     WHERE state = 'queued';
 DROP INDEX workspaces_queue_pool;
-CREATE INDEX workspaces_queue_pool ON workspaces (pool, priority, share_rank, created_at, seq)
+CREATE INDEX workspaces_queue_pool ON workspaces (pool, priority, share_rank, created_at, seq, not_before)
     WHERE state = 'queued';
 CREATE INDEX workspaces_routed ON workspaces (priority, share_rank, created_at, seq)
     WHERE state = 'queued' AND route IS NOT NULL;
