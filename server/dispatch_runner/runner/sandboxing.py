@@ -98,8 +98,9 @@ def resolve(
                 "leave sandbox out to get the parent's); nothing was queued",
             )
         level: str | None = req.sandbox
-    else:
-        level = narrowest(box.default or box.ceiling, cap)
+    else:  # the pool's default, narrowed to the parent's; none at all: the CLI's own settings
+        given = box.default or box.ceiling
+        level = narrowest(given, cap) if given else above.sandbox
     ask = _stricter(req.ask or cfg.pool_policy(pool).ask, above.ask)  # never asks less than its parent
     policy = Policy(sandbox=level, ask=ask, network=box.network and above.network)
     _check_agent(cfg, pool, agent, policy)
