@@ -598,8 +598,14 @@ def test_routes_adaptive_pools_preemption_and_fair_share() -> None:
     assert cfg.pools["claude"].adaptive == Aimd() and cfg.pools["claude"].preempt_after_s == 5
     assert cfg.pools["codex"].adaptive == Aimd(floor=2, clean_streak=3)
     assert cfg.pools["codex"].preempt_after_s == 30
-    assert cfg.adaptive_for("claude") == (Aimd(), 4) and cfg.adaptive_for("codex") is None  # unlimited
+    assert cfg.adaptive_for("claude", None) == {"claude": (Aimd(), 4)}
+    assert cfg.adaptive_for("codex", None) == {}  # unlimited: nothing to adapt
     assert cfg.fair_share is False and cfg.promote_after_s is None
+    per_model = parse(
+        'concurrency:\n  codex: {total: 5, gpt-5.4: 2}\npools:\n  "codex:gpt-5.4": {adaptive: {floor: 1}}\n'
+    )
+    assert per_model.adaptive_for("codex", "gpt-5.4") == {"codex:gpt-5.4": (Aimd(floor=1), 2)}
+    assert per_model.adaptive_for("codex", None) == {}
     assert parse("").fair_share is True and parse("").promote_after_s == 3600
 
 
@@ -619,6 +625,7 @@ def test_routes_adaptive_pools_preemption_and_fair_share() -> None:
             "0",
         ),
         ("dispatch: {fair_share: 1}\n", 1, "dispatch.fair_share", "true or false"),
+        ('pools:\n  "codex:gpt-5.4": {timeout_s: 5}\n', 2, "pools.codex:gpt-5.4.timeout_s", "unknown"),
     ],
 )
 def test_bad_routing_and_scheduling_settings_name_line_and_field(

@@ -2,9 +2,15 @@
 limits and grows back by one after a streak of clean runs, between a floor and its configured
 limit. The store keeps the number (pool_state), so every peer and host obeys the same one."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
 from .policy import PoolLimit, PoolState
+
+# what a run's end needs to move adaptive limits: by key (its pool, or `pool:model` for a model's
+# own limit), the AIMD and the configured limit it moves under
+Adaptive: TypeAlias = Mapping[str, tuple["Aimd", int]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

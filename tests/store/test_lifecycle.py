@@ -15,11 +15,11 @@ from dispatch_runner.model import NEXT, Outcome, WorkspaceState
 from dispatch_runner.policy import MAX_RATE_LIMIT_REQUEUES, PoolLimit, PoolState, RateConfig
 from dispatch_runner.store.base import Limits, RunExit, WorkspaceRow
 from dispatch_runner.store.eta import EtaPlan, check_max_wait, plan_eta
+from dispatch_runner.store.lanes import open_lanes
 from dispatch_runner.store.lifecycle import (
     Lane,
     SpawnMark,
     best_head,
-    open_lanes,
     plan_exit,
     plan_give_back,
     plan_take,

@@ -136,7 +136,7 @@ def adaptive_run(store: Store, wid: str, limits: Limits, now: float, outcome: Ou
         _exit(outcome),
         now=now + 1,
         rate=None,
-        adaptive=(limits.adaptive["claude"], 4),
+        adaptive={"claude": (limits.adaptive["claude"], 4)},
     )
 
 
@@ -194,8 +194,31 @@ def test_a_burst_of_rate_limited_runs_halves_the_adaptive_limit_once(store: Stor
         runs.append(must_claim(store, T0, limits).run_id)
         start(store, runs[-1], T0)
     for i, run in enumerate(runs):  # all three hit the provider's limit together
-        store.record_exit(run, _exit(Outcome.RATE_LIMITED), now=T0 + 1 + i, rate=None, adaptive=(aimd, 8))
+        store.record_exit(
+            run, _exit(Outcome.RATE_LIMITED), now=T0 + 1 + i, rate=None, adaptive={"claude": (aimd, 8)}
+        )
     assert store.snapshot(now=T0 + 5, limits=limits)["pools"]["claude"]["effective_limit"] == 4
+
+
+def test_a_models_own_adaptive_limit_shrinks_only_that_model(store: Store) -> None:
+    aimd = Aimd(floor=1, clean_streak=1)
+    limits = Limits(
+        concurrency={"codex": PoolLimit(total=6, models={"gpt-5.4": 4})}, adaptive={"codex:gpt-5.4": aimd}
+    )
+    put(store, new_ws("m1", "codex:gpt-5.4"), limits)
+    run = must_claim(store, T0, limits).run_id
+    start(store, run, T0)
+    moves = {"codex:gpt-5.4": (aimd, 4)}
+    store.record_exit(run, _exit(Outcome.RATE_LIMITED), now=T0 + 1, rate=None, adaptive=moves)
+    pool = store.snapshot(now=T0 + 2, limits=limits)["pools"]["codex"]
+    assert pool["models"]["gpt-5.4"]["effective_limit"] == 2 and pool["effective_limit"] == 6
+    assert set(store.snapshot(now=T0 + 2, limits=limits)["pools"]) == {"codex"}  # no pool "codex:gpt-5.4"
+    for i in range(4):
+        put(store, new_ws(f"m{i + 2}", "codex:gpt-5.4"), limits, T0 + 100)
+        put(store, new_ws(f"d{i}", "codex"), limits, T0 + 100)
+    taken = [c.workspace.id for _ in range(8) if (c := claim(store, T0 + 100, limits)) is not None]
+    assert sum(t.startswith("m") for t in taken) == 2  # the model's 2 (of 4 configured)
+    assert len(taken) == 6  # the pool's other lane still fills the pool's 6
 
 
 # ---- fair share and promotion -------------------------------------------------------------------

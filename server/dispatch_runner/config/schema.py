@@ -165,12 +165,20 @@ class Config:
     def pool_policy(self, pool: str) -> PoolPolicy:
         return self.pools.get(pool) or PoolPolicy()
 
-    def adaptive_for(self, pool: str) -> tuple[Aimd, int] | None:
-        """An adaptive pool's AIMD and its configured limit (None: not adaptive, or unlimited)."""
-        aimd = self.pool_policy(pool).adaptive
+    def adaptive_for(self, pool: str, model: str | None) -> dict[str, tuple[Aimd, int]]:
+        """The adaptive limits a run of `pool` (and `model`) moves: the pool's total (`pools.X`)
+        and the model's own (`pools.X:model`), each with its AIMD and configured limit; a limit
+        that is not configured (unlimited) does not adapt."""
         limit = self.concurrency.get(pool)
+        found: dict[str, tuple[Aimd, int]] = {}
         total = limit.total_limit if limit else None
-        return (aimd, total) if aimd is not None and total is not None else None
+        if (aimd := self.pool_policy(pool).adaptive) is not None and total is not None:
+            found[pool] = (aimd, total)
+        key = f"{pool}:{model}"
+        cap = limit.model_limit(model) if limit and model else None
+        if model and (aimd := self.pool_policy(key).adaptive) is not None and cap is not None:
+            found[key] = (aimd, cap)
+        return found
 
     def agent_def(self, ref: AgentRef) -> AgentDef:
         known = self.agents.get(ref.pool)

@@ -114,7 +114,8 @@ def pools(r: _Reader, node: yaml.Node, c: Config) -> Config:
     for pool, (_, value) in r.mapping(node, "pools").items():
         where = f"pools.{pool}"
         items = r.mapping(value, where)
-        r.only(items, _POOL_KEYS, where)
+        # a model variant (codex:gpt-5.4) may have an adaptive limit of its own, nothing else
+        r.only(items, ("adaptive",) if ":" in pool else _POOL_KEYS, where)
         kw: dict[str, Any] = {}
         for name, (_, v) in items.items():
             at = f"{where}.{name}"

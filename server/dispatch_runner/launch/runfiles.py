@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import argv as argvlib
-from ..adaptive import Aimd
+from ..adaptive import Adaptive, Aimd
 from ..model import Outcome
 from ..policy import RateConfig
 from ..store.base import POOL_FAULTS, RunExit, Usage, spawn_reason
@@ -122,17 +122,14 @@ def rate_from_spec(spec: Mapping[str, Any] | None) -> RateConfig | None:
     )
 
 
-def adaptive_to_spec(adaptive: tuple[Aimd, int] | None) -> list[int] | None:
-    """An adaptive pool's [floor, clean_streak, configured limit], for the shim that records the
-    run's end."""
-    return [adaptive[0].floor, adaptive[0].clean_streak, adaptive[1]] if adaptive else None
+def adaptive_to_spec(adaptive: Adaptive) -> dict[str, list[int]]:
+    """The adaptive limits a run moves ({key: [floor, clean_streak, configured limit]}), for the
+    shim that records its end."""
+    return {key: [aimd.floor, aimd.clean_streak, limit] for key, (aimd, limit) in adaptive.items()}
 
 
-def adaptive_from_spec(spec: Sequence[int] | None) -> tuple[Aimd, int] | None:
-    if not spec:
-        return None
-    floor, streak, limit = spec
-    return Aimd(floor=floor, clean_streak=streak), limit
+def adaptive_from_spec(spec: Mapping[str, Sequence[int]] | None) -> Adaptive:
+    return {key: (Aimd(floor=v[0], clean_streak=v[1]), v[2]) for key, v in (spec or {}).items()}
 
 
 def start_failure(exc: OSError | ValueError, *, where: str, what: str = "run") -> RunExit:

@@ -136,7 +136,8 @@ class Core:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
         run = self.store.get_run(run_id)
         rate = self.config.rates.get(run.pool) if run else None
-        adaptive = self.config.adaptive_for(run.pool) if run else None
+        ws = self.store.get_workspace(run.workspace) if run else None
+        adaptive = self.config.adaptive_for(run.pool, ws.model) if run and ws else None
         now = time.time() if now is None else now
         row = self.store.record_exit(
             run_id, result, now=now, rate=rate, lease_ended_by=lease_ended_by, adaptive=adaptive

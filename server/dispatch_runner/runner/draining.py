@@ -63,7 +63,7 @@ class Drainer:
             "kill_grace_s": config.kill_grace_s,
             "lease_s": config.lease_s,
             "rate": runfiles.rate_to_spec(config.rates.get(ws.pool)),
-            "adaptive": runfiles.adaptive_to_spec(config.adaptive_for(ws.pool)),
+            "adaptive": runfiles.adaptive_to_spec(config.adaptive_for(ws.pool, ws.model)),
             "drainer": self.core.drainer_spec(),
             **_watch_spec(config.pool_policy(ws.pool)),
         }

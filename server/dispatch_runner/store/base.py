@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from ..adaptive import Aimd
+from ..adaptive import Adaptive, Aimd
 from ..allowance import Allowance
 from ..model import Event, Outcome
 from ..policy import PoolLimit, PoolState, RateConfig
@@ -21,7 +21,7 @@ class Limits:
     concurrency: Mapping[str, PoolLimit] = field(default_factory=dict)
     rates: Mapping[str, RateConfig] = field(default_factory=dict)
     allowance: Mapping[str, Allowance] = field(default_factory=dict)  # by pool or agent
-    adaptive: Mapping[str, Aimd] = field(default_factory=dict)  # pools with an adaptive limit
+    adaptive: Mapping[str, Aimd] = field(default_factory=dict)  # adaptive limits: pool, pool:model
     preempt_after_s: Mapping[str, float] = field(default_factory=dict)  # pools that allow preemption
     fair_share: bool = True
     promote_after_s: float | None = None  # queued this long: one level up (None: never)
@@ -328,7 +328,7 @@ class Store(GroupStore, ScheduleStore, ApprovalStore, Protocol):
         now: float,
         rate: RateConfig | None,
         lease_ended_by: float | None = None,
-        adaptive: tuple[Aimd, int] | None = None,  # an adaptive pool: its AIMD and configured limit
+        adaptive: Adaptive | None = None,  # the adaptive limits it moves (pool, pool:model)
     ) -> WorkspaceRow | None: ...
     def return_reservation(self, run_id: int, *, now: float) -> WorkspaceRow | None: ...
     def active_runs(self) -> list[RunRow]: ...

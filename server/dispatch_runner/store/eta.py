@@ -10,7 +10,7 @@ from .. import policy
 from ..errors import QueueBusy
 from ..policy import PoolState
 from .base import Limits
-from .lifecycle import limit_of
+from .lanes import limit_of
 
 
 def _dt(epoch: float) -> datetime:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
-from .. import allowance, policy
-from ..adaptive import Aimd, adapt, effective_limit
+from .. import policy
+from ..adaptive import Aimd, adapt
 from ..model import Outcome, WorkspaceState, check_transition
 from ..policy import PoolState, RateConfig
-from .base import HostCaps, Limits, RunExit, WorkspaceRow
+from .base import HostCaps, RunExit, WorkspaceRow
 
 _EVENT_FOR_STATE: Final = {
     WorkspaceState.COMPLETED: "AgentCompleted",
@@ -144,11 +144,8 @@ def _pool_plan(
     events: tuple[PlannedEvent, ...] = ()
     if backoff is not None:
         events = (PlannedEvent(type="PoolBackoff", data={"pool": name, **backoff, "reason": result.detail}),)
-    # one decrease per rate-limit episode: runs that hit the limit while the pool already backs
-    # off from it (started before it) do not halve it again
-    backing_off = pool.backoff_until is not None and pool.backoff_until > now
-    if adaptive is not None and not run.reserved and not (backing_off and outcome is Outcome.RATE_LIMITED):
-        new_pool, changed = _adapt(name, new_pool, outcome, adaptive)
+    if adaptive is not None and not run.reserved:
+        new_pool, changed = adapt_limit(name, new_pool, outcome, adaptive, pool, now)
         events = (*events, *changed)
     return new_pool, events
 
@@ -157,10 +154,15 @@ KILL: Final = 1  # runs.kill_requested: a kill on request
 PREEMPT: Final = 2  # … a stop to free the slot for a critical dispatch (back to the queue)
 
 
-def _adapt(
-    pool: str, state: PoolState, outcome: Outcome, aimd_limit: tuple[Aimd, int]
+def adapt_limit(
+    key: str, state: PoolState, outcome: Outcome, aimd_limit: tuple[Aimd, int], pool: PoolState, now: float
 ) -> tuple[PoolState, tuple[PlannedEvent, ...]]:
-    """AIMD on an adaptive pool's limit; PoolLimitChanged when it moved."""
+    """AIMD on an adaptive limit (a pool's, or a model's: `key` pool:model), after a run of it
+    ended; PoolLimitChanged when it moved. One decrease per rate-limit episode: a run that hits
+    the limit while its pool (`pool`, as it was) already backs off from it does not halve it
+    again."""
+    if outcome is Outcome.RATE_LIMITED and pool.backoff_until is not None and pool.backoff_until > now:
+        return state, ()
     aimd, configured = aimd_limit
     before = min(state.effective_limit or configured, configured)
     after = adapt(
@@ -172,7 +174,7 @@ def _adapt(
     )
     if after.effective_limit is None or after.effective_limit == before:
         return after, ()
-    data = {"pool": pool, "limit": after.effective_limit, "was": before, "configured": configured}
+    data = {"pool": key, "limit": after.effective_limit, "was": before, "configured": configured}
     return after, (PlannedEvent(type="PoolLimitChanged", data=data),)
 
 
@@ -270,79 +272,6 @@ class Lane:
 
     pool: str
     model: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    taken: list[Lane]  # the lanes a claim may take from now
-    wake: list[float]  # when a time-gated one opens
-    why: dict[Lane, str]  # why each other lane is closed: "full", "backoff until …", …
-
-
-def open_lanes(
-    lanes: Sequence[Lane],
-    *,
-    pools: Mapping[str, PoolState],
-    running_pool: Mapping[str, int],
-    running_model: Mapping[tuple[str, str | None], int],
-    limits: Limits,
-    now: float,
-    spent: Mapping[str, allowance.Spent] | None = None,
-) -> Opened:
-    """Capacity-first: the lanes a claim may take from now — the pool's time gate (backoff, daily
-    limit, pacing) is open, neither the pool's nor the agent's allowance is used up (`spent`:
-    today's spend of every key with an allowance) and the pool and the model have room (an
-    adaptive pool's effective limit) — and the times at which a time-gated pool opens (a full
-    lane opens on a completion, not at a time)."""
-    out = Opened([], [], {})
-    gates: dict[str, policy.PoolGate] = {}
-    for lane in lanes:
-        state = pools.get(lane.pool, PoolState())
-        if spent is not None and (used := allowance.used_up(lane.pool, lane.model, limits, spent, now)):
-            out.wake.append(used[1])
-            out.why[lane] = f"allowance used up until {policy.iso(used[1])}"
-            continue
-        if lane.pool not in gates:
-            gates[lane.pool] = policy.pool_gate(limits.rates.get(lane.pool), state, _dt(now))
-        gate = gates[lane.pool]
-        if not gate.open:
-            if gate.wake_at is not None:
-                out.wake.append(gate.wake_at.timestamp())
-            until = f" until {policy.iso(gate.wake_at.timestamp())}" if gate.wake_at else ""
-            out.why[lane] = f"{gate.reason}{until}"
-            continue
-        if policy.has_capacity(
-            limit_of(lane.pool, limits, state),
-            pool_running=running_pool.get(lane.pool, 0),
-            model=lane.model,
-            model_running=running_model.get((lane.pool, lane.model), 0),
-        ):
-            out.taken.append(lane)
-        else:
-            out.why[lane] = "full"
-    return out
-
-
-def limit_of(pool: str, limits: Limits, state: PoolState) -> policy.PoolLimit | None:
-    """The limit a claim obeys in `pool`: its configured one, or an adaptive pool's current one."""
-    return effective_limit(limits.adaptive.get(pool), limits.concurrency.get(pool), state)
-
-
-def pool_binds(
-    lane: Lane,
-    limits: Limits,
-    state: PoolState,
-    *,
-    running: tuple[Mapping[str, int], Mapping[tuple[str, str | None], int]],
-) -> bool:
-    """Whether a full lane is full by its pool's total alone (a run of any model of the pool frees
-    its slot), not by its model's own limit (only a run of that model does)."""
-    limit = limit_of(lane.pool, limits, state)
-    if limit is None:
-        return False
-    total, cap = limit.total_limit, limit.model_limit(lane.model)
-    model_full = cap is not None and running[1].get((lane.pool, lane.model), 0) >= cap
-    return total is not None and running[0].get(lane.pool, 0) >= total and not model_full
 
 
 class Ordered(Protocol):

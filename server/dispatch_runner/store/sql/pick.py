@@ -2,10 +2,11 @@
 including workspaces with a preference list, which take the first of their entries with room —
 and, for a critical head that finds its pool full, the run it may preempt."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ... import allowance
 from ...policy import PoolState
+from .. import lanes as gates
 from .. import lifecycle
 from ..base import HostCaps, Limits, RouteEntry, RunRow, WorkspaceRow
 from .conn import Conn
@@ -22,6 +23,14 @@ def _running_counts(db: Conn) -> tuple[dict[str, int], dict[tuple[str, str | Non
         pools[r["pool"]] = pools.get(r["pool"], 0) + r["n"]
         models[(r["pool"], r["model"])] = r["n"]
     return pools, models
+
+
+def _pool_states(db: Conn, lanes: Sequence[lifecycle.Lane], limits: Limits) -> dict[str, PoolState]:
+    """The state of every pool of these lanes, and of each model with an adaptive limit of its
+    own (kept under pool:model)."""
+    keys = {lane.pool for lane in lanes}
+    keys |= {f"{lane.pool}:{lane.model}" for lane in lanes if lane.model} & set(limits.adaptive)
+    return {key: read_pool_state(db, key) for key in keys}
 
 
 class Pick:
@@ -57,15 +66,11 @@ class Pick:
         lanes = list(dict.fromkeys([*queued, *(_lane(e) for ws in routed for e in ws.route)]))
         lock(sorted({lane.pool for lane in lanes}))
         running_pool, running_model = self._running = _running_counts(db)
-        pools = self._pools = {pool: read_pool_state(db, pool) for pool in {lane.pool for lane in lanes}}
-        budgeted = {
-            key
-            for lane in lanes
-            for key in allowance.allowance_keys(lane.pool, lane.model)
-            if key in limits.allowance
-        }
+        pools = self._pools = _pool_states(db, lanes, limits)
+        budgeted = {k for lane in lanes for k in allowance.allowance_keys(lane.pool, lane.model)}
+        budgeted &= set(limits.allowance)
         spent = read_spent(db, budgeted, limits.rates, self.now) if budgeted else None
-        opened = lifecycle.open_lanes(
+        opened = gates.open_lanes(
             lanes,
             pools=pools,
             running_pool=running_pool,
@@ -142,7 +147,7 @@ class Pick:
                 continue
             if db.execute(db.q.preempting_in_pool, (lane.pool,)).fetchone()[0]:
                 continue
-            anywhere = lifecycle.pool_binds(
+            anywhere = gates.pool_binds(
                 lane, limits, self._pools.get(lane.pool, PoolState()), running=self._running
             )  # else only a run of its own model frees the slot it needs
             args = (lane.pool, key, anywhere, self.now - min_runtime)

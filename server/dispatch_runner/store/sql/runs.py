@@ -7,9 +7,9 @@ a never-started claim's slot given back); this side loads the rows and writes th
 import json
 from typing import Any
 
-from ...adaptive import Aimd
+from ...adaptive import Adaptive
 from ...model import TERMINAL_EVENTS, Outcome
-from ...policy import RateConfig
+from ...policy import PoolState, RateConfig
 from .. import lifecycle
 from ..base import Lease, RunExit, RunRow, WorkspaceRow
 from . import deps
@@ -39,6 +39,25 @@ def _after_end(
     used = result.usage
     if used.tokens or used.cost_usd:
         add_spend(db, ws.pool, agent_key(ws), rate, now, runs=0, tokens=used.tokens, usd=used.cost_usd or 0.0)
+
+
+def _adapt_model(
+    db: Conn,
+    ws: WorkspaceRow,
+    adaptive: Adaptive | None,
+    outcome: Outcome,
+    pool: PoolState,
+    *,
+    reserved: bool,
+    now: float,
+) -> tuple[lifecycle.PlannedEvent, ...]:
+    """AIMD on a model's own limit (`pools.X:model.adaptive`), kept under its key; its events."""
+    key = f"{ws.pool}:{ws.model}"
+    if reserved or not adaptive or not ws.model or key not in adaptive:
+        return ()
+    state, events = lifecycle.adapt_limit(key, read_pool_state(db, key), outcome, adaptive[key], pool, now)
+    save_pool_state(db, key, state)
+    return events
 
 
 PREEMPTED_INPUT = (
@@ -183,7 +202,7 @@ class RunSide(WatchSide):
         now: float,
         rate: RateConfig | None,
         lease_ended_by: float | None = None,
-        adaptive: tuple[Aimd, int] | None = None,
+        adaptive: Adaptive | None = None,
     ) -> WorkspaceRow | None:
         """Compare-and-set the run's end; apply retry / dead-letter / backoff policy.
 
@@ -202,7 +221,7 @@ class RunSide(WatchSide):
         now: float,
         rate: RateConfig | None,
         lease_ended_by: float | None = None,
-        adaptive: tuple[Aimd, int] | None = None,
+        adaptive: Adaptive | None = None,
     ) -> WorkspaceRow | None:
         run = db.execute(db.q.run, (run_id,)).fetchone()
         if run is None or run["phase"] not in ("reserved", "running"):
@@ -217,19 +236,24 @@ class RunSide(WatchSide):
             return None  # its shim renewed the lease since the judge read it
         ws = read_workspace(db, run["workspace"])
         requeues = db.execute(db.q.requeues, (ws.id, Outcome.RATE_LIMITED.value)).fetchone()[0]
+        pool = read_pool_state(db, ws.pool)
         plan = lifecycle.plan_exit(
             ws,
             spawn_mark(run),
             result,
-            read_pool_state(db, ws.pool),
+            pool,
             kill_requested=int(run["kill_requested"]),
             requeues_before=requeues,
             now=now,
             rate=rate,
             run_id=run_id,
-            adaptive=adaptive,
+            adaptive=(adaptive or {}).get(ws.pool),
         )
         self._write_exit(db, ws, run_id, result, plan, now, rate)
+        for event in _adapt_model(
+            db, ws, adaptive, plan.outcome, pool, reserved=spawn_mark(run).reserved, now=now
+        ):
+            self._event(db, event.type, now, ws.id, ws.origin, **event.data)
         return read_workspace(db, ws.id)
 
     def _write_exit(

@@ -10,7 +10,7 @@ from typing import Any
 from ... import policy
 from ...allowance import Allowance, Spent, exhausted
 from ...model import Priority
-from .. import lifecycle
+from .. import lanes
 from ..base import Limits, WorkspaceRow
 from .approvals import pending_rows
 from .conn import Conn, Row
@@ -72,7 +72,8 @@ def _pool_counts(db: Conn, limits: Limits) -> dict[str, dict[str, Any]]:
         elif r["model"] is not None:
             e["models"].setdefault(r["model"], {"running": 0, "limit": None})["running"] += r["n"]
     for r in db.execute(db.q.known_pools):
-        entry(r[0])
+        if ":" not in r[0]:  # pool:model rows hold a model's adaptive limit, not a pool
+            entry(r[0])
     return pools
 
 
@@ -90,9 +91,15 @@ def _pool_times(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limit
         e["next_spawn_at"] = policy.iso(gate.wake_at.timestamp()) if gate.wake_at else None
         e["oldest_queued_at"] = policy.iso(e.pop("_oldest"))
         e["throughput_1m"] = thr.get(name, 0)
-        limit = lifecycle.limit_of(name, limits, ps)  # an adaptive pool's current limit
+        limit = lanes.limit_of(name, limits, ps)  # an adaptive pool's current limit
         e["effective_limit"] = limit.total_limit if limit else None
         e["adaptive"] = name in limits.adaptive
+        for model, m in e["models"].items():  # a model's own adaptive limit, where it has one
+            if f"{name}:{model}" in limits.adaptive:
+                mine = lanes.limit_of(
+                    name, limits, ps, model=model, model_state=read_pool_state(db, f"{name}:{model}")
+                )
+                m["effective_limit"] = mine.model_limit(model) if mine else None
 
 
 def _pool_spend(db: Conn, pools: dict[str, dict[str, Any]], *, now: float, limits: Limits) -> None:
