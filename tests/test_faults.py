@@ -288,8 +288,11 @@ async def test_rows_of_peers_that_were_killed_are_removed(home: Home) -> None:
     store = SQLiteStore(home.path / "state.db")
     try:
         wait_for(lambda: len(store.peers()) == 3, timeout=30, message="three serving peers")
-        for port, proc in procs:
+        for port, _ in procs:
             wait_for(partial(listening, port), timeout=30, message="the peer listening")
+        for _, proc in procs:  # all stopped first: a live one would sweep the others' rows away
+            proc.send_signal(signal.SIGSTOP)
+        for _, proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         assert len(store.peers()) == 3  # nobody withdrew them
