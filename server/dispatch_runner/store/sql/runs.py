@@ -5,6 +5,7 @@ a never-started claim's slot given back); this side loads the rows and writes th
 """
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from ...adaptive import Adaptive
@@ -316,7 +317,7 @@ class RunSide(WatchSide):
             if owed and event in ending:
                 db.execute(db.q.insert_outbox, (owed, ws.id, event_id, now))
         if plan.finished:  # what waited for it: dependents, its group
-            deps.ended(self, db, read_workspace(db, ws.id), now)
+            deps.ended(self, db, replace(ws, state=plan.state.value), now)
 
     def _follow_up(self, db: Conn, ws: WorkspaceRow, now: float) -> None:
         """Messages sent while the run ran (and not taken live) become the input of a new run
