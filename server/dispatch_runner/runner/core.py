@@ -136,8 +136,10 @@ class Core:
         """Record a run's end found by this peer (not by its shim); refresh status.json."""
         run = self.store.get_run(run_id)
         rate = self.config.rates.get(run.pool) if run else None
-        ws = self.store.get_workspace(run.workspace) if run else None
-        adaptive = self.config.adaptive_for(run.pool, ws.model) if run and ws else None
+        # a model's own adaptive limit needs the run's model: read only where one is configured
+        per_model = run is not None and any(k.startswith(f"{run.pool}:") for k in self.config.pools)
+        ws = self.store.get_workspace(run.workspace) if run and per_model else None
+        adaptive = self.config.adaptive_for(run.pool, ws.model if ws else None) if run else None
         now = time.time() if now is None else now
         row = self.store.record_exit(
             run_id, result, now=now, rate=rate, lease_ended_by=lease_ended_by, adaptive=adaptive

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,10 +23,17 @@ log = logging.getLogger("dispatch_runner")
 class Drainer:
     def __init__(self, core: Core) -> None:
         self.core = core
+        # one drain at a time in this peer: two at once (the loop's tick and a dispatch, say)
+        # would each claim before the other's failed spawn backs the pool off
+        self._draining = threading.Lock()
 
     def drain_sync(self) -> list[str]:
         """Claim and spawn until the gate says no; schedule a wake-up for time-gated pools.
         Returns the workspaces started."""
+        with self._draining:
+            return self._drain()
+
+    def _drain(self) -> list[str]:
         spawned: list[str] = []
         self.core.reload_if_changed()  # a changed agents.yaml applies from this claim on
         while True:
