@@ -95,6 +95,11 @@ def iso(epoch_s: float | None) -> str | None:
     return to_dt(epoch_s).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: str | None) -> float | None:
+    """Epoch seconds of an ISO-8601 time as `iso` writes it (None for None or "")."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
 def duration_text(seconds: float) -> str:
     """84s, 2.41s, 12m05s, 1h03m: the agent's wall time, the same everywhere it is shown."""
     if seconds < 10:

@@ -265,6 +265,9 @@ async def serve_http(
     if token:  # peers of other hosts read this host's logs with the fleet's token, never without
         runner.advertise(advertised_url(host, port), token)
         add_peer_routes(mcp, runner)
+    from .metrics import add_metrics_route  # prometheus_client: only for HTTP serving
+
+    add_metrics_route(mcp, runner, security)
     if transport == "http":
         app = mcp.streamable_http_app(transport_security=security, host=host)
     else:

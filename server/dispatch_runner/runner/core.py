@@ -97,6 +97,8 @@ class Core:
         # without one leaves it to the run's shim, which sees the mark at its next lease renewal
         self.stop_run: Callable[[RunRow], None] | None = None
         self.config_error: str | None = None  # the last edit of agents.yaml was invalid: why
+        # timings for a metrics surface (GET /metrics sets it): observe(name, pool, seconds)
+        self.observe: Callable[[str, str, float], None] = lambda name, pool, seconds: None
         self._config_mtime = _mtime(config.source)
 
     def statistics(self) -> RunnerStatistics:

@@ -37,9 +37,12 @@ class Drainer:
         spawned: list[str] = []
         self.core.reload_if_changed()  # a changed agents.yaml applies from this claim on
         while True:
+            began = time.monotonic()
             result = self.core.store.claim_next(
                 now=None, limits=self.core.limits, peer=self.core.peer, can=self.core.caps()
             )
+            pool = result.claim.workspace.pool if result.claim else ""
+            self.core.observe("claim", pool, time.monotonic() - began)
             self.core.schedule(result.wake_at)
             if result.preempt is not None:
                 self.core.preempt(result.preempt)
@@ -47,6 +50,9 @@ class Drainer:
                 return spawned
             if self._spawn(result.claim):
                 spawned.append(result.claim.workspace.id)
+                if result.claim.workspace.runs == 1:  # a dispatch's first run: its wait in the queue
+                    waited = time.time() - result.claim.workspace.created_at
+                    self.core.observe("dispatch_to_running", pool, max(waited, 0.0))
 
     def _spawn(self, claim: Claim) -> bool:
         ws = claim.workspace

@@ -12,6 +12,7 @@ schedules and the collection of old workspaces.
 import fcntl
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -134,6 +135,11 @@ class Runner(ScheduleActions):
 
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         return await self.queries.logs(req, here_only=here_only)
+
+    def observe_with(self, observe: Callable[[str, str, float], None]) -> None:
+        """Where this peer reports its timings: observe(name, pool, seconds), name "claim" or
+        "dispatch_to_running" (GET /metrics feeds its histograms with them)."""
+        self.core.observe = observe
 
     def advertise(self, url: str | None, token: str) -> None:
         """The URL other hosts reach this peer's HTTP endpoint at (registered with its heartbeat:

@@ -6,6 +6,7 @@ from typing import Any
 
 from ...model import Event
 from ..base import Limits, WorkspaceRow
+from .conn import Conn
 from .core import SQLCore
 from .rows import read_frozen, workspace_row
 from .snapshot import snapshot
@@ -55,6 +56,18 @@ class ReadSide(SQLCore):
 
     def is_frozen(self) -> bool:
         return self._reading(read_frozen)
+
+    def metric_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """What GET /metrics counts from the store (fleet-wide): workspaces per pool and state, and
+        ended runs per pool and outcome with their tokens and dollars."""
+
+        def read(db: Conn) -> dict[str, list[dict[str, Any]]]:
+            return {
+                "workspaces": [dict(r) for r in db.execute(db.q.metric_workspaces)],
+                "runs": [dict(r) for r in db.execute(db.q.metric_runs)],
+            }
+
+        return self._reading(read)
 
     def snapshot(
         self,

@@ -596,3 +596,16 @@ DELETE FROM outbox WHERE workspace IN (SELECT g.id FROM groups g WHERE g.ended_a
 -- name: forget_groups
 DELETE FROM groups WHERE ended_at IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.group_id = groups.id);
+
+-- ---- metrics (GET /metrics) --------------------------------------------------------------------
+
+-- name: metric_workspaces
+-- workspaces per pool and state (an index scan of workspaces_state_cover)
+SELECT pool, state, count(*) n FROM workspaces GROUP BY pool, state;
+
+-- name: metric_runs
+-- ended runs per pool and outcome, with what they reported spending (every run the store keeps:
+-- gc trims them after retention_days)
+SELECT pool, outcome, count(*) n, coalesce(sum(input_tokens), 0) input_tokens,
+   coalesce(sum(output_tokens), 0) output_tokens, coalesce(sum(cost_usd), 0) cost_usd
+   FROM runs WHERE outcome IS NOT NULL GROUP BY pool, outcome;
