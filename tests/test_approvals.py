@@ -97,6 +97,14 @@ def test_the_cli_lists_and_answers_a_request(home: Home, backend: str) -> None:
         env={**os.environ, "DISPATCH_RUNNER_PARENT": ws},
     )
     assert inside.returncode == 3 and "not a sub-agent of workspace" in inside.stderr
+    listed = subprocess.run(  # nor is it listed to it: it is no sub-agent of its own
+        [sys.executable, "-m", "dispatch_runner.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DISPATCH_RUNNER_PARENT": ws},
+    )
+    assert json.loads(listed.stdout)["approvals"] == []
     answered = run_cli("approve", request["request"], "deny", "--note", "not in this repo")
     assert answered.stdout.strip() == f"{request['request']}: deny (Edit, workspace {ws})"
     assert run_cli("wait", ws, "--timeout", "60").returncode == 0

@@ -18,7 +18,7 @@ from ..launch import supervisor
 from ..model import Event, WorkspaceState
 from ..policy import MAX_WAIT_TIMEOUT_S, iso
 from ..store import WorkspaceRow
-from . import groups, remote, scheduling
+from . import followups, groups, remote, scheduling
 from .core import Core
 from .views import tail_lines, wait_row, workspace_view
 
@@ -58,6 +58,9 @@ class Queries:
             state=req.state,
             limit=limit or 20,
         )
+        if (inside := followups.parent_from_env()) is not None:  # a sub-agent sees (and may answer)
+            below = set(await core.db(core.store.subtree, [inside]))  # only its own sub-agents'
+            snap["approvals"] = [a for a in snap["approvals"] if a["workspace"] in below]
         snap["bus_dropped"] = core.statistics().bus.dropped
         snap["agents"] = self._agents()
         snap["config"] = {"source": core.config.source, "error": core.config_error}
