@@ -21,6 +21,7 @@ from ..errors import DispatchError
 from ..events import Bus, BusStatistics, Event
 from ..launch import launcher, runfiles, supervisor
 from ..store import HostCaps, Limits, RunExit, RunRow, Store, WorkspaceRow
+from . import tracing
 
 log = logging.getLogger("dispatch_runner")
 EVENT_BATCH = 500
@@ -99,6 +100,8 @@ class Core:
         self.config_error: str | None = None  # the last edit of agents.yaml was invalid: why
         # timings for a metrics surface (GET /metrics sets it): observe(name, pool, seconds)
         self.observe: Callable[[str, str, float], None] = lambda name, pool, seconds: None
+        tracing.setup_from_env()
+        self.traces = tracing.Traces()  # spans of this peer's dispatches, ended at their completion
         self._config_mtime = _mtime(config.source)
 
     def statistics(self) -> RunnerStatistics:
@@ -237,6 +240,10 @@ class Core:
                 fresh += batch
                 if len(batch) < EVENT_BATCH:
                     break
+            for ended in self.traces.ends(fresh):  # under the lock: a publish after it sees them ended
+                row = await self.db(self.store.get_workspace, ended)
+                if row is not None:
+                    self.traces.completed(row, await self.db(self.store.runs_of, ended))
             return fresh
 
 

@@ -64,10 +64,18 @@ class Dispatcher:
                     fleet=Fleet(self.core.caps(fresh=True), self.core.store.peers),
                     lineage=tree,
                 )
+                new = self._traced(new)
                 try:
-                    return self._dispatch_sync(schedule.apply(new), schedule.max_wait(req.max_wait_s))
+                    result = self._dispatch_sync(schedule.apply(new), schedule.max_wait(req.max_wait_s))
                 except _IdTaken:
+                    self.core.traces.discard(new.id)
                     continue  # another dispatch drew the same id this second: draw again
+                except BaseException:
+                    self.core.traces.discard(new.id)
+                    raise
+                if result.get("deduplicated"):
+                    self.core.traces.discard(new.id)
+                return result
             raise WorkspaceUnavailable(str(self.core.config.workspace_root), "no free workspace id")
 
         result = await anyio.to_thread.run_sync(attempt)
@@ -87,6 +95,15 @@ class Dispatcher:
         for each in requests:
             check_dispatch_values(each)
             new_workspace(self.core.config, each, origin=None, fleet=fleet)
+
+    def _traced(self, new: NewWorkspace) -> NewWorkspace:
+        """Its trace span started (when tracing is on), its context in every spec it may run
+        with: the agent gets it as TRACEPARENT."""
+        parent = self.core.traces.dispatched(new.id, agent=new.agent, model=new.model, pool=new.pool)
+        if parent is None:
+            return new
+        route = tuple(replace(e, spec={**e.spec, "traceparent": parent}) for e in new.route)
+        return replace(new, spec={**new.spec, "traceparent": parent}, route=route)
 
     async def _resume(self, req: DispatchRequest) -> dict[str, Any]:
         """A follow-up task for an existing workspace: a new run of it that resumes its agent's

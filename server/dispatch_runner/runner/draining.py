@@ -83,6 +83,7 @@ class Drainer:
         }
         spec["env"] = {
             **spec.get("env", {}),
+            **_trace_env(claim.workspace),  # as stored: this host's spec of the agent has none
             **_lineage_env(ws, config),
             **supervisor.run_marker(ws.id, claim.run_id),
         }
@@ -181,3 +182,9 @@ def _lineage_env(ws: WorkspaceRow, config: Config) -> dict[str, str]:
     if Path(config.source).is_file():
         env["DISPATCH_RUNNER_CONFIG"] = config.source
     return env
+
+
+def _trace_env(ws: WorkspaceRow) -> dict[str, str]:
+    """The dispatch's trace context (runner/tracing.py), for the agent and its own dispatches."""
+    parent = ws.spec.get("traceparent")
+    return {"TRACEPARENT": parent} if isinstance(parent, str) and parent else {}
