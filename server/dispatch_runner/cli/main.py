@@ -68,10 +68,31 @@ def _run(args: argparse.Namespace) -> int:
         "serve": _serve,
         "completion": _completion,
         "approval-server": _approval_server,
+        "top": _top,
     }
     if args.command in simple:
         return simple[args.command](args)
     return _action(args)
+
+
+def _top(args: argparse.Namespace) -> int:
+    """The fleet in a terminal (textual, the `tui` extra)."""
+    try:
+        from .top import Top
+    except ImportError as exc:
+        print(f"dispatch-runner: top needs {exc.name}: pip install 'dispatch-runner[tui]'", file=sys.stderr)
+        return 2
+    from ..runner import Runner
+
+    if not args.interval > 0:
+        print("dispatch-runner: --interval must be a positive number of seconds", file=sys.stderr)
+        return 2
+    runner = Runner(_config(args), kind="cli")
+    try:
+        Top(runner, interval=args.interval).run()
+    finally:
+        runner.close()
+    return 0
 
 
 def _action(args: argparse.Namespace) -> int:

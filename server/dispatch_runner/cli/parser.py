@@ -339,6 +339,14 @@ def _maintenance(cmd: Callable[..., argparse.ArgumentParser]) -> None:
         "check the config, the agent CLIs on PATH, the store and the workspace root",
         json_help="print the checks as JSON: [{check, ok, detail}]",
     )
+    t = cmd(
+        "top",
+        "the fleet in a terminal: pools, queue, runs; keys k kill, f freeze/unfreeze, p poke, l log, q quit",
+        json_help=None,
+    )
+    t.add_argument(
+        "--interval", type=float, default=1.0, metavar=SECONDS, help="seconds between refreshes (default 1)"
+    )
     i = cmd("init", "write a commented agents.yaml into the home", json_help=None)
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
     c = cmd(
