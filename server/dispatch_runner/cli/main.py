@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DispatchError as exc:
         return _failed(args, exc)
     except KeyboardInterrupt:
+        # an event loop the interrupt cut short (its self-pipe half closed) is collected at exit
+        # and would print "Exception ignored in BaseEventLoop.__del__": Ctrl-C says all there is
+        sys.unraisablehook = lambda unraisable: None
         return INTERRUPTED
     except BrokenPipeError:  # `| head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
