@@ -21,6 +21,7 @@ from dispatch_runner.actions import DispatchRequest, KillRequest, ScheduleReques
 from dispatch_runner.config import load_config
 from dispatch_runner.errors import InvalidArgument
 from dispatch_runner.launch import supervisor
+from dispatch_runner.policy import iso
 from dispatch_runner.runner import Runner
 from dispatch_runner.runner.schedules import MAX_SLEEP_S, RETRY_S, Scheduler, sleep_s
 from tests.conftest import Home, until
@@ -50,8 +51,8 @@ def fires(expr: str, zone: str, start: float, n: int) -> list[str]:
 def test_a_cron_reads_in_its_timezone_winter_and_summer() -> None:
     paris = cron.parse("0 9 * * mon-fri", "Europe/Paris")
     saturday_winter = at("UTC", 2026, 1, 3, 12)
-    assert cron.iso(cron.next_fire(paris, saturday_winter)) == "2026-01-05T08:00:00Z"  # CET
-    assert cron.iso(cron.next_fire(paris, at("UTC", 2026, 7, 4, 12))) == "2026-07-06T07:00:00Z"  # CEST
+    assert iso(cron.next_fire(paris, saturday_winter)) == "2026-01-05T08:00:00.000Z"  # CET
+    assert iso(cron.next_fire(paris, at("UTC", 2026, 7, 4, 12))) == "2026-07-06T07:00:00.000Z"  # CEST
     assert cron.parse("0 9 * * *").timezone == "UTC"
 
 
@@ -213,7 +214,7 @@ async def test_fire_due_dispatches_each_tick_once_through_the_gate(home: Home, b
     async with runner_on(home, "concurrency:\n  agent: 1\n") as runner:
         made = await create(runner, "* * * * *", task="tick @sleep=30", label="nightly")
         first = tick_of(runner, made["id"])
-        assert made["next_run_at"] == cron.iso(first) and made["last_run_at"] is None
+        assert made["next_run_at"] == iso(first) and made["last_run_at"] is None
         assert await runner.fire_due(first - 1) == []  # not due yet
         [fired] = await runner.fire_due(first)
         assert await runner.fire_due(first) == []  # the tick is taken: never twice
@@ -224,8 +225,8 @@ async def test_fire_due_dispatches_each_tick_once_through_the_gate(home: Home, b
         queued = runner.store.get_workspace(second["workspace"])
         assert queued is not None and queued.state == "queued"  # the pool's limit of 1 holds it
         [listed] = (await runner.schedule(ScheduleRequest(action="list")))["schedules"]
-        assert listed["next_run_at"] == cron.iso(first + 120)
-        assert listed["last_run_at"] == cron.iso(first + 60)
+        assert listed["next_run_at"] == iso(first + 120)
+        assert listed["last_run_at"] == iso(first + 60)
         assert listed["last_workspace"] == second["workspace"]
         fired_events = events(runner, "ScheduleFired")
         assert [(e.workspace, e.data["schedule"], e.data["tick"]) for e in fired_events] == [
@@ -342,7 +343,7 @@ async def test_ticks_missed_while_no_peer_ran_fire_once(home: Home, backend: str
         tick = tick_of(runner, made["id"])
         later = tick + 6 * 3600 + 30  # 72 ticks missed
         fired = await runner.fire_due(later)
-        assert len(fired) == 1 and fired[0]["tick"] == cron.iso(tick)
+        assert len(fired) == 1 and fired[0]["tick"] == iso(tick)
         assert tick_of(runner, made["id"]) == tick + 6 * 3600 + 300
         assert await runner.fire_due(later) == []
         await wait_all(runner, [fired[0]["workspace"]])

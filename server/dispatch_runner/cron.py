@@ -114,13 +114,6 @@ def fire_after_missed(cron: Cron, *, due: float, now: float) -> float:
     return next_fire(cron, max(due, now))
 
 
-def iso(instant: float | None) -> str | None:
-    """An instant as UTC ISO 8601 (what results show)."""
-    if instant is None:
-        return None
-    return datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _lib() -> ModuleType:
     """croniter, imported when a schedule is first read: with dateutil it costs ~40 ms, which
     no CLI command but `schedule` should pay."""

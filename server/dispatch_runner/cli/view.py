@@ -15,7 +15,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..policy import duration_text
+from ..policy import duration_text, parse_iso, to_dt
 from . import schedules
 
 FINISHED = ("completed", "failed", "killed", "lost", "cancelled")
@@ -59,7 +59,8 @@ def run_action(call: Any) -> Any:
 
 
 def _parse(iso: str | None) -> datetime | None:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")) if iso else None
+    at = parse_iso(iso)
+    return to_dt(at) if at is not None else None
 
 
 def span(seconds: float) -> str:

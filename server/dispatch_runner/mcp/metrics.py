@@ -114,7 +114,8 @@ def _pools(pools: dict[str, dict[str, Any]], *, now: float) -> Iterator[Any]:
 
 def _host_allowed(security: TransportSecuritySettings, host: str) -> bool:
     """The DNS-rebinding check the MCP endpoint makes, for this route too: a token-less loopback
-    bind answers only requests addressed to a loopback name."""
+    bind answers only requests addressed to a loopback name. It mirrors the SDK's own host rule
+    (exact, or `name:*` for any port), which is private to its middleware."""
     if not security.enable_dns_rebinding_protection:
         return True
     return any(

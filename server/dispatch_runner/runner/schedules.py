@@ -23,6 +23,7 @@ from .. import validate
 from ..actions import DISPATCH_FIELDS, DispatchRequest, ScheduleRequest
 from ..errors import DispatchError, InvalidArgument, LimitRefused
 from ..launch import supervisor
+from ..policy import iso
 from ..store import ScheduleRow
 from . import followups
 from .core import Core
@@ -167,7 +168,7 @@ class Scheduler:
         self._retry_at.pop(row.id, None)
         fired = {
             "schedule": row.id,
-            "tick": cronlib.iso(row.next_run_at),
+            "tick": iso(row.next_run_at),
             "workspace": result.get("workspace"),  # or, for a fan-out, its group
             "group": result.get("group"),
             "deduplicated": bool(result.get("deduplicated")),
@@ -183,7 +184,7 @@ class Scheduler:
     def _failed(self, row: ScheduleRow, now: float, reason: str, *, unexpected: bool = False) -> None:
         self._retry_at[row.id] = now + RETRY_S
         level = logging.ERROR if unexpected else logging.WARNING
-        tick = cronlib.iso(row.next_run_at)
+        tick = iso(row.next_run_at)
         log.log(level, "schedule %s: its %s tick failed (again in %.0f s): %s", row.id, tick, RETRY_S, reason)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -269,12 +270,12 @@ def view(row: ScheduleRow) -> dict[str, Any]:
         "id": row.id,
         "cron": row.cron,
         "timezone": row.timezone,
-        "next_run_at": cronlib.iso(row.next_run_at),
-        "last_run_at": cronlib.iso(row.last_run_at),
+        "next_run_at": iso(row.next_run_at),
+        "last_run_at": iso(row.last_run_at),
         "last_workspace": row.last_workspace,
         "last_error": row.last_error,
         "dispatch": dict(row.dispatch),
-        "created_at": cronlib.iso(row.created_at),
+        "created_at": iso(row.created_at),
         "host": row.host,
     }
 

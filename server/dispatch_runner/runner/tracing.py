@@ -1,6 +1,6 @@
 """OpenTelemetry traces of dispatches, following the GenAI semantic conventions: one
 `invoke_agent {agent}` span per dispatch, from the tool call to the completion this peer
-publishes, with `queue`, `start` and `run` children timed from the store's rows. The span's
+publishes, with `queue` and `run` children timed from the store's rows. The span's
 context reaches the agent as `TRACEPARENT` (W3C), so a sub-agent's own dispatches (its runner
 reads TRACEPARENT) join the same trace.
 
@@ -103,7 +103,7 @@ class Traces:
             return [e.workspace for e in events if e.type in TERMINAL_EVENTS and e.workspace in self._open]
 
     def completed(self, row: WorkspaceRow, runs: Sequence[RunRow]) -> None:
-        """End a dispatch's span with its usage and outcome; its runs' queue wait, start and run
+        """End a dispatch's span with its usage and outcome; its queue wait and each of its runs
         as children, timed from the store."""
         with self._lock:
             span = self._open.pop(row.id, None)

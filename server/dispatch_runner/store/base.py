@@ -148,7 +148,6 @@ class WorkspaceRow:
     after_mode: str | None = None
     share_key: str | None = None
     share_rank: int = 0
-    promoted_at: float | None = None
     preemptible: bool = True
     sandbox: str | None = None
     ask: str | None = None

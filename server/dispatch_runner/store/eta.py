@@ -3,7 +3,6 @@ in, a plan out (lifecycle.py decides the rest of a workspace's life the same way
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 from .. import policy
@@ -11,10 +10,6 @@ from ..errors import QueueBusy
 from ..policy import PoolState
 from .base import Limits
 from .lanes import limit_of
-
-
-def _dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 class QueueCounts(Protocol):
@@ -46,7 +41,7 @@ def plan_eta(
     """Where a new dispatch would wait and for how long. The binding gate is the model's own
     limit when it is tighter than the pool's (then only its lane counts), else the pool's; with
     no limit at all only the time gate can delay it."""
-    gate = policy.pool_gate(limits.rates.get(pool), state, _dt(now))
+    gate = policy.pool_gate(limits.rates.get(pool), state, policy.to_dt(now))
     gate_wait = max((gate.wake_at.timestamp() - now) if gate.wake_at else 0.0, 0.0)
     limit = limit_of(pool, limits, state)
     total = limit.total_limit if limit else None

@@ -3,17 +3,12 @@ model's, adaptive ones at their current value. Pure, like the lifecycle it serve
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 from .. import allowance, policy
 from ..adaptive import effective_limit
 from ..policy import PoolState
 from .base import Limits
 from .lifecycle import Lane
-
-
-def _dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +42,7 @@ def open_lanes(
             out.why[lane] = f"allowance used up until {policy.iso(used[1])}"
             continue
         if lane.pool not in gates:
-            gates[lane.pool] = policy.pool_gate(limits.rates.get(lane.pool), state, _dt(now))
+            gates[lane.pool] = policy.pool_gate(limits.rates.get(lane.pool), state, policy.to_dt(now))
         gate = gates[lane.pool]
         if not gate.open:
             if gate.wake_at is not None:

@@ -8,7 +8,6 @@ events (the same property tests cover the plans for all of them).
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 
 from .. import policy
@@ -54,10 +53,6 @@ class ExitPlan:
     finished: bool
     pool: PoolState | None  # the pool's new state, or None when unchanged
     events: tuple[PlannedEvent, ...]
-
-
-def _dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 def plan_exit(
@@ -220,8 +215,8 @@ def _pool_after_exit(
             until = now + policy.fault_backoff_s(fails)
         else:
             until = policy.rate_limit_backoff_until(
-                now=_dt(now),
-                retry_at=_dt(result.retry_at) if result.retry_at else None,
+                now=policy.to_dt(now),
+                retry_at=policy.to_dt(result.retry_at) if result.retry_at else None,
                 rate=rate,
                 fail_count=fails,
             ).timestamp()
@@ -320,7 +315,7 @@ def plan_take(ws: WorkspaceRow, pool: PoolState, *, rate: RateConfig | None, now
     no other peer spawns in the same window); the run remembers them, to give them back if it
     never starts. It counts as running, but is AgentStarted only when its shim starts it."""
     check_transition(WorkspaceState(ws.state), WorkspaceState.RUNNING)
-    after = policy.after_spawn(rate, pool, _dt(now))
+    after = policy.after_spawn(rate, pool, policy.to_dt(now))
     return TakePlan(
         pool=after, spawn_mark=after.last_spawn, prev_last_spawn=pool.last_spawn, counted_day=after.daily_day
     )

@@ -78,13 +78,6 @@ class ApprovalSide(SQLCore):
 
         return self._write(tx)
 
-    def pending_approvals(self, *, now: float, limit: int = PENDING_LIMIT) -> list[Approval]:
-        """Unanswered requests whose deadline has not passed, oldest first."""
-        rows = self._reading(
-            lambda db: db.execute(db.q.approvals_pending, (now, limit)).fetchall(), separate=True
-        )
-        return [_approval(r) for r in rows]
-
 
 def pending_rows(db: Conn, now: float, limit: int = PENDING_LIMIT) -> list[dict[str, Any]]:
     """What overall status lists as `approvals` (snapshot.py reads it in its own transaction)."""

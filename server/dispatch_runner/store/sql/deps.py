@@ -54,8 +54,8 @@ def admit(core: SQLCore, db: Conn, ws: NewWorkspace, now: float) -> None:
         )
     failed = [n for n in needs if states[n] in ENDED and states[n] != COMPLETED]
     if failed and ws.after_mode != "always":
-        _cancel(core, db, ws.id, failed[0], states[failed[0]], now)
-        ended(core, db, read_workspace(db, ws.id), now)
+        if (cancelled := _cancel(core, db, ws.id, failed[0], states[failed[0]], now)) is not None:
+            ended(core, db, cancelled, now)
         return
     pending = [n for n in needs if states[n] not in ENDED]
     for need in pending:
@@ -76,19 +76,20 @@ def ended(core: SQLCore, db: Conn, ws: WorkspaceRow, now: float) -> None:
             if dep.state != "queued" or dep.held != "after":
                 continue
             if done.state != COMPLETED and dep.after_mode != "always":
-                if _cancel(core, db, dep.id, done.id, done.state, now):
-                    todo.append(read_workspace(db, dep.id))
+                if (cancelled := _cancel(core, db, dep.id, done.id, done.state, now)) is not None:
+                    todo.append(cancelled)
             elif not db.execute(db.q.deps_left, (dep.id,)).fetchone()[0]:
                 _release(db, dep.id, dep.group, now)
         if done.group:
             _group_member_ended(core, db, done.group, now)
 
 
-def _cancel(core: SQLCore, db: Conn, ws_id: str, need: str, state: str, now: float) -> bool:
-    """Cancel a held workspace whose need did not complete; False when it was no longer queued."""
+def _cancel(core: SQLCore, db: Conn, ws_id: str, need: str, state: str, now: float) -> WorkspaceRow | None:
+    """Cancel a held workspace whose need did not complete: the cancelled row, or None when it was
+    no longer queued."""
     reason = f"after: {need} {state}"
     if db.execute(db.q.cancel_dependent, (reason, now, now, ws_id)).rowcount != 1:
-        return False
+        return None
     db.execute(db.q.drop_deps_of, (ws_id,))
     ws = read_workspace(db, ws_id)
     extra = {"group": ws.group} if ws.group else {}
@@ -104,7 +105,7 @@ def _cancel(core: SQLCore, db: Conn, ws_id: str, need: str, state: str, now: flo
         after=need,
         **extra,
     )
-    return True
+    return ws
 
 
 def _release(db: Conn, ws_id: str, group_id: str | None, now: float) -> None:

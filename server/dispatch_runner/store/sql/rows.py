@@ -266,7 +266,6 @@ def _scheduled(row: Row) -> dict[str, Any]:
         "after_mode": row["after_mode"],
         "share_key": row["share_key"],
         "share_rank": row["share_rank"],
-        "promoted_at": row["promoted_at"],
         "preemptible": bool(row["preemptible"]),
         "sandbox": row["sandbox"],
         "ask": row["ask"],
