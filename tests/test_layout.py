@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("store", frozenset({"store"})),
     ("launch", frozenset({"launch", "shim", "forkserver"})),  # the last two: pre-upgrade entry points
     ("runner", frozenset({"runner"})),
-    ("surfaces", frozenset({"mcp", "cli"})),
+    ("surfaces", frozenset({"mcp", "cli", "web"})),
 )
 # what a surface must never touch, even though it sits outside them
 SURFACE_FORBIDDEN = frozenset({"store", "launch", "workspaces"})

@@ -112,7 +112,7 @@ def _pools(pools: dict[str, dict[str, Any]], *, now: float) -> Iterator[Any]:
     yield from (depth, oldest, running, limit, backoff)
 
 
-def _host_allowed(security: TransportSecuritySettings, host: str) -> bool:
+def host_allowed(security: TransportSecuritySettings, host: str) -> bool:
     """The DNS-rebinding check the MCP endpoint makes, for this route too: a token-less loopback
     bind answers only requests addressed to a loopback name. It mirrors the SDK's own host rule
     (exact, or `name:*` for any port), which is private to its middleware."""
@@ -152,7 +152,7 @@ def add_metrics_route(mcp: MCPServer, runner: Runner, security: TransportSecurit
     runner.observe_with(observe)
 
     async def metrics(request: Request) -> Response:
-        if not _host_allowed(security, request.headers.get("host", "")):
+        if not host_allowed(security, request.headers.get("host", "")):
             return PlainTextResponse("Invalid Host header\n", status_code=421)
         body = await anyio.to_thread.run_sync(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -265,25 +265,34 @@ async def serve_http(
     if token:  # peers of other hosts read this host's logs with the fleet's token, never without
         runner.advertise(advertised_url(host, port), token)
         add_peer_routes(mcp, runner)
-    from .metrics import add_metrics_route  # prometheus_client: only for HTTP serving
+    from ..web import Feed, Gate, dashboard_app, with_dashboard  # starlette: only for HTTP serving
+    from .metrics import add_metrics_route, host_allowed
 
     add_metrics_route(mcp, runner, security)
     if transport == "http":
         app = mcp.streamable_http_app(transport_security=security, host=host)
     else:
         app = mcp.sse_app(transport_security=security, host=host)
+    feed = Feed(runner)
+    gate = Gate(token, lambda name: host_allowed(security, name))
     server = Server(
         uvicorn.Config(
-            BearerAuth(app, token) if token else app, host=host, port=port, log_level="warning", lifespan="on"
+            with_dashboard(dashboard_app(runner, feed, gate), BearerAuth(app, token) if token else app),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
         )
     )
 
     def stop() -> None:
+        feed.close()  # the dashboard's streams end, so no open page holds up the exit
         server.should_exit = True
 
     async with anyio.create_task_group() as tg:
         await tg.start(runner.serve)
         await tg.start(pusher.run)
+        await tg.start(feed.run)
         tg.start_soon(_on_signal, stop)
         await server.serve()
         tg.cancel_scope.cancel()

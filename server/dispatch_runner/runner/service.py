@@ -36,6 +36,7 @@ from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
 from .approvals import Approvals
+from .board import Board
 from .collector import Collector
 from .control import Killer
 from .core import Core, RunnerStatistics, peer_id
@@ -72,6 +73,7 @@ class Runner(ScheduleActions):
         self.drainer = Drainer(self.core)
         self.dispatcher = Dispatcher(self.core, self.drainer)
         self.queries = Queries(self.core, self.recover)
+        self.boards = Board(self.core, self.queries.status)
         self.killer = Killer(self.core)
         self.core.stop_run = self.killer.stop_run
         self.collector = Collector(self.core, self.recovery.forget_dead_peers)
@@ -132,6 +134,15 @@ class Runner(ScheduleActions):
 
     async def status(self, req: StatusRequest) -> dict[str, Any]:
         return await self.queries.status(req)
+
+    async def board(self) -> dict[str, Any]:
+        """What the dashboard shows: status with the queue's places and ETAs, the active runs
+        with what they said so far, the latest ends and the last hour's runs (runner/board.py)."""
+        return await self.boards.board()
+
+    async def workspace_page(self, workspace_id: str) -> dict[str, Any]:
+        """One workspace's status with its events (the dashboard's workspace page)."""
+        return await self.boards.workspace_page(workspace_id)
 
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         return await self.queries.logs(req, here_only=here_only)

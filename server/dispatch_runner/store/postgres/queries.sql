@@ -609,3 +609,48 @@ SELECT pool, state, count(*) n FROM workspaces GROUP BY pool, state;
 SELECT pool, outcome, count(*) n, coalesce(sum(input_tokens), 0) input_tokens,
    coalesce(sum(output_tokens), 0) output_tokens, coalesce(sum(cost_usd), 0) cost_usd
    FROM runs WHERE outcome IS NOT NULL GROUP BY pool, outcome;
+
+-- ---- the dashboard (GET /dashboard/api/board, the workspace page) ----------------------------------
+
+-- name: board_queue
+-- queued work that may start now, in claim order: the first N of each pool, with its place in
+-- the pool and in its model's lane (what an ETA counts as ahead of it)
+SELECT * FROM (
+   SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs,
+      row_number() OVER (PARTITION BY pool ORDER BY priority, share_rank, created_at, seq) pool_place,
+      row_number() OVER (PARTITION BY lane ORDER BY priority, share_rank, created_at, seq) lane_place
+   FROM workspaces WHERE state = 'queued' AND not_before <= %s
+) q WHERE pool_place <= %s ORDER BY pool, pool_place;
+
+-- name: board_later
+-- queued work that waits for a time (not_before) or for other work (held): soonest first
+SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs, not_before
+   FROM workspaces WHERE state = 'queued' AND not_before > %s ORDER BY not_before, seq LIMIT %s;
+
+-- name: board_running
+-- every active run with its workspace
+SELECT r.id run, r.workspace, r.pool, r.host, r.attempt, r.phase, r.claimed_at,
+   coalesce(r.agent_started_at, r.started_at) started_at, w.agent, w.model, w.label, w.path,
+   w.parent, w.priority, w.stalled_at
+   FROM runs r JOIN workspaces w ON w.id = r.workspace
+   WHERE r.phase IN ('reserved', 'running') ORDER BY r.claimed_at, r.id;
+
+-- name: board_ended
+-- the latest ended workspaces
+SELECT id, state, agent, pool, label, parent, started_at, ended_at, ended_reason, summary, runs,
+   cost_usd, input_tokens, output_tokens, diff, (SELECT host FROM runs WHERE id = current_run) host
+   FROM workspaces WHERE ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT %s;
+
+-- name: board_timeline
+-- the runs that ended since the window's start, then the active ones
+SELECT * FROM (
+   SELECT id, workspace, pool, host, attempt, coalesce(agent_started_at, started_at, claimed_at) started_at,
+      ended_at, outcome FROM runs WHERE ended_at >= %s ORDER BY ended_at DESC LIMIT %s
+) ended
+UNION ALL
+SELECT id, workspace, pool, host, attempt, coalesce(agent_started_at, started_at, claimed_at) started_at,
+   ended_at, outcome FROM runs WHERE phase IN ('reserved', 'running');
+
+-- name: workspace_events
+-- one workspace's latest events, newest first
+SELECT * FROM events WHERE workspace = %s ORDER BY id DESC LIMIT %s;

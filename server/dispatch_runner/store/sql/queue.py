@@ -65,7 +65,7 @@ class QueueSide(SQLCore):
         return EnqueueResult(read_workspace(db, ws.id), False, eta.position, eta.eta_s)
 
     def recent_runtimes(self, pool: str, limit: int = policy.ETA_WINDOW) -> list[float]:
-        return self._reading(lambda db: _runtimes(db, pool, limit))
+        return self._reading(lambda db: pool_runtimes(db, pool, limit))
 
     def queue_position(self, workspace_id: str) -> int:
         def read(db: Conn) -> int:
@@ -237,10 +237,10 @@ class _QueueCounts:
 
     @cached_property
     def runtimes(self) -> Sequence[float]:
-        return _runtimes(self._db, self._pool, policy.ETA_WINDOW)
+        return pool_runtimes(self._db, self._pool, policy.ETA_WINDOW)
 
 
-def _runtimes(db: Conn, pool: str, limit: int) -> list[float]:
+def pool_runtimes(db: Conn, pool: str, limit: int) -> list[float]:
     rows = db.execute(db.q.recent_runtimes, (pool, limit)).fetchall()
     return [float(r[0]) for r in reversed(rows)]
 

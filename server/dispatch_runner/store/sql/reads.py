@@ -6,6 +6,7 @@ from typing import Any
 
 from ...model import Event
 from ..base import Limits, WorkspaceRow
+from .board import board, workspace_events
 from .conn import Conn
 from .core import SQLCore
 from .rows import read_frozen, workspace_row
@@ -84,3 +85,14 @@ class ReadSide(SQLCore):
                 db, now=now, limits=limits, agent=agent, state=state, limit=limit, frozen=read_frozen(db)
             ),
         )
+
+    def board(self, *, now: float, since: float, limits: Limits, recent: int = 30) -> dict[str, Any]:
+        """The dashboard's view (store/sql/board.py): queue with places and ETAs, later work,
+        active runs, the latest ended workspaces and the runs since `since`."""
+        return self._reading(
+            separate=True, fn=lambda db: board(db, now=now, since=since, limits=limits, recent=recent)
+        )
+
+    def workspace_events(self, workspace_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """One workspace's latest events, newest first."""
+        return self._reading(lambda db: workspace_events(db, workspace_id, limit))
