@@ -111,8 +111,18 @@ def fleet(env: dict[str, str], seconds: float) -> None:
     for i, (agent, text, directives) in enumerate(TASKS):
         priority = "high" if i % 7 == 3 else "low" if i % 5 == 4 else "medium"
         ids.append(
-            cli(env, "dispatch", "--json", "--agent", agent, "--label", text, "--priority", priority,
-                f"{text} {directives}")
+            cli(
+                env,
+                "dispatch",
+                "--json",
+                "--agent",
+                agent,
+                "--label",
+                text,
+                "--priority",
+                priority,
+                f"{text} {directives}",
+            )
         )
         time.sleep(rng.uniform(0.5, 3.5) * seconds / 120)  # spreading the dispatches: a schedule
     cli(env, "kill", json.loads(ids[1])["workspace"])  # a person changed their mind
@@ -137,10 +147,11 @@ def shoot_dashboard(url: str, chromium: str) -> None:
 
 async def shoot_top(env: dict[str, str], chromium: str) -> None:
     os.environ.update(env)
+    from playwright.async_api import async_playwright
+
     from dispatch_runner.cli.top import Top
     from dispatch_runner.config import load_config
     from dispatch_runner.runner import Runner
-    from playwright.async_api import async_playwright
 
     runner = Runner(load_config())
     app = Top(runner, interval=1.0)

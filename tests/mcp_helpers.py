@@ -4,9 +4,10 @@ SDK client in legacy (2025-11-25) mode, and an Observer of what the server pushe
 import json
 import os
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -157,3 +158,36 @@ def listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def http_server(root: Path, store: str | None, *, token: str | None, extra: str = "") -> Iterator[str]:
+    """`dispatch-runner serve --transport http` on a free port with a home of its own under root
+    (the fake agents' config plus `extra`); yields its base URL, stops it and its agents after."""
+    from tests.conftest import BASE_CONFIG, PY, kill_leftovers, wait_for
+    from tests.fakes import FAKE_AGENT, FAKE_CLAUDE, FAKE_CODEX
+
+    home = root / "home"
+    home.mkdir(parents=True)
+    text = BASE_CONFIG.format(root=root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX, agent=FAKE_AGENT)
+    (home / "agents.yaml").write_text(text + "concurrency:\n  agent: 4\n" + extra)
+    port = free_port()
+    with open(root / "server.log", "w") as log:
+        args = [*SERVE, "--transport", "http", "--port", str(port), *(["--token", token] if token else [])]
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=home_env(home, store)
+        )
+        try:
+            wait_for(lambda: listening(port) or proc.poll() is not None, timeout=20, message="listening")
+            assert proc.poll() is None, (root / "server.log").read_text()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            kill_leftovers(home)
+
+
+def home_env(home: Path, store: str | None) -> dict[str, str]:
+    """This process's environment for a runner of `home` (and `store`), with no other runner's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_RUNNER_")}
+    return env | {"DISPATCH_RUNNER_HOME": str(home), **({"DISPATCH_RUNNER_STORE": store} if store else {})}

@@ -3,9 +3,6 @@ dispatched through a real MCP session over HTTP), prometheus_client's own parser
 exact counts; the route is behind the bearer token and the DNS-rebinding check."""
 
 import os
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +11,12 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BASE_CONFIG, PY, kill_leftovers, wait_for
-from tests.fakes import FAKE_AGENT, FAKE_CLAUDE, FAKE_CODEX
-from tests.mcp_helpers import SERVE, free_port, listening, ok, session
+from tests.mcp_helpers import http_server, ok, session
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@asynccontextmanager
-async def http_server(root: Path, store: str | None, *, token: str | None) -> AsyncIterator[str]:
-    home = root / "home"
-    home.mkdir(parents=True)
-    text = BASE_CONFIG.format(root=root, py=PY, claude=FAKE_CLAUDE, codex=FAKE_CODEX, agent=FAKE_AGENT)
-    (home / "agents.yaml").write_text(text + "concurrency:\n  agent: 4\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_RUNNER_")}
-    env |= {"DISPATCH_RUNNER_HOME": str(home), **({"DISPATCH_RUNNER_STORE": store} if store else {})}
-    port = free_port()
-    with open(root / "server.log", "w") as log:
-        args = [*SERVE, "--transport", "http", "--port", str(port), *(["--token", token] if token else [])]
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_for(lambda: listening(port) or proc.poll() is not None, timeout=20, message="listening")
-            assert proc.poll() is None, (root / "server.log").read_text()
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-            kill_leftovers(home)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -61,29 +34,29 @@ def value(got: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, 
 
 async def test_metrics_after_a_known_workload_have_the_exact_counts(tmp_path: Path, backend: str) -> None:
     store = os.environ.get("DISPATCH_RUNNER_STORE")
-    async with (
-        http_server(tmp_path / "srv", store, token=TOKEN) as url,
-        httpx2.AsyncClient(headers=AUTH) as http,
-        session(streamable_http_client(f"{url}/mcp", http_client=http)) as (client, seen),
-    ):
-        tasks: list[dict[str, Any]] = [
-            {"task": "one", "agent": "agent"},
-            {"task": "two", "agent": "agent"},
-            {"task": "three @exit=1", "agent": "agent", "max_attempts": 1},
-            {"task": "priced @turns=2 @cost=0.25"},  # the default agent: claude
-            {"task": "@ratelimit limited", "agent": "codex"},
-        ]
-        ids = [ok(await client.call_tool("dispatch", t))["workspace"] for t in tasks]
-        ended = ("AgentCompleted", "AgentFailed", "TaskDeadLettered", "AgentRetrying")
-        await seen.until(
-            lambda: all(any(c.meta["event"] in ended for c in seen.channel_for(w)) for w in ids),
-            what="every run's end",
-            deadline_s=60,
-        )
-        r = await http.get(f"{url}/metrics")
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-        got = samples(r.text)
-        ok(await client.call_tool("kill", {"all": True}))
+    with http_server(tmp_path / "srv", store, token=TOKEN) as url:
+        async with (
+            httpx2.AsyncClient(headers=AUTH) as http,
+            session(streamable_http_client(f"{url}/mcp", http_client=http)) as (client, seen),
+        ):
+            tasks: list[dict[str, Any]] = [
+                {"task": "one", "agent": "agent"},
+                {"task": "two", "agent": "agent"},
+                {"task": "three @exit=1", "agent": "agent", "max_attempts": 1},
+                {"task": "priced @turns=2 @cost=0.25"},  # the default agent: claude
+                {"task": "@ratelimit limited", "agent": "codex"},
+            ]
+            ids = [ok(await client.call_tool("dispatch", t))["workspace"] for t in tasks]
+            ended = ("AgentCompleted", "AgentFailed", "TaskDeadLettered", "AgentRetrying")
+            await seen.until(
+                lambda: all(any(c.meta["event"] in ended for c in seen.channel_for(w)) for w in ids),
+                what="every run's end",
+                deadline_s=60,
+            )
+            r = await http.get(f"{url}/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            got = samples(r.text)
+            ok(await client.call_tool("kill", {"all": True}))
     assert value(got, "dispatch_runner_runs_total", pool="agent", outcome="succeeded") == 2
     assert value(got, "dispatch_runner_runs_total", pool="agent", outcome="failed") == 1
     assert value(got, "dispatch_runner_runs_total", pool="claude", outcome="succeeded") == 1
@@ -110,10 +83,14 @@ async def test_metrics_after_a_known_workload_have_the_exact_counts(tmp_path: Pa
 
 
 async def test_metrics_need_the_token_and_a_loopback_name_without_one(tmp_path: Path) -> None:
-    async with http_server(tmp_path / "a", None, token=TOKEN) as url, httpx2.AsyncClient() as http:
-        assert (await http.get(f"{url}/metrics")).status_code == 401
-        assert (await http.get(f"{url}/metrics", headers={"Authorization": "Bearer nope"})).status_code == 401
-    async with http_server(tmp_path / "b", None, token=None) as url, httpx2.AsyncClient() as http:
-        assert (await http.get(f"{url}/metrics")).status_code == 200
-        foreign = await http.get(f"{url}/metrics", headers={"Host": "evil.example:80"})
-        assert foreign.status_code == 421  # a DNS-rebinding page cannot read it
+    with http_server(tmp_path / "a", None, token=TOKEN) as url:
+        async with httpx2.AsyncClient() as http:
+            assert (await http.get(f"{url}/metrics")).status_code == 401
+            assert (
+                await http.get(f"{url}/metrics", headers={"Authorization": "Bearer nope"})
+            ).status_code == 401
+    with http_server(tmp_path / "b", None, token=None) as url:
+        async with httpx2.AsyncClient() as http:
+            assert (await http.get(f"{url}/metrics")).status_code == 200
+            foreign = await http.get(f"{url}/metrics", headers={"Host": "evil.example:80"})
+            assert foreign.status_code == 421  # a DNS-rebinding page cannot read it

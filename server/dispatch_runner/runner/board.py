@@ -89,3 +89,18 @@ class Board:
             return {**view, "events": []}
         events = await self.core.db(self.core.store.workspace_events, workspace_id, PAGE_EVENTS)
         return {**view, "events": events}
+
+
+class BoardActions:
+    """The Runner's dashboard reads (mixed into it: runner/service.py)."""
+
+    boards: Board
+
+    async def board(self) -> dict[str, Any]:
+        """What the dashboard shows: status with the queue's places and ETAs, the active runs
+        with what they said so far, the latest ends and the last hour's runs."""
+        return await self.boards.board()
+
+    async def workspace_page(self, workspace_id: str) -> dict[str, Any]:
+        """One workspace's status with its events (the dashboard's workspace page)."""
+        return await self.boards.workspace_page(workspace_id)

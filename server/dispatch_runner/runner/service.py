@@ -36,7 +36,7 @@ from ..events import TERMINAL_EVENTS, Bus, Event
 from ..launch.launcher import ShimLauncher
 from ..store import Limits, Store, open_store
 from .approvals import Approvals
-from .board import Board
+from .board import Board, BoardActions
 from .collector import Collector
 from .control import Killer
 from .core import Core, RunnerStatistics, peer_id
@@ -59,7 +59,7 @@ DRAINER_LOCK_WAIT_S = 5.0
 __all__ = ["Runner", "RunnerStatistics", "peer_id", "run_drainer"]
 
 
-class Runner(ScheduleActions):
+class Runner(ScheduleActions, BoardActions):
     """The actions and the background loop of one peer. Surfaces use only this class's public
     methods and properties."""
 
@@ -134,15 +134,6 @@ class Runner(ScheduleActions):
 
     async def status(self, req: StatusRequest) -> dict[str, Any]:
         return await self.queries.status(req)
-
-    async def board(self) -> dict[str, Any]:
-        """What the dashboard shows: status with the queue's places and ETAs, the active runs
-        with what they said so far, the latest ends and the last hour's runs (runner/board.py)."""
-        return await self.boards.board()
-
-    async def workspace_page(self, workspace_id: str) -> dict[str, Any]:
-        """One workspace's status with its events (the dashboard's workspace page)."""
-        return await self.boards.workspace_page(workspace_id)
 
     async def logs(self, req: LogsRequest, *, here_only: bool = False) -> dict[str, Any]:
         return await self.queries.logs(req, here_only=here_only)
