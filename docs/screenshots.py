@@ -125,7 +125,7 @@ def fleet(env: dict[str, str], seconds: float) -> None:
             )
         )
         time.sleep(rng.uniform(0.5, 3.5) * seconds / 120)  # spreading the dispatches: a schedule
-    cli(env, "kill", json.loads(ids[1])["workspace"])  # a person changed their mind
+    cli(env, "kill", json.loads(ids[-3])["workspace"])  # a person changed their mind
     rest = seconds - (time.monotonic() - started)
     if rest > 0:
         time.sleep(rest)  # the fleet runs for the time asked: a schedule, not a wait for a condition

@@ -239,4 +239,5 @@ def _where(transport: str, host: str, port: int) -> str:
     if transport == "stdio":
         return "stdio"
     kind, path = ("streamable HTTP", "mcp") if transport == "http" else ("SSE", "sse")
-    return f"{kind} at http://{host}:{port}/{path}"
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return f"{kind} at {base}/{path} (dashboard at {base}/)"
