@@ -179,16 +179,15 @@ def test_without_the_token_nothing_is_shown_or_done(page: Page, fleet: Fleet) ->
     response = page.goto(f"{fleet.url}/?token=wrong")
     assert response is not None and response.status == 401
     expect(page.locator("#note")).to_contain_text("not this server's")
+    port = fleet.url.rsplit(":", 1)[1]
     with httpx2.Client(base_url=fleet.url) as http:
-        for path in ("/dashboard/api/board", "/dashboard/api/stream", f"/dashboard/api/workspace/{ws}"):
+        paths = ("/dashboard/api/board", "/dashboard/api/stream", f"/dashboard/api/workspace/{ws}")
+        for path in (*paths, f"/dashboard/api/logs/{ws}"):
             assert http.get(path).status_code == 401
         killed = http.post("/dashboard/api/actions/kill", json={"workspace": ws})
         assert killed.status_code == 401
-        cookie = {"Cookie": f"dispatch_runner_dashboard={TOKEN}"}  # the token itself is no cookie
-        assert (
-            http.post("/dashboard/api/actions/kill", json={"workspace": ws}, headers=cookie).status_code
-            == 401
-        )
+        raw = {"Cookie": f"dispatch_runner_{port}={TOKEN}"}  # the token itself is no cookie
+        assert http.get("/dashboard/api/board", headers=raw).status_code == 401
         auth = {"Authorization": f"Bearer {TOKEN}"}
         foreign = http.get("/dashboard/api/board", headers=auth | {"Host": "evil.example:80"})
         assert foreign.status_code == 421  # DNS rebinding
@@ -204,11 +203,74 @@ def test_without_the_token_nothing_is_shown_or_done(page: Page, fleet: Fleet) ->
             headers=auth | {"content-type": "text/plain"},
         )
         assert form.status_code == 415
+        huge = http.post("/dashboard/sign-in", content=b"token=" + b"x" * 100_000)
+        assert huge.status_code == 401  # read no further than a few KB, never parsed
     assert fleet.state(ws) == "running"
+    page.goto(f"{fleet.url}/w/{ws}")  # a link to a workspace, opened signed out
     page.fill("input[name=token]", TOKEN)  # the sign-in form
     page.click("button[type=submit]")
-    expect(page.locator("#live")).to_have_text("live")
+    assert page.url == f"{fleet.url}/w/{ws}"  # back where the link pointed
+    expect(page.locator("#ws-log")).to_contain_text("must survive")
+
+
+def test_the_cookie_reads_but_acts_only_with_the_pages_key(page: Page, fleet: Fleet) -> None:
+    """A cookie is sent to every port of its host: one that another local service caught reads
+    the dashboard, and cannot kill, approve or freeze without the key only the page carries."""
+    ws = fleet.dispatch("@sleep=60 must survive", "--agent", "agent")
+    signed_in(page, fleet)
     expect(page.locator(f"#running tr[data-workspace='{ws}']")).to_be_visible()
+    [cookie] = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["value"] != TOKEN
+    caught = {"Cookie": f"{cookie['name']}={cookie['value']}"}
+    with httpx2.Client(base_url=fleet.url, headers=caught) as http:
+        assert http.get("/dashboard/api/board").status_code == 200
+        for action, args in (("kill", {"workspace": ws}), ("freeze", {})):
+            assert http.post(f"/dashboard/api/actions/{action}", json=args).status_code == 403
+        cross = {"Origin": "http://127.0.0.1:1", "x-dispatch-runner-action": "guess"}
+        assert (
+            http.post("/dashboard/api/actions/kill", json={"workspace": ws}, headers=cross).status_code == 403
+        )
+    assert fleet.state(ws) == "running" and fleet.cli("status")["frozen"] is False
+
+
+def test_hostile_labels_and_output_are_shown_as_text(page: Page, fleet: Fleet) -> None:
+    signed_in(page, fleet)
+    hostile = "<img src=x onerror=window.pwned=1><script>window.pwned=2</script>"
+    ws = fleet.dispatch(f"@sleep=30 {hostile}", "--agent", "agent", "--label", hostile)
+    row = page.locator(f"#running tr[data-workspace='{ws}']")
+    expect(row).to_contain_text(hostile)  # the label, as text
+    expect(row.locator("td.last")).to_contain_text("<script>")  # its output, as text
+    page.goto(f"{fleet.url}/w/{ws}")
+    expect(page.locator("#ws-log")).to_contain_text(hostile)
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#fleet img, #workspace img, #fleet script, #workspace script").count() == 0
+
+
+def test_a_log_stream_resumes_where_it_left_off(fleet: Fleet) -> None:
+    ws = fleet.dispatch("@turns=3 @sleep=0.1 three turns")
+    wait_for(lambda: fleet.state(ws) == "completed", timeout=20, message="completed")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def read(headers: dict[str, str]) -> list[tuple[str, str, str]]:
+        events, kind, ident = [], "", ""
+        with httpx2.Client(base_url=fleet.url, headers=auth | headers, timeout=20) as http:
+            with http.stream("GET", f"/dashboard/api/logs/{ws}") as response:
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("id: "):
+                        ident = line[4:]
+                    elif line.startswith("data: "):
+                        events.append((kind, ident, line[6:]))
+                        kind = ident = ""
+        return events
+
+    whole = read({})
+    assert whole[0][0] == "run" and whole[-1][0] == "end"
+    first = next(e for e in whole if e[0] == "lines")
+    again = read({"Last-Event-ID": first[1]})
+    assert first[2] not in [d for _, _, d in again]  # what the browser had is not sent twice
+    assert again[-1] == ("end", "", '{"state": "completed"}')
 
 
 def test_a_tokenless_loopback_bind_answers_loopback_names_only(tmp_path: Path, page: Page) -> None:

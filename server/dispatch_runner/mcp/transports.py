@@ -274,7 +274,7 @@ async def serve_http(
     else:
         app = mcp.sse_app(transport_security=security, host=host)
     feed = Feed(runner)
-    gate = Gate(token, lambda name: host_allowed(security, name))
+    gate = Gate(token, lambda name: host_allowed(security, name), port=port)
     server = Server(
         uvicorn.Config(
             with_dashboard(dashboard_app(runner, feed, gate), BearerAuth(app, token) if token else app),

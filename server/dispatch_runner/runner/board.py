@@ -7,6 +7,7 @@ dollars. Those come from following the run's log with the same Tracker its shim 
 the last look stopped, so a look costs what the logs grew. A run on another host shows its host.
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Board:
         self.core = core
         self.status = status  # Queries.status: the overall snapshot, as the status tool gives it
         self._followed: dict[int, _Followed] = {}
+        self._following = threading.Lock()  # two reads at once (the feed, the JSON route) take turns
 
     async def board(self) -> dict[str, Any]:
         core = self.core
@@ -49,11 +51,13 @@ class Board:
         )
         await anyio.to_thread.run_sync(self._follow_runs, rows["running"])
         peers = await core.db(core.store.peers)
+        event_id = await core.db(core.store.last_event_id)
         snap.pop("workspaces", None)
         return {
             **snap,
             **rows,
             "now": now,
+            "event_id": event_id,  # the store's latest event: what a page that shows one workspace watches
             "window_s": TIMELINE_S,
             "host": supervisor.host_id(),
             "hosts": sorted({p["host"] for p in peers if p.get("host")}),
@@ -61,6 +65,10 @@ class Board:
 
     def _follow_runs(self, running: list[dict[str, Any]]) -> None:
         """Each local run's output so far into its row; forget the runs no longer active."""
+        with self._following:
+            self._follow_locked(running)
+
+    def _follow_locked(self, running: list[dict[str, Any]]) -> None:
         here = supervisor.host_id()
         active = set()
         for r in running:
@@ -80,7 +88,7 @@ class Board:
             r["cost_usd"] = t.cost_usd
             r["tokens"] = None if t.input_tokens is None else t.input_tokens + (t.output_tokens or 0)
         for run in set(self._followed) - active:
-            del self._followed[run]
+            self._followed.pop(run, None)
 
     async def workspace_page(self, workspace_id: str) -> dict[str, Any]:
         """One workspace as its status tells it (children, runs, diff, report) with its events."""

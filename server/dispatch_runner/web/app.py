@@ -7,8 +7,10 @@ as the tools call them. Everything but the page's own files needs the token when
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from html import escape
 from importlib import resources
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -19,13 +21,14 @@ from starlette.routing import Route
 from ..actions import ApproveRequest, KillRequest
 from ..errors import DispatchError, StoreError, UnknownWorkspace
 from ..runner import Runner
-from .auth import COOKIE, COOKIE_MAX_AGE_S, Gate
+from .auth import COOKIE_MAX_AGE_S, Gate
 from .feed import Feed
 from .logs import log_events
 
 PREFIX: Final = "/dashboard"
 PAGE_PATHS: Final = ("/", "/w/")  # the page itself (the workspace page is the same page)
 MAX_BODY: Final = 64 * 1024
+SIGN_IN_BODY: Final = 4096
 SSE_PING_S: Final = 15
 ASSETS: Final = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 SECURITY_HEADERS: Final = {
@@ -83,18 +86,23 @@ class Dashboard:
         return endpoint
 
     async def page(self, request: Request) -> Response:
+        here = request.url.path
         given = request.query_params.get("token")
         if given is not None and self.gate.token is not None:
-            return _signed_in(self.gate) if self.gate.given(given) else _sign_in_page(wrong=True)
+            return _signed_in(self.gate, here) if self.gate.given(given) else _sign_in_page(here, wrong=True)
         if not self.gate.authorized(request):
-            return _sign_in_page(wrong=False)
-        return HTMLResponse(_asset("index.html"))
+            return _sign_in_page(here, wrong=False)
+        html = _asset("index.html").decode().replace("{{action_key}}", self.gate.action_key)
+        return HTMLResponse(html)
 
     async def sign_in(self, request: Request) -> Response:
-        token = (await request.form()).get("token")
-        if isinstance(token, str) and self.gate.given(token):
-            return _signed_in(self.gate)
-        return _sign_in_page(wrong=True)
+        """The sign-in form's post: urlencoded, a few KB at most, read before anything is parsed."""
+        body = await _bounded_body(request, SIGN_IN_BODY)
+        form = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
+        token, back = form.get("token", [""])[0], form.get("next", ["/"])[0]
+        if self.gate.given(token):
+            return _signed_in(self.gate, back)
+        return _sign_in_page(back, wrong=True)
 
     async def asset(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -113,22 +121,27 @@ class Dashboard:
 
     async def stream(self, request: Request) -> Response:
         async def boards() -> AsyncIterator[dict[str, Any]]:
-            async for b in self.feed.boards():
-                yield {"event": "board", "data": json.dumps(b, default=str)}
+            async for board in self.feed.boards():
+                yield {"event": "board", "data": board}
 
         return _events(boards(), self.feed)
 
     async def logs(self, request: Request) -> Response:
         ws, stream = request.path_params["workspace"], request.query_params.get("stream", "stdout")
-        return _events(log_events(self.runner, ws, stream, self.feed.closing), self.feed)
+        events = log_events(
+            self.runner, ws, stream, self.feed.closing, last_event_id=request.headers.get("last-event-id")
+        )
+        return _events(events, self.feed)
 
     async def act(self, request: Request) -> Response:
         if not self.gate.same_origin(request):
             return _refused(403, "actions come from the dashboard's own page")
+        if not self.gate.may_act(request):
+            return _refused(403, "an action needs the bearer token, or the dashboard's page (reload it)")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return _refused(415, "send the action's arguments as application/json")
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await _bounded_body(request, MAX_BODY)
+        if body is None:
             return _refused(413, f"a body of at most {MAX_BODY} bytes")
         try:
             args = json.loads(body or b"{}")
@@ -143,11 +156,27 @@ class Dashboard:
             call = action(self.runner, args)
         except ValueError as exc:
             return _refused(400, f"bad arguments: {exc}")
-        return await _answer(call)
+        try:
+            return await _answer(call)
+        finally:
+            self.feed.changed()  # every open page sees what the action did at once
 
 
 def dashboard_app(runner: Runner, feed: Feed, gate: Gate) -> Starlette:
     return Dashboard(runner, feed, gate).app()
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None past `limit` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _refused(status: int, error: str) -> Response:
@@ -191,20 +220,26 @@ def _events(content: AsyncIterator[dict[str, Any]], feed: Feed) -> Response:
     )
 
 
-def _signed_in(gate: Gate) -> Response:
+def _page_path(path: str) -> str:
+    """Where to go after signing in: one of the dashboard's pages, else its front page."""
+    return path if path == "/" or (path.startswith("/w/") and "//" not in path and "\\" not in path) else "/"
+
+
+def _signed_in(gate: Gate, back: str) -> Response:
     """To the page without the token in the address; the cookie stands for it from now on."""
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(_page_path(back), status_code=303)
     assert gate.cookie is not None
     response.set_cookie(
-        COOKIE, gate.cookie, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict", path="/"
+        gate.cookie_name, gate.cookie, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="lax", path="/"
     )
     return response
 
 
-def _sign_in_page(*, wrong: bool) -> Response:
+def _sign_in_page(back: str, *, wrong: bool) -> Response:
     html = _asset("sign-in.html").decode()
     note = "That token is not this server's." if wrong else ""
-    return HTMLResponse(html.replace("{{note}}", note), status_code=401)
+    html = html.replace("{{note}}", note).replace("{{next}}", escape(_page_path(back), quote=True))
+    return HTMLResponse(html, status_code=401)
 
 
 def with_dashboard(dashboard: Any, rest: Any) -> Any:

@@ -1,11 +1,13 @@
 """Who may use the dashboard, and from where.
 
 A browser cannot send the bearer token on a page load, so a person gives it once (`/?token=…`, or
-the form the page shows without it) and gets a cookie instead: HttpOnly, SameSite=Strict, holding
-an HMAC of the token rather than the token itself, so it opens the dashboard and nothing else.
-Requests must be addressed to a name the bind allows (the DNS-rebinding check of the MCP
-endpoint), and an action must come from the dashboard's own origin, as JSON: a page of another
-site can neither read the dashboard nor make it act.
+the form the page shows without it) and gets a cookie instead: HttpOnly, SameSite=Lax, named
+after the port (cookies are shared by every port of a host), holding an HMAC of the token rather
+than the token, so it opens the dashboard and nothing else. The cookie only reads: an action also
+needs the action key, another HMAC of the token that the page itself carries (a page of another
+origin cannot read it), or the bearer token. Every request must be addressed to a name the bind
+allows (the DNS-rebinding check of the MCP endpoint), and an action must come from the
+dashboard's own origin, as JSON.
 """
 
 import hashlib
@@ -15,27 +17,44 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-COOKIE = "dispatch_runner_dashboard"
 COOKIE_MAX_AGE_S = 30 * 86400
+ACTION_HEADER = "x-dispatch-runner-action"
+
+
+def _derived(token: str, purpose: bytes) -> str:
+    return hmac.new(token.encode(), purpose, hashlib.sha256).hexdigest()
 
 
 class Gate:
-    def __init__(self, token: str | None, host_allowed: Callable[[str], bool]) -> None:
+    def __init__(self, token: str | None, host_allowed: Callable[[str], bool], *, port: int) -> None:
         self.token = token
         self.host_allowed = host_allowed
-        self.cookie = hmac.new(token.encode(), b"dashboard", hashlib.sha256).hexdigest() if token else None
+        self.cookie_name = f"dispatch_runner_{port}"
+        self.cookie = _derived(token, b"dashboard") if token else None
+        self.action_key = _derived(token, b"dashboard actions") if token else ""
 
     def given(self, token: str) -> bool:
         """Whether `token` (from the form or the query) is the bearer token."""
         return self.token is not None and hmac.compare_digest(token.encode(), self.token.encode())
 
-    def authorized(self, request: Request) -> bool:
-        if self.token is None or self.cookie is None:
-            return True
+    def _bearer(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
-        if hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
+        return self.token is not None and hmac.compare_digest(
+            header.encode(), f"Bearer {self.token}".encode()
+        )
+
+    def authorized(self, request: Request) -> bool:
+        """May read: no token is set, or the bearer token or the dashboard's cookie came."""
+        if self.cookie is None or self._bearer(request):
             return True
-        return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self.cookie.encode())
+        return hmac.compare_digest(request.cookies.get(self.cookie_name, "").encode(), self.cookie.encode())
+
+    def may_act(self, request: Request) -> bool:
+        """May act: no token is set, or the bearer token, or the cookie and the page's action key."""
+        if self.cookie is None or self._bearer(request):
+            return True
+        key = request.headers.get(ACTION_HEADER, "")
+        return self.authorized(request) and hmac.compare_digest(key.encode(), self.action_key.encode())
 
     def addressed_here(self, request: Request) -> bool:
         return self.host_allowed(request.headers.get("host", ""))

@@ -1,12 +1,14 @@
 """One board for every browser: the dashboard's live updates.
 
 The feed reads the board (runner.board) when the store says something happened — an event on the
-runner's bus, which hears every peer's commits — at most every MIN_GAP_S, and every REFRESH_S
-while runs are active (their output grows without events), and hands the latest to each open
-stream. A browser never polls: however many are open, the store is read once per change. With no
-browser open the feed reads nothing and holds no bus subscription.
+runner's bus, which hears every peer's commits — or a dashboard action was taken here, at most
+every MIN_GAP_S, and every REFRESH_S while runs are active (their output grows without events).
+Each board is serialised once and handed to every open stream: however many browsers are open,
+the store is read once per change and no browser polls. With none open the feed reads nothing and
+holds no bus subscription.
 """
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -25,12 +27,13 @@ log = logging.getLogger("dispatch_runner.web")
 class Feed:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self.latest: dict[str, Any] | None = None
+        self.latest: str | None = None  # the latest board, as JSON
         self.version = 0
         self.closing = anyio.Event()
         self._readers = 0
+        self._active = False  # runs were active at the latest read
         self._joined = anyio.Event()  # the first reader came
-        self._left = anyio.Event()  # the last reader left
+        self._wake = anyio.Event()  # read again now: the last reader left, or an action was taken
         self._published = anyio.Event()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -46,43 +49,50 @@ class Feed:
             finally:
                 self.runner.bus.unsubscribe(emitter)
 
+    def changed(self) -> None:
+        """Something changed that the bus may not carry (a dashboard action): read again now."""
+        self._wake.set()
+
     async def _serve(self, events: Any) -> None:
         """Read and publish while anyone reads; return when the last reader left."""
         while self._readers:
+            self._wake = anyio.Event()
             await self._publish()
-            active = bool(self.latest and self.latest.get("running"))
-            self._left = anyio.Event()
-            with anyio.move_on_after(REFRESH_S if active else IDLE_REFRESH_S):
-                async with anyio.create_task_group() as tg:
-
-                    async def left() -> None:
-                        await self._left.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(left)
-                    await events.receive()
-                    tg.cancel_scope.cancel()
+            await self._until_something_happens(events, REFRESH_S if self._active else IDLE_REFRESH_S)
             if not self._readers:
                 return
             await anyio.sleep(MIN_GAP_S)  # a debounce: a scheduled gap, not a wait for a condition
-            while True:  # what arrived meanwhile is in this read
+            while True:  # what arrived meanwhile is in the next read
                 try:
                     events.receive_nowait()
                 except anyio.WouldBlock:
                     break
 
+    async def _until_something_happens(self, events: Any, within_s: float) -> None:
+        with anyio.move_on_after(within_s):
+            async with anyio.create_task_group() as tg:
+
+                async def woken() -> None:
+                    await self._wake.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(woken)
+                await events.receive()
+                tg.cancel_scope.cancel()
+
     async def _publish(self) -> None:
         try:
             board = await self.runner.board()
+            self._active = bool(board.get("running"))
         except Exception as exc:  # a task edge: the browsers see the error, the feed goes on
             log.exception("reading the dashboard's board failed")
-            board = {**(self.latest or {}), "error": f"reading the store failed: {exc}"}
-        self.latest, self.version = board, self.version + 1
+            board = {"error": f"reading the store failed: {exc}"}
+        self.latest, self.version = json.dumps(board, default=str), self.version + 1
         self._published.set()
         self._published = anyio.Event()
 
-    async def boards(self) -> AsyncIterator[dict[str, Any]]:
-        """Each new board, from the latest one, until the server closes."""
+    async def boards(self) -> AsyncIterator[str]:
+        """Each new board (JSON), from the latest one, until the server closes."""
         self._readers += 1
         self._joined.set()
         seen = 0
@@ -98,7 +108,7 @@ class Feed:
         finally:
             self._readers -= 1
             if not self._readers:
-                self._left.set()  # the feed stops reading
+                self._wake.set()  # the feed stops reading
 
     def close(self) -> None:
         self.closing.set()

@@ -2,7 +2,7 @@
 workspace's place and ETA (the same plan_eta a dispatch is told), work waiting for a time or for
 other work, the active runs, the latest ended workspaces, and the runs of the timeline's window.
 
-Every query is index-backed: the queue by workspaces_state_cover, the ended ones by
+Every query is index-backed: the queue by workspaces_queue_pool (the head of each pool), the ended ones by
 workspaces_ended, the timeline by runs_ended and runs_active, a workspace's events by
 events_workspace.
 """
@@ -17,7 +17,7 @@ from ...model import Priority
 from .. import eta as etas
 from ..base import Limits
 from .conn import Conn, Row
-from .queue import pool_runtimes
+from .queue import after_allowance, pool_runtimes
 from .rows import read_pool_state
 
 QUEUE_PER_POOL = 50  # the dashboard shows the head of each pool's queue
@@ -60,27 +60,27 @@ class _Counts:
 
 
 def _queue(db: Conn, *, now: float, limits: Limits, running: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = db.execute(db.q.board_queue, (now, QUEUE_PER_POOL)).fetchall()
-    states = {pool: read_pool_state(db, pool) for pool in {r["pool"] for r in rows}}
-    runtimes = {pool: pool_runtimes(db, pool, policy.ETA_WINDOW) for pool in states}
+    """The first QUEUE_PER_POOL of each pool's queue, with their places in the pool and in their
+    model's lane (the lane's order is the pool's, so the head of the pool holds its lane's head)."""
     out = []
-    for r in rows:
-        pool, model = r["pool"], r["model"]
-        counts = _Counts(
-            running_pool=sum(1 for x in running if x["pool"] == pool),
-            running_lane=sum(1 for x in running if x["pool"] == pool and x["model"] == model),
-            ahead_pool=r["pool_place"] - 1,
-            ahead_lane=r["lane_place"] - 1,
-            runtimes=runtimes[pool],
-        )
-        plan = etas.plan_eta(pool, model, states[pool], counts, limits=limits, now=now)
-        out.append(
-            {
-                **_queued(r),
-                "position": r["pool_place"],
-                "eta_s": None if plan.eta_s is None else round(plan.eta_s, 1),
-            }
-        )
+    for (pool,) in db.execute(db.q.board_queued_pools).fetchall():
+        rows = db.execute(db.q.board_queue, (pool, now, QUEUE_PER_POOL)).fetchall()
+        state, runtimes = read_pool_state(db, pool), pool_runtimes(db, pool, policy.ETA_WINDOW)
+        lane_places: dict[str | None, int] = {}
+        for place, r in enumerate(rows, start=1):
+            model = r["model"]
+            lane_places[model] = lane_places.get(model, 0) + 1
+            counts = _Counts(
+                running_pool=sum(1 for x in running if x["pool"] == pool),
+                running_lane=sum(1 for x in running if x["pool"] == pool and x["model"] == model),
+                ahead_pool=place - 1,
+                ahead_lane=lane_places[model] - 1,
+                runtimes=runtimes,
+            )
+            plan = etas.plan_eta(pool, model, state, counts, limits=limits, now=now)
+            plan = after_allowance(db, pool, model, plan, limits, now=now, max_wait_s=None)  # as told
+            eta = None if plan.eta_s is None else round(plan.eta_s, 1)
+            out.append({**_queued(r), "position": place, "eta_s": eta})
     return out
 
 

@@ -172,7 +172,7 @@ def _eta(db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: 
         )
         try:
             etas.check_max_wait(eta, pool=pool, max_wait_s=max_wait_s)
-            eta = _after_allowance(db, pool, model, eta, limits, now=now, max_wait_s=max_wait_s)
+            eta = after_allowance(db, pool, model, eta, limits, now=now, max_wait_s=max_wait_s)
         except DispatchError as exc:
             refusal = refusal or exc  # the first entry's reason, if none can start in time
             continue
@@ -185,7 +185,7 @@ def _eta(db: Conn, ws: NewWorkspace, limits: Limits, *, now: float, max_wait_s: 
     return best[1]
 
 
-def _after_allowance(
+def after_allowance(
     db: Conn,
     pool: str,
     model: str | None,

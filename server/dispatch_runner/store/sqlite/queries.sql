@@ -612,20 +612,27 @@ SELECT pool, outcome, count(*) n, coalesce(sum(input_tokens), 0) input_tokens,
 
 -- ---- the dashboard (GET /dashboard/api/board, the workspace page) ----------------------------------
 
+-- name: board_queued_pools
+-- the pools with queued work: a loose index scan, O(pools * log n)
+WITH RECURSIVE p(pool) AS (
+     SELECT min(pool) FROM workspaces INDEXED BY workspaces_queue_pool WHERE state = 'queued'
+     UNION ALL
+     SELECT (SELECT min(pool) FROM workspaces INDEXED BY workspaces_queue_pool
+             WHERE state = 'queued' AND pool > p.pool)
+     FROM p WHERE p.pool IS NOT NULL)
+   SELECT pool FROM p WHERE pool IS NOT NULL;
+
 -- name: board_queue
--- queued work that may start now, in claim order: the first N of each pool, with its place in
--- the pool and in its model's lane (what an ETA counts as ahead of it)
-SELECT * FROM (
-   SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs,
-      row_number() OVER (PARTITION BY pool ORDER BY priority, share_rank, created_at, seq) pool_place,
-      row_number() OVER (PARTITION BY lane ORDER BY priority, share_rank, created_at, seq) lane_place
-   FROM workspaces WHERE state = 'queued' AND not_before <= ?
-) q WHERE pool_place <= ? ORDER BY pool, pool_place;
+-- the head of one pool's queue that may start now, in claim order (an index range scan)
+SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs
+   FROM workspaces INDEXED BY workspaces_queue_pool
+   WHERE state = 'queued' AND pool = ? AND not_before <= ?
+   ORDER BY priority, share_rank, created_at, seq LIMIT ?;
 
 -- name: board_later
 -- queued work that waits for a time (not_before) or for other work (held): soonest first
 SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs, not_before
-   FROM workspaces WHERE state = 'queued' AND not_before > ? ORDER BY not_before, seq LIMIT ?;
+   FROM workspaces INDEXED BY workspaces_not_before WHERE state = 'queued' AND not_before > ? ORDER BY not_before, seq LIMIT ?;
 
 -- name: board_running
 -- every active run with its workspace

@@ -70,21 +70,30 @@ function showProblem(text) {
   box.textContent = text || "";
 }
 
+// the page's own key for actions: the cookie alone only reads (another origin cannot read this)
+const ACTION_KEY = document.querySelector("meta[name=dispatch-runner-action-key]")?.content || "";
+
 async function act(action, args = {}) {
   const response = await fetch(`${API}/actions/${action}`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", "x-dispatch-runner-action": ACTION_KEY },
     credentials: "same-origin",
     body: JSON.stringify(args),
   });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     showProblem(`${action}: ${body.error || response.statusText}`);
-    if (response.status === 401) location.reload();
+    if (response.status === 401 || response.status === 403) await reloadIfSignedOut();
     return null;
   }
   showProblem(null);
   return body;
+}
+
+// a stream the server closed, or an action refused: if the token changed, show the sign-in page
+async function reloadIfSignedOut() {
+  const response = await fetch(`${API}/board`, { credentials: "same-origin" }).catch(() => null);
+  if (response && response.status === 401) location.reload();
 }
 
 function killButton(workspace) {
@@ -231,7 +240,8 @@ function drawRunning(running) {
 
 function drawQueue(queue) {
   const sorted = [...queue].sort((a, b) => PRIORITY[a.priority] - PRIORITY[b.priority] || a.pool.localeCompare(b.pool) || a.position - b.position);
-  $("queue-count").textContent = queue.length ? `${queue.length}` : "";
+  const queued = (board.counts || {}).queued || 0;
+  $("queue-count").textContent = queued ? `${queued}${queued > queue.length ? ` (the first ${queue.length} shown)` : ""}` : "";
   fillTable($("queue"), ["priority", "pool", "#", "workspace", "agent", "waiting", "eta", ""],
     sorted.map((q) => el("tr", { "data-workspace": q.workspace },
       el("td", { text: q.priority }),
@@ -293,7 +303,15 @@ function drawFleet(b) {
 
 // ---- the workspace page -----------------------------------------------------------------------
 
-const workspaceId = location.pathname.startsWith("/w/") ? decodeURIComponent(location.pathname.slice(3)) : null;
+function pageWorkspace() {
+  if (!location.pathname.startsWith("/w/")) return null;
+  try {
+    return decodeURIComponent(location.pathname.slice(3));
+  } catch {
+    return location.pathname.slice(3); // a malformed escape: the server says it knows no such workspace
+  }
+}
+const workspaceId = pageWorkspace();
 
 async function loadWorkspace() {
   const response = await fetch(`${API}/workspace/${encodeURIComponent(workspaceId)}`, { credentials: "same-origin" });
@@ -341,16 +359,16 @@ function followLog() {
   logSource = new EventSource(`${API}/logs/${encodeURIComponent(workspaceId)}?stream=${stream}`);
   const state = $("ws-log-state");
   state.textContent = "following";
-  const append = (node) => {
+  const append = (...nodes) => {
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.append(node);
-    while (pre.childNodes.length > LOG_LINES_KEPT) pre.firstChild.remove();
+    pre.append(...nodes);
+    for (let extra = pre.childNodes.length - LOG_LINES_KEPT; extra > 0; extra--) pre.firstChild.remove();
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   };
   logSource.addEventListener("run", (e) => append(el("div", { class: "run-mark", text: `── run ${JSON.parse(e.data).run} ──` })));
   logSource.addEventListener("lines", (e) => {
-    const lines = JSON.parse(e.data).lines;
-    append(document.createTextNode(lines.map((l) => l + "\n").join("")));
+    const lines = JSON.parse(e.data).lines.slice(-LOG_LINES_KEPT); // a node a line: the view keeps the last ones
+    append(...lines.map((l) => document.createTextNode(l + "\n")));
   });
   logSource.addEventListener("end", (e) => {
     state.textContent = `ended: ${JSON.parse(e.data).state}`;
@@ -360,6 +378,15 @@ function followLog() {
     state.textContent = JSON.parse(e.data).error;
     logSource.close();
   });
+  logSource.addEventListener("error", () => {
+    if (logSource.readyState === EventSource.CLOSED) {
+      state.textContent = "disconnected";
+      reloadIfSignedOut();
+    } else {
+      state.textContent = "reconnecting…"; // the browser resumes where the log left off
+    }
+  });
+  logSource.addEventListener("open", () => { state.textContent = "following"; });
 }
 
 // ---- live updates -----------------------------------------------------------------------------
@@ -373,19 +400,28 @@ function connect() {
   source.addEventListener("error", () => {
     live.textContent = "reconnecting…";
     live.className = "live off";
-    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+    if (source.readyState === EventSource.CLOSED) {
+      reloadIfSignedOut();
+      setTimeout(connect, 3000);
+    }
   });
   source.addEventListener("board", (e) => {
-    board = JSON.parse(e.data);
+    const next = JSON.parse(e.data);
+    if (!next.pools) { // the server could not read the store: say so, keep what is shown
+      showProblem(next.error || "the server sent no board");
+      return;
+    }
+    const changed = !board || board.event_id !== next.event_id;
+    board = next;
     skew = board.now - Date.now() / 1000;
-    showProblem(board.error || (board.config && board.config.error ? `agents.yaml: ${board.config.error}` : null));
+    showProblem(board.config && board.config.error ? `agents.yaml: ${board.config.error}` : null);
     $("frozen").hidden = !board.frozen;
     $("freeze").textContent = board.frozen ? "Unfreeze" : "Freeze";
-    if (workspaceId) {
-      clearTimeout(refetch);
-      refetch = setTimeout(loadWorkspace, 100); // the workspace's own view may have changed
-    } else {
+    if (!workspaceId) {
       drawFleet(board);
+    } else if (changed) { // something happened in the store: the workspace's own view may have too
+      clearTimeout(refetch);
+      refetch = setTimeout(loadWorkspace, 100);
     }
   });
 }
