@@ -10,6 +10,7 @@ holds no bus subscription.
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ import anyio.abc
 
 from ..runner import Runner
 
-MIN_GAP_S: Final = 0.25  # a burst of events makes one read
+MIN_GAP_S: Final = 0.25  # reads at most this often: a burst of events makes one or two
 REFRESH_S: Final = 2.0  # while runs are active: their last lines, tokens and dollars
 IDLE_REFRESH_S: Final = 15.0  # nothing running: pacing and backoff countdowns are the browser's
 log = logging.getLogger("dispatch_runner.web")
@@ -54,14 +55,18 @@ class Feed:
         self._wake.set()
 
     async def _serve(self, events: Any) -> None:
-        """Read and publish while anyone reads; return when the last reader left."""
+        """Read and publish while anyone reads; return when the last reader left. A change is read
+        at once, unless the last read was under MIN_GAP_S ago: then a burst makes one read."""
         while self._readers:
             self._wake = anyio.Event()
             await self._publish()
+            read_at = time.monotonic()
             await self._until_something_happens(events, REFRESH_S if self._active else IDLE_REFRESH_S)
             if not self._readers:
                 return
-            await anyio.sleep(MIN_GAP_S)  # a debounce: a scheduled gap, not a wait for a condition
+            gap = MIN_GAP_S - (time.monotonic() - read_at)
+            if gap > 0:
+                await anyio.sleep(gap)  # a rate limit: a scheduled gap, not a wait for a condition
             while True:  # what arrived meanwhile is in the next read
                 try:
                     events.receive_nowait()
@@ -87,7 +92,9 @@ class Feed:
         except Exception as exc:  # a task edge: the browsers see the error, the feed goes on
             log.exception("reading the dashboard's board failed")
             board = {"error": f"reading the store failed: {exc}"}
-        self.latest, self.version = json.dumps(board, default=str), self.version + 1
+        self.version += 1
+        board["read"] = self.version  # which read of this server it is (pages of one read show one)
+        self.latest = json.dumps(board, default=str)
         self._published.set()
         self._published = anyio.Event()
 
