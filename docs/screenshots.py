@@ -103,29 +103,31 @@ def wait_listening(port: int, deadline_s: float = 30) -> None:
     raise SystemExit(f"the server did not listen on {port}")
 
 
-def fleet(env: dict[str, str], seconds: float) -> None:
-    """Dispatch the tasks over `seconds`, a few at a time, kill one, and let the rest run."""
+def make_repo(path: Path) -> Path:
+    """A small git repository for the claude tasks to change (their diffs show on the page)."""
+    path.mkdir()
+    git = ["git", "-C", str(path), "-c", "user.name=docs", "-c", "user.email=docs@example.com"]
+    (path / "README.md").write_text("# demo\n")
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    return path
+
+
+def fleet(env: dict[str, str], seconds: float, repo: Path) -> None:
+    """Dispatch the tasks over `seconds`, a few at a time, kill a running one, let the rest run."""
     rng = random.Random(7)
     started = time.monotonic()
-    ids = []
     for i, (agent, text, directives) in enumerate(TASKS):
         priority = "high" if i % 7 == 3 else "low" if i % 5 == 4 else "medium"
-        ids.append(
-            cli(
-                env,
-                "dispatch",
-                "--json",
-                "--agent",
-                agent,
-                "--label",
-                text,
-                "--priority",
-                priority,
-                f"{text} {directives}",
-            )
-        )
+        where = ["--repo", str(repo)] if agent == "claude" else []
+        change = f" @commit=change-{i}.md" if agent == "claude" else ""
+        args = ["--agent", agent, "--label", text, "--priority", priority, *where]
+        cli(env, "dispatch", "--json", *args, f"{text} {directives}{change}")
         time.sleep(rng.uniform(0.5, 3.5) * seconds / 120)  # spreading the dispatches: a schedule
-    cli(env, "kill", json.loads(ids[-3])["workspace"])  # a person changed their mind
+    running = json.loads(cli(env, "status", "--json", "--state", "running"))["workspaces"]
+    if running:
+        cli(env, "kill", running[-1]["workspace"])  # a person changed their mind
     rest = seconds - (time.monotonic() - started)
     if rest > 0:
         time.sleep(rest)  # the fleet runs for the time asked: a schedule, not a wait for a condition
@@ -186,7 +188,7 @@ def main() -> None:
             )
             try:
                 wait_listening(port)
-                fleet(env, args.seconds)
+                fleet(env, args.seconds, make_repo(Path(tmp) / "repo"))
                 shoot_dashboard(f"http://127.0.0.1:{port}", args.chromium)
                 asyncio.run(shoot_top(env, args.chromium))
             finally:
