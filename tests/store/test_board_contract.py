@@ -2,6 +2,7 @@
 dispatch is told, later and held work apart, active runs, the latest ends with what they cost and
 changed, and the runs of the timeline's window. Times are chosen by the test."""
 
+import json
 from dataclasses import replace
 
 from dispatch_runner.model import Outcome, Priority
@@ -108,3 +109,20 @@ def test_a_workspaces_events_newest_first(store: Store) -> None:
         "AgentQueued",
     ]
     assert store.workspace_events("nobody") == []
+
+
+def test_a_lease_renewal_carries_the_runs_progress_to_the_board(store: Store) -> None:
+    put(store, "w", now=T0)
+    got = must_claim(store, T0, Limits())
+    assert start(
+        store,
+        got.run_id,
+        T0,
+    )
+    [row] = store.board(now=T0, since=T0 - 3600, limits=Limits())["running"]
+    assert row["live"] is None  # nothing sent yet
+    sent = {"last_line": "turn 3", "tokens": 45, "cost_usd": None, "at": T0 + 20}
+    assert store.renew_lease(got.run_id, until=T0 + 80, live=sent).held
+    assert store.renew_lease(got.run_id, until=T0 + 100).held  # a renewal with nothing new keeps it
+    [row] = store.board(now=T0 + 21, since=T0 - 3600, limits=Limits())["running"]
+    assert json.loads(row["live"]) == sent

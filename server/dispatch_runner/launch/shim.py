@@ -232,7 +232,7 @@ class Shim:
         """Watch the agent until it ends, while the lease thread renews; the Stop when the watch
         stopped it. Unrenewed by its lease's fence time, it is stopped (it would soon be lost)."""
         assert self.agent is not None and self.watch is not None
-        self.lease.start(self._on_verdict)
+        self.lease.start(self._on_verdict, self.watch.tracker)  # renewals carry what it said
         answered = 0
         try:
             while not self._ended_within(self.watch.wait_s()):

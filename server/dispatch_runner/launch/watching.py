@@ -274,6 +274,7 @@ class LeaseKeeper:
 
     def __init__(self, store: Store, run_id: int, lease_s: float | None, kill_grace_s: float) -> None:
         self.store, self.run_id = store, run_id
+        self.tracker: Tracker | None = None  # the agent's output so far: sent with each renewal
         self.lease_s = float(lease_s) if lease_s else None
         self.margin = min(kill_grace_s + 1.0, (self.lease_s or 0) / 2)
         self.fence_at = 0.0  # monotonic: stop the agent by then unless renewed
@@ -289,7 +290,10 @@ class LeaseKeeper:
         """Seconds until the agent must be stopped for want of a renewal (None: no lease)."""
         return None if self.lease_s is None else max(0.0, self.fence_at - time.monotonic())
 
-    def start(self, on_verdict: Callable[[str], None]) -> None:
+    def start(self, on_verdict: Callable[[str], None], tracker: Tracker | None = None) -> None:
+        """Renew in a thread of its own; `tracker`: the agent's output, whose progress each
+        renewal sends."""
+        self.tracker = tracker
         if self.lease_s is not None:
             threading.Thread(target=self._loop, args=(on_verdict,), daemon=True, name="lease").start()
 
@@ -305,12 +309,21 @@ class LeaseKeeper:
                 if verdict != "kill":
                     return
 
+    def _progress(self, now: float) -> dict[str, Any] | None:
+        """What the agent said and spent so far, for dashboards on any host (read from the watch's
+        tracker in this thread: a renewal may see a line half a tick old, never a torn value)."""
+        t = self.tracker
+        if t is None:
+            return None
+        tokens = None if t.input_tokens is None else t.input_tokens + (t.output_tokens or 0)
+        return {"last_line": t.last_line, "tokens": tokens, "cost_usd": t.cost_usd, "at": round(now, 3)}
+
     def renew(self) -> str | None:
         """None (renewed, or not yet: the store is unreachable), "kill", or why the lease is lost."""
         assert self.lease_s is not None
         asked, now = time.monotonic(), time.time()
         try:
-            lease = self.store.renew_lease(self.run_id, until=now + self.lease_s)
+            lease = self.store.renew_lease(self.run_id, until=now + self.lease_s, live=self._progress(now))
         except StoreError as exc:
             say(f"cannot renew the run's lease yet ({exc}); its agent stops in {self.fence_in():.0f}s")
             return None

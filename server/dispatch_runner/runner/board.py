@@ -7,6 +7,7 @@ dollars. Those come from following the run's log with the same Tracker its shim 
 the last look stopped, so a look costs what the logs grew. A run on another host shows its host.
 """
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,11 @@ class Board:
         here = supervisor.host_id()
         active = set()
         for r in running:
-            path = r.pop("path")
-            if r["host"] not in (here, None) or r["phase"] != "running":
+            path, live = r.pop("path"), r.pop("live")
+            if r["phase"] != "running":  # reserved: no agent yet, no output
+                continue
+            if r["host"] not in (here, None):
+                r.update(_sent(live))  # what its shim sent with its last lease renewal
                 continue
             active.add(r["run"])
             followed = self._followed.get(r["run"])
@@ -112,3 +116,11 @@ class BoardActions:
     async def workspace_page(self, workspace_id: str) -> dict[str, Any]:
         """One workspace's status with its events (the dashboard's workspace page)."""
         return await self.boards.workspace_page(workspace_id)
+
+
+def _sent(live: str | None) -> dict[str, Any]:
+    """A run's progress as its shim last sent it (with the lease: every third of lease_s)."""
+    progress = json.loads(live) if live else {}
+    return {k: progress.get(k) for k in ("last_line", "tokens", "cost_usd")} | {
+        "progress_at": progress.get("at")
+    }

@@ -119,6 +119,7 @@ def _running(r: Row) -> dict[str, Any]:
         "priority": Priority(r["priority"]).label,
         "stalled": r["stalled_at"] is not None,
         "path": r["path"],
+        "live": r["live"],
     }
 
 

@@ -5,6 +5,7 @@ a never-started claim's slot given back); this side loads the rows and writes th
 """
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -170,11 +171,13 @@ class RunSide(WatchSide):
 
         return self._write(tx)
 
-    def renew_lease(self, run_id: int, *, until: float) -> Lease:
-        """The shim's heartbeat: extend the run's lease while it still runs."""
+    def renew_lease(self, run_id: int, *, until: float, live: Mapping[str, Any] | None = None) -> Lease:
+        """The shim's heartbeat: extend the run's lease while it still runs, and record what its
+        agent said and spent so far (`live`: last_line, tokens, cost_usd, at)."""
+        progress = json.dumps(live, separators=(",", ":")) if live is not None else None
 
         def tx(db: Conn) -> Lease:
-            held = db.execute(db.q.renew_lease, (until, run_id)).rowcount == 1
+            held = db.execute(db.q.renew_lease, (until, progress, run_id)).rowcount == 1
             row = db.execute(db.q.kill_requested, (run_id,)).fetchone()
             return Lease(held=held, kill_requested=bool(row and row[0]))
 

@@ -202,9 +202,9 @@ SELECT kill_requested FROM runs WHERE id = ?;
 UPDATE workspaces SET path = ?, run_dir = ?, dir_host = ?, rev = rev + 1 WHERE id = ?;
 
 -- name: renew_lease
--- the shim's heartbeat: only while its run is still running (a run already taken for lost
--- stays lost)
-UPDATE runs SET lease_until = ? WHERE id = ? AND phase = 'running';
+-- the shim's heartbeat, with its run's progress so far (JSON; null: unchanged): only while its
+-- run is still running (a run already taken for lost stays lost)
+UPDATE runs SET lease_until = ?, live = coalesce(?, live) WHERE id = ? AND phase = 'running';
 
 -- name: requeues
 SELECT count(*) FROM runs WHERE workspace = ? AND outcome = ?;
@@ -636,7 +636,7 @@ SELECT id, pool, model, agent, priority, label, parent, route, created_at, runs,
 
 -- name: board_running
 -- every active run with its workspace
-SELECT r.id run, r.workspace, r.pool, r.host, r.attempt, r.phase, r.claimed_at,
+SELECT r.id run, r.workspace, r.pool, r.host, r.attempt, r.phase, r.claimed_at, r.live,
    coalesce(r.agent_started_at, r.started_at) started_at, w.agent, w.model, w.label, w.path,
    w.parent, w.priority, w.stalled_at
    FROM runs r JOIN workspaces w ON w.id = r.workspace

@@ -231,7 +231,11 @@ function drawRunning(running) {
       el("td", { text: r.agent + (r.attempt > 1 ? ` (try ${r.attempt})` : "") }),
       el("td", { text: r.host || "—" }),
       el("td", { class: "num" }, r.phase === "reserved" ? "starting" : since(r.started_at), r.stalled ? " (stalled)" : ""),
-      el("td", { class: "last", title: r.last_line || "", text: r.last_line || (r.host && r.host !== board.host ? `on ${r.host}` : "") }),
+      el("td", {
+        class: "last",
+        title: (r.last_line || "") + (r.progress_at ? ` (as ${r.host} sent it at ${new Date(r.progress_at * 1000).toLocaleTimeString()})` : ""),
+        text: r.last_line || (r.host && r.host !== board.host ? `on ${r.host}` : ""),
+      }),
       el("td", { class: "num", text: tokens(r.tokens) }),
       el("td", { class: "num", text: usd(r.cost_usd) }),
       el("td", {}, killButton(r.workspace)))),
