@@ -113,7 +113,10 @@ class Chaos:
             kind = "cli" if job % 20 == 0 else "http" if job % 10 < 4 else "stdio"
             self.pending[kind].append(job)
         self.dispatched: dict[int, str] = {}
-        self.labels = [f"p{k}-0" for k in range(PEERS)]
+        # labels name this test's peers among every process of the machine (another test may be
+        # running its own chaos at the same time, under pytest-xdist)
+        self.tag = home.root.name
+        self.labels = [f"{self.tag}-p{k}-0" for k in range(PEERS)]
         self.kills = 0
         self.shim_kills = 0
         self.by_kind = {"stdio": 0, "http": 0, "cli": 0}
@@ -123,7 +126,7 @@ class Chaos:
     async def peer(self, k: int) -> None:
         generation = 0
         while not self.done.is_set():
-            label = f"p{k}-{generation}"
+            label = f"{self.tag}-p{k}-{generation}"
             self.labels[k] = label
             env = host_env(self.home, HOSTS[k % len(HOSTS)], CHAOS_PEER=label)
             try:
@@ -237,7 +240,7 @@ class Chaos:
 
     async def lacking_host(self) -> None:
         """A peer of a host without the agent: it serves and advertises, and never claims."""
-        env = {**os.environ, **host_env(self.home, LACKING, CHAOS_PEER="lacking")}
+        env = {**os.environ, **host_env(self.home, LACKING, CHAOS_PEER=f"{self.tag}-lacking")}
         with open(self.home.path / "lacking.log", "w") as log:
             proc = await anyio.open_process(
                 [*SERVE, "--transport", "http", "--port", str(free_port())],

@@ -77,6 +77,7 @@ def test_logs_follow_goes_across_retries_until_the_workspace_ends(home: Home, tm
     out = run_cli("logs", ws, "-f", check=False)
     assert out.returncode == 0
     assert "── run 2 ──" in out.stdout and "fake-agent: done" in out.stdout
+    assert out.stdout.count("fake-agent: started") == 2  # each run's lines once, never printed again
     assert state_of(ws) == "completed"
 
 

@@ -204,12 +204,12 @@ def test_without_the_token_nothing_is_shown_or_done(page: Page, fleet: Fleet) ->
         )
         assert form.status_code == 415
         huge = http.post("/dashboard/sign-in", content=b"token=" + b"x" * 100_000)
-        assert huge.status_code == 401  # read no further than a few KB, never parsed
+        assert huge.status_code == 413  # read no further than a few KB, never parsed
     assert fleet.state(ws) == "running"
     page.goto(f"{fleet.url}/w/{ws}")  # a link to a workspace, opened signed out
     page.fill("input[name=token]", TOKEN)  # the sign-in form
     page.click("button[type=submit]")
-    assert page.url == f"{fleet.url}/w/{ws}"  # back where the link pointed
+    expect(page).to_have_url(f"{fleet.url}/w/{ws}")  # back where the link pointed, the key kept aside
     expect(page.locator("#ws-log")).to_contain_text("must survive")
 
 
@@ -221,9 +221,12 @@ def test_the_cookie_reads_but_acts_only_with_the_pages_key(page: Page, fleet: Fl
     expect(page.locator(f"#running tr[data-workspace='{ws}']")).to_be_visible()
     [cookie] = page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["value"] != TOKEN
+    key = page.evaluate("localStorage.getItem('dispatch-runner-action-key')")
+    assert key and key not in page.content()  # the page has it from the sign-in redirect only
     caught = {"Cookie": f"{cookie['name']}={cookie['value']}"}
     with httpx2.Client(base_url=fleet.url, headers=caught) as http:
         assert http.get("/dashboard/api/board").status_code == 200
+        assert key not in http.get("/").text and key not in http.get(f"/w/{ws}").text
         for action, args in (("kill", {"workspace": ws}), ("freeze", {})):
             assert http.post(f"/dashboard/api/actions/{action}", json=args).status_code == 403
         cross = {"Origin": "http://127.0.0.1:1", "x-dispatch-runner-action": "guess"}
@@ -231,6 +234,11 @@ def test_the_cookie_reads_but_acts_only_with_the_pages_key(page: Page, fleet: Fl
             http.post("/dashboard/api/actions/kill", json={"workspace": ws}, headers=cross).status_code == 403
         )
     assert fleet.state(ws) == "running" and fleet.cli("status")["frozen"] is False
+    with httpx2.Client(base_url=fleet.url, headers=caught | {"x-dispatch-runner-action": key}) as http:
+        assert (
+            http.post("/dashboard/api/actions/kill", json={"workspace": ws}).status_code == 200
+        )  # with the key
+    wait_for(lambda: fleet.state(ws) == "killed", timeout=20, message="killed")
 
 
 def test_hostile_labels_and_output_are_shown_as_text(page: Page, fleet: Fleet) -> None:

@@ -136,8 +136,7 @@ class Queries:
                 f"workspace {req.workspace} has had {row.runs} run(s); runs with "
                 f"a log: {', '.join(map(str, runs)) or 'none yet'}",
             )
-        # a later run (here, or on another host) means this one is over
-        settled = WorkspaceState(row.state).finished or number < max(*runs, row.runs, 0)
+        settled = WorkspaceState(row.state).finished or number < max(runs, default=0)
         page = await anyio.to_thread.run_sync(
             partial(
                 workspaces.log_page,

@@ -92,13 +92,16 @@ class Dashboard:
             return _signed_in(self.gate, here) if self.gate.given(given) else _sign_in_page(here, wrong=True)
         if not self.gate.authorized(request):
             return _sign_in_page(here, wrong=False)
-        html = _asset("index.html").decode().replace("{{action_key}}", self.gate.action_key)
-        return HTMLResponse(html)
+        if "sign-in" in request.query_params and self.gate.token is not None:  # to get the action key again
+            return _sign_in_page(here, wrong=False)
+        return HTMLResponse(_asset("index.html"))
 
     async def sign_in(self, request: Request) -> Response:
         """The sign-in form's post: urlencoded, a few KB at most, read before anything is parsed."""
         body = await _bounded_body(request, SIGN_IN_BODY)
-        form = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
+        if body is None:
+            return _refused(413, f"a sign-in body of at most {SIGN_IN_BODY} bytes")
+        form = parse_qs(body.decode("utf-8", "replace"))
         token, back = form.get("token", [""])[0], form.get("next", ["/"])[0]
         if self.gate.given(token):
             return _signed_in(self.gate, back)
@@ -222,12 +225,15 @@ def _events(content: AsyncIterator[dict[str, Any]], feed: Feed) -> Response:
 
 def _page_path(path: str) -> str:
     """Where to go after signing in: one of the dashboard's pages, else its front page."""
-    return path if path == "/" or (path.startswith("/w/") and "//" not in path and "\\" not in path) else "/"
+    parts = path.split("/")
+    page = len(parts) == 3 and parts[1] == "w" and parts[2] not in ("", ".", "..") and "\\" not in path
+    return path if page else "/"
 
 
 def _signed_in(gate: Gate, back: str) -> Response:
-    """To the page without the token in the address; the cookie stands for it from now on."""
-    response = RedirectResponse(_page_path(back), status_code=303)
+    """To the page without the token in the address; the cookie stands for it from now on, and
+    the action key rides in the fragment, for the page alone (a fragment never reaches a server)."""
+    response = RedirectResponse(f"{_page_path(back)}#key={gate.action_key}", status_code=303)
     assert gate.cookie is not None
     response.set_cookie(
         gate.cookie_name, gate.cookie, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="lax", path="/"

@@ -1,11 +1,13 @@
 """Who may use the dashboard, and from where.
 
 A browser cannot send the bearer token on a page load, so a person gives it once (`/?token=…`, or
-the form the page shows without it) and gets a cookie instead: HttpOnly, SameSite=Lax, named
-after the port (cookies are shared by every port of a host), holding an HMAC of the token rather
-than the token, so it opens the dashboard and nothing else. The cookie only reads: an action also
-needs the action key, another HMAC of the token that the page itself carries (a page of another
-origin cannot read it), or the bearer token. Every request must be addressed to a name the bind
+the form the page shows without it) and gets a cookie instead: HttpOnly, SameSite=Lax, named after
+the port and holding an HMAC of the token and the port rather than the token, so it opens this
+server's dashboard and nothing else. The cookie only reads. Cookies are sent to every port of a
+host, so an action also needs the action key, another HMAC of the token and the port, which is
+handed out only to whoever gave the token: in the fragment of the sign-in redirect, which the page
+keeps in its origin's localStorage (no other port or site can read it, and the server never sees a
+fragment again). Or the bearer token itself. Every request must be addressed to a name the bind
 allows (the DNS-rebinding check of the MCP endpoint), and an action must come from the
 dashboard's own origin, as JSON.
 """
@@ -30,8 +32,8 @@ class Gate:
         self.token = token
         self.host_allowed = host_allowed
         self.cookie_name = f"dispatch_runner_{port}"
-        self.cookie = _derived(token, b"dashboard") if token else None
-        self.action_key = _derived(token, b"dashboard actions") if token else ""
+        self.cookie = _derived(token, b"dashboard:%d" % port) if token else None
+        self.action_key = _derived(token, b"dashboard actions:%d" % port) if token else ""
 
     def given(self, token: str) -> bool:
         """Whether `token` (from the form or the query) is the bearer token."""

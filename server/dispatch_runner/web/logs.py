@@ -4,8 +4,8 @@ through runner.logs, so a run on another host is read through its peer, as the l
 
 Events: `lines` {run, lines}, `run` {run} when a run's lines begin, `end` {state} when the
 workspace is over, `problem` {error} when the log cannot be read. Each `lines` event's id is where
-it left off (`run:offset:cursor`): a browser that reconnects sends it back as Last-Event-ID and the
-stream goes on from there, so nothing is shown twice.
+it left off (`run:offset:cursor`), each `run` event's its start: a browser that reconnects sends
+the last one back as Last-Event-ID and the stream goes on from there, so nothing is shown twice.
 """
 
 import json
@@ -52,29 +52,37 @@ async def log_events(
         )
         try:
             page = await runner.logs(req)
+            if page.get("elsewhere"):
+                yield _event("problem", error=page["elsewhere"])
+                return
+            if run is None:
+                run = page["run"]
+                yield _event("run", f"{run}:0:0", run=run)
+            if page["lines"]:
+                offset, cursor = page["next_offset"], page["cursor"] or 0
+                yield _event("lines", f"{run}:{offset}:{cursor}", run=run, lines=page["lines"])
+            if page["more"]:
+                continue
+            if not page["lines"] or page["eof"]:  # all of this run there is: is a later one under way?
+                view = await runner.status(StatusRequest(workspace=workspace, log_lines=0))
+                if _later_run_started(view, run):
+                    run, offset, cursor = run + 1, 0, 0
+                    yield _event("run", f"{run}:0:0", run=run)
+                    continue
+                if page["eof"] and view["state"] in FINISHED:
+                    yield _event("end", state=view["state"])
+                    return
         except DispatchError as exc:
             yield _event("problem", error=str(exc))
             return
-        if page.get("elsewhere"):
-            yield _event("problem", error=page["elsewhere"])
-            return
-        if run is None:
-            run = page["run"]
-            yield _event("run", run=run)
-        if page["lines"]:
-            offset, cursor = page["next_offset"], page["cursor"] or 0
-            yield _event("lines", f"{run}:{offset}:{cursor}", run=run, lines=page["lines"])
-        if page["more"]:
-            continue
-        if page["eof"]:  # this run is over: a later one, or the end
-            runs = (await runner.status(StatusRequest(workspace=workspace, log_lines=0)))["runs"]
-            if run < runs:
-                run, offset, cursor = run + 1, 0, 0
-                yield _event("run", run=run)
-                continue
-            if page["state"] in FINISHED:
-                yield _event("end", state=page["state"])
-                return
         local_and_running = page["state"] == "running" and "host" not in page
         with anyio.move_on_after(FOLLOW_POLL_S if local_and_running else SLOW_POLL_S):
             await closing.wait()
+
+
+def _later_run_started(view: dict[str, Any], run: int) -> bool:
+    """Whether a run after `run` has started (on any host): the workspace ended after more runs,
+    or runs now with its agent started. A claim that is only reserved may yet be handed back."""
+    if view["runs"] <= run:
+        return False
+    return view["state"] in FINISHED or (view["state"] == "running" and view.get("started_at") is not None)

@@ -9,7 +9,7 @@ events_workspace.
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ... import policy
@@ -66,19 +66,29 @@ def _queue(db: Conn, *, now: float, limits: Limits, running: list[dict[str, Any]
     for (pool,) in db.execute(db.q.board_queued_pools).fetchall():
         rows = db.execute(db.q.board_queue, (pool, now, QUEUE_PER_POOL)).fetchall()
         state, runtimes = read_pool_state(db, pool), pool_runtimes(db, pool, policy.ETA_WINDOW)
-        lane_places: dict[str | None, int] = {}
+        lane_places: dict[str, int] = {}
+        waits: dict[str | None, float] = {}  # each lane's allowance wait, read once
         for place, r in enumerate(rows, start=1):
             model = r["model"]
-            lane_places[model] = lane_places.get(model, 0) + 1
+            lane_places[model or ""] = lane_places.get(model or "", 0) + 1
             counts = _Counts(
                 running_pool=sum(1 for x in running if x["pool"] == pool),
                 running_lane=sum(1 for x in running if x["pool"] == pool and x["model"] == model),
                 ahead_pool=place - 1,
-                ahead_lane=lane_places[model] - 1,
+                ahead_lane=lane_places[model or ""] - 1,
                 runtimes=runtimes,
             )
             plan = etas.plan_eta(pool, model, state, counts, limits=limits, now=now)
-            plan = after_allowance(db, pool, model, plan, limits, now=now, max_wait_s=None)  # as told
+            if model not in waits:  # as a dispatch is told: after the allowance renews, if used up
+                none = etas.EtaPlan(position=0, eta_s=0.0, gate_wait_s=0.0)
+                waits[model] = after_allowance(
+                    db, pool, model, none, limits, now=now, max_wait_s=None
+                ).gate_wait_s
+            if waits[model]:
+                wait = waits[model]
+                plan = replace(
+                    plan, eta_s=max(plan.eta_s or 0.0, wait), gate_wait_s=max(plan.gate_wait_s, wait)
+                )
             eta = None if plan.eta_s is None else round(plan.eta_s, 1)
             out.append({**_queued(r), "position": place, "eta_s": eta})
     return out

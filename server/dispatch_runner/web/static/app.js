@@ -9,6 +9,7 @@ const LEGEND = [["running", "running"], ["succeeded", "succeeded"], ["failed", "
   ["rate_limited", "rate limited"], ["killed", "killed"], ["lost", "lost"]];
 const PRIORITY = { critical: 0, high: 1, medium: 2, low: 3 };
 const LOG_LINES_KEPT = 5000;
+const QUEUE_PER_POOL = 50; // the board sends the head of each pool's queue (store/sql/board.py)
 
 let skew = 0; // the server's clock minus this browser's, in seconds
 let board = null;
@@ -70,8 +71,18 @@ function showProblem(text) {
   box.textContent = text || "";
 }
 
-// the page's own key for actions: the cookie alone only reads (another origin cannot read this)
-const ACTION_KEY = document.querySelector("meta[name=dispatch-runner-action-key]")?.content || "";
+// The key for actions: the sign-in redirect hands it over in the fragment, once; it is kept in
+// this origin's localStorage (no other port or site reads it). The cookie alone only reads.
+const KEY_STORE = "dispatch-runner-action-key";
+function actionKey() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (given) {
+    localStorage.setItem(KEY_STORE, given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return localStorage.getItem(KEY_STORE) || "";
+}
+const ACTION_KEY = actionKey();
 
 async function act(action, args = {}) {
   const response = await fetch(`${API}/actions/${action}`, {
@@ -83,6 +94,9 @@ async function act(action, args = {}) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     showProblem(`${action}: ${body.error || response.statusText}`);
+    if (response.status === 403) { // no action key here (another browser profile, storage cleared)
+      $("problem").append(" ", el("a", { href: `${location.pathname}?sign-in`, text: "Sign in again to act." }));
+    }
     if (response.status === 401 || response.status === 403) await reloadIfSignedOut();
     return null;
   }
@@ -244,8 +258,10 @@ function drawRunning(running) {
 
 function drawQueue(queue) {
   const sorted = [...queue].sort((a, b) => PRIORITY[a.priority] - PRIORITY[b.priority] || a.pool.localeCompare(b.pool) || a.position - b.position);
-  const queued = (board.counts || {}).queued || 0;
-  $("queue-count").textContent = queued ? `${queued}${queued > queue.length ? ` (the first ${queue.length} shown)` : ""}` : "";
+  const perPool = {};
+  for (const q of queue) perPool[q.pool] = (perPool[q.pool] || 0) + 1;
+  const capped = Object.values(perPool).some((n) => n >= QUEUE_PER_POOL);
+  $("queue-count").textContent = queue.length ? `${queue.length}${capped ? ` (the first ${QUEUE_PER_POOL} of a pool shown)` : ""}` : "";
   fillTable($("queue"), ["priority", "pool", "#", "workspace", "agent", "waiting", "eta", ""],
     sorted.map((q) => el("tr", { "data-workspace": q.workspace },
       el("td", { text: q.priority }),
