@@ -10,7 +10,7 @@ the last look stopped, so a look costs what the logs grew. A run on another host
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class _Followed:
     tracker: Tracker
     path: Path
     offset: int = 0
-    seen: float = field(default_factory=time.monotonic)
 
 
 class Board:

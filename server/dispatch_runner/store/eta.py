@@ -2,7 +2,7 @@
 in, a plan out (lifecycle.py decides the rest of a workspace's life the same way)."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .. import policy
@@ -59,6 +59,13 @@ def plan_eta(
         position=position, limit=cap, runtimes_s=counts.runtimes, gate_wait_s=gate_wait
     )
     return EtaPlan(position=position, eta_s=eta, gate_wait_s=gate_wait)
+
+
+def waiting(eta: EtaPlan, wait_s: float) -> EtaPlan:
+    """The ETA when the dispatch must also wait `wait_s` (an allowance renewing) before it starts."""
+    if not wait_s:
+        return eta
+    return replace(eta, eta_s=max(eta.eta_s or 0.0, wait_s), gate_wait_s=max(eta.gate_wait_s, wait_s))
 
 
 def check_max_wait(eta: EtaPlan, *, pool: str, max_wait_s: float | None) -> None:

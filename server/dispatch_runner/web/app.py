@@ -26,7 +26,6 @@ from .feed import Feed
 from .logs import log_events
 
 PREFIX: Final = "/dashboard"
-PAGE_PATHS: Final = ("/", "/w/")  # the page itself (the workspace page is the same page)
 MAX_BODY: Final = 64 * 1024
 SIGN_IN_BODY: Final = 4096
 SSE_PING_S: Final = 15
@@ -52,7 +51,7 @@ def _asset(name: str) -> bytes:
 
 
 class Dashboard:
-    """The handlers; `routes()` puts each behind the host check and, unless public, the token."""
+    """The handlers; `app()` puts each behind the host check and, unless public, the token."""
 
     def __init__(self, runner: Runner, feed: Feed, gate: Gate) -> None:
         self.runner, self.feed, self.gate = runner, feed, gate

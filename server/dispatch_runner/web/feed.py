@@ -109,9 +109,7 @@ class Feed:
                     seen = self.version
                     yield self.latest
                     continue
-                published = self._published
-                with anyio.move_on_after(IDLE_REFRESH_S):
-                    await published.wait()
+                await self._published.wait()  # set by the next read, and by close()
         finally:
             self._readers -= 1
             if not self._readers:

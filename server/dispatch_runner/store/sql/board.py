@@ -9,7 +9,7 @@ events_workspace.
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ... import policy
@@ -17,7 +17,7 @@ from ...model import Priority
 from .. import eta as etas
 from ..base import Limits
 from .conn import Conn, Row
-from .queue import after_allowance, pool_runtimes
+from .queue import allowance_wait, pool_runtimes
 from .rows import read_pool_state
 
 QUEUE_PER_POOL = 50  # the dashboard shows the head of each pool's queue
@@ -68,27 +68,22 @@ def _queue(db: Conn, *, now: float, limits: Limits, running: list[dict[str, Any]
         state, runtimes = read_pool_state(db, pool), pool_runtimes(db, pool, policy.ETA_WINDOW)
         lane_places: dict[str, int] = {}
         waits: dict[str | None, float] = {}  # each lane's allowance wait, read once
+        in_pool = [x["model"] for x in running if x["pool"] == pool]
         for place, r in enumerate(rows, start=1):
             model = r["model"]
             lane_places[model or ""] = lane_places.get(model or "", 0) + 1
             counts = _Counts(
-                running_pool=sum(1 for x in running if x["pool"] == pool),
-                running_lane=sum(1 for x in running if x["pool"] == pool and x["model"] == model),
+                running_pool=len(in_pool),
+                running_lane=in_pool.count(model),
                 ahead_pool=place - 1,
                 ahead_lane=lane_places[model or ""] - 1,
                 runtimes=runtimes,
             )
-            plan = etas.plan_eta(pool, model, state, counts, limits=limits, now=now)
             if model not in waits:  # as a dispatch is told: after the allowance renews, if used up
-                none = etas.EtaPlan(position=0, eta_s=0.0, gate_wait_s=0.0)
-                waits[model] = after_allowance(
-                    db, pool, model, none, limits, now=now, max_wait_s=None
-                ).gate_wait_s
-            if waits[model]:
-                wait = waits[model]
-                plan = replace(
-                    plan, eta_s=max(plan.eta_s or 0.0, wait), gate_wait_s=max(plan.gate_wait_s, wait)
-                )
+                waits[model] = allowance_wait(db, pool, model, limits, now=now, max_wait_s=None)
+            plan = etas.waiting(
+                etas.plan_eta(pool, model, state, counts, limits=limits, now=now), waits[model]
+            )
             eta = None if plan.eta_s is None else round(plan.eta_s, 1)
             out.append({**_queued(r), "position": place, "eta_s": eta})
     return out

@@ -7,7 +7,6 @@ probes the indexes it names and writes the plan, inside the claim's IMMEDIATE tr
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -197,14 +196,19 @@ def after_allowance(
 ) -> etas.EtaPlan:
     """The ETA once the pool's or agent's allowance renews, if it is used up (refused past
     max_wait_s)."""
+    return etas.waiting(eta, allowance_wait(db, pool, model, limits, now=now, max_wait_s=max_wait_s))
+
+
+def allowance_wait(
+    db: Conn, pool: str, model: str | None, limits: Limits, *, now: float, max_wait_s: float | None
+) -> float:
+    """Seconds until the pool's or agent's allowance renews, if it is used up (0: it is not;
+    refused past max_wait_s)."""
     keys = [k for k in allowance.allowance_keys(pool, model) if k in limits.allowance]
     if not keys:
-        return eta
+        return 0.0
     spent = read_spent(db, keys, limits.rates, now)
-    wait = allowance.check_wait(pool, model, limits, spent, now=now, max_wait_s=max_wait_s)
-    if not wait:
-        return eta
-    return replace(eta, eta_s=max(eta.eta_s or 0.0, wait), gate_wait_s=max(eta.gate_wait_s, wait))
+    return allowance.check_wait(pool, model, limits, spent, now=now, max_wait_s=max_wait_s) or 0.0
 
 
 class _QueueCounts:
